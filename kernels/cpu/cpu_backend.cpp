@@ -1,0 +1,152 @@
+// The CPU backend, the reference: GEMMs through BLAS (OpenBLAS), attention and the
+// element-wise work through Eigen, parallel over rows or heads with OpenMP.
+#include <cblas.h>
+#include <omp.h>
+
+#include <Eigen/Core>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <vector>
+
+#include "backend.hpp"
+
+namespace dume {
+
+namespace {
+
+using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using StridedMap = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
+using StridedMapMut = Eigen::Map<RowMatrix, 0, Eigen::OuterStride<>>;
+
+int to_int(std::int64_t v) {
+  if (v > std::numeric_limits<int>::max()) throw std::length_error("dimension exceeds BLAS int range");
+  return static_cast<int>(v);
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads) {
+    if (threads > 0) {
+      openblas_set_num_threads(threads);
+      omp_set_num_threads(threads);
+    }
+  }
+
+  std::string describe() const override {
+    return "cpu: " + std::string(openblas_get_config()) + " [" + openblas_get_corename() + "], " +
+           std::to_string(openblas_get_num_threads()) + " BLAS / " + std::to_string(omp_get_max_threads()) +
+           " OpenMP threads";
+  }
+
+  Buffer alloc(std::size_t n) override {
+    auto memory = std::shared_ptr<float[]>(new float[n]);
+    return Buffer(memory.get(), n, memory);
+  }
+  Buffer upload(std::span<const float> host) override {
+    return Buffer(const_cast<float*>(host.data()), host.size());  // kernels only read weights
+  }
+  void download(const float* src, std::span<float> host) override {
+    if (src != host.data()) std::copy(src, src + host.size(), host.data());
+  }
+
+  void embed(std::span<const std::uint32_t> tokens, const float* table, std::int64_t D, float* out) override {
+    const auto T = static_cast<std::int64_t>(tokens.size());
+#pragma omp parallel for schedule(static)
+    for (std::int64_t t = 0; t < T; ++t)
+      std::copy(table + tokens[static_cast<std::size_t>(t)] * D, table + (tokens[static_cast<std::size_t>(t)] + 1) * D,
+                out + t * D);
+  }
+
+  void rms_norm(const float* x, const float* w, std::int64_t T, std::int64_t D, float eps, float* out) override {
+    const Eigen::Map<const Eigen::ArrayXf> weight(w, D);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t t = 0; t < T; ++t) {
+      const Eigen::Map<const Eigen::ArrayXf> row(x + t * D, D);
+      // transformers: variance in f32, x * rsqrt(variance + eps), then * weight
+      const float inv = 1.0f / std::sqrt(row.square().mean() + eps);
+      Eigen::Map<Eigen::ArrayXf>(out + t * D, D) = weight * (row * inv);
+    }
+  }
+
+  void linear(const float* x, const float* w, const float* bias, std::int64_t T, std::int64_t K, std::int64_t N,
+              float* y, bool accumulate) override {
+    if (bias) {
+      if (!accumulate) {
+#pragma omp parallel for schedule(static)
+        for (std::int64_t t = 0; t < T; ++t) std::copy(bias, bias + N, y + t * N);
+      } else {
+#pragma omp parallel for schedule(static)
+        for (std::int64_t t = 0; t < T; ++t)
+          Eigen::Map<Eigen::ArrayXf>(y + t * N, N) += Eigen::Map<const Eigen::ArrayXf>(bias, N);
+      }
+    }
+    const float beta = (bias || accumulate) ? 1.0f : 0.0f;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, to_int(T), to_int(N), to_int(K), 1.0f, x, to_int(K), w,
+                to_int(K), beta, y, to_int(N));
+  }
+
+  void rope(float* x, std::int64_t B, std::int64_t S, std::int64_t heads, std::int64_t hd, const float* cos,
+            const float* sin) override {
+    const std::int64_t half = hd / 2;
+#pragma omp parallel for schedule(static)
+    for (std::int64_t row = 0; row < B * S; ++row) {
+      const std::int64_t s = row % S;
+      const float* c = cos + s * half;
+      const float* sn = sin + s * half;
+      for (std::int64_t h = 0; h < heads; ++h) {
+        float* v = x + (row * heads + h) * hd;
+        for (std::int64_t i = 0; i < half; ++i) {  // (x1, x2) -> (x1 c - x2 s, x2 c + x1 s)
+          const float x1 = v[i], x2 = v[i + half];
+          v[i] = x1 * c[i] - x2 * sn[i];
+          v[i + half] = x2 * c[i] + x1 * sn[i];
+        }
+      }
+    }
+  }
+
+  void attention(const float* q, const float* k, const float* v, std::int64_t B, std::int64_t S, std::int64_t H,
+                 std::int64_t Hkv, std::int64_t hd, float* out) override {
+    const std::int64_t group = H / Hkv, q_stride = H * hd, kv_stride = Hkv * hd;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+#pragma omp parallel
+    {
+      RowMatrix scores(S, S);  // per-thread scratch
+#pragma omp for schedule(static)
+      for (std::int64_t bh = 0; bh < B * H; ++bh) {
+        const std::int64_t b = bh / H, h = bh % H, kvh = h / group;
+        const StridedMap Q(q + b * S * q_stride + h * hd, S, hd, Eigen::OuterStride<>(q_stride));
+        const StridedMap K(k + b * S * kv_stride + kvh * hd, S, hd, Eigen::OuterStride<>(kv_stride));
+        const StridedMap V(v + b * S * kv_stride + kvh * hd, S, hd, Eigen::OuterStride<>(kv_stride));
+        StridedMapMut O(out + b * S * q_stride + h * hd, S, hd, Eigen::OuterStride<>(q_stride));
+        scores.noalias() = (Q * K.transpose()) * scale;
+        for (std::int64_t i = 0; i < S; ++i) {  // causal softmax over positions 0..i
+          auto row = scores.row(i).head(i + 1).array();
+          row = (row - row.maxCoeff()).exp();
+          row /= row.sum();
+          scores.row(i).tail(S - i - 1).setZero();
+        }
+        O.noalias() = scores * V;
+      }
+    }
+  }
+
+  void swiglu(const float* gate, const float* up, std::int64_t n, float* out) override {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) {
+      const float g = gate[i];
+      out[i] = g / (1.0f + std::exp(-g)) * up[i];
+    }
+  }
+
+  void add(float* x, const float* y, std::int64_t n) override {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) x[i] += y[i];
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
+
+}  // namespace dume

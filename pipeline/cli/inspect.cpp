@@ -1,0 +1,65 @@
+// `dume inspect DIR`: what a Hugging Face checkpoint holds (architecture, sizes, dtypes,
+// parameters) and, on request, every tensor.
+#include <cstdio>
+#include <map>
+
+#include "checkpoint.hpp"
+#include "commands.hpp"
+
+namespace dume::cli {
+
+namespace {
+
+void inspect_checkpoint(const std::string& dir, bool list_tensors) {
+  const Checkpoint checkpoint(dir);
+  const ModelConfig& c = checkpoint.config();
+  std::map<std::string, int> dtype_counts;
+  std::size_t bytes = 0, tensors = 0;
+  long long stored_parameters = 0;
+  for (const auto& file : checkpoint.files())
+    for (const auto& t : file.tensors()) {
+      ++dtype_counts[std::string(to_string(t.dtype))];
+      bytes += t.end - t.begin;
+      stored_parameters += static_cast<long long>(t.numel());
+      ++tensors;
+    }
+  std::string dtypes;
+  for (const auto& [name, count] : dtype_counts) dtypes += (dtypes.empty() ? "" : ", ") + name + " x " + std::to_string(count);
+
+  std::printf("checkpoint      %s\n", dir.c_str());
+  std::printf("architecture    %s (%s)\n", c.architecture_name.c_str(), to_string(c.architecture).c_str());
+  std::printf("layers          %lld\n", static_cast<long long>(c.num_layers));
+  std::printf("hidden size     %lld (MLP %lld, vocab %lld)\n", static_cast<long long>(c.hidden_size),
+              static_cast<long long>(c.intermediate_size), static_cast<long long>(c.vocab_size));
+  std::printf("attention       %lld heads, %lld KV heads, head_dim %lld, biases q/k/v %s, o %s\n",
+              static_cast<long long>(c.num_heads), static_cast<long long>(c.num_kv_heads),
+              static_cast<long long>(c.head_dim), c.qkv_bias ? "yes" : "no", c.o_bias ? "yes" : "no");
+  std::printf("rope            theta %g%s\n", c.rope_theta,
+              c.rope_scaling.llama3 ? (", llama3 scaling x" + std::to_string(c.rope_scaling.factor) + " from " +
+                                       std::to_string(c.rope_scaling.original_max_position_embeddings))
+                                          .c_str()
+                                    : "");
+  std::printf("embeddings      %s\n", c.tie_word_embeddings ? "tied (lm_head = embed_tokens)" : "untied");
+  std::printf("dtype           %s (%s)\n", std::string(to_string(checkpoint.dtype())).c_str(), dtypes.c_str());
+  std::printf("parameters      %s (%zu tensors in %zu file%s, %.1f MB)\n", thousands(stored_parameters).c_str(), tensors,
+              checkpoint.files().size(), checkpoint.files().size() == 1 ? "" : "s", static_cast<double>(bytes) / 1e6);
+  if (!list_tensors) return;
+  std::printf("\n%-56s %-5s %-16s %s\n", "# tensor", "dtype", "shape", "file");
+  for (const auto& file : checkpoint.files())
+    for (const auto& t : file.tensors())
+      std::printf("%-56s %-5s %-16s %s\n", t.name.c_str(), std::string(to_string(t.dtype)).c_str(),
+                  shape_string(t.shape).c_str(), file.path().filename().c_str());
+}
+
+}  // namespace
+
+void add_inspect(CLI::App& app) {
+  auto* cmd = app.add_subcommand("inspect", "Summarize a Hugging Face checkpoint directory");
+  auto dir = std::make_shared<std::string>();
+  auto list = std::make_shared<bool>(false);
+  cmd->add_option("dir", *dir, "Checkpoint directory (config.json + safetensors)")->required();
+  cmd->add_flag("--tensors", *list, "List every tensor with dtype, shape and file");
+  cmd->callback([dir, list] { inspect_checkpoint(*dir, *list); });
+}
+
+}  // namespace dume::cli

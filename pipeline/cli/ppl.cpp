@@ -1,0 +1,59 @@
+// `dume ppl`: perplexity of a dense checkpoint on a token corpus.
+#include <cstdio>
+
+#include "checkpoint.hpp"
+#include "commands.hpp"
+#include "corpus.hpp"
+#include "perplexity.hpp"
+
+namespace dume::cli {
+
+namespace {
+
+struct PplOptions {
+  std::string checkpoint, corpus, format = "uint16", dataset;
+  std::int64_t sequence_length = 256, max_sequences = 0, batch = 0;
+  int threads = 0;
+};
+
+void run_ppl(const PplOptions& o) {
+  const Checkpoint checkpoint(o.checkpoint);
+  const ModelConfig& c = checkpoint.config();
+  CorpusSpec spec{o.corpus, corpus_format_from_string(o.format), o.dataset};
+  auto tokens = corpus_read(spec);
+  corpus_check_vocab(tokens, static_cast<std::size_t>(c.vocab_size), spec.path);
+  const CorpusWindows windows(std::move(tokens), static_cast<std::size_t>(o.sequence_length),
+                              static_cast<std::size_t>(o.max_sequences), spec.path);
+  const Model model = load_dense_model(checkpoint);
+  auto backend = make_backend(BackendKind::cpu, o.threads);
+  Forward forward(model, *backend);
+  // Default batch: about 2048 tokens per forward pass, enough rows for GEMMs to run at full rate.
+  const std::int64_t batch = o.batch > 0 ? o.batch : std::max<std::int64_t>(1, 2048 / o.sequence_length);
+  const Perplexity p = perplexity(forward, c, windows, batch, /*show_progress=*/true);
+  std::printf("perplexity %.6f over %lld predicted tokens (%zu windows of %lld tokens from %s)\n", p.value(),
+              static_cast<long long>(p.tokens), windows.count(), static_cast<long long>(o.sequence_length),
+              o.corpus.c_str());
+}
+
+}  // namespace
+
+void add_ppl(CLI::App& app) {
+  auto* cmd = app.add_subcommand("ppl", "Perplexity of a dense checkpoint on a token corpus");
+  auto o = std::make_shared<PplOptions>();
+  cmd->add_option("--checkpoint", o->checkpoint, "Hugging Face checkpoint directory")->required();
+  cmd->add_option("--corpus", o->corpus, "Token corpus file")->required();
+  cmd->add_option("--format", o->format, "uint16 | uint32 | npy | hdf5 | text-bytes")->capture_default_str();
+  cmd->add_option("--dataset", o->dataset, "Dataset path inside an hdf5 corpus, e.g. /tokens");
+  cmd->add_option("--sequence-length", o->sequence_length, "Window length N: the corpus is cut into windows of N")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 1 << 20));
+  cmd->add_option("--max-sequences", o->max_sequences, "Use at most this many windows (0: all)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--batch", o->batch, "Windows per forward pass (default: about 2048 tokens)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", o->threads, "Compute threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->callback([o] { run_ppl(*o); });
+}
+
+}  // namespace dume::cli

@@ -1,0 +1,127 @@
+#include "dtype.hpp"
+
+#include <bit>
+#include <cmath>
+
+#include "error.hpp"
+
+static_assert(std::endian::native == std::endian::little, "dume reads little-endian files natively");
+
+namespace dume {
+
+namespace {
+struct DTypeInfo {
+  DType dtype;
+  std::string_view name;
+  std::size_t size;
+  bool is_float;
+};
+constexpr DTypeInfo kDTypes[] = {
+    {DType::F64, "F64", 8, true},  {DType::F32, "F32", 4, true},  {DType::F16, "F16", 2, true},
+    {DType::BF16, "BF16", 2, true}, {DType::I64, "I64", 8, false}, {DType::I32, "I32", 4, false},
+    {DType::I16, "I16", 2, false}, {DType::I8, "I8", 1, false},   {DType::U8, "U8", 1, false},
+    {DType::BOOL, "BOOL", 1, false},
+};
+const DTypeInfo& info(DType dtype) {
+  for (const auto& i : kDTypes)
+    if (i.dtype == dtype) return i;
+  DUME_ASSERT(false);
+}
+}  // namespace
+
+bool dtype_from_safetensors(std::string_view name, DType& out) {
+  for (const auto& i : kDTypes)
+    if (i.name == name) {
+      out = i.dtype;
+      return true;
+    }
+  return false;
+}
+
+std::string_view to_string(DType dtype) { return info(dtype).name; }
+std::size_t dtype_size(DType dtype) { return info(dtype).size; }
+bool dtype_is_float(DType dtype) { return info(dtype).is_float; }
+
+float f16_to_f32(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t exponent = (h >> 10) & 0x1fu;
+  std::uint32_t mantissa = h & 0x3ffu;
+  std::uint32_t bits;
+  if (exponent == 0x1f) {
+    bits = sign | 0x7f800000u | (mantissa << 13);  // inf or nan
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    bits = sign;
+  } else {  // subnormal: normalize
+    int shift = 0;
+    while ((mantissa & 0x400u) == 0) {
+      mantissa <<= 1;
+      ++shift;
+    }
+    mantissa &= 0x3ffu;
+    bits = sign | (static_cast<std::uint32_t>(113 - shift) << 23) | (mantissa << 13);
+  }
+  return std::bit_cast<float>(bits);
+}
+
+std::uint16_t f32_to_f16(float f) {
+  const std::uint32_t bits = std::bit_cast<std::uint32_t>(f);
+  const auto sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
+  const std::uint32_t abs = bits & 0x7fffffffu;
+  if (abs > 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7e00u);  // nan
+  if (abs >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // rounds to inf
+  if (abs < 0x38800000u) {  // subnormal or zero in f16: round (abs as float) * 2^24 to an integer
+    const float scaled = std::bit_cast<float>(abs) * 16777216.0f;  // exact: power of two
+    return static_cast<std::uint16_t>(sign | static_cast<std::uint16_t>(std::nearbyint(scaled)));
+  }
+  // normal: rebias the exponent and round the mantissa to 10 bits, nearest even
+  std::uint32_t rebased = abs - (112u << 23);
+  rebased += 0xfffu + ((rebased >> 13) & 1u);
+  return static_cast<std::uint16_t>(sign | (rebased >> 13));
+}
+
+std::size_t widen_to_f32(DType dtype, const std::byte* src, std::size_t count, float* dst) {
+  switch (dtype) {
+    case DType::F32:
+      std::memcpy(dst, src, count * sizeof(float));
+      break;
+    case DType::F64:
+      for (std::size_t i = 0; i < count; ++i) {
+        double v;
+        std::memcpy(&v, src + 8 * i, 8);
+        dst[i] = static_cast<float>(v);
+      }
+      break;
+    case DType::BF16:
+    case DType::F16:
+      for (std::size_t i = 0; i < count; ++i) {
+        std::uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        dst[i] = dtype == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+      }
+      break;
+    default:
+      throw Error("cannot read a " + std::string(to_string(dtype)) + " tensor as floating point");
+  }
+  for (std::size_t i = 0; i < count; ++i)
+    if (!std::isfinite(dst[i])) return i;
+  return count;
+}
+
+void round_through(DType dtype, std::span<float> values) {
+  switch (dtype) {
+    case DType::F32:
+      return;
+    case DType::BF16:
+      for (float& v : values) v = bf16_to_f32(f32_to_bf16(v));
+      return;
+    case DType::F16:
+      for (float& v : values) v = f16_to_f32(f32_to_f16(v));
+      return;
+    default:
+      throw Error("cannot store weights as " + std::string(to_string(dtype)));
+  }
+}
+
+}  // namespace dume

@@ -1,0 +1,151 @@
+#include "forward.hpp"
+
+#include <cmath>
+
+#include "error.hpp"
+
+namespace dume {
+
+namespace {
+
+Buffer upload(Backend& backend, const Matrix& m) {
+  return backend.upload({m.data(), static_cast<std::size_t>(m.size())});
+}
+Buffer upload(Backend& backend, const Vector& v) {
+  return backend.upload({v.data(), static_cast<std::size_t>(v.size())});
+}
+
+}  // namespace
+
+Forward::Forward(const Model& model, Backend& backend) : model_(model), backend_(backend) {
+  const SharedWeights& w = model.shared;
+  embed_ = upload(backend, w.embed);
+  norm_ = upload(backend, w.norm);
+  lm_head_ = upload(backend, w.output_embedding());
+  for (const LayerWeights& l : w.layers) {
+    const AttentionWeights& a = l.attention;
+    layers_.push_back({upload(backend, l.input_norm), upload(backend, l.post_attention_norm), upload(backend, a.q),
+                       upload(backend, a.k), upload(backend, a.v), upload(backend, a.o), upload(backend, a.q_bias),
+                       upload(backend, a.k_bias), upload(backend, a.v_bias), upload(backend, a.o_bias)});
+  }
+  for (const auto& layer : model.experts) {
+    auto& resident = experts_.emplace_back();
+    for (const MlpWeights& m : layer)
+      resident.push_back({upload(backend, m.gate), upload(backend, m.up), upload(backend, m.down)});
+  }
+  DUME_ASSERT(layers_.size() == experts_.size());
+}
+
+void Forward::ensure_workspace(std::int64_t T, std::int64_t S, bool logits) {
+  const ModelConfig& c = model_.config;
+  const auto n = [T](std::int64_t width) { return static_cast<std::size_t>(T * width); };
+  if (T > ws_.rows) {
+    ws_.x = backend_.alloc(n(c.hidden_size));
+    ws_.h = backend_.alloc(n(c.hidden_size));
+    ws_.q = backend_.alloc(n(c.q_dim()));
+    ws_.attention = backend_.alloc(n(c.q_dim()));
+    ws_.k = backend_.alloc(n(c.kv_dim()));
+    ws_.v = backend_.alloc(n(c.kv_dim()));
+    ws_.gate = backend_.alloc(n(c.intermediate_size));
+    ws_.up = backend_.alloc(n(c.intermediate_size));
+    ws_.logits = Buffer();
+    ws_.rows = T;
+  }
+  if (logits && ws_.logits.size() < n(c.vocab_size)) ws_.logits = backend_.alloc(n(c.vocab_size));
+  if (S > rope_positions_) {
+    // transformers: angle = f32(position) * f32(inv_freq) in f32, then cos/sin.
+    const std::vector<float> inv_freq = c.rope_inv_freq();
+    const auto half = static_cast<std::int64_t>(inv_freq.size());
+    rope_cos_.assign(static_cast<std::size_t>(S * half), 0.0f);
+    rope_sin_.assign(rope_cos_.size(), 0.0f);
+    for (std::int64_t s = 0; s < S; ++s)
+      for (std::int64_t i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(s) * inv_freq[static_cast<std::size_t>(i)];
+        rope_cos_[static_cast<std::size_t>(s * half + i)] = static_cast<float>(std::cos(static_cast<double>(angle)));
+        rope_sin_[static_cast<std::size_t>(s * half + i)] = static_cast<float>(std::sin(static_cast<double>(angle)));
+      }
+    ws_.cos = backend_.upload(rope_cos_);
+    ws_.sin = backend_.upload(rope_sin_);
+    rope_positions_ = S;
+  }
+}
+
+const Forward::MlpBuffers& Forward::mlp_for(std::size_t layer, int forced_expert) const {
+  const auto& experts = experts_[layer];
+  if (forced_expert >= 0) {
+    if (static_cast<std::size_t>(forced_expert) >= experts.size())
+      throw Error("forced expert " + std::to_string(forced_expert) + " but layer " + std::to_string(layer) + " has " +
+                  std::to_string(experts.size()) + " resident MLPs");
+    return experts[static_cast<std::size_t>(forced_expert)];
+  }
+  if (experts.size() != 1) throw Error("routed MoE forward is not available in this build");
+  return experts[0];
+}
+
+std::vector<float> Forward::run(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S,
+                                const ForwardOptions& options) {
+  const ModelConfig& c = model_.config;
+  DUME_ASSERT(static_cast<std::int64_t>(tokens.size()) == B * S);
+  // Truncate each sequence to its first C positions.
+  std::vector<std::uint32_t> truncated;
+  if (options.context_tokens > 0 && options.context_tokens < S) {
+    const std::int64_t C = options.context_tokens;
+    truncated.reserve(static_cast<std::size_t>(B * C));
+    for (std::int64_t b = 0; b < B; ++b)
+      truncated.insert(truncated.end(), tokens.begin() + b * S, tokens.begin() + b * S + C);
+    tokens = truncated;
+    S = C;
+  }
+  if (c.sliding_window && S > *c.sliding_window)
+    throw Error("sequences of " + std::to_string(S) + " tokens exceed the model's sliding_window of " +
+                std::to_string(*c.sliding_window) + ", which dume does not implement; use shorter sequences");
+  const std::int64_t T = B * S, D = c.hidden_size, F = c.intermediate_size, H = c.num_heads, Hkv = c.num_kv_heads,
+                     hd = c.head_dim;
+  const auto eps = static_cast<float>(c.rms_norm_eps);
+  ensure_workspace(T, S, options.logits);
+  Backend& be = backend_;
+  float* x = ws_.x.data();
+  float* h = ws_.h.data();
+
+  be.embed(tokens, embed_.data(), D, x);
+  const auto L = static_cast<std::size_t>(c.num_layers);
+  for (std::size_t l = 0; l < L; ++l) {
+    const LayerBuffers& w = layers_[l];
+    be.rms_norm(x, w.input_norm.data(), T, D, eps, h);
+    be.linear(h, w.q.data(), w.q_bias.data(), T, D, c.q_dim(), ws_.q.data());
+    be.linear(h, w.k.data(), w.k_bias.data(), T, D, c.kv_dim(), ws_.k.data());
+    be.linear(h, w.v.data(), w.v_bias.data(), T, D, c.kv_dim(), ws_.v.data());
+    be.rope(ws_.q.data(), B, S, H, hd, ws_.cos.data(), ws_.sin.data());
+    be.rope(ws_.k.data(), B, S, Hkv, hd, ws_.cos.data(), ws_.sin.data());
+    be.attention(ws_.q.data(), ws_.k.data(), ws_.v.data(), B, S, H, Hkv, hd, ws_.attention.data());
+    be.linear(ws_.attention.data(), w.o.data(), w.o_bias.data(), T, c.q_dim(), D, x, /*accumulate=*/true);
+
+    be.rms_norm(x, w.post_attention_norm.data(), T, D, eps, h);
+    if (options.on_mlp_input) options.on_mlp_input(static_cast<std::int64_t>(l), h, T);
+    if (!options.logits && l + 1 == L) return {};
+    const MlpBuffers& mlp = mlp_for(l, options.forced_expert);
+    be.linear(h, mlp.gate.data(), nullptr, T, D, F, ws_.gate.data());
+    be.linear(h, mlp.up.data(), nullptr, T, D, F, ws_.up.data());
+    be.swiglu(ws_.gate.data(), ws_.up.data(), T * F, ws_.gate.data());
+    be.linear(ws_.gate.data(), mlp.down.data(), nullptr, T, F, D, x, /*accumulate=*/true);
+  }
+  if (!options.logits) return {};
+  be.rms_norm(x, norm_.data(), T, D, eps, h);
+  be.linear(h, lm_head_.data(), nullptr, T, D, c.vocab_size, ws_.logits.data());
+  std::vector<float> logits(static_cast<std::size_t>(T * c.vocab_size));
+  be.download(ws_.logits.data(), logits);
+  return logits;
+}
+
+double Forward::flops(const ModelConfig& c, std::int64_t B, std::int64_t S, bool logits) {
+  const double D = static_cast<double>(c.hidden_size), T = static_cast<double>(B * S);
+  const double projections = D * static_cast<double>(2 * c.q_dim() + 2 * c.kv_dim());
+  const double mlp = 3 * D * static_cast<double>(c.intermediate_size);
+  // causal attention: q k^T and p v over (S + 1) / 2 positions on average, per head
+  const double attention = 2.0 * static_cast<double>(c.num_heads * c.head_dim) * (static_cast<double>(S) + 1) / 2;
+  double per_token = static_cast<double>(c.num_layers) * (projections + mlp + attention);
+  if (logits) per_token += D * static_cast<double>(c.vocab_size);
+  return 2 * T * per_token;
+}
+
+}  // namespace dume

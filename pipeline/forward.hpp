@@ -1,0 +1,67 @@
+// The forward pass of a Llama-family model (dense or MoE) on any backend, batched over
+// sequences, with the hooks DUME needs: capture each layer's MLP input, force one expert's
+// MLP, truncate to the first C positions, and stop before the lm_head.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "backend.hpp"
+#include "model.hpp"
+
+namespace dume {
+
+struct ForwardOptions {
+  // Run every layer with this expert's MLP; -1 routes (an MoE) or uses the only MLP (dense).
+  int forced_expert = -1;
+  // Use only the first C positions of each sequence (0: all). Attention is causal, so the
+  // hidden states of those positions are exactly those of the full sequence.
+  std::int64_t context_tokens = 0;
+  // false: stop right after the last layer's MLP input (no last MLP, final norm or lm_head).
+  bool logits = true;
+  // Called with each layer's MLP input, the output of post_attention_layernorm: x (T, D) in the
+  // backend's memory, T = B * S rows ordered by sequence, then position.
+  std::function<void(std::int64_t layer, const float* x, std::int64_t T)> on_mlp_input;
+};
+
+class Forward {
+ public:
+  // Makes the model's weights resident on the backend (the CPU aliases them: keep `model` alive).
+  Forward(const Model& model, Backend& backend);
+
+  // tokens: B sequences of S ids (row-major), each < V. Returns logits (B * S', V) on the host,
+  // S' = min(S, context_tokens), or nothing when options.logits is false.
+  std::vector<float> run(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S,
+                         const ForwardOptions& options = {});
+
+  // FLOPs of one run over B sequences of S tokens (2 per multiply-add; attention included).
+  static double flops(const ModelConfig& config, std::int64_t B, std::int64_t S, bool logits = true);
+
+ private:
+  struct LayerBuffers {
+    Buffer input_norm, post_attention_norm, q, k, v, o, q_bias, k_bias, v_bias, o_bias;
+  };
+  struct MlpBuffers {
+    Buffer gate, up, down;
+  };
+  struct Workspace {
+    std::int64_t rows = 0;
+    Buffer x, h, q, k, v, attention, gate, up, logits, cos, sin;
+  };
+
+  void ensure_workspace(std::int64_t T, std::int64_t S, bool logits);
+  const MlpBuffers& mlp_for(std::size_t layer, int forced_expert) const;
+
+  const Model& model_;
+  Backend& backend_;
+  Buffer embed_, norm_, lm_head_;
+  std::vector<LayerBuffers> layers_;
+  std::vector<std::vector<MlpBuffers>> experts_;
+  Workspace ws_;
+  std::vector<float> rope_cos_, rope_sin_;  // (S, hd/2) host tables behind ws_.cos / ws_.sin
+  std::int64_t rope_positions_ = 0;
+};
+
+}  // namespace dume

@@ -1,0 +1,80 @@
+// Minimal RAII and error helpers over the HDF5 C API: owned ids, status checks that throw dume::Error.
+// Not a C++ binding of HDF5; readers and writers call the C API directly with these helpers.
+#pragma once
+
+#include <hdf5.h>
+
+#include <string>
+#include <utility>
+
+#include "error.hpp"
+
+namespace dume {
+
+// Owns one HDF5 id and closes it with the function that matches its kind. Move-only.
+class H5Id {
+ public:
+  H5Id() noexcept = default;
+  explicit H5Id(hid_t id) noexcept : id_(id) {}
+  ~H5Id() { reset(); }
+
+  H5Id(const H5Id&) = delete;
+  H5Id& operator=(const H5Id&) = delete;
+  H5Id(H5Id&& other) noexcept : id_(std::exchange(other.id_, H5I_INVALID_HID)) {}
+  H5Id& operator=(H5Id&& other) noexcept {
+    if (this != &other) {
+      reset();
+      id_ = std::exchange(other.id_, H5I_INVALID_HID);
+    }
+    return *this;
+  }
+
+  hid_t get() const noexcept { return id_; }
+  bool valid() const noexcept { return id_ >= 0; }
+
+  // Gives up ownership without closing.
+  hid_t release() noexcept { return std::exchange(id_, H5I_INVALID_HID); }
+
+  // Closes the owned id (if any). Close failures are ignored: this runs in destructors, and a
+  // failed close of a read handle loses nothing; writers must close explicitly and check instead.
+  void reset() noexcept {
+    if (valid()) close_id(id_);
+    id_ = H5I_INVALID_HID;
+  }
+
+ private:
+  static void close_id(hid_t id) noexcept {
+    // H5Oopen hands out ids whose type is the concrete object kind (group, dataset, named
+    // datatype), so H5Oclose is never needed; the type-specific close covers them.
+    switch (H5Iget_type(id)) {
+      case H5I_FILE: H5Fclose(id); break;
+      case H5I_GROUP: H5Gclose(id); break;
+      case H5I_DATATYPE: H5Tclose(id); break;
+      case H5I_DATASPACE: H5Sclose(id); break;
+      case H5I_DATASET: H5Dclose(id); break;
+      case H5I_ATTR: H5Aclose(id); break;
+      case H5I_GENPROP_LST: H5Pclose(id); break;
+      default: break;  // not a closable id (or already invalid): nothing we own
+    }
+  }
+
+  hid_t id_ = H5I_INVALID_HID;
+};
+
+// Returns `id`, or throws Error(what) when HDF5 signalled failure (a negative id).
+inline hid_t h5_check(hid_t id, const std::string& what) {
+  if (id < 0) throw Error(what);
+  return id;
+}
+
+// Returns `status` (also htri_t, the same type), or throws Error(what) when it is negative.
+inline herr_t h5_check(herr_t status, const std::string& what) {
+  if (status < 0) throw Error(what);
+  return status;
+}
+
+// Turns off HDF5's automatic error-stack printing for the default stack, so a failure reaches the
+// user as our one-line Error instead of a multi-screen dump. Process-wide and idempotent.
+inline void h5_silence_errors() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+
+}  // namespace dume

@@ -1,0 +1,53 @@
+// Reader of one .safetensors file: memory-mapped, with the header treated as untrusted input.
+// Layout: u64 LE header length, JSON header {name: {dtype, shape, data_offsets}, __metadata__},
+// then the data area that data_offsets index.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <unordered_map>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "dtype.hpp"
+#include "mapped_file.hpp"
+
+namespace dume {
+
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<std::int64_t> shape;
+  std::size_t begin = 0, end = 0;  // byte offsets within the data area
+
+  std::size_t numel() const;
+};
+
+std::string shape_string(std::span<const std::int64_t> shape);  // "[4, 64]"
+
+class SafetensorsFile {
+ public:
+  // Largest header accepted: real headers are a few hundred KB even for 400-tensor shards.
+  static constexpr std::uint64_t kMaxHeaderBytes = 100ull << 20;
+
+  // Maps and validates the file; every problem is an Error "<path>: <problem>".
+  explicit SafetensorsFile(const std::filesystem::path& path);
+
+  const std::filesystem::path& path() const { return file_.path(); }
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }  // ordered by offset
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const TensorInfo* find(std::string_view name) const;
+  std::span<const std::byte> data(const TensorInfo& tensor) const;
+
+ private:
+  MappedFile file_;
+  std::span<const std::byte> data_area_;
+  std::vector<TensorInfo> tensors_;
+  std::unordered_map<std::string, std::size_t> index_;  // name -> position in tensors_
+  std::map<std::string, std::string> metadata_;
+};
+
+}  // namespace dume

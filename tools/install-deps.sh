@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages dume builds and tests with (run as root, or with sudo by hand).
+# The CUDA toolkit is optional and not installed here: the CUDA backend builds where nvcc is found.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+packages=(
+  build-essential cmake pkg-config git
+  libopenmpi-dev openmpi-bin
+  libhdf5-dev hdf5-tools
+  libeigen3-dev libopenblas-dev
+  libyaml-cpp-dev libgtest-dev libcli11-dev nlohmann-json3-dev
+  libbenchmark-dev
+)
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${packages[@]}"
