@@ -11,20 +11,23 @@
 
 namespace dume {
 
-// An array of floats in a backend's memory; owning, or a view of memory owned elsewhere.
-class Buffer {
+// An array in a backend's memory; owning, or a view of memory owned elsewhere.
+template <class T>
+class BasicBuffer {
  public:
-  Buffer() = default;
-  Buffer(float* data, std::size_t size, std::shared_ptr<void> owner = nullptr)
+  BasicBuffer() = default;
+  BasicBuffer(T* data, std::size_t size, std::shared_ptr<void> owner = nullptr)
       : data_(data), size_(size), owner_(std::move(owner)) {}
-  float* data() const { return data_; }
+  T* data() const { return data_; }
   std::size_t size() const { return size_; }
 
  private:
-  float* data_ = nullptr;
+  T* data_ = nullptr;
   std::size_t size_ = 0;
   std::shared_ptr<void> owner_;  // frees the memory; null for a view
 };
+using Buffer = BasicBuffer<float>;
+using Buffer64 = BasicBuffer<double>;  // statistics
 
 enum class BackendKind { cpu, cuda };
 
@@ -37,6 +40,8 @@ class Backend {
   virtual Buffer alloc(std::size_t n) = 0;                   // n floats, uninitialized
   virtual Buffer upload(std::span<const float> host) = 0;    // read-only data (weights); CPU aliases it
   virtual void download(const float* src, std::span<float> host) = 0;
+  virtual Buffer64 alloc64(std::size_t n) = 0;  // n doubles, zeroed
+  virtual void download(const double* src, std::span<double> host) = 0;
 
   // out (T, D) = table[tokens[t]] rows; token ids are host memory, already checked < V.
   virtual void embed(std::span<const std::uint32_t> tokens, const float* table, std::int64_t D, float* out) = 0;
@@ -58,6 +63,17 @@ class Backend {
   virtual void swiglu(const float* gate, const float* up, std::int64_t n, float* out) = 0;
   // x += y over n elements.
   virtual void add(float* x, const float* y, std::int64_t n) = 0;
+
+  // MoE dispatch: out (rows, D) = x[rows[i]]; and x[rows[i]] += weights[i] * y[i] for y (rows, D).
+  // Row indices and weights are host memory.
+  virtual void gather_rows(const float* x, std::int64_t D, std::span<const std::int64_t> rows, float* out) = 0;
+  virtual void scatter_add_rows(const float* y, std::int64_t D, std::span<const std::int64_t> rows,
+                                std::span<const float> weights, float* x) = 0;
+
+  // DUME statistics: A += [x 1]^T [x 1] for x (T, D), A ((D+1), (D+1)) row-major f64, of which
+  // only the upper triangle (j >= i) is updated. Products and sums are f64: A matches a float64
+  // reference from the same x to rounding.
+  virtual void stats_accumulate(const float* x, std::int64_t T, std::int64_t D, double* A) = 0;
 };
 
 // threads = 0: all cores. Asking for a backend this build lacks throws, saying so.

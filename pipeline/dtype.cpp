@@ -124,4 +124,23 @@ void round_through(DType dtype, std::span<float> values) {
   }
 }
 
+std::vector<std::byte> encode(DType dtype, std::span<const float> values) {
+  std::vector<std::byte> out(values.size() * dtype_size(dtype));
+  switch (dtype) {
+    case DType::F32:
+      std::memcpy(out.data(), values.data(), out.size());
+      break;
+    case DType::BF16:
+    case DType::F16:
+      for (std::size_t i = 0; i < values.size(); ++i) {
+        const std::uint16_t h = dtype == DType::BF16 ? f32_to_bf16(values[i]) : f32_to_f16(values[i]);
+        std::memcpy(out.data() + 2 * i, &h, 2);
+      }
+      break;
+    default:
+      throw Error("cannot store weights as " + std::string(to_string(dtype)));
+  }
+  return out;
+}
+
 }  // namespace dume

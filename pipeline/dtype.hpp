@@ -8,6 +8,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace dume {
 
@@ -45,5 +46,8 @@ std::size_t widen_to_f32(DType dtype, const std::byte* src, std::size_t count, f
 // Rounds f32 values to `dtype` (F32, F16 or BF16) and widens them back: the value a stored
 // tensor of that dtype would hold.
 void round_through(DType dtype, std::span<float> values);
+
+// Encodes f32 values as `dtype` bytes (F32, F16, BF16; rounding to nearest even).
+std::vector<std::byte> encode(DType dtype, std::span<const float> values);
 
 }  // namespace dume

@@ -1,5 +1,6 @@
 #include "forward.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "error.hpp"
@@ -33,7 +34,26 @@ Forward::Forward(const Model& model, Backend& backend) : model_(model), backend_
     for (const MlpWeights& m : layer)
       resident.push_back({upload(backend, m.gate), upload(backend, m.up), upload(backend, m.down)});
   }
+  for (const Router& r : model.routers) routers_.push_back({upload(backend, r.weight), upload(backend, r.bias)});
   DUME_ASSERT(layers_.size() == experts_.size());
+  DUME_ASSERT(routers_.empty() || routers_.size() == layers_.size());
+}
+
+void route_top_k(std::span<const float> logits, int k, std::span<std::int64_t> experts, std::span<float> weights) {
+  const auto E = static_cast<std::int64_t>(logits.size());
+  for (int i = 0; i < k; ++i) {  // k is small: selection by repeated scans, ties to the lower index
+    std::int64_t best = -1;
+    for (std::int64_t e = 0; e < E; ++e) {
+      if (std::find(experts.begin(), experts.begin() + i, e) != experts.begin() + i) continue;
+      if (best < 0 || logits[static_cast<std::size_t>(e)] > logits[static_cast<std::size_t>(best)]) best = e;
+    }
+    experts[static_cast<std::size_t>(i)] = best;
+  }
+  const double top = logits[static_cast<std::size_t>(experts[0])];
+  double sum = 0;
+  std::vector<double> p(static_cast<std::size_t>(k));
+  for (int i = 0; i < k; ++i) sum += p[static_cast<std::size_t>(i)] = std::exp(logits[static_cast<std::size_t>(experts[static_cast<std::size_t>(i)])] - top);
+  for (int i = 0; i < k; ++i) weights[static_cast<std::size_t>(i)] = static_cast<float>(p[static_cast<std::size_t>(i)] / sum);
 }
 
 void Forward::ensure_workspace(std::int64_t T, std::int64_t S, bool logits) {
@@ -49,6 +69,11 @@ void Forward::ensure_workspace(std::int64_t T, std::int64_t S, bool logits) {
     ws_.gate = backend_.alloc(n(c.intermediate_size));
     ws_.up = backend_.alloc(n(c.intermediate_size));
     ws_.logits = Buffer();
+    if (!routers_.empty()) {
+      ws_.expert_in = backend_.alloc(n(c.hidden_size));
+      ws_.expert_out = backend_.alloc(n(c.hidden_size));
+      ws_.router_logits = backend_.alloc(n(static_cast<std::int64_t>(model_.routers[0].bias.size())));
+    }
     ws_.rows = T;
   }
   if (logits && ws_.logits.size() < n(c.vocab_size)) ws_.logits = backend_.alloc(n(c.vocab_size));
@@ -70,16 +95,53 @@ void Forward::ensure_workspace(std::int64_t T, std::int64_t S, bool logits) {
   }
 }
 
-const Forward::MlpBuffers& Forward::mlp_for(std::size_t layer, int forced_expert) const {
+void Forward::mlp(const MlpBuffers& w, const float* h, std::int64_t T, float* x) {
+  const ModelConfig& c = model_.config;
+  const std::int64_t D = c.hidden_size, F = c.intermediate_size;
+  backend_.linear(h, w.gate.data(), nullptr, T, D, F, ws_.gate.data());
+  backend_.linear(h, w.up.data(), nullptr, T, D, F, ws_.up.data());
+  backend_.swiglu(ws_.gate.data(), ws_.up.data(), T * F, ws_.gate.data());
+  backend_.linear(ws_.gate.data(), w.down.data(), nullptr, T, F, D, x, /*accumulate=*/true);
+}
+
+void Forward::routed_mlp(std::size_t layer, std::int64_t T, const ForwardOptions& options) {
+  const std::int64_t D = model_.config.hidden_size;
   const auto& experts = experts_[layer];
-  if (forced_expert >= 0) {
-    if (static_cast<std::size_t>(forced_expert) >= experts.size())
-      throw Error("forced expert " + std::to_string(forced_expert) + " but layer " + std::to_string(layer) + " has " +
-                  std::to_string(experts.size()) + " resident MLPs");
-    return experts[static_cast<std::size_t>(forced_expert)];
+  const auto E = static_cast<std::int64_t>(experts.size());
+  const int k = model_.top_k;
+  const RouterBuffers& router = routers_[layer];
+  backend_.linear(ws_.h.data(), router.weight.data(), router.bias.data(), T, D, E, ws_.router_logits.data());
+  std::vector<float> logits(static_cast<std::size_t>(T * E));
+  backend_.download(ws_.router_logits.data(), logits);
+  for (float& v : logits) v /= model_.temperature;
+  if (options.on_router_logits) options.on_router_logits(static_cast<std::int64_t>(layer), logits);
+
+  // Dispatch: each expert's tokens and weights, in token order.
+  std::vector<std::vector<std::int64_t>> rows(static_cast<std::size_t>(E));
+  std::vector<std::vector<float>> weights(static_cast<std::size_t>(E));
+  std::vector<std::int64_t> chosen(static_cast<std::size_t>(k));
+  std::vector<float> p(static_cast<std::size_t>(k));
+  for (std::int64_t t = 0; t < T; ++t) {
+    route_top_k(std::span<const float>(logits).subspan(static_cast<std::size_t>(t * E), static_cast<std::size_t>(E)), k,
+                chosen, p);
+    for (int i = 0; i < k; ++i) {
+      rows[static_cast<std::size_t>(chosen[static_cast<std::size_t>(i)])].push_back(t);
+      weights[static_cast<std::size_t>(chosen[static_cast<std::size_t>(i)])].push_back(p[static_cast<std::size_t>(i)]);
+    }
   }
-  if (experts.size() != 1) throw Error("routed MoE forward is not available in this build");
-  return experts[0];
+  const ModelConfig& c = model_.config;
+  for (std::int64_t e = 0; e < E; ++e) {
+    const auto& r = rows[static_cast<std::size_t>(e)];
+    if (r.empty()) continue;
+    const auto n = static_cast<std::int64_t>(r.size());
+    const MlpBuffers& w = experts[static_cast<std::size_t>(e)];
+    backend_.gather_rows(ws_.h.data(), D, r, ws_.expert_in.data());
+    backend_.linear(ws_.expert_in.data(), w.gate.data(), nullptr, n, D, c.intermediate_size, ws_.gate.data());
+    backend_.linear(ws_.expert_in.data(), w.up.data(), nullptr, n, D, c.intermediate_size, ws_.up.data());
+    backend_.swiglu(ws_.gate.data(), ws_.up.data(), n * c.intermediate_size, ws_.gate.data());
+    backend_.linear(ws_.gate.data(), w.down.data(), nullptr, n, c.intermediate_size, D, ws_.expert_out.data());
+    backend_.scatter_add_rows(ws_.expert_out.data(), D, r, weights[static_cast<std::size_t>(e)], ws_.x.data());
+  }
 }
 
 std::vector<float> Forward::run(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S,
@@ -99,7 +161,7 @@ std::vector<float> Forward::run(std::span<const std::uint32_t> tokens, std::int6
   if (c.sliding_window && S > *c.sliding_window)
     throw Error("sequences of " + std::to_string(S) + " tokens exceed the model's sliding_window of " +
                 std::to_string(*c.sliding_window) + ", which dume does not implement; use shorter sequences");
-  const std::int64_t T = B * S, D = c.hidden_size, F = c.intermediate_size, H = c.num_heads, Hkv = c.num_kv_heads,
+  const std::int64_t T = B * S, D = c.hidden_size, H = c.num_heads, Hkv = c.num_kv_heads,
                      hd = c.head_dim;
   const auto eps = static_cast<float>(c.rms_norm_eps);
   ensure_workspace(T, S, options.logits);
@@ -123,11 +185,18 @@ std::vector<float> Forward::run(std::span<const std::uint32_t> tokens, std::int6
     be.rms_norm(x, w.post_attention_norm.data(), T, D, eps, h);
     if (options.on_mlp_input) options.on_mlp_input(static_cast<std::int64_t>(l), h, T);
     if (!options.logits && l + 1 == L) return {};
-    const MlpBuffers& mlp = mlp_for(l, options.forced_expert);
-    be.linear(h, mlp.gate.data(), nullptr, T, D, F, ws_.gate.data());
-    be.linear(h, mlp.up.data(), nullptr, T, D, F, ws_.up.data());
-    be.swiglu(ws_.gate.data(), ws_.up.data(), T * F, ws_.gate.data());
-    be.linear(ws_.gate.data(), mlp.down.data(), nullptr, T, F, D, x, /*accumulate=*/true);
+    const auto& experts = experts_[l];
+    if (options.forced_expert >= 0) {
+      if (static_cast<std::size_t>(options.forced_expert) >= experts.size())
+        throw Error("forced expert " + std::to_string(options.forced_expert) + " but layer " + std::to_string(l) +
+                    " has " + std::to_string(experts.size()) + " resident MLPs");
+      mlp(experts[static_cast<std::size_t>(options.forced_expert)], h, T, x);
+    } else if (!routers_.empty()) {
+      routed_mlp(l, T, options);
+    } else {
+      if (experts.size() != 1) throw Error("an MoE without routers needs a forced expert");
+      mlp(experts[0], h, T, x);
+    }
   }
   if (!options.logits) return {};
   be.rms_norm(x, norm_.data(), T, D, eps, h);

@@ -24,7 +24,15 @@ struct ForwardOptions {
   // Called with each layer's MLP input, the output of post_attention_layernorm: x (T, D) in the
   // backend's memory, T = B * S rows ordered by sequence, then position.
   std::function<void(std::int64_t layer, const float* x, std::int64_t T)> on_mlp_input;
+  // Routed MoE layers: called with the router logits (T, E) on the host, already divided by the
+  // temperature, before top-k. It may read them (routing statistics) or overwrite them (random
+  // routing).
+  std::function<void(std::int64_t layer, std::span<float> logits)> on_router_logits;
 };
+
+// Top-k routing of one token: the k largest logits (ties to the lower expert index) and the
+// softmax over those k only. experts/weights receive k entries.
+void route_top_k(std::span<const float> logits, int k, std::span<std::int64_t> experts, std::span<float> weights);
 
 class Forward {
  public:
@@ -46,19 +54,25 @@ class Forward {
   struct MlpBuffers {
     Buffer gate, up, down;
   };
+  struct RouterBuffers {
+    Buffer weight, bias;
+  };
   struct Workspace {
     std::int64_t rows = 0;
-    Buffer x, h, q, k, v, attention, gate, up, logits, cos, sin;
+    Buffer x, h, q, k, v, attention, gate, up, logits, cos, sin, expert_in, expert_out, router_logits;
   };
 
   void ensure_workspace(std::int64_t T, std::int64_t S, bool logits);
-  const MlpBuffers& mlp_for(std::size_t layer, int forced_expert) const;
+  // out (T, D) += MLP(h): into x; rows = T.
+  void mlp(const MlpBuffers& w, const float* h, std::int64_t T, float* x);
+  void routed_mlp(std::size_t layer, std::int64_t T, const ForwardOptions& options);
 
   const Model& model_;
   Backend& backend_;
   Buffer embed_, norm_, lm_head_;
   std::vector<LayerBuffers> layers_;
   std::vector<std::vector<MlpBuffers>> experts_;
+  std::vector<RouterBuffers> routers_;
   Workspace ws_;
   std::vector<float> rope_cos_, rope_sin_;  // (S, hd/2) host tables behind ws_.cos / ws_.sin
   std::int64_t rope_positions_ = 0;

@@ -1,12 +1,17 @@
-// Minimal RAII and error helpers over the HDF5 C API: owned ids, status checks that throw dume::Error.
-// Not a C++ binding of HDF5; readers and writers call the C API directly with these helpers.
+// Small helpers over the HDF5 C API: owned ids, status checks that throw dume::Error, and the
+// dataset/attribute reads and writes dume's files need. Not a general C++ binding of HDF5.
 #pragma once
 
 #include <hdf5.h>
 
+#include <cstdint>
+#include <filesystem>
+#include <span>
 #include <string>
 #include <utility>
+#include <vector>
 
+#include "dtype.hpp"
 #include "error.hpp"
 
 namespace dume {
@@ -76,5 +81,46 @@ inline herr_t h5_check(herr_t status, const std::string& what) {
 // Turns off HDF5's automatic error-stack printing for the default stack, so a failure reaches the
 // user as our one-line Error instead of a multi-screen dump. Process-wide and idempotent.
 inline void h5_silence_errors() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+
+namespace h5 {
+
+// HDF5 1.10 has no 16-bit float types: bf16 and f16 are stored as 16-bit unsigned integers
+// with a string attribute "dtype" ("bfloat16" / "float16"), as Keras 3 does. Every dataset
+// dume writes carries that attribute ("float32", "float64", "int64" otherwise).
+std::string dtype_attribute(DType dtype);
+
+H5Id create_file(const std::filesystem::path& path);  // fails if it exists
+H5Id open_file(const std::filesystem::path& path);    // read-only; names the path in errors
+
+// Writes a dataset at `path` (intermediate groups created) holding `data` (dtype's bytes, row-major).
+void write_dataset(hid_t file, const std::string& path, DType dtype, std::span<const std::int64_t> shape,
+                   const void* data);
+
+void write_attribute(hid_t object, const std::string& name, const std::string& value);
+void write_attribute(hid_t object, const std::string& name, double value);
+void write_attribute(hid_t object, const std::string& name, std::int64_t value);
+void write_attribute(hid_t object, const std::string& name, const std::vector<std::string>& values);
+
+bool has_attribute(hid_t object, const std::string& name);
+std::string read_string_attribute(hid_t object, const std::string& name);
+double read_double_attribute(hid_t object, const std::string& name);
+std::int64_t read_int_attribute(hid_t object, const std::string& name);
+std::vector<std::string> read_strings_attribute(hid_t object, const std::string& name);
+
+struct DatasetInfo {
+  DType dtype = DType::F32;
+  std::vector<std::int64_t> shape;
+  std::size_t numel() const;
+};
+// The dataset's dume dtype (from its "dtype" attribute, checked against its HDF5 type) and shape.
+DatasetInfo dataset_info(hid_t file, const std::string& path);
+// Reads a float dataset widened to f32 (or f64), checking the shape and that values are finite.
+std::vector<float> read_f32(hid_t file, const std::string& path, std::span<const std::int64_t> shape);
+std::vector<double> read_f64(hid_t file, const std::string& path, std::span<const std::int64_t> shape);
+std::vector<std::int64_t> read_i64(hid_t file, const std::string& path, std::span<const std::int64_t> shape);
+// The raw stored bytes of a dataset (dtype's encoding), for exact copies.
+std::vector<std::byte> read_raw(hid_t file, const std::string& path);
+
+}  // namespace h5
 
 }  // namespace dume

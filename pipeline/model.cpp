@@ -1,62 +1,60 @@
 #include "model.hpp"
 
 #include <cmath>
+#include <deque>
+#include <fstream>
 #include <random>
+
+#include "error.hpp"
 
 namespace dume {
 
 namespace {
-
-Matrix read_matrix(const Checkpoint& c, std::string_view name, std::int64_t rows, std::int64_t cols) {
-  Matrix m(rows, cols);
-  const std::int64_t shape[] = {rows, cols};
-  c.read(name, shape, {m.data(), static_cast<std::size_t>(m.size())});
-  return m;
+template <class Storage>
+std::span<float> span_of(Storage& storage) {
+  return {storage.data(), static_cast<std::size_t>(storage.size())};
 }
-
-Vector read_vector(const Checkpoint& c, std::string_view name, std::int64_t n) {
-  Vector v(n);
-  const std::int64_t shape[] = {n};
-  c.read(name, shape, {v.data(), static_cast<std::size_t>(n)});
-  return v;
-}
-
 }  // namespace
 
 SharedWeights load_shared_weights(const Checkpoint& checkpoint) {
-  const ModelConfig& c = checkpoint.config();
-  const std::int64_t D = c.hidden_size;
   SharedWeights w;
-  w.embed = read_matrix(checkpoint, hf::embed_tokens, c.vocab_size, D);
-  w.norm = read_vector(checkpoint, hf::norm, D);
-  if (!c.tie_word_embeddings) w.lm_head = read_matrix(checkpoint, hf::lm_head, c.vocab_size, D);
-  w.layers.resize(static_cast<std::size_t>(c.num_layers));
-  for (std::int64_t l = 0; l < c.num_layers; ++l) {
-    LayerWeights& layer = w.layers[static_cast<std::size_t>(l)];
-    const auto name = [l](std::string_view rest) { return hf::layer(l, rest); };
-    layer.input_norm = read_vector(checkpoint, name("input_layernorm.weight"), D);
-    layer.post_attention_norm = read_vector(checkpoint, name("post_attention_layernorm.weight"), D);
-    AttentionWeights& a = layer.attention;
-    a.q = read_matrix(checkpoint, name("self_attn.q_proj.weight"), c.q_dim(), D);
-    a.k = read_matrix(checkpoint, name("self_attn.k_proj.weight"), c.kv_dim(), D);
-    a.v = read_matrix(checkpoint, name("self_attn.v_proj.weight"), c.kv_dim(), D);
-    a.o = read_matrix(checkpoint, name("self_attn.o_proj.weight"), D, c.q_dim());
-    if (c.qkv_bias) {
-      a.q_bias = read_vector(checkpoint, name("self_attn.q_proj.bias"), c.q_dim());
-      a.k_bias = read_vector(checkpoint, name("self_attn.k_proj.bias"), c.kv_dim());
-      a.v_bias = read_vector(checkpoint, name("self_attn.v_proj.bias"), c.kv_dim());
-    }
-    if (c.o_bias) a.o_bias = read_vector(checkpoint, name("self_attn.o_proj.bias"), D);
-  }
+  for_each_shared_tensor(checkpoint.config(), w, [&](const std::string& hf_name, const std::string&,
+                                                     const std::vector<std::int64_t>& shape, auto& storage) {
+    checkpoint.read(hf_name, shape, span_of(storage));
+  });
   return w;
 }
 
 MlpWeights load_mlp(const Checkpoint& checkpoint, std::int64_t layer) {
-  const ModelConfig& c = checkpoint.config();
-  const std::int64_t D = c.hidden_size, F = c.intermediate_size;
-  return {read_matrix(checkpoint, hf::layer(layer, "mlp.gate_proj.weight"), F, D),
-          read_matrix(checkpoint, hf::layer(layer, "mlp.up_proj.weight"), F, D),
-          read_matrix(checkpoint, hf::layer(layer, "mlp.down_proj.weight"), D, F)};
+  MlpWeights w;
+  for_each_mlp_tensor(checkpoint.config(), w, [&](const std::string& suffix, const std::string&,
+                                                  const std::vector<std::int64_t>& shape, auto& storage) {
+    checkpoint.read(hf::layer(layer, suffix), shape, span_of(storage));
+  });
+  return w;
+}
+
+void save_dense_checkpoint(const Model& model, DType dtype, const std::filesystem::path& dir) {
+  DUME_ASSERT(model.routers.empty());
+  ModelConfig config = model.config;
+  config.dtype = dtype;
+  std::deque<std::vector<std::byte>> storage;  // stable: tensors hold spans into it
+  std::vector<TensorBytes> tensors;
+  const auto add = [&](const std::string& name, const std::vector<std::int64_t>& shape, const auto& values) {
+    storage.push_back(encode(dtype, {values.data(), static_cast<std::size_t>(values.size())}));
+    tensors.push_back({name, dtype, shape, storage.back()});
+  };
+  for_each_shared_tensor(config, model.shared, [&](const std::string& name, const std::string&,
+                                                   const std::vector<std::int64_t>& shape, const auto& values) {
+    add(name, shape, values);
+  });
+  for (std::int64_t l = 0; l < config.num_layers; ++l)
+    for_each_mlp_tensor(config, model.experts[static_cast<std::size_t>(l)].at(0),
+                        [&](const std::string& suffix, const std::string&, const std::vector<std::int64_t>& shape,
+                            const auto& values) { add(hf::layer(l, suffix), shape, values); });
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "config.json") << model_config_to_json(config);
+  safetensors_write(dir / "model.safetensors", tensors, {{"format", "pt"}});
 }
 
 Model load_dense_model(const Checkpoint& checkpoint) {

@@ -4,6 +4,9 @@
 
 #include <Eigen/Core>
 #include <cstdint>
+#include <filesystem>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "checkpoint.hpp"
@@ -52,11 +55,73 @@ struct Model {
   int top_k = 1;
 };
 
+// Visits every shared tensor in file order: fn(hf_name, moe_path, shape, storage), where
+// storage is the Matrix or Vector of `w` (const when `w` is). One walk serves loading,
+// averaging, hashing and writing, so the names, paths and shapes are written down once.
+// Storage is resized to its shape first when `w` is mutable.
+template <class Weights, class Fn>
+void for_each_shared_tensor(const ModelConfig& c, Weights& w, Fn&& fn);
+
+// The same for one MLP: fn(hf_suffix "mlp.gate_proj.weight", moe_name "gate_proj", shape, storage).
+template <class Weights, class Fn>
+void for_each_mlp_tensor(const ModelConfig& c, Weights& w, Fn&& fn);
+
 SharedWeights load_shared_weights(const Checkpoint& checkpoint);
 MlpWeights load_mlp(const Checkpoint& checkpoint, std::int64_t layer);
 Model load_dense_model(const Checkpoint& checkpoint);
+// Writes a dense model (E = 1) as a Hugging Face checkpoint: config.json + model.safetensors,
+// weights rounded to `dtype`.
+void save_dense_checkpoint(const Model& model, DType dtype, const std::filesystem::path& dir);
+
 // A dense model of the given shape with seeded random weights, for benchmarks and tests:
 // each [out, in] matrix uniform in +-1/sqrt(in), norms 1 + small noise, biases small.
 Model random_model(const ModelConfig& config, std::uint64_t seed);
+
+namespace detail {
+inline void resize_to(Matrix& m, const std::vector<std::int64_t>& shape) { m.resize(shape[0], shape[1]); }
+inline void resize_to(Vector& v, const std::vector<std::int64_t>& shape) { v.resize(shape[0]); }
+template <class T>
+void resize_to(const T&, const std::vector<std::int64_t>&) {}  // const weights: already sized
+template <class Storage, class Fn>
+void visit(Fn& fn, const std::string& hf, const std::string& moe, std::vector<std::int64_t> shape, Storage& storage) {
+  resize_to(storage, shape);
+  fn(hf, moe, shape, storage);
+}
+}  // namespace detail
+
+template <class Weights, class Fn>
+void for_each_shared_tensor(const ModelConfig& c, Weights& w, Fn&& fn) {
+  const std::int64_t D = c.hidden_size, V = c.vocab_size;
+  detail::visit(fn, std::string(hf::embed_tokens), "/embed_tokens", {V, D}, w.embed);
+  if constexpr (!std::is_const_v<Weights>) w.layers.resize(static_cast<std::size_t>(c.num_layers));
+  for (std::int64_t l = 0; l < c.num_layers; ++l) {
+    auto& layer = w.layers[static_cast<std::size_t>(l)];
+    auto& a = layer.attention;
+    const auto h = [l](const char* rest) { return hf::layer(l, rest); };
+    const auto m = [l](const char* rest) { return "/layers/" + std::to_string(l) + "/" + rest; };
+    detail::visit(fn, h("input_layernorm.weight"), m("input_layernorm"), {D}, layer.input_norm);
+    detail::visit(fn, h("post_attention_layernorm.weight"), m("post_attention_layernorm"), {D}, layer.post_attention_norm);
+    detail::visit(fn, h("self_attn.q_proj.weight"), m("self_attn/q_proj"), {c.q_dim(), D}, a.q);
+    detail::visit(fn, h("self_attn.k_proj.weight"), m("self_attn/k_proj"), {c.kv_dim(), D}, a.k);
+    detail::visit(fn, h("self_attn.v_proj.weight"), m("self_attn/v_proj"), {c.kv_dim(), D}, a.v);
+    detail::visit(fn, h("self_attn.o_proj.weight"), m("self_attn/o_proj"), {D, c.q_dim()}, a.o);
+    if (c.qkv_bias) {
+      detail::visit(fn, h("self_attn.q_proj.bias"), m("self_attn/q_proj_bias"), {c.q_dim()}, a.q_bias);
+      detail::visit(fn, h("self_attn.k_proj.bias"), m("self_attn/k_proj_bias"), {c.kv_dim()}, a.k_bias);
+      detail::visit(fn, h("self_attn.v_proj.bias"), m("self_attn/v_proj_bias"), {c.kv_dim()}, a.v_bias);
+    }
+    if (c.o_bias) detail::visit(fn, h("self_attn.o_proj.bias"), m("self_attn/o_proj_bias"), {D}, a.o_bias);
+  }
+  detail::visit(fn, std::string(hf::norm), "/norm", {D}, w.norm);
+  if (!c.tie_word_embeddings) detail::visit(fn, std::string(hf::lm_head), "/lm_head", {V, D}, w.lm_head);
+}
+
+template <class Weights, class Fn>
+void for_each_mlp_tensor(const ModelConfig& c, Weights& w, Fn&& fn) {
+  const std::int64_t D = c.hidden_size, F = c.intermediate_size;
+  detail::visit(fn, "mlp.gate_proj.weight", "gate_proj", {F, D}, w.gate);
+  detail::visit(fn, "mlp.up_proj.weight", "up_proj", {F, D}, w.up);
+  detail::visit(fn, "mlp.down_proj.weight", "down_proj", {D, F}, w.down);
+}
 
 }  // namespace dume

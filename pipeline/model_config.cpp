@@ -246,4 +246,32 @@ std::string to_string(Architecture architecture) {
   return "?";
 }
 
+std::string model_config_to_json(const ModelConfig& c) {
+  json j;
+  j["architectures"] = {c.architecture_name.empty() ? "LlamaForCausalLM" : c.architecture_name};
+  j["model_type"] = to_string(c.architecture);
+  j["vocab_size"] = c.vocab_size;
+  j["hidden_size"] = c.hidden_size;
+  j["intermediate_size"] = c.intermediate_size;
+  j["num_hidden_layers"] = c.num_layers;
+  j["num_attention_heads"] = c.num_heads;
+  j["num_key_value_heads"] = c.num_kv_heads;
+  j["head_dim"] = c.head_dim;
+  j["max_position_embeddings"] = c.max_position_embeddings;
+  j["rms_norm_eps"] = c.rms_norm_eps;
+  j["hidden_act"] = "silu";
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  if (c.architecture != Architecture::qwen2) j["attention_bias"] = c.qkv_bias;
+  json rope = {{"rope_theta", c.rope_theta}, {"rope_type", c.rope_scaling.llama3 ? "llama3" : "default"}};
+  if (c.rope_scaling.llama3) {
+    rope["factor"] = c.rope_scaling.factor;
+    rope["low_freq_factor"] = c.rope_scaling.low_freq_factor;
+    rope["high_freq_factor"] = c.rope_scaling.high_freq_factor;
+    rope["original_max_position_embeddings"] = c.rope_scaling.original_max_position_embeddings;
+  }
+  j["rope_parameters"] = rope;
+  if (c.dtype) j["dtype"] = *c.dtype == DType::BF16 ? "bfloat16" : *c.dtype == DType::F16 ? "float16" : "float32";
+  return j.dump(2) + "\n";
+}
+
 }  // namespace dume

@@ -58,4 +58,7 @@ bool same_architecture(const ModelConfig& a, const ModelConfig& b, std::string* 
 
 std::string to_string(Architecture architecture);
 
+// A config.json for `c` in the form transformers writes (architectures, sizes, rope_parameters).
+std::string model_config_to_json(const ModelConfig& c);
+
 }  // namespace dume

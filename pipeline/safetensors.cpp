@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -137,6 +138,29 @@ const TensorInfo* SafetensorsFile::find(std::string_view name) const {
 
 std::span<const std::byte> SafetensorsFile::data(const TensorInfo& tensor) const {
   return data_area_.subspan(tensor.begin, tensor.end - tensor.begin);
+}
+
+void safetensors_write(const std::filesystem::path& path, std::span<const TensorBytes> tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  json header = json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::size_t offset = 0;
+  for (const auto& t : tensors) {
+    std::size_t bytes = dtype_size(t.dtype);
+    for (auto d : t.shape) bytes *= static_cast<std::size_t>(d);
+    if (bytes != t.data.size()) throw Error(path.string() + ": tensor '" + t.name + "' has the wrong byte count");
+    header[t.name] = {{"dtype", std::string(to_string(t.dtype))}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // the data area starts 8-byte aligned
+  const std::uint64_t length = text.size();
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(&length), 8);
+  out.write(text.data(), static_cast<std::streamsize>(text.size()));
+  for (const auto& t : tensors) out.write(reinterpret_cast<const char*>(t.data.data()), static_cast<std::streamsize>(t.data.size()));
+  out.close();
+  if (!out) throw Error(path.string() + ": cannot write");
 }
 
 }  // namespace dume

@@ -50,4 +50,16 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
+// One tensor for safetensors_write: its bytes must be dtype x shape long.
+struct TensorBytes {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<std::int64_t> shape;
+  std::span<const std::byte> data;
+};
+
+// Writes a .safetensors file (tensors in the given order, 8-byte aligned header).
+void safetensors_write(const std::filesystem::path& path, std::span<const TensorBytes> tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
 }  // namespace dume

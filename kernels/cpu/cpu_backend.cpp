@@ -1,10 +1,12 @@
 // The CPU backend, the reference: GEMMs through BLAS (OpenBLAS), attention and the
-// element-wise work through Eigen, parallel over rows or heads with OpenMP.
+// element-wise work through Eigen. One thread pool (OpenMP) does all parallel work: BLAS runs
+// single-threaded on each thread's slice, since two pools spinning on two cores fight.
 #include <cblas.h>
 #include <omp.h>
 
 #include <Eigen/Core>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <stdexcept>
 #include <vector>
@@ -19,6 +21,11 @@ using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::Ro
 using StridedMap = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
 using StridedMapMut = Eigen::Map<RowMatrix, 0, Eigen::OuterStride<>>;
 
+// Slice sizes of linear(): large enough that packing W is a few percent of the GEMM.
+constexpr std::int64_t kSliceRows = 128, kSliceColumns = 256;
+// Column block of stats_accumulate's update of A.
+constexpr std::int64_t kStatsBlock = 128;
+
 int to_int(std::int64_t v) {
   if (v > std::numeric_limits<int>::max()) throw std::length_error("dimension exceeds BLAS int range");
   return static_cast<int>(v);
@@ -27,26 +34,33 @@ int to_int(std::int64_t v) {
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads) {
-    if (threads > 0) {
-      openblas_set_num_threads(threads);
-      omp_set_num_threads(threads);
-    }
+    if (threads > 0) omp_set_num_threads(threads);
+    openblas_set_num_threads(1);
   }
 
   std::string describe() const override {
     return "cpu: " + std::string(openblas_get_config()) + " [" + openblas_get_corename() + "], " +
-           std::to_string(openblas_get_num_threads()) + " BLAS / " + std::to_string(omp_get_max_threads()) +
-           " OpenMP threads";
+           std::to_string(omp_get_max_threads()) + " threads";
   }
 
   Buffer alloc(std::size_t n) override {
-    auto memory = std::shared_ptr<float[]>(new float[n]);
-    return Buffer(memory.get(), n, memory);
+    // 64-byte aligned, so that a slice's alignment (and BLAS's path) never depends on malloc
+    const std::size_t bytes = (std::max<std::size_t>(n, 1) * sizeof(float) + 63) / 64 * 64;
+    auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+    return Buffer(p, n, std::shared_ptr<void>(p, std::free));
   }
   Buffer upload(std::span<const float> host) override {
     return Buffer(const_cast<float*>(host.data()), host.size());  // kernels only read weights
   }
   void download(const float* src, std::span<float> host) override {
+    if (src != host.data()) std::copy(src, src + host.size(), host.data());
+  }
+  Buffer64 alloc64(std::size_t n) override {
+    auto memory = std::shared_ptr<double[]>(new double[n]());
+    return Buffer64(memory.get(), n, memory);
+  }
+  void download(const double* src, std::span<double> host) override {
     if (src != host.data()) std::copy(src, src + host.size(), host.data());
   }
 
@@ -82,8 +96,23 @@ class CpuBackend final : public Backend {
       }
     }
     const float beta = (bias || accumulate) ? 1.0f : 0.0f;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, to_int(T), to_int(N), to_int(K), 1.0f, x, to_int(K), w,
-                to_int(K), beta, y, to_int(N));
+    // y is cut into fixed slices, the same whatever the thread count, and BLAS runs on each
+    // slice single-threaded: OpenBLAS's result for a row depends on the call's shape, so fixed
+    // slices make a sequence's activations independent of threads, batch position and ranks.
+    // Slices are row blocks, or column blocks (rows of W) when there are few rows.
+    const bool by_rows = T >= kSliceRows;
+    const std::int64_t extent = by_rows ? T : N, slice = by_rows ? kSliceRows : kSliceColumns;
+    const std::int64_t slices = (extent + slice - 1) / slice;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (std::int64_t i = 0; i < slices; ++i) {
+      const std::int64_t begin = i * slice, count = std::min(slice, extent - begin);
+      if (by_rows)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, to_int(count), to_int(N), to_int(K), 1.0f, x + begin * K,
+                    to_int(K), w, to_int(K), beta, y + begin * N, to_int(N));
+      else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, to_int(T), to_int(count), to_int(K), 1.0f, x, to_int(K),
+                    w + begin * K, to_int(K), beta, y + begin, to_int(N));
+    }
   }
 
   void rope(float* x, std::int64_t B, std::int64_t S, std::int64_t heads, std::int64_t hd, const float* cos,
@@ -143,6 +172,48 @@ class CpuBackend final : public Backend {
 #pragma omp parallel for schedule(static)
     for (std::int64_t i = 0; i < n; ++i) x[i] += y[i];
   }
+
+  void gather_rows(const float* x, std::int64_t D, std::span<const std::int64_t> rows, float* out) override {
+    const auto n = static_cast<std::int64_t>(rows.size());
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < n; ++i)
+      std::copy(x + rows[static_cast<std::size_t>(i)] * D, x + (rows[static_cast<std::size_t>(i)] + 1) * D,
+                out + i * D);
+  }
+
+  void scatter_add_rows(const float* y, std::int64_t D, std::span<const std::int64_t> rows,
+                        std::span<const float> weights, float* x) override {
+    // rows are distinct within one call (one expert's tokens), so threads never share a row
+    const auto n = static_cast<std::int64_t>(rows.size());
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < n; ++i)
+      Eigen::Map<Eigen::ArrayXf>(x + rows[static_cast<std::size_t>(i)] * D, D) +=
+          weights[static_cast<std::size_t>(i)] * Eigen::Map<const Eigen::ArrayXf>(y + i * D, D);
+  }
+
+  void stats_accumulate(const float* x, std::int64_t T, std::int64_t D, double* A) override {
+    // Xd = [x 1] in f64, then the upper triangle of A += Xd^T Xd, in fixed column blocks (one
+    // dgemm each: the rectangle above the diagonal block and the block itself) so the result
+    // does not depend on the thread count.
+    const std::int64_t n = D + 1;
+    xd_.resize(static_cast<std::size_t>(T * n));
+#pragma omp parallel for schedule(static)
+    for (std::int64_t t = 0; t < T; ++t) {
+      double* row = xd_.data() + t * n;
+      for (std::int64_t i = 0; i < D; ++i) row[i] = x[t * D + i];
+      row[D] = 1.0;
+    }
+    const std::int64_t blocks = (n + kStatsBlock - 1) / kStatsBlock;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (std::int64_t b = blocks - 1; b >= 0; --b) {  // largest blocks first
+      const std::int64_t j0 = b * kStatsBlock, width = std::min(kStatsBlock, n - j0), rows = j0 + width;
+      cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, to_int(rows), to_int(width), to_int(T), 1.0, xd_.data(),
+                  to_int(n), xd_.data() + j0, to_int(n), 1.0, A + j0, to_int(n));
+    }
+  }
+
+ private:
+  std::vector<double> xd_;  // stats_accumulate's [x 1] in f64
 };
 
 }  // namespace

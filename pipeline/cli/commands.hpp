@@ -2,12 +2,24 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <functional>
+#include <string>
 
 namespace dume::cli {
 
 void add_inspect(CLI::App& app);
 void add_ppl(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_merge(CLI::App& app);
+
+// Thrown to end the command with this exit status after its message was printed.
+struct ExitStatus {
+  int code;
+};
+
+// Runs `body` as an MPI job. An error all ranks share (a bad config) is printed once by rank 0
+// and every rank exits 1; an error on some ranks aborts the job naming the rank.
+void run_job(const std::function<void()>& body);
 
 // Formats 1234567 as "1,234,567".
 std::string thousands(long long n);

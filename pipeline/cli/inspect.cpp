@@ -34,11 +34,11 @@ void inspect_checkpoint(const std::string& dir, bool list_tensors) {
   std::printf("attention       %lld heads, %lld KV heads, head_dim %lld, biases q/k/v %s, o %s\n",
               static_cast<long long>(c.num_heads), static_cast<long long>(c.num_kv_heads),
               static_cast<long long>(c.head_dim), c.qkv_bias ? "yes" : "no", c.o_bias ? "yes" : "no");
-  std::printf("rope            theta %g%s\n", c.rope_theta,
-              c.rope_scaling.llama3 ? (", llama3 scaling x" + std::to_string(c.rope_scaling.factor) + " from " +
-                                       std::to_string(c.rope_scaling.original_max_position_embeddings))
-                                          .c_str()
-                                    : "");
+  std::printf("rope            theta %g", c.rope_theta);
+  if (c.rope_scaling.llama3)
+    std::printf(", llama3 scaling x%g from %lld positions", c.rope_scaling.factor,
+                static_cast<long long>(c.rope_scaling.original_max_position_embeddings));
+  std::printf("\n");
   std::printf("embeddings      %s\n", c.tie_word_embeddings ? "tied (lm_head = embed_tokens)" : "untied");
   std::printf("dtype           %s (%s)\n", std::string(to_string(checkpoint.dtype())).c_str(), dtypes.c_str());
   std::printf("parameters      %s (%zu tensors in %zu file%s, %.1f MB)\n", thousands(stored_parameters).c_str(), tensors,

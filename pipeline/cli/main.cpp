@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <exception>
 
+#include "comm.hpp"
 #include "commands.hpp"
 #include "error.hpp"
 
@@ -17,6 +18,18 @@ std::string thousands(long long n) {
   return (n < 0 ? "-" : "") + out;
 }
 
+void run_job(const std::function<void()>& body) {
+  MpiSession mpi(nullptr, nullptr);
+  try {
+    body();
+  } catch (const CollectiveError& e) {
+    if (mpi_rank() == 0) std::fprintf(stderr, "dume: error: %s\n", e.what());
+    throw ExitStatus{1};
+  } catch (const std::exception& e) {
+    abort_job(e.what());
+  }
+}
+
 }  // namespace dume::cli
 
 int main(int argc, char** argv) {
@@ -25,10 +38,13 @@ int main(int argc, char** argv) {
   dume::cli::add_inspect(app);
   dume::cli::add_ppl(app);
   dume::cli::add_bench(app);
+  dume::cli::add_merge(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const dume::cli::ExitStatus& e) {
+    return e.code;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dume: error: %s\n", e.what());
     return 1;

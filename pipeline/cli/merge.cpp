@@ -1,0 +1,23 @@
+// `dume merge CONFIG.yaml`: the DUME merge as an MPI job (mpirun -np N, srun, or alone).
+#include "comm.hpp"
+#include "commands.hpp"
+#include "merge.hpp"
+
+namespace dume::cli {
+
+void add_merge(CLI::App& app) {
+  auto* cmd = app.add_subcommand("merge", "Merge dense experts into a DUME MoE (run under mpirun/srun for several ranks)");
+  auto config = std::make_shared<std::string>();
+  auto force = std::make_shared<bool>(false);
+  cmd->add_option("config", *config, "Merge configuration (YAML)")->required();
+  cmd->add_flag("--force", *force, "Replace the output directory if it exists");
+  cmd->callback([config, force] {
+    run_job([&] {
+      MergeConfig c;
+      collective_phase([&] { c = merge_config_read(*config); });
+      run_merge(c, *force);
+    });
+  });
+}
+
+}  // namespace dume::cli

@@ -1,0 +1,121 @@
+#include "comm.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <vector>
+
+namespace dume {
+
+std::string mpi_error_string(int code) {
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  MPI_Error_string(code, text, &length);
+  return std::string(text, static_cast<std::size_t>(length));
+}
+
+MpiSession::MpiSession(int* argc, char*** argv) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) MPI_CHECK(MPI_Init(argc, argv));
+  MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+}
+
+MpiSession::~MpiSession() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+}
+
+int mpi_rank() {
+  int rank = 0;
+  MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+  return rank;
+}
+
+int mpi_size() {
+  int size = 1;
+  MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));
+  return size;
+}
+
+int mpi_local_size() {
+  MPI_Comm local;
+  MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
+  int size = 1;
+  MPI_Comm_size(local, &size);
+  MPI_Comm_free(&local);
+  return size;
+}
+
+void barrier() { MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }
+
+std::string host_name() {
+  char name[256] = {};
+  gethostname(name, sizeof name - 1);
+  return name;
+}
+
+namespace {
+
+template <class Call>
+void chunked(std::span<double> data, Call&& call) {
+  const std::size_t chunk = std::clamp<std::size_t>(mpi_chunk_elements, 1, INT_MAX);
+  for (std::size_t begin = 0; begin < data.size(); begin += chunk)
+    call(data.data() + begin, static_cast<int>(std::min(chunk, data.size() - begin)));
+}
+
+}  // namespace
+
+void reduce_sum(std::span<double> data, int root) {
+  const bool is_root = mpi_rank() == root;
+  chunked(data, [&](double* p, int n) {
+    MPI_CHECK(MPI_Reduce(is_root ? MPI_IN_PLACE : p, is_root ? p : nullptr, n, MPI_DOUBLE, MPI_SUM, root,
+                         MPI_COMM_WORLD));
+  });
+}
+
+void allreduce_sum(std::span<double> data) {
+  chunked(data, [](double* p, int n) {
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+  });
+}
+
+void broadcast(std::span<double> data, int root) {
+  chunked(data, [root](double* p, int n) { MPI_CHECK(MPI_Bcast(p, n, MPI_DOUBLE, root, MPI_COMM_WORLD)); });
+}
+
+void broadcast(std::string& text, int root) {
+  unsigned long long size = text.size();
+  MPI_CHECK(MPI_Bcast(&size, 1, MPI_UNSIGNED_LONG_LONG, root, MPI_COMM_WORLD));
+  text.resize(size);
+  for (std::size_t begin = 0; begin < size; begin += INT_MAX / 2)
+    MPI_CHECK(MPI_Bcast(text.data() + begin, static_cast<int>(std::min<std::size_t>(INT_MAX / 2, size - begin)),
+                        MPI_CHAR, root, MPI_COMM_WORLD));
+}
+
+void collective_phase(const std::function<void()>& phase) {
+  std::string message;
+  try {
+    phase();
+  } catch (const std::exception& e) {
+    message = e.what();
+  }
+  const int mine = message.empty() ? INT_MAX : mpi_rank();
+  int first = INT_MAX;
+  MPI_CHECK(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+  if (first == INT_MAX) return;
+  broadcast(message, first);
+  throw CollectiveError(message);
+}
+
+void abort_job(const std::string& message, int code) {
+  std::fprintf(stderr, "dume: error: [rank %d on %s] %s\n", mpi_rank(), host_name().c_str(), message.c_str());
+  std::fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);  // MPI_Abort does not return; this is for the compiler
+}
+
+}  // namespace dume

@@ -1,0 +1,63 @@
+// MPI as dume uses it: the world communicator, sums of f64 arrays in bounded chunks (so any
+// size works with MPI's int counts), broadcasts, and failure handling that never leaves a
+// rank hanging in a collective.
+#pragma once
+
+#include <mpi.h>
+
+#include <cstddef>
+#include <functional>
+#include <span>
+#include <string>
+
+#include "error.hpp"
+
+#define MPI_CHECK(e) DUME_CHECK_GEN(e, MPI_SUCCESS, ::dume::mpi_error_string)
+
+namespace dume {
+
+std::string mpi_error_string(int code);
+
+// MPI_Init / MPI_Finalize for a command's lifetime; errors are returned, not fatal, so that
+// MPI_CHECK can report them with file and line.
+class MpiSession {
+ public:
+  MpiSession(int* argc, char*** argv);
+  ~MpiSession();
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+};
+
+int mpi_rank();
+int mpi_size();
+// Ranks sharing this node (they share its cores).
+int mpi_local_size();
+void barrier();
+std::string host_name();
+
+// Largest message of one MPI call (elements); tests lower it to exercise the chunking.
+inline std::size_t mpi_chunk_elements = std::size_t{1} << 23;  // 64 MiB of f64
+
+// Sums `data` over all ranks into rank `root`'s `data` (other ranks' data is left as it was).
+void reduce_sum(std::span<double> data, int root = 0);
+// Sums `data` over all ranks into every rank's `data`.
+void allreduce_sum(std::span<double> data);
+void broadcast(std::span<double> data, int root = 0);
+void broadcast(std::string& text, int root = 0);
+
+// An error every rank has raised together (see collective_phase): each rank can exit cleanly.
+class CollectiveError : public Error {
+ public:
+  using Error::Error;
+};
+
+// Runs a phase that every rank performs identically (checks, loading). If it fails on any
+// rank, every rank learns it: the lowest failing rank's error is rethrown on all ranks (as
+// CollectiveError), so
+// that the job ends cleanly on every rank with one message and no rank waits in a collective.
+void collective_phase(const std::function<void()>& phase);
+
+// Prints "dume: error: [rank r on host] message" and aborts the whole job with `code`.
+[[noreturn]] void abort_job(const std::string& message, int code = 1);
+
+}  // namespace dume

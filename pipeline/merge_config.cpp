@@ -1,0 +1,279 @@
+#include "merge_config.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "error.hpp"
+
+namespace dume {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Reads one YAML mapping, refusing keys it was not asked about.
+class Section {
+ public:
+  Section(const YAML::Node& node, std::string name, const fs::path& source)
+      : node_(node), name_(std::move(name)), source_(source) {
+    if (!node.IsMap()) fail(node, name_ + " must be a mapping");
+  }
+
+  [[noreturn]] void fail(const YAML::Node& at, const std::string& problem) const {
+    throw Error(source_.filename().string() + ":" + std::to_string(at.Mark().line + 1) + ": " + problem);
+  }
+
+  // Call after reading every key: anything left is a typo or an option this version lacks.
+  void finish(std::initializer_list<const char*> known) const {
+    for (const auto& item : node_) {
+      const auto key = item.first.as<std::string>();
+      if (!std::count_if(known.begin(), known.end(), [&](const char* k) { return key == k; })) {
+        std::string list;
+        for (const char* k : known) list += (list.empty() ? "" : ", ") + std::string(k);
+        fail(item.first, "unknown key '" + key + "' in " + name_ + " (known: " + list + ")");
+      }
+    }
+  }
+
+  bool has(const char* key) const { return static_cast<bool>(node_[key]); }
+  YAML::Node node(const char* key) const { return node_[key]; }
+  std::string where(const char* key) const { return name_.empty() ? key : name_ + "." + key; }
+
+  template <class T>
+  T get(const char* key, const char* type_name) const {
+    const YAML::Node v = node_[key];
+    if (!v) fail(node_, "missing required key '" + where(key) + "'");
+    return as<T>(v, key, type_name);
+  }
+  template <class T>
+  T get(const char* key, const char* type_name, T fallback) const {
+    const YAML::Node v = node_[key];
+    return v ? as<T>(v, key, type_name) : fallback;
+  }
+
+ private:
+  template <class T>
+  T as(const YAML::Node& v, const char* key, const char* type_name) const {
+    if (!v.IsScalar()) fail(v, where(key) + " must be " + type_name);
+    try {
+      return v.as<T>();
+    } catch (const YAML::Exception&) {
+      fail(v, where(key) + " must be " + type_name + ", got '" + v.Scalar() + "'");
+    }
+  }
+
+  YAML::Node node_;
+  std::string name_;
+  const fs::path& source_;
+};
+
+fs::path resolve(const fs::path& base, const std::string& path) {
+  const fs::path p(path);
+  return p.is_absolute() ? p : (base / p).lexically_normal();
+}
+
+CorpusSpec parse_corpus(const Section& parent, const char* key, const fs::path& base, const fs::path& source) {
+  const Section s(parent.node(key), parent.where(key), source);
+  CorpusSpec spec;
+  spec.path = resolve(base, s.get<std::string>("path", "a path"));
+  const auto format = s.get<std::string>("format", "a corpus format", "uint16");
+  try {
+    spec.format = corpus_format_from_string(format);
+  } catch (const Error& e) {
+    s.fail(s.node("format"), e.what());
+  }
+  spec.dataset = s.get<std::string>("dataset", "an HDF5 dataset path", "");
+  s.finish({"path", "format", "dataset"});
+  return spec;
+}
+
+std::optional<DType> parse_dtype(const Section& s, const char* key) {
+  if (!s.has(key)) return std::nullopt;
+  auto name = s.get<std::string>(key, "a dtype");
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  if (name == "bf16" || name == "bfloat16") return DType::BF16;
+  if (name == "f16" || name == "float16") return DType::F16;
+  if (name == "f32" || name == "float32") return DType::F32;
+  s.fail(s.node(key), s.where(key) + " must be bf16, f16 or f32, got '" + name + "'");
+}
+
+}  // namespace
+
+std::uint64_t parse_size(const std::string& text) {
+  std::size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    throw Error("'" + text + "' is not a size (e.g. 2GB, 512MiB, 1000000)");
+  }
+  std::string unit = text.substr(used);
+  unit.erase(0, unit.find_first_not_of(' '));
+  static const std::pair<const char*, double> units[] = {
+      {"", 1},      {"B", 1},          {"KB", 1e3},       {"MB", 1e6},       {"GB", 1e9},       {"TB", 1e12},
+      {"KiB", 1024}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1099511627776.0}};
+  for (const auto& [name, scale] : units)
+    if (unit == name && value > 0 && std::isfinite(value)) return static_cast<std::uint64_t>(value * scale);
+  throw Error("'" + text + "' is not a size (e.g. 2GB, 512MiB, 1000000)");
+}
+
+MergeConfig merge_config_parse(const std::string& text, const fs::path& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    throw Error(source.filename().string() + ":" + std::to_string(e.mark.line + 1) + ": invalid YAML: " + e.msg);
+  }
+  if (!root || root.IsNull()) throw Error(source.string() + ": empty configuration");
+  const fs::path base = source.parent_path();
+  MergeConfig c;
+  c.source = source;
+  const Section top(root, "", source);
+
+  const YAML::Node experts = top.node("experts");
+  if (!experts) top.fail(root, "missing required key 'experts'");
+  if (!experts.IsSequence() || experts.size() == 0) top.fail(experts, "experts must be a non-empty list");
+  std::set<std::string> names;
+  for (std::size_t i = 0; i < experts.size(); ++i) {
+    const Section e(experts[i], "experts[" + std::to_string(i) + "]", source);
+    ExpertSpec spec;
+    spec.name = e.get<std::string>("name", "a name");
+    if (spec.name.empty() || spec.name.find_first_of("/ \t") != std::string::npos)
+      e.fail(e.node("name"), "expert name '" + spec.name + "' must be non-empty without '/' or spaces");
+    if (!names.insert(spec.name).second) e.fail(e.node("name"), "expert name '" + spec.name + "' appears twice");
+    spec.checkpoint = resolve(base, e.get<std::string>("checkpoint", "a path"));
+    if (!e.has("calibration")) e.fail(experts[i], "missing required key '" + e.where("calibration") + "'");
+    spec.calibration = parse_corpus(e, "calibration", base, source);
+    if (e.has("test")) spec.test = parse_corpus(e, "test", base, source);
+    e.finish({"name", "checkpoint", "calibration", "test"});
+    c.experts.push_back(std::move(spec));
+  }
+
+  if (top.has("shared")) {
+    const YAML::Node shared = top.node("shared");
+    if (shared.IsScalar()) {
+      if (shared.Scalar() != "average") top.fail(shared, "shared must be 'average' or {checkpoint: path}");
+    } else {
+      const Section s(shared, "shared", source);
+      c.shared_checkpoint = resolve(base, s.get<std::string>("checkpoint", "a path"));
+      s.finish({"checkpoint"});
+    }
+  }
+
+  if (top.has("router")) {
+    const Section r(top.node("router"), "router", source);
+    RouterSettings& rs = c.router;
+    rs.lambda = r.get<double>("lambda", "a number", rs.lambda);
+    rs.temperature = r.get<double>("temperature", "a number", rs.temperature);
+    rs.top_k = r.get<int>("top_k", "an integer", rs.top_k);
+    rs.context_tokens = r.get<std::int64_t>("context_tokens", "an integer", rs.context_tokens);
+    rs.bias = r.get<bool>("bias", "true or false", rs.bias);
+    if (!(rs.lambda >= 0) || !std::isfinite(rs.lambda)) r.fail(r.node("lambda"), "router.lambda must be >= 0");
+    if (!(rs.temperature > 0) || !std::isfinite(rs.temperature))
+      r.fail(r.node("temperature"), "router.temperature must be > 0");
+    if (rs.top_k < 1 || static_cast<std::size_t>(rs.top_k) > c.experts.size())
+      r.fail(r.node("top_k"), "router.top_k must be between 1 and the number of experts (" +
+                                  std::to_string(c.experts.size()) + "), got " + std::to_string(rs.top_k));
+    if (rs.context_tokens < 1) r.fail(r.node("context_tokens"), "router.context_tokens must be >= 1");
+    r.finish({"lambda", "temperature", "top_k", "context_tokens", "bias"});
+  }
+
+  if (top.has("calibration")) {
+    const Section s(top.node("calibration"), "calibration", source);
+    CalibrationSettings& cs = c.calibration;
+    cs.sequence_length = s.get<std::int64_t>("sequence_length", "an integer", cs.sequence_length);
+    cs.max_sequences = s.get<std::int64_t>("max_sequences", "an integer", cs.max_sequences);
+    cs.batch_sequences = s.get<std::int64_t>("batch_sequences", "an integer", cs.batch_sequences);
+    if (cs.sequence_length < 2) s.fail(s.node("sequence_length"), "calibration.sequence_length must be >= 2");
+    if (cs.max_sequences < 0) s.fail(s.node("max_sequences"), "calibration.max_sequences must be >= 0");
+    if (cs.batch_sequences < 1) s.fail(s.node("batch_sequences"), "calibration.batch_sequences must be >= 1");
+    s.finish({"sequence_length", "max_sequences", "batch_sequences"});
+  }
+  // Only the first C positions are ever used: a window shorter than C just uses all of it.
+  c.router.context_tokens = std::min(c.router.context_tokens, c.calibration.sequence_length);
+
+  const YAML::Node output = top.node("output");
+  if (!output) top.fail(root, "missing required key 'output'");
+  if (output.IsScalar()) {
+    c.output.path = resolve(base, output.Scalar());
+  } else {
+    const Section o(output, "output", source);
+    c.output.path = resolve(base, o.get<std::string>("path", "a path"));
+    c.output.dtype = parse_dtype(o, "dtype");
+    if (o.has("shard_size")) {
+      try {
+        c.output.shard_bytes = parse_size(o.get<std::string>("shard_size", "a size"));
+      } catch (const Error& e) {
+        o.fail(o.node("shard_size"), std::string("output.shard_size: ") + e.what());
+      }
+    }
+    o.finish({"path", "dtype", "shard_size"});
+  }
+
+  if (top.has("compute")) {
+    const Section s(top.node("compute"), "compute", source);
+    c.threads = s.get<int>("threads", "an integer", 0);
+    if (c.threads < 0) s.fail(s.node("threads"), "compute.threads must be >= 0");
+    s.finish({"threads"});
+  }
+  top.finish({"experts", "shared", "router", "calibration", "output", "compute"});
+  return c;
+}
+
+MergeConfig merge_config_read(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) throw Error(path.string() + ": cannot read the configuration");
+  std::stringstream text;
+  text << in.rdbuf();
+  return merge_config_parse(text.str(), fs::absolute(path));
+}
+
+std::string MergeConfig::resolved_yaml() const {
+  YAML::Emitter out;
+  const auto corpus = [&out](const CorpusSpec& s) {
+    out << YAML::Flow << YAML::BeginMap << YAML::Key << "path" << YAML::Value << s.path.string() << YAML::Key
+        << "format" << YAML::Value << std::string(to_string(s.format));
+    if (!s.dataset.empty()) out << YAML::Key << "dataset" << YAML::Value << s.dataset;
+    out << YAML::EndMap;
+  };
+  out << YAML::BeginMap << YAML::Key << "experts" << YAML::Value << YAML::BeginSeq;
+  for (const auto& e : experts) {
+    out << YAML::BeginMap << YAML::Key << "name" << YAML::Value << e.name << YAML::Key << "checkpoint"
+        << YAML::Value << e.checkpoint.string() << YAML::Key << "calibration" << YAML::Value;
+    corpus(e.calibration);
+    if (e.test) {
+      out << YAML::Key << "test" << YAML::Value;
+      corpus(*e.test);
+    }
+    out << YAML::EndMap;
+  }
+  out << YAML::EndSeq << YAML::Key << "shared" << YAML::Value;
+  if (shared_checkpoint)
+    out << YAML::Flow << YAML::BeginMap << YAML::Key << "checkpoint" << YAML::Value << shared_checkpoint->string()
+        << YAML::EndMap;
+  else
+    out << "average";
+  out << YAML::Key << "router" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "lambda"
+      << YAML::Value << router.lambda << YAML::Key << "temperature" << YAML::Value << router.temperature
+      << YAML::Key << "top_k" << YAML::Value << router.top_k << YAML::Key << "context_tokens" << YAML::Value
+      << router.context_tokens << YAML::Key << "bias" << YAML::Value << router.bias << YAML::EndMap;
+  out << YAML::Key << "calibration" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key
+      << "sequence_length" << YAML::Value << calibration.sequence_length << YAML::Key << "max_sequences"
+      << YAML::Value << calibration.max_sequences << YAML::Key << "batch_sequences" << YAML::Value
+      << calibration.batch_sequences << YAML::EndMap;
+  out << YAML::Key << "output" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "path" << YAML::Value
+      << output.path.string();
+  if (output.dtype) out << YAML::Key << "dtype" << YAML::Value << std::string(to_string(*output.dtype));
+  out << YAML::Key << "shard_size" << YAML::Value << std::to_string(output.shard_bytes) << YAML::EndMap;
+  out << YAML::Key << "compute" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "threads"
+      << YAML::Value << threads << YAML::EndMap << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+}  // namespace dume

@@ -1,0 +1,63 @@
+// The YAML configuration of a merge (and of the jobs that reuse it: eval, fold-in).
+// Unknown keys and wrong types are errors naming the file, line and key; relative paths
+// resolve against the config file's folder.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "corpus.hpp"
+#include "dtype.hpp"
+
+namespace dume {
+
+struct ExpertSpec {
+  std::string name;
+  std::filesystem::path checkpoint;
+  CorpusSpec calibration;
+  std::optional<CorpusSpec> test;  // used by eval
+};
+
+struct RouterSettings {
+  double lambda = 1e-2;         // ridge strength
+  double temperature = 1.0;     // logits are divided by it
+  int top_k = 1;
+  std::int64_t context_tokens = 256;  // C: positions of each sequence that enter the statistics
+  bool bias = true;             // solve with the constant column (router bias)
+};
+
+struct CalibrationSettings {
+  std::int64_t sequence_length = 256;
+  std::int64_t max_sequences = 0;    // per domain; 0 = every window
+  std::int64_t batch_sequences = 8;  // sequences per forward pass: fixed, so results do not depend on ranks
+};
+
+struct OutputSettings {
+  std::filesystem::path path;
+  std::optional<DType> dtype;                 // default: the experts' dtype
+  std::uint64_t shard_bytes = 2ull << 30;     // shard size of the HDF5 MoE
+};
+
+struct MergeConfig {
+  std::filesystem::path source;  // the YAML file
+  std::vector<ExpertSpec> experts;
+  std::optional<std::filesystem::path> shared_checkpoint;  // shared weights from a base model; else averaged
+  RouterSettings router;
+  CalibrationSettings calibration;
+  OutputSettings output;
+  int threads = 0;  // compute threads per rank; 0 = all cores / ranks on this node
+
+  // The configuration with every default filled in and paths resolved, as YAML.
+  std::string resolved_yaml() const;
+};
+
+MergeConfig merge_config_read(const std::filesystem::path& path);
+MergeConfig merge_config_parse(const std::string& text, const std::filesystem::path& source);
+
+// "2GB", "512MiB", "1e9", "100000" -> bytes.
+std::uint64_t parse_size(const std::string& text);
+
+}  // namespace dume

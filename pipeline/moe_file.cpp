@@ -1,0 +1,223 @@
+#include "moe_file.hpp"
+
+#include <cstdio>
+#include <cstring>
+
+#include "hdf5_util.hpp"
+
+namespace dume {
+
+namespace fs = std::filesystem;
+
+std::size_t MoeTensor::byte_size() const {
+  std::size_t n = dtype_size(dtype);
+  for (auto d : shape) n *= static_cast<std::size_t>(d);
+  return n;
+}
+
+std::string moe_path::layer(std::int64_t l, const std::string& rest) {
+  return "/layers/" + std::to_string(l) + "/" + rest;
+}
+
+std::string moe_path::expert(std::int64_t l, std::int64_t e, const std::string& proj) {
+  return layer(l, "experts/" + std::to_string(e) + "/" + proj);
+}
+
+std::uint64_t hash_bytes(std::uint64_t hash, std::span<const std::byte> bytes) {
+  for (const std::byte b : bytes) {
+    hash ^= static_cast<std::uint64_t>(b);
+    hash *= 1099511628211ull;
+  }
+  return hash;
+}
+
+std::string hash_hex(std::uint64_t hash) {
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(hash));
+  return text;
+}
+
+namespace {
+
+std::string shard_name(std::size_t i, std::size_t n) {
+  char name[64];
+  std::snprintf(name, sizeof name, "moe-%05zu-of-%05zu.h5", i + 1, n);
+  return name;
+}
+
+DType dtype_from_attribute(const std::string& name, const std::string& where) {
+  if (name == "bfloat16") return DType::BF16;
+  if (name == "float16") return DType::F16;
+  if (name == "float32") return DType::F32;
+  throw Error(where + ": unknown weight dtype '" + name + "'");
+}
+
+}  // namespace
+
+void write_moe(const fs::path& dir, const std::vector<MoeTensor>& tensors, const MoeInfo& info,
+               std::uint64_t shard_bytes) {
+  // Plan: tensors fill shards in order; a shard closes before the tensor that would overflow it.
+  std::vector<std::size_t> shard_of(tensors.size());
+  std::size_t shards = 0, filled = 0;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const std::size_t size = tensors[i].byte_size();
+    if (shards == 0 || (filled > 0 && filled + size > shard_bytes)) {
+      ++shards;
+      filled = 0;
+    }
+    shard_of[i] = shards - 1;
+    filled += size;
+  }
+  std::vector<std::string> names;
+  for (std::size_t s = 0; s < shards; ++s) names.push_back(shard_name(s, shards));
+
+  for (std::size_t s = 0; s < shards; ++s) {
+    H5Id file = h5::create_file(dir / names[s]);
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+      if (shard_of[i] != s) continue;
+      const std::vector<std::byte> bytes = tensors[i].bytes();
+      DUME_ASSERT(bytes.size() == tensors[i].byte_size());
+      h5::write_dataset(file.get(), tensors[i].path, tensors[i].dtype, tensors[i].shape, bytes.data());
+    }
+    h5_check(H5Fclose(file.release()), (dir / names[s]).string() + ": cannot close (disk full?)");
+  }
+
+  H5Id index = h5::create_file(dir / "moe.h5");
+  const hid_t root = index.get();
+  h5::write_attribute(root, "format", std::string("dume-moe"));
+  h5::write_attribute(root, "format_version", std::int64_t{1});
+  h5::write_attribute(root, "config", info.config.json_text);
+  h5::write_attribute(root, "experts", info.experts);
+  h5::write_attribute(root, "lambda", info.router.lambda);
+  h5::write_attribute(root, "temperature", info.router.temperature);
+  h5::write_attribute(root, "top_k", std::int64_t{info.router.top_k});
+  h5::write_attribute(root, "context_tokens", info.router.context_tokens);
+  h5::write_attribute(root, "router_bias", std::int64_t{info.router.bias});
+  h5::write_attribute(root, "dtype", h5::dtype_attribute(info.dtype));
+  h5::write_attribute(root, "shared", info.shared);
+  h5::write_attribute(root, "shared_hash", info.shared_hash);
+  h5::write_attribute(root, "shards", names);
+  H5Id lcpl(h5_check(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate"));
+  h5_check(H5Pset_create_intermediate_group(lcpl.get(), 1), "H5Pset_create_intermediate_group");
+  for (std::size_t i = 0; i < tensors.size(); ++i)
+    h5_check(H5Lcreate_external(names[shard_of[i]].c_str(), tensors[i].path.c_str(), root, tensors[i].path.c_str(),
+                                lcpl.get(), H5P_DEFAULT),
+             (dir / "moe.h5").string() + ": cannot link " + tensors[i].path);
+  h5_check(H5Fclose(index.release()), (dir / "moe.h5").string() + ": cannot close (disk full?)");
+}
+
+MoeInfo read_moe_info(const fs::path& dir) {
+  const fs::path path = dir / "moe.h5";
+  const H5Id file = h5::open_file(path);
+  const hid_t root = file.get();
+  if (!h5::has_attribute(root, "format") || h5::read_string_attribute(root, "format") != "dume-moe")
+    throw Error(path.string() + ": not a dume MoE index (no format attribute 'dume-moe')");
+  MoeInfo info;
+  info.config = model_config_parse(h5::read_string_attribute(root, "config"), path.string() + ": attribute 'config'");
+  info.experts = h5::read_strings_attribute(root, "experts");
+  info.router.lambda = h5::read_double_attribute(root, "lambda");
+  info.router.temperature = h5::read_double_attribute(root, "temperature");
+  info.router.top_k = static_cast<int>(h5::read_int_attribute(root, "top_k"));
+  info.router.context_tokens = h5::read_int_attribute(root, "context_tokens");
+  info.router.bias = h5::read_int_attribute(root, "router_bias") != 0;
+  info.dtype = dtype_from_attribute(h5::read_string_attribute(root, "dtype"), path.string());
+  info.shared = h5::read_string_attribute(root, "shared");
+  info.shared_hash = h5::read_string_attribute(root, "shared_hash");
+  info.shard_files = h5::read_strings_attribute(root, "shards");
+  const auto E = static_cast<int>(info.experts.size());
+  if (E < 1 || info.router.top_k < 1 || info.router.top_k > E || !(info.router.temperature > 0))
+    throw Error(path.string() + ": inconsistent router settings (experts " + std::to_string(E) + ", top_k " +
+                std::to_string(info.router.top_k) + ")");
+  return info;
+}
+
+Model read_moe_model(const fs::path& dir) {
+  const MoeInfo info = read_moe_info(dir);
+  const H5Id file = h5::open_file(dir / "moe.h5");
+  const hid_t f = file.get();
+  const ModelConfig& c = info.config;
+  const std::int64_t D = c.hidden_size, E = static_cast<std::int64_t>(info.experts.size());
+  Model m;
+  m.config = c;
+  m.temperature = static_cast<float>(info.router.temperature);
+  m.top_k = info.router.top_k;
+  const auto read_into = [f](const std::string& path, const std::vector<std::int64_t>& shape, auto& storage) {
+    const auto v = h5::read_f32(f, path, shape);
+    std::copy(v.begin(), v.end(), storage.data());
+  };
+  for_each_shared_tensor(c, m.shared, [&](const std::string&, const std::string& path,
+                                          const std::vector<std::int64_t>& shape, auto& storage) {
+    read_into(path, shape, storage);
+  });
+  for (std::int64_t l = 0; l < c.num_layers; ++l) {
+    auto& experts = m.experts.emplace_back(static_cast<std::size_t>(E));
+    for (std::int64_t e = 0; e < E; ++e)
+      for_each_mlp_tensor(c, experts[static_cast<std::size_t>(e)], [&](const std::string&, const std::string& name,
+                                                                        const std::vector<std::int64_t>& shape, auto& storage) {
+        read_into(moe_path::expert(l, e, name), shape, storage);
+      });
+    Router& router = m.routers.emplace_back(Router{Matrix(E, D), Vector(E)});
+    read_into(moe_path::layer(l, "router/weight"), {E, D}, router.weight);
+    read_into(moe_path::layer(l, "router/bias"), {E}, router.bias);
+  }
+  return m;
+}
+
+void write_statistics(const fs::path& path, const Statistics& stats) {
+  H5Id file = h5::create_file(path);
+  const hid_t f = file.get();
+  const std::int64_t n = stats.hidden_size + 1, E = static_cast<std::int64_t>(stats.domains.size());
+  std::vector<std::string> names;
+  std::vector<std::int64_t> tokens;
+  for (const auto& d : stats.domains) {
+    names.push_back(d.name);
+    tokens.push_back(d.tokens);
+  }
+  h5::write_attribute(f, "format", std::string("dume-stats"));
+  h5::write_attribute(f, "domains", names);
+  h5::write_attribute(f, "hidden_size", stats.hidden_size);
+  h5::write_attribute(f, "context_tokens", stats.context_tokens);
+  h5::write_attribute(f, "shared_hash", stats.shared_hash);
+  const std::int64_t tokens_shape[] = {E};
+  h5::write_dataset(f, "/tokens", DType::I64, tokens_shape, tokens.data());
+  for (std::int64_t l = 0; l < stats.layers(); ++l) {
+    const std::int64_t a_shape[] = {n, n}, b_shape[] = {n, E};
+    for (const auto& d : stats.domains)
+      h5::write_dataset(f, moe_path::layer(l, "A/" + d.name), DType::F64, a_shape, d.A[static_cast<std::size_t>(l)].data());
+    const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> B = stats.B(l);
+    h5::write_dataset(f, moe_path::layer(l, "B"), DType::F64, b_shape, B.data());
+  }
+  h5_check(H5Fclose(file.release()), path.string() + ": cannot close (disk full?)");
+}
+
+Statistics read_statistics(const fs::path& path) {
+  const H5Id file = h5::open_file(path);
+  const hid_t f = file.get();
+  if (!h5::has_attribute(f, "format") || h5::read_string_attribute(f, "format") != "dume-stats")
+    throw Error(path.string() + ": not a dume statistics file (no format attribute 'dume-stats')");
+  Statistics s;
+  s.hidden_size = h5::read_int_attribute(f, "hidden_size");
+  s.context_tokens = h5::read_int_attribute(f, "context_tokens");
+  s.shared_hash = h5::read_string_attribute(f, "shared_hash");
+  const auto names = h5::read_strings_attribute(f, "domains");
+  const std::int64_t n = s.hidden_size + 1, E = static_cast<std::int64_t>(names.size());
+  if (s.hidden_size < 1 || s.hidden_size > (1 << 20) || E < 1) throw Error(path.string() + ": inconsistent attributes");
+  const std::int64_t tokens_shape[] = {E};
+  const auto tokens = h5::read_i64(f, "/tokens", tokens_shape);
+  std::int64_t L = 0;
+  while (H5Lexists(f, ("/layers/" + std::to_string(L)).c_str(), H5P_DEFAULT) > 0) ++L;
+  for (std::int64_t e = 0; e < E; ++e) {
+    DomainStatistics d;
+    d.name = names[static_cast<std::size_t>(e)];
+    d.tokens = tokens[static_cast<std::size_t>(e)];
+    for (std::int64_t l = 0; l < L; ++l) {
+      const std::int64_t shape[] = {n, n};
+      const auto values = h5::read_f64(f, moe_path::layer(l, "A/" + d.name), shape);
+      d.A.emplace_back(Eigen::Map<const MatrixXdRow>(values.data(), n, n));
+    }
+    s.domains.push_back(std::move(d));
+  }
+  return s;
+}
+
+}  // namespace dume

@@ -1,0 +1,63 @@
+// The DUME MoE on disk (DESIGN.md section 3): a directory with moe.h5 (the index: attributes
+// and HDF5 external links to every dataset) and shards moe-0000i-of-0000N.h5, plus the
+// statistics file stats.h5. Writers fill a directory that the caller renames into place.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "dtype.hpp"
+#include "merge_config.hpp"
+#include "model.hpp"
+#include "statistics.hpp"
+
+namespace dume {
+
+// One dataset of the MoE: its path, dtype, shape, and the bytes to store (dtype's encoding).
+struct MoeTensor {
+  std::string path;
+  DType dtype = DType::F32;
+  std::vector<std::int64_t> shape;
+  std::function<std::vector<std::byte>()> bytes;  // produced when the shard is written
+  std::size_t byte_size() const;
+};
+
+// What moe.h5 says about the MoE besides its tensors.
+struct MoeInfo {
+  ModelConfig config;                 // from the stored config.json text
+  std::vector<std::string> experts;   // names, expert index order
+  RouterSettings router;              // lambda, temperature, top_k, context_tokens, bias
+  DType dtype = DType::BF16;          // dtype of the stored weights
+  std::string shared;                 // "average" or the shared checkpoint's path
+  std::string shared_hash;
+  std::vector<std::string> shard_files;
+};
+
+// Dataset paths of the layout.
+namespace moe_path {
+std::string layer(std::int64_t l, const std::string& rest);                   // /layers/{l}/{rest}
+std::string expert(std::int64_t l, std::int64_t e, const std::string& proj);  // /layers/{l}/experts/{e}/{proj}
+}  // namespace moe_path
+
+// 64-bit FNV-1a over the shared tensors' paths and stored bytes: the shared-weight identity
+// that stats.h5 records and fold-in checks.
+std::uint64_t hash_bytes(std::uint64_t hash, std::span<const std::byte> bytes);
+inline constexpr std::uint64_t kHashSeed = 1469598103934665603ull;
+std::string hash_hex(std::uint64_t hash);
+
+// Writes the shards and moe.h5 into `dir` (which must exist and be empty).
+void write_moe(const std::filesystem::path& dir, const std::vector<MoeTensor>& tensors, const MoeInfo& info,
+               std::uint64_t shard_bytes);
+
+MoeInfo read_moe_info(const std::filesystem::path& dir);
+// Reads the whole MoE (shared weights, every expert's MLPs, routers) widened to f32.
+Model read_moe_model(const std::filesystem::path& dir);
+
+void write_statistics(const std::filesystem::path& file, const Statistics& stats);
+Statistics read_statistics(const std::filesystem::path& file);
+
+}  // namespace dume

@@ -1,0 +1,25 @@
+// The closed-form DUME router of one layer: W = (A + lambda I)^{-1} B by Cholesky in f64,
+// each expert's weight column scaled to unit L2 norm and its bias divided by the same norm.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstdint>
+#include <vector>
+
+#include "statistics.hpp"
+
+namespace dume {
+
+struct RouterSolution {
+  Eigen::MatrixXd weight;         // [E, D]
+  Eigen::VectorXd bias;           // [E]; zero when solved without the constant column
+  std::vector<int> zero_norm;     // experts whose column had zero norm (replaced by 1e-6)
+};
+
+// A: (D+1) x (D+1) symmetric, B: (D+1) x E. With bias = false the constant row and column are
+// dropped (a router without bias). Throws naming the layer when A + lambda I is not positive
+// definite.
+RouterSolution ridge_solve(const MatrixXdRow& A, const Eigen::MatrixXd& B, double lambda, bool bias,
+                           std::int64_t layer);
+
+}  // namespace dume

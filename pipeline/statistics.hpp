@@ -1,0 +1,60 @@
+// DUME's calibration statistics (DESIGN.md section 1): per domain e and layer l,
+// A^(e)_l = sum over calibration rows of [x 1]^T [x 1] in f64, and the row count n_e.
+// B_l[:, e] = X^T 1 over domain e's rows is A^(e)_l's last column, so it is derived, not stored twice.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "backend.hpp"
+#include "corpus.hpp"
+#include "forward.hpp"
+#include "merge_config.hpp"
+
+namespace dume {
+
+using MatrixXdRow = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+struct DomainStatistics {
+  std::string name;
+  std::int64_t tokens = 0;      // rows accumulated: sequences x context_tokens
+  std::vector<MatrixXdRow> A;   // [L]: (D+1) x (D+1), symmetric once complete
+};
+
+struct Statistics {
+  std::int64_t hidden_size = 0;     // D
+  std::int64_t context_tokens = 0;  // C the statistics were made with
+  std::string shared_hash;          // identity of the shared weights they were made with
+  std::vector<DomainStatistics> domains;
+
+  std::int64_t layers() const { return domains.empty() ? 0 : static_cast<std::int64_t>(domains[0].A.size()); }
+  MatrixXdRow total_A(std::int64_t layer) const;  // sum over domains
+  Eigen::MatrixXd B(std::int64_t layer) const;    // (D+1) x E
+};
+
+// Time spent in each part of a calibration, for the merge's summary (seconds).
+struct CalibrationTiming {
+  double forward = 0, accumulate = 0, reduce = 0;
+  double multiply_adds = 0;  // of the A updates
+};
+
+// Runs this rank's share of one domain's calibration windows through `forward`, forced to the
+// resident expert 0, truncated to C positions, stopping after the last layer's MLP input.
+// Windows are grouped into fixed batches of `batch_sequences` and batch i runs on rank
+// i mod ranks, so each sequence's activations are the same for any number of ranks.
+// Returns this rank's partial statistics (upper triangles only).
+DomainStatistics calibrate_domain(Forward& forward, Backend& backend, const ModelConfig& config,
+                                  const CorpusWindows& windows, std::int64_t context_tokens,
+                                  std::int64_t batch_sequences, int rank, int ranks, const std::string& name,
+                                  CalibrationTiming& timing, bool show_progress);
+
+// Sums every rank's partial statistics of one domain into rank 0's (upper triangles are sent
+// packed, half the bytes), then mirrors them into full symmetric matrices on rank 0.
+void reduce_domain(DomainStatistics& domain, CalibrationTiming& timing);
+
+// Mirrors the upper triangle into the lower.
+void symmetrize(MatrixXdRow& A);
+
+}  // namespace dume
