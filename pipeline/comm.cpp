@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 namespace dume {
@@ -58,11 +59,20 @@ std::string host_name() {
   return name;
 }
 
+std::size_t mpi_chunk_elements() {
+  static const std::size_t chunk = [] {
+    const char* env = std::getenv("DUME_MPI_CHUNK_ELEMENTS");
+    const long long n = env ? std::atoll(env) : 0;
+    return n > 0 ? static_cast<std::size_t>(n) : std::size_t{1} << 23;
+  }();
+  return chunk;
+}
+
 namespace {
 
 template <class Call>
 void chunked(std::span<double> data, Call&& call) {
-  const std::size_t chunk = std::clamp<std::size_t>(mpi_chunk_elements, 1, INT_MAX);
+  const std::size_t chunk = std::clamp<std::size_t>(mpi_chunk_elements(), 1, INT_MAX);
   for (std::size_t begin = 0; begin < data.size(); begin += chunk)
     call(data.data() + begin, static_cast<int>(std::min(chunk, data.size() - begin)));
 }

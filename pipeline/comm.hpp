@@ -35,8 +35,9 @@ int mpi_local_size();
 void barrier();
 std::string host_name();
 
-// Largest message of one MPI call (elements); tests lower it to exercise the chunking.
-inline std::size_t mpi_chunk_elements = std::size_t{1} << 23;  // 64 MiB of f64
+// Largest message of one MPI call, in elements: 2^23 (64 MiB of f64), or the environment's
+// DUME_MPI_CHUNK_ELEMENTS (tests lower it to exercise the chunking).
+std::size_t mpi_chunk_elements();
 
 // Sums `data` over all ranks into rank `root`'s `data` (other ranks' data is left as it was).
 void reduce_sum(std::span<double> data, int root = 0);

@@ -43,6 +43,13 @@ H5Id string_type(std::size_t length) {
   return type;
 }
 
+H5Id variable_string_type() {
+  H5Id type(h5_check(H5Tcopy(H5T_C_S1), "H5Tcopy"));
+  h5_check(H5Tset_size(type.get(), H5T_VARIABLE), "H5Tset_size");
+  h5_check(H5Tset_cset(type.get(), H5T_CSET_UTF8), "H5Tset_cset");
+  return type;
+}
+
 H5Id open_attribute(hid_t object, const std::string& name) {
   if (H5Aexists(object, name.c_str()) <= 0)
     throw Error(file_name(object) + ": attribute '" + name + "' is missing");
@@ -123,9 +130,7 @@ void write_attribute(hid_t object, const std::string& name, std::int64_t value) 
 
 void write_attribute(hid_t object, const std::string& name, const std::vector<std::string>& values) {
   // Variable-length UTF-8 strings: what h5py reads as a list of str.
-  H5Id type(h5_check(H5Tcopy(H5T_C_S1), "H5Tcopy"));
-  h5_check(H5Tset_size(type.get(), H5T_VARIABLE), "H5Tset_size");
-  h5_check(H5Tset_cset(type.get(), H5T_CSET_UTF8), "H5Tset_cset");
+  const H5Id type = variable_string_type();
   const hsize_t n = values.size();
   H5Id space(h5_check(H5Screate_simple(1, &n, nullptr), "H5Screate_simple"));
   if (H5Aexists(object, name.c_str()) > 0) H5Adelete(object, name.c_str());
@@ -145,11 +150,7 @@ std::string read_string_attribute(hid_t object, const std::string& name) {
   if (H5Tget_class(type.get()) != H5T_STRING) throw Error(where + " is not a string");
   if (H5Tis_variable_str(type.get()) > 0) {
     char* value = nullptr;
-    const H5Id mem = [] {
-      H5Id t(H5Tcopy(H5T_C_S1));
-      H5Tset_size(t.get(), H5T_VARIABLE);
-      return t;
-    }();
+    const H5Id mem = variable_string_type();
     h5_check(H5Aread(attr.get(), mem.get(), &value), where + ": cannot read");
     std::string s = value ? value : "";
     H5free_memory(value);
@@ -181,8 +182,7 @@ std::vector<std::string> read_strings_attribute(hid_t object, const std::string&
   const H5Id space(h5_check(H5Aget_space(attr.get()), "H5Aget_space"));
   const hssize_t n = H5Sget_simple_extent_npoints(space.get());
   if (n < 0 || n > (1 << 20)) throw Error(where + " has an absurd size");
-  H5Id mem(h5_check(H5Tcopy(H5T_C_S1), "H5Tcopy"));
-  h5_check(H5Tset_size(mem.get(), H5T_VARIABLE), "H5Tset_size");
+  const H5Id mem = variable_string_type();
   std::vector<char*> pointers(static_cast<std::size_t>(n), nullptr);
   h5_check(H5Aread(attr.get(), mem.get(), pointers.data()), where + " is not a list of strings");
   std::vector<std::string> values;

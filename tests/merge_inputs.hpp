@@ -1,0 +1,73 @@
+// Inputs of a small real merge for tests: E tiny Llama experts sharing an architecture (one
+// base, perturbed shared weights, distinct MLPs) saved as checkpoints, one token corpus per
+// domain with its own token distribution, and a YAML config pointing at them.
+#pragma once
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+#include "model.hpp"
+
+namespace dume::test {
+
+inline ModelConfig tiny_config() {
+  ModelConfig c;
+  c.architecture_name = "LlamaForCausalLM";
+  c.vocab_size = 64;
+  c.hidden_size = 48;
+  c.intermediate_size = 96;
+  c.num_layers = 3;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 12;
+  c.max_position_embeddings = 256;
+  c.rms_norm_eps = 1e-5;
+  c.rope_theta = 10000.0;
+  c.json_text = model_config_to_json(c);
+  return c;
+}
+
+// Expert e: the base's shared weights plus noise, and its own random MLPs.
+inline Model tiny_expert(int e) {
+  const ModelConfig c = tiny_config();
+  Model base = random_model(c, 1);
+  const Model own = random_model(c, 100 + static_cast<std::uint64_t>(e));
+  std::mt19937_64 rng(1000 + static_cast<std::uint64_t>(e));
+  std::normal_distribution<float> noise(0.0f, 0.02f);
+  for_each_shared_tensor(c, base.shared, [&](const std::string&, const std::string&, const std::vector<std::int64_t>&,
+                                             auto& values) {
+    for (Eigen::Index i = 0; i < values.size(); ++i) values.data()[i] += noise(rng);
+  });
+  base.experts = own.experts;
+  return base;
+}
+
+// Domain e's tokens: mostly from its own band of 24 ids, sometimes anywhere.
+inline std::string tiny_corpus(int e, std::size_t n) {
+  std::mt19937_64 rng(77 + static_cast<std::uint64_t>(e));
+  std::string bytes(n, '\0');
+  for (auto& b : bytes)
+    b = static_cast<char>(rng() % 8 == 0 ? rng() % 64 : (static_cast<std::uint64_t>(e) * 20 + rng() % 24) % 64);
+  return bytes;
+}
+
+// Writes experts e0.. and corpora into dir; returns the YAML of a merge writing to `output`.
+inline std::string write_merge_inputs(const std::filesystem::path& dir, int E, DType dtype,
+                                      const std::string& output = "out", std::size_t corpus_bytes = 4096) {
+  std::string yaml = "experts:\n";
+  for (int e = 0; e < E; ++e) {
+    const std::string name = "d" + std::to_string(e);
+    save_dense_checkpoint(tiny_expert(e), dtype, dir / name);
+    std::ofstream(dir / (name + ".bin"), std::ios::binary) << tiny_corpus(e, corpus_bytes);
+    yaml += "  - {name: " + name + ", checkpoint: " + name + ", calibration: {path: " + name +
+            ".bin, format: text-bytes}}\n";
+  }
+  yaml += "router: {lambda: 0.01, context_tokens: 24}\n"
+          "calibration: {sequence_length: 32, batch_sequences: 3}\n"
+          "output: " + output + "\n";
+  return yaml;
+}
+
+}  // namespace dume::test
