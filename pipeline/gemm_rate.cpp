@@ -15,6 +15,8 @@ namespace {
 
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+using RowMatrixD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
 template <class Product>
 double best_gflops(std::int64_t n, double min_seconds, Product&& product) {
   using Clock = std::chrono::steady_clock;
@@ -30,7 +32,8 @@ double best_gflops(std::int64_t n, double min_seconds, Product&& product) {
   return best;
 }
 
-void check_entry(const RowMatrix& a, const RowMatrix& b, const RowMatrix& c, const char* kernel) {
+template <class M>
+void check_entry(const M& a, const M& b, const M& c, const char* kernel) {
   const Eigen::Index i = a.rows() / 3, j = b.cols() / 2;
   double ref = 0.0;
   for (Eigen::Index k = 0; k < a.cols(); ++k) ref += static_cast<double>(a(i, k)) * b(k, j);
@@ -60,10 +63,26 @@ std::vector<GemmRate> measure_gemm_rates(std::span<const std::int64_t> sizes, do
     const auto eigen = [&] { c.noalias() = a * b; };
     eigen();
     check_entry(a, b, c, "eigen");
-    rates.push_back({"eigen", n, best_gflops(n, min_seconds, eigen)});
+    rates.push_back({"eigen sgemm", n, best_gflops(n, min_seconds, eigen)});
+    const RowMatrixD ad = a.cast<double>(), bd = b.cast<double>();
+    RowMatrixD cd(n, n);
+    const auto dgemm = [&] {
+      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ni, ni, ni, 1.0, ad.data(), ni, bd.data(), ni, 0.0,
+                  cd.data(), ni);
+    };
+    dgemm();
+    check_entry(ad, bd, cd, "openblas dgemm");
+    rates.push_back({"openblas dgemm", n, best_gflops(n, min_seconds, dgemm)});
   }
   openblas_set_num_threads(blas_threads);
   return rates;
+}
+
+GemmRate best_rate(const std::vector<GemmRate>& rates, const std::string& suffix) {
+  GemmRate best;
+  for (const auto& r : rates)
+    if (r.kernel.ends_with(suffix) && r.gflops > best.gflops) best = r;
+  return best;
 }
 
 }  // namespace dume
