@@ -254,7 +254,7 @@ void run_merge(const MergeConfig& config, bool force) {
       clock.start("solve");
       std::vector<RouterSolution> routers;
       for (std::int64_t l = 0; l < mc.num_layers; ++l) {
-        routers.push_back(ridge_solve(stats.total_A(l), stats.B(l), config.router.lambda, config.router.bias, l));
+        routers.push_back(build_router(config.router, stats, l));
         for (int e : routers.back().zero_norm)
           std::fprintf(stderr, "dume: warning: layer %lld: router column of expert '%s' has zero norm (replaced by 1e-6)\n",
                        static_cast<long long>(l), config.experts[static_cast<std::size_t>(e)].name.c_str());

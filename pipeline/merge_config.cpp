@@ -169,6 +169,9 @@ MergeConfig merge_config_parse(const std::string& text, const fs::path& source) 
   if (top.has("router")) {
     const Section r(top.node("router"), "router", source);
     RouterSettings& rs = c.router;
+    rs.method = r.get<std::string>("method", "dume, hidden or random", rs.method);
+    if (rs.method != "dume" && rs.method != "hidden" && rs.method != "random")
+      r.fail(r.node("method"), "router.method must be dume, hidden or random, got '" + rs.method + "'");
     rs.lambda = r.get<double>("lambda", "a number", rs.lambda);
     rs.temperature = r.get<double>("temperature", "a number", rs.temperature);
     rs.top_k = r.get<int>("top_k", "an integer", rs.top_k);
@@ -181,7 +184,7 @@ MergeConfig merge_config_parse(const std::string& text, const fs::path& source) 
       r.fail(r.node("top_k"), "router.top_k must be between 1 and the number of experts (" +
                                   std::to_string(c.experts.size()) + "), got " + std::to_string(rs.top_k));
     if (rs.context_tokens < 1) r.fail(r.node("context_tokens"), "router.context_tokens must be >= 1");
-    r.finish({"lambda", "temperature", "top_k", "context_tokens", "bias"});
+    r.finish({"method", "lambda", "temperature", "top_k", "context_tokens", "bias"});
   }
 
   if (top.has("calibration")) {
@@ -216,13 +219,52 @@ MergeConfig merge_config_parse(const std::string& text, const fs::path& source) 
     o.finish({"path", "dtype", "shard_size"});
   }
 
+  c.eval.output = c.output.path / "eval";
+  if (top.has("eval")) {
+    const Section s(top.node("eval"), "eval", source);
+    EvalSettings& es = c.eval;
+    if (s.has("methods")) {
+      const YAML::Node methods = s.node("methods");
+      if (!methods.IsSequence() || methods.size() == 0) s.fail(methods, "eval.methods must be a non-empty list");
+      es.methods.clear();
+      for (const auto& m : methods) {
+        const auto name = m.as<std::string>();
+        static const std::set<std::string> known = {"dume", "experts", "average", "random", "oracle"};
+        if (!known.contains(name))
+          s.fail(m, "unknown eval method '" + name + "' (known: dume, experts, average, random, oracle)");
+        es.methods.push_back(name);
+      }
+    }
+    if (s.has("top_k")) {
+      const YAML::Node ks = s.node("top_k");
+      if (!ks.IsSequence() || ks.size() == 0) s.fail(ks, "eval.top_k must be a non-empty list of integers");
+      for (const auto& k : ks) {
+        int value = 0;
+        try {
+          value = k.as<int>();
+        } catch (const YAML::Exception&) {
+          s.fail(k, "eval.top_k must list integers, got '" + k.Scalar() + "'");
+        }
+        if (value < 1 || static_cast<std::size_t>(value) > c.experts.size())
+          s.fail(k, "eval.top_k values must be between 1 and the number of experts");
+        es.top_k.push_back(value);
+      }
+    }
+    if (s.has("output")) es.output = resolve(base, s.get<std::string>("output", "a path"));
+    es.max_sequences = s.get<std::int64_t>("max_sequences", "an integer", es.max_sequences);
+    if (es.max_sequences < 0) s.fail(s.node("max_sequences"), "eval.max_sequences must be >= 0");
+    es.seed = s.get<std::uint64_t>("seed", "a non-negative integer", es.seed);
+    s.finish({"methods", "top_k", "output", "max_sequences", "seed"});
+  }
+  if (c.eval.top_k.empty()) c.eval.top_k = {c.router.top_k};
+
   if (top.has("compute")) {
     const Section s(top.node("compute"), "compute", source);
     c.threads = s.get<int>("threads", "an integer", 0);
     if (c.threads < 0) s.fail(s.node("threads"), "compute.threads must be >= 0");
     s.finish({"threads"});
   }
-  top.finish({"experts", "shared", "router", "calibration", "output", "compute"});
+  top.finish({"experts", "shared", "router", "calibration", "output", "eval", "compute"});
   return c;
 }
 
@@ -259,7 +301,8 @@ std::string MergeConfig::resolved_yaml() const {
         << YAML::EndMap;
   else
     out << "average";
-  out << YAML::Key << "router" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "lambda"
+  out << YAML::Key << "router" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "method"
+      << YAML::Value << router.method << YAML::Key << "lambda"
       << YAML::Value << router.lambda << YAML::Key << "temperature" << YAML::Value << router.temperature
       << YAML::Key << "top_k" << YAML::Value << router.top_k << YAML::Key << "context_tokens" << YAML::Value
       << router.context_tokens << YAML::Key << "bias" << YAML::Value << router.bias << YAML::EndMap;
@@ -271,6 +314,10 @@ std::string MergeConfig::resolved_yaml() const {
       << output.path.string();
   if (output.dtype) out << YAML::Key << "dtype" << YAML::Value << std::string(to_string(*output.dtype));
   out << YAML::Key << "shard_size" << YAML::Value << std::to_string(output.shard_bytes) << YAML::EndMap;
+  out << YAML::Key << "eval" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "methods" << YAML::Value
+      << YAML::Flow << eval.methods << YAML::Key << "top_k" << YAML::Value << YAML::Flow << eval.top_k << YAML::Key
+      << "output" << YAML::Value << eval.output.string() << YAML::Key << "max_sequences" << YAML::Value
+      << eval.max_sequences << YAML::Key << "seed" << YAML::Value << eval.seed << YAML::EndMap;
   out << YAML::Key << "compute" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "threads"
       << YAML::Value << threads << YAML::EndMap << YAML::EndMap;
   return std::string(out.c_str()) + "\n";

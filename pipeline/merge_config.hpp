@@ -22,6 +22,9 @@ struct ExpertSpec {
 };
 
 struct RouterSettings {
+  // "dume": the closed-form ridge router; "hidden": each domain's mean MLP input, unit-normalized,
+  // no bias (mergekit-moe's prompt-average gate); "random": seeded Gaussian directions, no bias.
+  std::string method = "dume";
   double lambda = 1e-2;         // ridge strength
   double temperature = 1.0;     // logits are divided by it
   int top_k = 1;
@@ -33,6 +36,17 @@ struct CalibrationSettings {
   std::int64_t sequence_length = 256;
   std::int64_t max_sequences = 0;    // per domain; 0 = every window
   std::int64_t batch_sequences = 8;  // sequences per forward pass: fixed, so results do not depend on ranks
+};
+
+// `dume eval`: which methods to compare on each domain's test corpus.
+struct EvalSettings {
+  // dume, experts (each dense expert), average (every parameter averaged), random (random
+  // top-k routing), oracle (forced to the domain's expert).
+  std::vector<std::string> methods = {"dume", "experts", "average", "random", "oracle"};
+  std::vector<int> top_k;            // k values for dume and random; empty: router.top_k
+  std::filesystem::path output;      // default: <output>/eval
+  std::int64_t max_sequences = 0;    // test windows per domain; 0 = all
+  std::uint64_t seed = 1234;         // of random routing
 };
 
 struct OutputSettings {
@@ -48,6 +62,7 @@ struct MergeConfig {
   RouterSettings router;
   CalibrationSettings calibration;
   OutputSettings output;
+  EvalSettings eval;
   int threads = 0;  // compute threads per rank; 0 = all cores / ranks on this node
 
   // The configuration with every default filled in and paths resolved, as YAML.

@@ -88,6 +88,7 @@ void write_moe(const fs::path& dir, const std::vector<MoeTensor>& tensors, const
   h5::write_attribute(root, "format_version", std::int64_t{1});
   h5::write_attribute(root, "config", info.config.json_text);
   h5::write_attribute(root, "experts", info.experts);
+  h5::write_attribute(root, "router_method", info.router.method);
   h5::write_attribute(root, "lambda", info.router.lambda);
   h5::write_attribute(root, "temperature", info.router.temperature);
   h5::write_attribute(root, "top_k", std::int64_t{info.router.top_k});
@@ -115,6 +116,7 @@ MoeInfo read_moe_info(const fs::path& dir) {
   MoeInfo info;
   info.config = model_config_parse(h5::read_string_attribute(root, "config"), path.string() + ": attribute 'config'");
   info.experts = h5::read_strings_attribute(root, "experts");
+  info.router.method = h5::read_string_attribute(root, "router_method");
   info.router.lambda = h5::read_double_attribute(root, "lambda");
   info.router.temperature = h5::read_double_attribute(root, "temperature");
   info.router.top_k = static_cast<int>(h5::read_int_attribute(root, "top_k"));

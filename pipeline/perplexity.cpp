@@ -21,19 +21,22 @@ double sequence_nll(const float* logits, std::span<const std::uint32_t> tokens, 
   return nll;
 }
 
-Perplexity perplexity(Forward& forward, const ModelConfig& config, const CorpusWindows& windows, std::int64_t batch,
-                      bool show_progress) {
+Perplexity perplexity(Forward& forward, const ModelConfig& config, const CorpusWindows& windows,
+                      const PerplexityRun& run) {
   const auto S = static_cast<std::int64_t>(windows.length());
   const auto count = static_cast<std::int64_t>(windows.count());
+  const std::int64_t batches = (count + run.batch - 1) / run.batch;
+  std::int64_t mine = 0;
+  for (std::int64_t b = run.rank; b < batches; b += run.ranks) mine += std::min(run.batch, count - b * run.batch) * S;
   Perplexity result;
-  Progress progress("ppl", count * S, "tokens", show_progress);
-  for (std::int64_t first = 0; first < count; first += batch) {
-    const std::int64_t B = std::min(batch, count - first);
+  Progress progress(run.label, mine, "tokens", run.show_progress);
+  for (std::int64_t b = run.rank; b < batches; b += run.ranks) {
+    const std::int64_t first = b * run.batch, B = std::min(run.batch, count - first);
     const auto tokens = windows.tokens().subspan(static_cast<std::size_t>(first * S), static_cast<std::size_t>(B * S));
-    const std::vector<float> logits = forward.run(tokens, B, S);
-    for (std::int64_t b = 0; b < B; ++b)
-      result.nll += sequence_nll(logits.data() + b * S * config.vocab_size,
-                                 tokens.subspan(static_cast<std::size_t>(b * S), static_cast<std::size_t>(S)),
+    const std::vector<float> logits = forward.run(tokens, B, S, run.options ? run.options(first) : ForwardOptions{});
+    for (std::int64_t i = 0; i < B; ++i)
+      result.nll += sequence_nll(logits.data() + i * S * config.vocab_size,
+                                 tokens.subspan(static_cast<std::size_t>(i * S), static_cast<std::size_t>(S)),
                                  config.vocab_size);
     result.tokens += B * (S - 1);
     progress.advance(B * S);

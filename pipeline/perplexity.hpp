@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
+#include <string>
 
 #include "corpus.hpp"
 #include "forward.hpp"
@@ -19,8 +21,19 @@ struct Perplexity {
 // Negative log-likelihood (nats, f64) of tokens[1..S) under logits rows 0..S-1 (S, V).
 double sequence_nll(const float* logits, std::span<const std::uint32_t> tokens, std::int64_t V);
 
-// Runs `batch` windows per forward pass; reports progress when `show_progress`.
-Perplexity perplexity(Forward& forward, const ModelConfig& config, const CorpusWindows& windows, std::int64_t batch,
-                      bool show_progress);
+// How a perplexity run splits its windows: fixed batches of `batch` windows, batch i on rank
+// i mod ranks (so each window's logits are the same for any number of ranks).
+struct PerplexityRun {
+  std::int64_t batch = 8;
+  int rank = 0, ranks = 1;
+  bool show_progress = false;
+  std::string label = "ppl";
+  // Forward options of the batch starting at window `first` (forced expert, routing hooks).
+  std::function<ForwardOptions(std::int64_t first)> options;
+};
+
+// This rank's share of the windows' negative log-likelihood.
+Perplexity perplexity(Forward& forward, const ModelConfig& config, const CorpusWindows& windows,
+                      const PerplexityRun& run = {});
 
 }  // namespace dume

@@ -1,6 +1,7 @@
 #include "ridge.hpp"
 
 #include <Eigen/Cholesky>
+#include <random>
 
 #include "error.hpp"
 
@@ -28,6 +29,36 @@ RouterSolution ridge_solve(const MatrixXdRow& A, const Eigen::MatrixXd& B, doubl
     }
     r.weight.row(e) /= norm;
     r.bias(e) /= norm;
+  }
+  return r;
+}
+
+RouterSolution build_router(const RouterSettings& settings, const Statistics& stats, std::int64_t layer) {
+  if (settings.method == "dume")
+    return ridge_solve(stats.total_A(layer), stats.B(layer), settings.lambda, settings.bias, layer);
+  const auto E = static_cast<Eigen::Index>(stats.domains.size());
+  const Eigen::Index D = stats.hidden_size;
+  RouterSolution r;
+  r.weight.resize(E, D);
+  r.bias = Eigen::VectorXd::Zero(E);
+  if (settings.method == "hidden") {
+    const Eigen::MatrixXd B = stats.B(layer);  // column e: sum of domain e's [x 1]
+    for (Eigen::Index e = 0; e < E; ++e)
+      r.weight.row(e) = B.col(e).head(D).transpose() / B(D, e);
+  } else if (settings.method == "random") {
+    std::mt19937_64 rng(0x5eed + static_cast<std::uint64_t>(layer));
+    std::normal_distribution<double> normal;
+    for (Eigen::Index i = 0; i < r.weight.size(); ++i) r.weight.data()[i] = normal(rng);
+  } else {
+    throw Error("unknown router.method '" + settings.method + "'");
+  }
+  for (Eigen::Index e = 0; e < E; ++e) {
+    double norm = r.weight.row(e).norm();
+    if (norm == 0.0) {
+      norm = 1e-6;
+      r.zero_norm.push_back(static_cast<int>(e));
+    }
+    r.weight.row(e) /= norm;
   }
   return r;
 }

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "merge_config.hpp"
 #include "statistics.hpp"
 
 namespace dume {
@@ -21,5 +22,9 @@ struct RouterSolution {
 // definite.
 RouterSolution ridge_solve(const MatrixXdRow& A, const Eigen::MatrixXd& B, double lambda, bool bias,
                            std::int64_t layer);
+
+// The router of `layer` by settings.method: "dume" (ridge_solve), "hidden" (each domain's mean
+// MLP input, unit-normalized, no bias) or "random" (seeded Gaussian unit directions, no bias).
+RouterSolution build_router(const RouterSettings& settings, const Statistics& stats, std::int64_t layer);
 
 }  // namespace dume

@@ -88,7 +88,9 @@ TEST(Forward, PerplexityMatchesTransformersLogits) {
   auto backend = make_backend(BackendKind::cpu, 2);
   Forward forward(model, *backend);
   const CorpusWindows windows(ref.tokens, static_cast<std::size_t>(ref.S), 0, "reference");
-  const Perplexity p = perplexity(forward, model.config, windows, 1, false);
+  PerplexityRun run;
+  run.batch = 1;
+  const Perplexity p = perplexity(forward, model.config, windows, run);
   EXPECT_EQ(p.tokens, ref.B * (ref.S - 1));
   EXPECT_NEAR(p.nll, nll, 1e-4 * nll);
 }

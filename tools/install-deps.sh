@@ -9,7 +9,7 @@ packages=(
   libhdf5-dev hdf5-tools
   libeigen3-dev libopenblas-dev
   libyaml-cpp-dev libgtest-dev libcli11-dev nlohmann-json3-dev
-  libbenchmark-dev
+  libbenchmark-dev zlib1g-dev
 )
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${packages[@]}"

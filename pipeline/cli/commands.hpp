@@ -11,6 +11,7 @@ void add_inspect(CLI::App& app);
 void add_ppl(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_merge(CLI::App& app);
+void add_eval(CLI::App& app);
 
 // Thrown to end the command with this exit status after its message was printed.
 struct ExitStatus {

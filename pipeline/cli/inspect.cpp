@@ -5,6 +5,8 @@
 
 #include "checkpoint.hpp"
 #include "commands.hpp"
+#include "hdf5_util.hpp"
+#include "moe_file.hpp"
 
 namespace dume::cli {
 
@@ -51,15 +53,51 @@ void inspect_checkpoint(const std::string& dir, bool list_tensors) {
                   shape_string(t.shape).c_str(), file.path().filename().c_str());
 }
 
+void inspect_moe(const std::string& dir) {
+  const MoeInfo info = read_moe_info(dir);
+  const ModelConfig& c = info.config;
+  std::string names;
+  for (const auto& n : info.experts) names += (names.empty() ? "" : ", ") + n;
+  std::printf("moe             %s (DUME mixture of experts)\n", dir.c_str());
+  std::printf("architecture    %s, %lld layers, hidden %lld, MLP %lld, vocab %lld\n", c.architecture_name.c_str(),
+              static_cast<long long>(c.num_layers), static_cast<long long>(c.hidden_size),
+              static_cast<long long>(c.intermediate_size), static_cast<long long>(c.vocab_size));
+  std::printf("experts         %zu: %s\n", info.experts.size(), names.c_str());
+  std::printf("router          %s: lambda %g, temperature %g, top_k %d, context_tokens %lld, bias %s\n",
+              info.router.method.c_str(), info.router.lambda,
+              info.router.temperature, info.router.top_k, static_cast<long long>(info.router.context_tokens),
+              info.router.bias ? "yes" : "no");
+  std::printf("weights         %s; shared weights: %s (hash %s)\n", h5::dtype_attribute(info.dtype).c_str(),
+              info.shared.c_str(), info.shared_hash.c_str());
+  std::uintmax_t total = 0;
+  for (const auto& f : info.shard_files) total += std::filesystem::file_size(std::filesystem::path(dir) / f);
+  std::printf("shards          %zu files, %.1f MB\n", info.shard_files.size(), static_cast<double>(total) / 1e6);
+  for (const auto& f : info.shard_files)
+    std::printf("                %s  %.1f MB\n", f.c_str(),
+                static_cast<double>(std::filesystem::file_size(std::filesystem::path(dir) / f)) / 1e6);
+  const auto stats_path = std::filesystem::path(dir) / "stats.h5";
+  if (std::filesystem::exists(stats_path)) {
+    const Statistics stats = read_statistics(stats_path);
+    std::printf("statistics      stats.h5:");
+    for (const auto& d : stats.domains) std::printf(" %s %s tokens;", d.name.c_str(), thousands(d.tokens).c_str());
+    std::printf("\n");
+  }
+}
+
 }  // namespace
 
 void add_inspect(CLI::App& app) {
-  auto* cmd = app.add_subcommand("inspect", "Summarize a Hugging Face checkpoint directory");
+  auto* cmd = app.add_subcommand("inspect", "Summarize a Hugging Face checkpoint or a DUME MoE directory");
   auto dir = std::make_shared<std::string>();
   auto list = std::make_shared<bool>(false);
-  cmd->add_option("dir", *dir, "Checkpoint directory (config.json + safetensors)")->required();
+  cmd->add_option("dir", *dir, "Checkpoint directory (config.json + safetensors) or MoE directory (moe.h5)")->required();
   cmd->add_flag("--tensors", *list, "List every tensor with dtype, shape and file");
-  cmd->callback([dir, list] { inspect_checkpoint(*dir, *list); });
+  cmd->callback([dir, list] {
+    if (std::filesystem::exists(std::filesystem::path(*dir) / "moe.h5"))
+      inspect_moe(*dir);
+    else
+      inspect_checkpoint(*dir, *list);
+  });
 }
 
 }  // namespace dume::cli

@@ -39,6 +39,7 @@ int main(int argc, char** argv) {
   dume::cli::add_ppl(app);
   dume::cli::add_bench(app);
   dume::cli::add_merge(app);
+  dume::cli::add_eval(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

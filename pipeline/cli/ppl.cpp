@@ -29,7 +29,10 @@ void run_ppl(const PplOptions& o) {
   Forward forward(model, *backend);
   // Default batch: about 2048 tokens per forward pass, enough rows for GEMMs to run at full rate.
   const std::int64_t batch = o.batch > 0 ? o.batch : std::max<std::int64_t>(1, 2048 / o.sequence_length);
-  const Perplexity p = perplexity(forward, c, windows, batch, /*show_progress=*/true);
+  PerplexityRun run;
+  run.batch = batch;
+  run.show_progress = true;
+  const Perplexity p = perplexity(forward, c, windows, run);
   std::printf("perplexity %.6f over %lld predicted tokens (%zu windows of %lld tokens from %s)\n", p.value(),
               static_cast<long long>(p.tokens), windows.count(), static_cast<long long>(o.sequence_length),
               o.corpus.c_str());

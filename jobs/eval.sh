@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Evaluates a merged MoE against the baselines as an MPI job (see `dume eval --help`).
+# usage: jobs/eval.sh CONFIG.yaml [RANKS]
+#   RANKS (default 1) is used outside Slurm; inside an allocation srun takes the ranks from it.
+set -euo pipefail
+source "$(dirname "$0")/launch.sh"
+[ $# -ge 1 ] || { sed -n '3,4p' "$0" >&2; exit 2; }
+launch "${2:-1}" eval "$1"
