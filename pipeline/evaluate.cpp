@@ -6,7 +6,6 @@
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <thread>
 
 #include "comm.hpp"
 #include "merge.hpp"
@@ -92,10 +91,7 @@ EvalResult run_eval(const MergeConfig& config) {
     }
   });
   const ModelConfig& mc = info.config;
-  const int threads = config.threads > 0
-                          ? config.threads
-                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / mpi_local_size());
-  auto backend = make_backend(BackendKind::cpu, threads);
+  auto backend = make_backend(BackendKind::cpu, threads_per_rank(config.threads));
 
   EvalResult result;
   for (const auto& e : config.experts) result.domains.push_back(e.name);

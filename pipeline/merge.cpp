@@ -25,27 +25,6 @@ std::size_t numel(const std::vector<std::int64_t>& shape) {
   return n;
 }
 
-// Wall time per phase, for the summary table.
-class PhaseClock {
- public:
-  void start(const char* phase) {
-    stop();
-    phase_ = phase;
-    t0_ = Clock::now();
-  }
-  void stop() {
-    if (phase_) phases_.emplace_back(phase_, std::chrono::duration<double>(Clock::now() - t0_).count());
-    phase_ = nullptr;
-  }
-  void add(const char* phase, double seconds) { phases_.emplace_back(phase, seconds); }
-  const std::vector<std::pair<std::string, double>>& phases() const { return phases_; }
-
- private:
-  const char* phase_ = nullptr;
-  Clock::time_point t0_;
-  std::vector<std::pair<std::string, double>> phases_;
-};
-
 }  // namespace
 
 MergeInputs merge_prepare(const MergeConfig& config, bool force) {
@@ -107,8 +86,23 @@ std::vector<std::vector<MlpWeights>> calibration_mlps(const Checkpoint& expert, 
   return mlps;
 }
 
+ExpertSource expert_from_checkpoint(const Checkpoint& checkpoint, DType dtype) {
+  return [&checkpoint, dtype](std::int64_t layer, const std::string& hf_suffix, const std::vector<std::int64_t>& shape) {
+    const std::string name = hf::layer(layer, hf_suffix);
+    std::vector<float> values(numel(shape));
+    checkpoint.read(name, shape, values);  // checks shape and finiteness
+    const SafetensorsFile* file = nullptr;
+    const TensorInfo& info = checkpoint.info(name, &file);
+    if (info.dtype == dtype) {  // an exact copy of the expert's bytes
+      const auto bytes = file->data(info);
+      return std::vector<std::byte>(bytes.begin(), bytes.end());
+    }
+    return encode(dtype, values);
+  };
+}
+
 std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedWeights& shared, DType dtype,
-                                   const std::vector<const Checkpoint*>& experts,
+                                   const std::vector<ExpertSource>& experts,
                                    const std::vector<RouterSolution>& routers) {
   std::vector<MoeTensor> tensors;
   for_each_shared_tensor(config, shared, [&](const std::string&, const std::string& path,
@@ -123,19 +117,8 @@ std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedWeight
     for (std::int64_t e = 0; e < E; ++e)
       for_each_mlp_tensor(config, layout, [&](const std::string& suffix, const std::string& moe_name,
                                               const std::vector<std::int64_t>& shape, const auto&) {
-        const Checkpoint* checkpoint = experts[static_cast<std::size_t>(e)];
-        const std::string name = hf::layer(l, suffix);
-        tensors.push_back({moe_path::expert(l, e, moe_name), dtype, shape, [=] {
-                             std::vector<float> values(numel(shape));
-                             checkpoint->read(name, shape, values);  // checks shape and finiteness
-                             const SafetensorsFile* file = nullptr;
-                             const TensorInfo& info = checkpoint->info(name, &file);
-                             if (info.dtype == dtype) {  // exact copy of the expert's bytes
-                               const auto bytes = file->data(info);
-                               return std::vector<std::byte>(bytes.begin(), bytes.end());
-                             }
-                             return encode(dtype, values);
-                           }});
+        const ExpertSource& source = experts[static_cast<std::size_t>(e)];
+        tensors.push_back({moe_path::expert(l, e, moe_name), dtype, shape, [=, &source] { return source(l, suffix, shape); }});
       });
     const RouterSolution& r = routers[static_cast<std::size_t>(l)];
     const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> weight = r.weight.cast<float>();
@@ -187,112 +170,151 @@ void write_output_atomically(const fs::path& output, bool force, const std::func
   }
 }
 
-void run_merge(const MergeConfig& config, bool force) {
+void print_phase_table(const std::vector<std::pair<std::string, double>>& phases) {
+  std::printf("#\n# %-24s %10s\n", "phase", "seconds");
+  double total = 0;
+  for (const auto& [phase, seconds] : phases) {
+    std::printf("  %-24s %10.3f\n", phase.c_str(), seconds);
+    total += seconds;
+  }
+  std::printf("  %-24s %10.3f\n", "total", total);
+}
+
+int threads_per_rank(int configured) {
+  return configured > 0 ? configured
+                        : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / mpi_local_size());
+}
+
+void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes& phases) {
   const int rank = mpi_rank(), ranks = mpi_size();
   const bool root = rank == 0;
-  PhaseClock clock;
-  clock.start("load + checks");
-  MergeInputs in;
-  collective_phase([&] { in = merge_prepare(config, force); });
-  const ModelConfig& mc = in.experts[0].config();
-  const auto E = static_cast<std::int64_t>(config.experts.size());
-
-  const int threads = config.threads > 0
-                          ? config.threads
-                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / mpi_local_size());
+  const ModelConfig& mc = plan.model.config;
+  const int threads = threads_per_rank(config.threads);
   auto backend = make_backend(BackendKind::cpu, threads);
   if (root) {
-    std::printf("# dume merge: %lld experts, %d rank%s x %d thread%s; %s\n", static_cast<long long>(E), ranks,
-                ranks == 1 ? "" : "s", threads, threads == 1 ? "" : "s", backend->describe().c_str());
-    std::printf("# resolved configuration:\n%s", config.resolved_yaml().c_str());
+    std::printf("# dume: %zu new domain%s to calibrate, %d rank%s x %d thread%s; %s\n", plan.calibrate.size(),
+                plan.calibrate.size() == 1 ? "" : "s", ranks, ranks == 1 ? "" : "s", threads, threads == 1 ? "" : "s",
+                backend->describe().c_str());
     std::fflush(stdout);
   }
 
-  clock.start("shared weights");
-  std::vector<const Checkpoint*> experts;
-  for (const auto& c : in.experts) experts.push_back(&c);
-  Model model;
-  model.config = mc;
-  collective_phase([&] {
-    if (config.shared_checkpoint) {
-      const Checkpoint base(*config.shared_checkpoint);
-      std::string difference;
-      if (!same_architecture(mc, base.config(), &difference))
-        throw Error("shared checkpoint " + config.shared_checkpoint->string() + " does not match the experts: " + difference);
-      model.shared = average_shared_weights({&base}, in.dtype);
-    } else {
-      model.shared = average_shared_weights(experts, in.dtype);
-    }
-  });
-  const std::string hash = shared_weights_hash(mc, model.shared, in.dtype);
-
-  Statistics stats;
-  stats.hidden_size = mc.hidden_size;
-  stats.context_tokens = config.router.context_tokens;
-  stats.shared_hash = hash;
   CalibrationTiming timing;
-  const auto t_calibration = Clock::now();
-  clock.stop();
-  for (std::int64_t e = 0; e < E; ++e) {
-    const auto& name = config.experts[static_cast<std::size_t>(e)].name;
-    model.experts = calibration_mlps(in.experts[static_cast<std::size_t>(e)], in.dtype);
-    Forward forward(model, *backend);
-    DomainStatistics domain = calibrate_domain(forward, *backend, mc, in.calibration[static_cast<std::size_t>(e)],
-                                               config.router.context_tokens, config.calibration.batch_sequences, rank,
-                                               ranks, name, timing, root);
+  const auto t0 = Clock::now();
+  for (const NewDomain& d : plan.calibrate) {
+    plan.model.experts = calibration_mlps(*d.checkpoint, plan.info.dtype);
+    Forward forward(plan.model, *backend);
+    DomainStatistics domain = calibrate_domain(forward, *backend, mc, *d.windows, plan.stats.context_tokens,
+                                               config.calibration.batch_sequences, rank, ranks, d.name, timing, root);
     reduce_domain(domain, timing);
-    stats.domains.push_back(std::move(domain));
+    plan.stats.domains.push_back(std::move(domain));
   }
-  model.experts.clear();
-  const double calibration_seconds = std::chrono::duration<double>(Clock::now() - t_calibration).count();
-  clock.add("forward (calibration)", calibration_seconds - timing.accumulate - timing.reduce);
-  clock.add("statistics (A update)", timing.accumulate);
-  clock.add("reduce", timing.reduce);
+  plan.model.experts.clear();
+  const double calibration = std::chrono::duration<double>(Clock::now() - t0).count();
+  phases.emplace_back("forward (calibration)", calibration - timing.accumulate - timing.reduce);
+  phases.emplace_back("statistics (A update)", timing.accumulate);
+  phases.emplace_back("reduce", timing.reduce);
 
   if (root) {
     try {
-      clock.start("solve");
+      auto t = Clock::now();
       std::vector<RouterSolution> routers;
       for (std::int64_t l = 0; l < mc.num_layers; ++l) {
-        routers.push_back(build_router(config.router, stats, l));
+        routers.push_back(build_router(plan.info.router, plan.stats, l));
         for (int e : routers.back().zero_norm)
           std::fprintf(stderr, "dume: warning: layer %lld: router column of expert '%s' has zero norm (replaced by 1e-6)\n",
-                       static_cast<long long>(l), config.experts[static_cast<std::size_t>(e)].name.c_str());
+                       static_cast<long long>(l), plan.info.experts[static_cast<std::size_t>(e)].c_str());
       }
-      clock.start("write");
-      MoeInfo info;
-      info.config = mc;
-      for (const auto& e : config.experts) info.experts.push_back(e.name);
-      info.router = config.router;
-      info.dtype = in.dtype;
-      info.shared = config.shared_checkpoint ? config.shared_checkpoint->string() : "average";
-      info.shared_hash = hash;
-      write_output_atomically(config.output.path, force, [&](const fs::path& dir) {
-        write_moe(dir, moe_tensors(mc, model.shared, in.dtype, experts, routers), info, config.output.shard_bytes);
-        write_statistics(dir / "stats.h5", stats);
-        std::ofstream(dir / "merge.yaml") << config.resolved_yaml();
-      });
-      clock.stop();
+      phases.emplace_back("solve", std::chrono::duration<double>(Clock::now() - t).count());
+      t = Clock::now();
+      write_moe_directory(config.output.path, force, plan, routers, config.output.shard_bytes, config.resolved_yaml());
+      phases.emplace_back("write", std::chrono::duration<double>(Clock::now() - t).count());
     } catch (const std::exception& e) {
       abort_job(e.what());
     }
   }
   barrier();
   if (!root) return;
-
+  print_phase_table(phases);
   std::int64_t tokens = 0;
-  for (const auto& d : stats.domains) tokens += d.tokens;
-  std::printf("#\n# %-24s %10s\n", "phase", "seconds");
-  double total = 0;
-  for (const auto& [phase, seconds] : clock.phases()) {
-    std::printf("  %-24s %10.3f\n", phase.c_str(), seconds);
-    total += seconds;
-  }
-  std::printf("  %-24s %10.3f\n", "total", total);
+  for (const NewDomain& d : plan.calibrate)
+    for (const auto& domain : plan.stats.domains)
+      if (domain.name == d.name) tokens += domain.tokens;
   const double rate = timing.accumulate > 0 ? timing.multiply_adds / timing.accumulate : 0.0;
-  std::printf("# statistics: %lld calibration tokens; A update on rank 0 at %.2f G multiply-adds/s (f64)\n",
-              static_cast<long long>(tokens), rate / 1e9);
+  std::printf("# statistics: %lld calibration tokens processed (%zu of %zu domains); A update on rank 0 at %.2f G "
+              "multiply-adds/s (f64)\n",
+              static_cast<long long>(tokens), plan.calibrate.size(), plan.stats.domains.size(), rate / 1e9);
   std::printf("# wrote %s\n", config.output.path.c_str());
+}
+
+void write_moe_directory(const fs::path& output, bool force, const MergePlan& plan,
+                         const std::vector<RouterSolution>& routers, std::uint64_t shard_bytes, const std::string& yaml) {
+  write_output_atomically(output, force, [&](const fs::path& dir) {
+    write_moe(dir, moe_tensors(plan.model.config, plan.model.shared, plan.info.dtype, plan.sources, routers), plan.info,
+              shard_bytes);
+    write_statistics(dir / "stats.h5", plan.stats);
+    std::ofstream(dir / "merge.yaml") << yaml;
+  });
+}
+
+SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const Checkpoint*>& experts, DType dtype) {
+  const ModelConfig& mc = experts.at(0)->config();
+  std::string difference;
+  if (config.shared_checkpoint) {
+    const Checkpoint base(*config.shared_checkpoint);
+    if (!same_architecture(mc, base.config(), &difference))
+      throw Error("shared checkpoint " + config.shared_checkpoint->string() + " does not match the experts: " + difference);
+    return average_shared_weights({&base}, dtype);
+  }
+  if (config.shared_moe) {
+    const MoeInfo info = read_moe_info(*config.shared_moe);
+    if (!same_architecture(mc, info.config, &difference))
+      throw Error("shared MoE " + config.shared_moe->string() + " does not match the experts: " + difference);
+    SharedWeights w = read_moe_shared(*config.shared_moe);
+    for_each_shared_tensor(mc, w, [dtype](const std::string&, const std::string&, const std::vector<std::int64_t>&,
+                                          auto& values) {
+      round_through(dtype, {values.data(), static_cast<std::size_t>(values.size())});
+    });
+    return w;
+  }
+  return average_shared_weights(experts, dtype);
+}
+
+void run_merge(const MergeConfig& config, bool force) {
+  if (config.fold_into) throw CollectiveError("'moe:' names the MoE to extend: that is `dume fold-in`, not merge");
+  PhaseTimes phases;
+  auto t = Clock::now();
+  MergeInputs in;
+  collective_phase([&] { in = merge_prepare(config, force); });
+  if (mpi_rank() == 0) {
+    std::printf("# dume merge: %zu experts\n# resolved configuration:\n%s", config.experts.size(),
+                config.resolved_yaml().c_str());
+    std::fflush(stdout);
+  }
+  phases.emplace_back("load + checks", std::chrono::duration<double>(Clock::now() - t).count());
+
+  t = Clock::now();
+  MergePlan plan;
+  std::vector<const Checkpoint*> experts;
+  for (const auto& c : in.experts) experts.push_back(&c);
+  plan.model.config = in.experts[0].config();
+  collective_phase([&] { plan.model.shared = shared_weights_for(config, experts, in.dtype); });
+  plan.info.config = plan.model.config;
+  plan.info.router = config.router;
+  plan.info.dtype = in.dtype;
+  plan.info.shared = config.shared_checkpoint ? config.shared_checkpoint->string()
+                     : config.shared_moe      ? "moe " + config.shared_moe->string()
+                                              : "average";
+  plan.info.shared_hash = shared_weights_hash(plan.model.config, plan.model.shared, in.dtype);
+  plan.stats.hidden_size = plan.model.config.hidden_size;
+  plan.stats.context_tokens = config.router.context_tokens;
+  plan.stats.shared_hash = plan.info.shared_hash;
+  for (std::size_t e = 0; e < experts.size(); ++e) {
+    plan.info.experts.push_back(config.experts[e].name);
+    plan.sources.push_back(expert_from_checkpoint(*experts[e], in.dtype));
+    plan.calibrate.push_back({config.experts[e].name, experts[e], &in.calibration[e]});
+  }
+  phases.emplace_back("shared weights", std::chrono::duration<double>(Clock::now() - t).count());
+  run_plan(plan, config, force, phases);
 }
 
 }  // namespace dume

@@ -3,7 +3,9 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "checkpoint.hpp"
@@ -31,17 +33,57 @@ SharedWeights average_shared_weights(const std::vector<const Checkpoint*>& check
 // Expert `e`'s MLP of each layer but the last (which statistics never need), rounded to dtype.
 std::vector<std::vector<MlpWeights>> calibration_mlps(const Checkpoint& expert, DType dtype);
 
-// The tensors of the MoE file: shared weights (dtype), every expert's MLPs (copied exactly
-// when the dtype matches), routers (f32).
+// Where an expert's MLP tensors come from when the MoE is written: (layer, Hugging Face suffix
+// "mlp.gate_proj.weight", shape) -> the bytes to store.
+using ExpertSource = std::function<std::vector<std::byte>(std::int64_t layer, const std::string& hf_suffix,
+                                                          const std::vector<std::int64_t>& shape)>;
+// From a checkpoint (kept alive by the caller): checked, copied exactly when the dtype matches.
+ExpertSource expert_from_checkpoint(const Checkpoint& checkpoint, DType dtype);
+
+// The tensors of the MoE file: shared weights (dtype), every expert's MLPs, routers (f32).
 std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedWeights& shared, DType dtype,
-                                   const std::vector<const Checkpoint*>& experts,
+                                   const std::vector<ExpertSource>& experts,
                                    const std::vector<RouterSolution>& routers);
 std::string shared_weights_hash(const ModelConfig& config, const SharedWeights& shared, DType dtype);
 
-// Writes the MoE, stats.h5 and the resolved config into a temporary sibling of `output`, then
-// renames it into place (replacing an existing output only with force).
+// The shared weights a merge config asks for: averaged over `experts`, a base checkpoint's, or
+// an existing MoE's; rounded to dtype.
+SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const Checkpoint*>& experts, DType dtype);
+
+// Writes `fill`'s files into a temporary sibling of `output`, then renames it into place
+// (replacing an existing output only with force).
 void write_output_atomically(const std::filesystem::path& output, bool force,
                              const std::function<void(const std::filesystem::path& dir)>& fill);
+
+// A domain whose statistics a job computes: its expert and calibration windows.
+struct NewDomain {
+  std::string name;
+  const Checkpoint* checkpoint;
+  const CorpusWindows* windows;
+};
+
+// What a merge-like job produces: the shared weights, the statistics it starts from (none for
+// a merge, the MoE's for a fold-in), the domains still to calibrate, and every expert's source.
+struct MergePlan {
+  Model model;                       // config + shared weights; experts swapped per domain
+  MoeInfo info;                      // of the output: experts (all, in order), router settings, dtype, hash
+  Statistics stats;                  // carried over; calibrated domains are appended
+  std::vector<NewDomain> calibrate;  // in order, after the carried-over ones
+  std::vector<ExpertSource> sources; // every expert of the output, in order
+};
+
+using PhaseTimes = std::vector<std::pair<std::string, double>>;
+
+// Calibrates plan.calibrate, solves every layer's router, writes the MoE directory; on every
+// rank (rank 0 solves and writes), then prints the phase table.
+void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes& phases);
+
+// The MoE files of a plan with these routers, atomically.
+void write_moe_directory(const std::filesystem::path& output, bool force, const MergePlan& plan,
+                         const std::vector<RouterSolution>& routers, std::uint64_t shard_bytes, const std::string& yaml);
+
+void print_phase_table(const PhaseTimes& phases);
+int threads_per_rank(int configured);
 
 // The whole merge; call on every rank.
 void run_merge(const MergeConfig& config, bool force);

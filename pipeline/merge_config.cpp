@@ -158,11 +158,14 @@ MergeConfig merge_config_parse(const std::string& text, const fs::path& source) 
   if (top.has("shared")) {
     const YAML::Node shared = top.node("shared");
     if (shared.IsScalar()) {
-      if (shared.Scalar() != "average") top.fail(shared, "shared must be 'average' or {checkpoint: path}");
+      if (shared.Scalar() != "average")
+        top.fail(shared, "shared must be 'average', {checkpoint: path} or {moe: path}");
     } else {
       const Section s(shared, "shared", source);
-      c.shared_checkpoint = resolve(base, s.get<std::string>("checkpoint", "a path"));
-      s.finish({"checkpoint"});
+      if (s.has("checkpoint") == s.has("moe")) s.fail(shared, "shared needs exactly one of checkpoint or moe");
+      if (s.has("checkpoint")) c.shared_checkpoint = resolve(base, s.get<std::string>("checkpoint", "a path"));
+      if (s.has("moe")) c.shared_moe = resolve(base, s.get<std::string>("moe", "a path"));
+      s.finish({"checkpoint", "moe"});
     }
   }
 
@@ -219,6 +222,7 @@ MergeConfig merge_config_parse(const std::string& text, const fs::path& source) 
     o.finish({"path", "dtype", "shard_size"});
   }
 
+  if (top.has("moe")) c.fold_into = resolve(base, top.get<std::string>("moe", "a path"));
   c.eval.output = c.output.path / "eval";
   if (top.has("eval")) {
     const Section s(top.node("eval"), "eval", source);
@@ -264,7 +268,7 @@ MergeConfig merge_config_parse(const std::string& text, const fs::path& source) 
     if (c.threads < 0) s.fail(s.node("threads"), "compute.threads must be >= 0");
     s.finish({"threads"});
   }
-  top.finish({"experts", "shared", "router", "calibration", "output", "eval", "compute"});
+  top.finish({"experts", "shared", "router", "calibration", "output", "eval", "compute", "moe"});
   return c;
 }
 
@@ -299,8 +303,11 @@ std::string MergeConfig::resolved_yaml() const {
   if (shared_checkpoint)
     out << YAML::Flow << YAML::BeginMap << YAML::Key << "checkpoint" << YAML::Value << shared_checkpoint->string()
         << YAML::EndMap;
+  else if (shared_moe)
+    out << YAML::Flow << YAML::BeginMap << YAML::Key << "moe" << YAML::Value << shared_moe->string() << YAML::EndMap;
   else
     out << "average";
+  if (fold_into) out << YAML::Key << "moe" << YAML::Value << fold_into->string();
   out << YAML::Key << "router" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "method"
       << YAML::Value << router.method << YAML::Key << "lambda"
       << YAML::Value << router.lambda << YAML::Key << "temperature" << YAML::Value << router.temperature

@@ -58,7 +58,9 @@ struct OutputSettings {
 struct MergeConfig {
   std::filesystem::path source;  // the YAML file
   std::vector<ExpertSpec> experts;
-  std::optional<std::filesystem::path> shared_checkpoint;  // shared weights from a base model; else averaged
+  std::optional<std::filesystem::path> shared_checkpoint;  // shared: {checkpoint: path}, a base model's
+  std::optional<std::filesystem::path> shared_moe;         // shared: {moe: path}, an existing MoE's
+  std::optional<std::filesystem::path> fold_into;          // moe: path, the MoE `dume fold-in` extends
   RouterSettings router;
   CalibrationSettings calibration;
   OutputSettings output;

@@ -147,10 +147,7 @@ Model read_moe_model(const fs::path& dir) {
     const auto v = h5::read_f32(f, path, shape);
     std::copy(v.begin(), v.end(), storage.data());
   };
-  for_each_shared_tensor(c, m.shared, [&](const std::string&, const std::string& path,
-                                          const std::vector<std::int64_t>& shape, auto& storage) {
-    read_into(path, shape, storage);
-  });
+  m.shared = read_moe_shared(dir);
   for (std::int64_t l = 0; l < c.num_layers; ++l) {
     auto& experts = m.experts.emplace_back(static_cast<std::size_t>(E));
     for (std::int64_t e = 0; e < E; ++e)
@@ -163,6 +160,18 @@ Model read_moe_model(const fs::path& dir) {
     read_into(moe_path::layer(l, "router/bias"), {E}, router.bias);
   }
   return m;
+}
+
+SharedWeights read_moe_shared(const fs::path& dir) {
+  const MoeInfo info = read_moe_info(dir);
+  const H5Id file = h5::open_file(dir / "moe.h5");
+  SharedWeights w;
+  for_each_shared_tensor(info.config, w, [&](const std::string&, const std::string& path,
+                                             const std::vector<std::int64_t>& shape, auto& storage) {
+    const auto v = h5::read_f32(file.get(), path, shape);
+    std::copy(v.begin(), v.end(), storage.data());
+  });
+  return w;
 }
 
 void write_statistics(const fs::path& path, const Statistics& stats) {

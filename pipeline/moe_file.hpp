@@ -56,6 +56,8 @@ void write_moe(const std::filesystem::path& dir, const std::vector<MoeTensor>& t
 MoeInfo read_moe_info(const std::filesystem::path& dir);
 // Reads the whole MoE (shared weights, every expert's MLPs, routers) widened to f32.
 Model read_moe_model(const std::filesystem::path& dir);
+// Only its shared weights, widened to f32.
+SharedWeights read_moe_shared(const std::filesystem::path& dir);
 
 void write_statistics(const std::filesystem::path& file, const Statistics& stats);
 Statistics read_statistics(const std::filesystem::path& file);

@@ -45,15 +45,16 @@ inline Model tiny_expert(int e) {
 }
 
 // Domain e's tokens: mostly from its own band of 24 ids, sometimes anywhere.
-inline std::string tiny_corpus(int e, std::size_t n) {
-  std::mt19937_64 rng(77 + static_cast<std::uint64_t>(e));
+inline std::string tiny_corpus(int e, std::size_t n, std::uint64_t seed = 77) {
+  std::mt19937_64 rng(seed + static_cast<std::uint64_t>(e));
   std::string bytes(n, '\0');
   for (auto& b : bytes)
     b = static_cast<char>(rng() % 8 == 0 ? rng() % 64 : (static_cast<std::uint64_t>(e) * 20 + rng() % 24) % 64);
   return bytes;
 }
 
-// Writes experts e0.. and corpora into dir; returns the YAML of a merge writing to `output`.
+// Writes experts d0.. with calibration and test corpora into dir; returns the YAML of a merge
+// writing to `output` (and evaluating into `output`/eval).
 inline std::string write_merge_inputs(const std::filesystem::path& dir, int E, DType dtype,
                                       const std::string& output = "out", std::size_t corpus_bytes = 4096) {
   std::string yaml = "experts:\n";
@@ -61,12 +62,14 @@ inline std::string write_merge_inputs(const std::filesystem::path& dir, int E, D
     const std::string name = "d" + std::to_string(e);
     save_dense_checkpoint(tiny_expert(e), dtype, dir / name);
     std::ofstream(dir / (name + ".bin"), std::ios::binary) << tiny_corpus(e, corpus_bytes);
+    std::ofstream(dir / (name + ".test"), std::ios::binary) << tiny_corpus(e, corpus_bytes / 2, 99);
     yaml += "  - {name: " + name + ", checkpoint: " + name + ", calibration: {path: " + name +
-            ".bin, format: text-bytes}}\n";
+            ".bin, format: text-bytes}, test: {path: " + name + ".test, format: text-bytes}}\n";
   }
   yaml += "router: {lambda: 0.01, context_tokens: 24}\n"
           "calibration: {sequence_length: 32, batch_sequences: 3}\n"
-          "output: " + output + "\n";
+          "output: " + output + "\n"
+          "compute: {threads: 1}\n";
   return yaml;
 }
 

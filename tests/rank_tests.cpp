@@ -1,10 +1,11 @@
-// The same merge on 1, 2, 3 and 4 ranks (ctest runs `mpirun -np N dume merge` between the two
-// steps here): RankInputs writes the experts and configs, RankResults compares the outputs.
+// The same merge on 1, 2, 3 and 4 ranks and the same eval on 1 and 2 (ctest runs mpirun
+// between the steps here): RankInputs writes the experts and configs, RankResults compares.
 // Both work in the directory named by DUME_RANK_DIR.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "hdf5_util.hpp"
 #include "merge.hpp"
@@ -79,6 +80,21 @@ TEST(RankResults, Agree) {
           EXPECT_EQ(h5::read_raw(file.get(), moe_path::expert(l, e, proj)),
                     h5::read_raw(reference_file.get(), moe_path::expert(l, e, proj)));
   }
+}
+
+TEST(RankResults, EvalAgrees) {
+  const fs::path dir = rank_dir();
+  const auto one = nlohmann::json::parse(std::ifstream(dir / "out1" / "eval" / "eval.json"));
+  const auto two = nlohmann::json::parse(std::ifstream(dir / "out2" / "eval" / "eval.json"));
+  std::size_t compared = 0;
+  for (const auto& [domain, methods] : one["perplexity"].items())
+    for (const auto& [method, value] : methods.items()) {
+      const double a = value.get<double>(), b = two["perplexity"][domain][method].get<double>();
+      EXPECT_LE(std::abs(a - b), 1e-9 * std::abs(a)) << domain << " " << method;
+      ++compared;
+    }
+  EXPECT_EQ(compared, 3u * 7u);  // 3 domains x (3 experts, average, random, oracle, dume)
+  EXPECT_EQ(one["routing_accuracy"], two["routing_accuracy"]);
 }
 
 }  // namespace

@@ -36,7 +36,7 @@ struct ForwardRun {
 
 ForwardRun run_forward(const Model& model, const std::vector<std::uint32_t>& tokens, std::int64_t B, std::int64_t S,
                        ForwardOptions options = {}) {
-  auto backend = make_backend(BackendKind::cpu, 2);
+  auto backend = make_backend(BackendKind::cpu, 1);
   Forward forward(model, *backend);
   ForwardRun run;
   const auto D = model.config.hidden_size;
@@ -85,7 +85,7 @@ TEST(Forward, PerplexityMatchesTransformersLogits) {
   const double nll = ref.nll();
   const Checkpoint checkpoint(dir);
   const Model model = load_dense_model(checkpoint);
-  auto backend = make_backend(BackendKind::cpu, 2);
+  auto backend = make_backend(BackendKind::cpu, 1);
   Forward forward(model, *backend);
   const CorpusWindows windows(ref.tokens, static_cast<std::size_t>(ref.S), 0, "reference");
   PerplexityRun run;

@@ -29,9 +29,10 @@ What it makes (under ``<out>``, by default ``experts/`` at the repository root):
 These are tiny demo models for exercising the dume pipeline, not useful
 language models.  The files are committed; CI does NOT run this script (it
 needs torch, transformers, safetensors and numpy from PyPI, the Debian files
-named above, and about 25-30 minutes on one CPU core: it runs torch with a
+named above, and about 30-35 minutes on one CPU core: it runs torch with a
 single thread).  Everything is seeded and single-threaded, so re-running it on
-the same machine with the same library versions reproduces the same files.
+the same machine with the same library versions reproduces the same files
+(all but the wall times quoted in README.md).
 
 Usage:
     python3 tools/make_bundled_experts.py [--out experts] [--smoke]
