@@ -200,44 +200,54 @@ EvalResult run_eval(const MergeConfig& config) {
         result.routing[static_cast<std::size_t>(d)].push_back(row);
       }
   }
-  if (wants(config, "dume") && wants(config, "experts"))
+  if (wants(config, "experts"))
     for (const auto& d : result.domains)
-      result.retention[d] = result.perplexity[d]["expert:" + d] / result.perplexity[d]["dume"];
+      for (const auto& m : result.methods)
+        if (!m.starts_with("expert:"))
+          result.retention_by_method[m][d] = result.perplexity[d]["expert:" + d] / result.perplexity[d][m];
+  if (result.retention_by_method.contains("dume")) result.retention = result.retention_by_method["dume"];
+  if (wants(config, "dume") && wants(config, "random") && wants(config, "oracle"))
+    for (const auto& d : result.domains) {
+      auto& p = result.perplexity[d];
+      result.gap_closed[d] = (p["random"] - p["dume"]) / (p["random"] - p["oracle"]);
+    }
   return result;
 }
 
 std::string eval_table(const EvalResult& r) {
-  std::string out = "# test perplexity per domain (lower is better); retention = own expert / dume\n";
+  std::string out = "# test perplexity per domain (lower is better)\n";
   char cell[64];
-  std::snprintf(cell, sizeof cell, "%-10s", "domain");
-  out += cell;
-  for (const auto& m : r.methods) {
-    std::snprintf(cell, sizeof cell, " %12s", m.c_str());
+  const auto add = [&](const char* format, auto value) {
+    std::snprintf(cell, sizeof cell, format, value);
     out += cell;
-  }
-  out += r.retention.empty() ? "\n" : "    retention\n";
+  };
+  add("%-10s", "domain");
+  for (const auto& m : r.methods) add(" %12s", m.c_str());
+  out += "\n";
   for (const auto& d : r.domains) {
-    std::snprintf(cell, sizeof cell, "%-10s", d.c_str());
-    out += cell;
-    for (const auto& m : r.methods) {
-      std::snprintf(cell, sizeof cell, " %12.4f", r.perplexity.at(d).at(m));
-      out += cell;
-    }
-    if (r.retention.contains(d)) {
-      std::snprintf(cell, sizeof cell, "  %10.1f %%", 100 * r.retention.at(d));
-      out += cell;
-    }
+    add("%-10s", d.c_str());
+    for (const auto& m : r.methods) add(" %12.4f", r.perplexity.at(d).at(m));
     out += "\n";
+  }
+  if (!r.retention_by_method.empty()) {
+    out += "# retention = ppl(own expert) / ppl(method) on each domain";
+    out += r.gap_closed.empty() ? "\n" : "; gap = share of the random-to-oracle gap DUME closes\n";
+    add("%-10s", "domain");
+    for (const auto& [m, values] : r.retention_by_method) add(" %12s", m.c_str());
+    if (!r.gap_closed.empty()) add(" %12s", "gap");
+    out += "\n";
+    for (const auto& d : r.domains) {
+      add("%-10s", d.c_str());
+      for (const auto& [m, values] : r.retention_by_method) add(" %11.1f%%", 100 * values.at(d));
+      if (r.gap_closed.contains(d)) add(" %11.1f%%", 100 * r.gap_closed.at(d));
+      out += "\n";
+    }
   }
   if (!r.routing.empty()) {
     out += "# DUME routing accuracy per layer (top-1 expert = the domain's own)\n";
     for (std::size_t d = 0; d < r.domains.size(); ++d) {
-      std::snprintf(cell, sizeof cell, "%-10s", r.domains[d].c_str());
-      out += cell;
-      for (double a : r.accuracy(d)) {
-        std::snprintf(cell, sizeof cell, " %6.3f", a);
-        out += cell;
-      }
+      add("%-10s", r.domains[d].c_str());
+      for (double a : r.accuracy(d)) add(" %6.3f", a);
       out += "\n";
     }
   }
@@ -251,6 +261,8 @@ void write_eval_outputs(const EvalResult& r, const MergeConfig& config) {
   j["perplexity"] = r.perplexity;
   j["tokens"] = r.tokens;
   j["retention"] = r.retention;
+  j["retention_by_method"] = r.retention_by_method;
+  j["gap_closed"] = r.gap_closed;
   j["methods"] = r.methods;
   for (std::size_t d = 0; d < r.domains.size() && !r.routing.empty(); ++d) {
     j["routing_accuracy"][r.domains[d]] = r.accuracy(d);

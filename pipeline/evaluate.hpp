@@ -20,6 +20,10 @@ struct EvalResult {
   // DUME router (first k): fraction of domain d's test tokens whose top-1 expert is e, per layer.
   std::vector<std::vector<std::vector<double>>> routing;  // [domain][layer][expert]
   std::map<std::string, double> retention;  // ppl(expert d on d) / ppl(dume on d)
+  // The same for the other one-model methods (oracle, average, ...): [method][domain].
+  std::map<std::string, std::map<std::string, double>> retention_by_method;
+  // Share of the gap from random to oracle routing that DUME closes: (random - dume) / (random - oracle).
+  std::map<std::string, double> gap_closed;
 
   std::vector<double> accuracy(std::size_t domain) const;  // routing[d][l][d] per layer
 };
