@@ -98,6 +98,12 @@ const TensorInfo& Checkpoint::info(std::string_view name, const SafetensorsFile*
 }
 
 void Checkpoint::read(std::string_view name, std::span<const std::int64_t> shape, std::span<float> out) const {
+  DUME_ASSERT(out.size() == info(name).numel());
+  read_slice(name, shape, 0, out);
+}
+
+void Checkpoint::read_slice(std::string_view name, std::span<const std::int64_t> shape, std::size_t begin,
+                            std::span<float> out) const {
   const SafetensorsFile* file = nullptr;
   const TensorInfo& t = info(name, &file);
   const std::string where = file->path().string() + ": tensor '" + std::string(name) + "'";
@@ -105,11 +111,12 @@ void Checkpoint::read(std::string_view name, std::span<const std::int64_t> shape
     throw Error(where + " has shape " + shape_string(t.shape) + ", config.json implies " + shape_string(shape));
   if (!dtype_is_float(t.dtype) || t.dtype == DType::F64)
     throw Error(where + " has dtype " + std::string(to_string(t.dtype)) + " (weights must be F32, F16 or BF16)");
-  DUME_ASSERT(out.size() == t.numel());
-  const std::size_t bad = widen_to_f32(t.dtype, file->data(t).data(), t.numel(), out.data());
-  if (bad != t.numel())
+  DUME_ASSERT(begin + out.size() <= t.numel());
+  const std::size_t bad =
+      widen_to_f32(t.dtype, file->data(t).data() + begin * dtype_size(t.dtype), out.size(), out.data());
+  if (bad != out.size())
     throw Error(where + " holds a non-finite value (" + std::to_string(out[bad]) + ") at flat index " +
-                std::to_string(bad));
+                std::to_string(begin + bad));
 }
 
 DType Checkpoint::dtype() const {

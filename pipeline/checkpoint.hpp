@@ -28,6 +28,9 @@ class Checkpoint {
   const TensorInfo& info(std::string_view name, const SafetensorsFile** file = nullptr) const;
   // Reads `name` into `out` (f32), checking its shape is `shape` and every value is finite.
   void read(std::string_view name, std::span<const std::int64_t> shape, std::span<float> out) const;
+  // The same for elements [begin, begin + out.size()) of the flattened tensor.
+  void read_slice(std::string_view name, std::span<const std::int64_t> shape, std::size_t begin,
+                  std::span<float> out) const;
   // The dtype the weights are stored in (the embedding's; config.json's dtype can be stale).
   DType dtype() const;
 

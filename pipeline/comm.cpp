@@ -97,6 +97,13 @@ void broadcast(std::span<double> data, int root) {
   chunked(data, [root](double* p, int n) { MPI_CHECK(MPI_Bcast(p, n, MPI_DOUBLE, root, MPI_COMM_WORLD)); });
 }
 
+void broadcast(std::span<float> data, int root) {
+  const std::size_t chunk = std::clamp<std::size_t>(mpi_chunk_elements(), 1, INT_MAX);
+  for (std::size_t begin = 0; begin < data.size(); begin += chunk)
+    MPI_CHECK(MPI_Bcast(data.data() + begin, static_cast<int>(std::min(chunk, data.size() - begin)), MPI_FLOAT, root,
+                        MPI_COMM_WORLD));
+}
+
 void broadcast(std::string& text, int root) {
   unsigned long long size = text.size();
   MPI_CHECK(MPI_Bcast(&size, 1, MPI_UNSIGNED_LONG_LONG, root, MPI_COMM_WORLD));

@@ -44,6 +44,7 @@ void reduce_sum(std::span<double> data, int root = 0);
 // Sums `data` over all ranks into every rank's `data`.
 void allreduce_sum(std::span<double> data);
 void broadcast(std::span<double> data, int root = 0);
+void broadcast(std::span<float> data, int root = 0);
 void broadcast(std::string& text, int root = 0);
 
 // An error every rank has raised together (see collective_phase): each rank can exit cleanly.

@@ -26,8 +26,9 @@ struct MergeInputs {
 // the first problem found, naming the file or key.
 MergeInputs merge_prepare(const MergeConfig& config, bool force);
 
-// Shared weights: the element-wise mean of the experts' (accumulated in f64), or a base
-// checkpoint's, rounded to `dtype` so calibration sees exactly what is stored.
+// Shared weights: the element-wise mean of the checkpoints' (accumulated in f64; one checkpoint:
+// its own), rounded to `dtype` so calibration sees exactly what is stored. Under MPI the tensors
+// are shared out over the ranks and broadcast, so each rank averages 1/N of them.
 SharedWeights average_shared_weights(const std::vector<const Checkpoint*>& checkpoints, DType dtype);
 
 // Expert `e`'s MLP of each layer but the last (which statistics never need), rounded to dtype.

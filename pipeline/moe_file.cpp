@@ -24,10 +24,15 @@ std::string moe_path::expert(std::int64_t l, std::int64_t e, const std::string& 
 }
 
 std::uint64_t hash_bytes(std::uint64_t hash, std::span<const std::byte> bytes) {
-  for (const std::byte b : bytes) {
-    hash ^= static_cast<std::uint64_t>(b);
-    hash *= 1099511628211ull;
+  // FNV-1a over 8-byte words (then the tail bytes): an identity check, not a cryptographic hash.
+  constexpr std::uint64_t kPrime = 1099511628211ull;
+  std::size_t i = 0;
+  for (; i + 8 <= bytes.size(); i += 8) {
+    std::uint64_t word;
+    std::memcpy(&word, bytes.data() + i, 8);
+    hash = (hash ^ word) * kPrime;
   }
+  for (; i < bytes.size(); ++i) hash = (hash ^ static_cast<std::uint64_t>(bytes[i])) * kPrime;
   return hash;
 }
 

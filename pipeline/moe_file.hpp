@@ -43,8 +43,8 @@ std::string layer(std::int64_t l, const std::string& rest);                   //
 std::string expert(std::int64_t l, std::int64_t e, const std::string& proj);  // /layers/{l}/experts/{e}/{proj}
 }  // namespace moe_path
 
-// 64-bit FNV-1a over the shared tensors' paths and stored bytes: the shared-weight identity
-// that stats.h5 records and fold-in checks.
+// 64-bit FNV-1a (word-wise) for the shared-weight identity that moe.h5 and stats.h5 record and
+// fold-in checks (see shared_weights_hash).
 std::uint64_t hash_bytes(std::uint64_t hash, std::span<const std::byte> bytes);
 inline constexpr std::uint64_t kHashSeed = 1469598103934665603ull;
 std::string hash_hex(std::uint64_t hash);

@@ -22,7 +22,7 @@ using StridedMap = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
 using StridedMapMut = Eigen::Map<RowMatrix, 0, Eigen::OuterStride<>>;
 
 // Slice sizes of linear(): large enough that packing W is a few percent of the GEMM.
-constexpr std::int64_t kSliceRows = 128, kSliceColumns = 256;
+constexpr std::int64_t kSliceRows = 256, kSliceColumns = 256;
 // Column block of stats_accumulate's update of A.
 constexpr std::int64_t kStatsBlock = 128;
 
@@ -100,7 +100,7 @@ class CpuBackend final : public Backend {
     // slice single-threaded: OpenBLAS's result for a row depends on the call's shape, so fixed
     // slices make a sequence's activations independent of threads, batch position and ranks.
     // Slices are row blocks, or column blocks (rows of W) when there are few rows.
-    const bool by_rows = T >= kSliceRows;
+    const bool by_rows = T >= 2 * kSliceRows;
     const std::int64_t extent = by_rows ? T : N, slice = by_rows ? kSliceRows : kSliceColumns;
     const std::int64_t slices = (extent + slice - 1) / slice;
 #pragma omp parallel for schedule(dynamic, 1)
@@ -192,9 +192,9 @@ class CpuBackend final : public Backend {
   }
 
   void stats_accumulate(const float* x, std::int64_t T, std::int64_t D, double* A) override {
-    // Xd = [x 1] in f64, then the upper triangle of A += Xd^T Xd, in fixed column blocks (one
-    // dgemm each: the rectangle above the diagonal block and the block itself) so the result
-    // does not depend on the thread count.
+    // Xd = [x 1] in f64, then the upper triangle of A += Xd^T Xd in fixed column blocks (a dgemm
+    // for the rectangle above each diagonal block, a dsyrk for the block's triangle), so the
+    // result does not depend on the thread count and no lower-triangle work is done.
     const std::int64_t n = D + 1;
     xd_.resize(static_cast<std::size_t>(T * n));
 #pragma omp parallel for schedule(static)
@@ -206,9 +206,14 @@ class CpuBackend final : public Backend {
     const std::int64_t blocks = (n + kStatsBlock - 1) / kStatsBlock;
 #pragma omp parallel for schedule(dynamic, 1)
     for (std::int64_t b = blocks - 1; b >= 0; --b) {  // largest blocks first
-      const std::int64_t j0 = b * kStatsBlock, width = std::min(kStatsBlock, n - j0), rows = j0 + width;
-      cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, to_int(rows), to_int(width), to_int(T), 1.0, xd_.data(),
-                  to_int(n), xd_.data() + j0, to_int(n), 1.0, A + j0, to_int(n));
+      const std::int64_t j0 = b * kStatsBlock, width = std::min(kStatsBlock, n - j0);
+      const double* columns = xd_.data() + j0;
+      if (j0 > 0)  // the rectangle above the diagonal block
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, to_int(j0), to_int(width), to_int(T), 1.0, xd_.data(),
+                    to_int(n), columns, to_int(n), 1.0, A + j0, to_int(n));
+      // the diagonal block's upper triangle
+      cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, to_int(width), to_int(T), 1.0, columns, to_int(n), 1.0,
+                  A + j0 * n + j0, to_int(n));
     }
   }
 
