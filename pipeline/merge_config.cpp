@@ -180,6 +180,7 @@ MergeConfig merge_config_parse(const std::string& text, const fs::path& source) 
     rs.top_k = r.get<int>("top_k", "an integer", rs.top_k);
     rs.context_tokens = r.get<std::int64_t>("context_tokens", "an integer", rs.context_tokens);
     rs.bias = r.get<bool>("bias", "true or false", rs.bias);
+    rs.balance = r.get<bool>("balance", "true or false", rs.balance);
     if (!(rs.lambda >= 0) || !std::isfinite(rs.lambda)) r.fail(r.node("lambda"), "router.lambda must be >= 0");
     if (!(rs.temperature > 0) || !std::isfinite(rs.temperature))
       r.fail(r.node("temperature"), "router.temperature must be > 0");
@@ -187,7 +188,7 @@ MergeConfig merge_config_parse(const std::string& text, const fs::path& source) 
       r.fail(r.node("top_k"), "router.top_k must be between 1 and the number of experts (" +
                                   std::to_string(c.experts.size()) + "), got " + std::to_string(rs.top_k));
     if (rs.context_tokens < 1) r.fail(r.node("context_tokens"), "router.context_tokens must be >= 1");
-    r.finish({"method", "lambda", "temperature", "top_k", "context_tokens", "bias"});
+    r.finish({"method", "lambda", "temperature", "top_k", "context_tokens", "bias", "balance"});
   }
 
   if (top.has("calibration")) {
@@ -269,6 +270,7 @@ MergeConfig merge_config_parse(const std::string& text, const fs::path& source) 
     s.finish({"threads"});
   }
   top.finish({"experts", "shared", "router", "calibration", "output", "eval", "compute", "moe"});
+  for (const auto& item : root) c.keys.push_back(item.first.as<std::string>());
   return c;
 }
 
@@ -312,7 +314,8 @@ std::string MergeConfig::resolved_yaml() const {
       << YAML::Value << router.method << YAML::Key << "lambda"
       << YAML::Value << router.lambda << YAML::Key << "temperature" << YAML::Value << router.temperature
       << YAML::Key << "top_k" << YAML::Value << router.top_k << YAML::Key << "context_tokens" << YAML::Value
-      << router.context_tokens << YAML::Key << "bias" << YAML::Value << router.bias << YAML::EndMap;
+      << router.context_tokens << YAML::Key << "bias" << YAML::Value << router.bias << YAML::Key << "balance"
+      << YAML::Value << router.balance << YAML::EndMap;
   out << YAML::Key << "calibration" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key
       << "sequence_length" << YAML::Value << calibration.sequence_length << YAML::Key << "max_sequences"
       << YAML::Value << calibration.max_sequences << YAML::Key << "batch_sequences" << YAML::Value

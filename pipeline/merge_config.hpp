@@ -30,6 +30,8 @@ struct RouterSettings {
   int top_k = 1;
   std::int64_t context_tokens = 256;  // C: positions of each sequence that enter the statistics
   bool bias = true;             // solve with the constant column (router bias)
+  // Weight every domain equally: each domain's A and B divided by its token count before the sum.
+  bool balance = false;
 };
 
 struct CalibrationSettings {
@@ -66,6 +68,7 @@ struct MergeConfig {
   OutputSettings output;
   EvalSettings eval;
   int threads = 0;  // compute threads per rank; 0 = all cores / ranks on this node
+  std::vector<std::string> keys;  // the top-level keys the YAML gave
 
   // The configuration with every default filled in and paths resolved, as YAML.
   std::string resolved_yaml() const;

@@ -99,6 +99,7 @@ void write_moe(const fs::path& dir, const std::vector<MoeTensor>& tensors, const
   h5::write_attribute(root, "top_k", std::int64_t{info.router.top_k});
   h5::write_attribute(root, "context_tokens", info.router.context_tokens);
   h5::write_attribute(root, "router_bias", std::int64_t{info.router.bias});
+  h5::write_attribute(root, "router_balance", std::int64_t{info.router.balance});
   h5::write_attribute(root, "dtype", h5::dtype_attribute(info.dtype));
   h5::write_attribute(root, "shared", info.shared);
   h5::write_attribute(root, "shared_hash", info.shared_hash);
@@ -127,6 +128,7 @@ MoeInfo read_moe_info(const fs::path& dir) {
   info.router.top_k = static_cast<int>(h5::read_int_attribute(root, "top_k"));
   info.router.context_tokens = h5::read_int_attribute(root, "context_tokens");
   info.router.bias = h5::read_int_attribute(root, "router_bias") != 0;
+  info.router.balance = h5::read_int_attribute(root, "router_balance") != 0;
   info.dtype = dtype_from_attribute(h5::read_string_attribute(root, "dtype"), path.string());
   info.shared = h5::read_string_attribute(root, "shared");
   info.shared_hash = h5::read_string_attribute(root, "shared_hash");

@@ -23,7 +23,8 @@ struct RouterSolution {
 RouterSolution ridge_solve(const MatrixXdRow& A, const Eigen::MatrixXd& B, double lambda, bool bias,
                            std::int64_t layer);
 
-// The router of `layer` by settings.method: "dume" (ridge_solve), "hidden" (each domain's mean
+// The router of `layer` by settings.method: "dume" (ridge_solve; with settings.balance each
+// domain's statistics divided by its token count first), "hidden" (each domain's mean
 // MLP input, unit-normalized, no bias) or "random" (seeded Gaussian unit directions, no bias).
 RouterSolution build_router(const RouterSettings& settings, const Statistics& stats, std::int64_t layer);
 

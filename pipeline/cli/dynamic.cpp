@@ -1,0 +1,68 @@
+// `dume fold-in`, `dume remove`, `dume resolve`: change an existing MoE's set of domains or its
+// routers from its stored statistics, writing a new MoE directory.
+#include "comm.hpp"
+#include "commands.hpp"
+#include "dynamic.hpp"
+
+namespace dume::cli {
+
+void add_dynamic(CLI::App& app) {
+  {
+    auto* cmd = app.add_subcommand("fold-in", "Add experts of new domains to an existing MoE (MPI job)");
+    auto config = std::make_shared<std::string>();
+    auto force = std::make_shared<bool>(false);
+    auto reaverage = std::make_shared<bool>(false);
+    cmd->add_option("config", *config, "YAML: moe (the MoE to extend), experts (the new ones), output")->required();
+    cmd->add_flag("--force", *force, "Replace the output directory if it exists");
+    cmd->add_flag("--reaverage", *reaverage,
+                  "Re-average the shared weights over all experts and recompute everything (a full merge)");
+    cmd->callback([=] {
+      run_job([&] {
+        MergeConfig c;
+        collective_phase([&] { c = merge_config_read(*config); });
+        run_fold_in(c, *force, *reaverage);
+      });
+    });
+  }
+  {
+    auto* cmd = app.add_subcommand("remove", "Drop one domain's expert and statistics from an MoE and re-solve");
+    auto moe = std::make_shared<std::string>();
+    auto domain = std::make_shared<std::string>();
+    auto output = std::make_shared<std::string>();
+    auto force = std::make_shared<bool>(false);
+    cmd->add_option("moe", *moe, "The MoE directory")->required();
+    cmd->add_option("--domain", *domain, "The domain (expert name) to drop")->required();
+    cmd->add_option("--output", *output, "The new MoE directory")->required();
+    cmd->add_flag("--force", *force, "Replace the output directory if it exists");
+    cmd->callback([=] { run_job([&] { run_remove(*moe, *domain, *output, *force); }); });
+  }
+  {
+    auto* cmd = app.add_subcommand("resolve", "New routers from an MoE's stored statistics (no forward pass)");
+    auto moe = std::make_shared<std::string>();
+    auto output = std::make_shared<std::string>();
+    auto force = std::make_shared<bool>(false);
+    auto o = std::make_shared<ResolveOverrides>();
+    auto lambda = std::make_shared<double>(), temperature = std::make_shared<double>();
+    auto top_k = std::make_shared<int>();
+    auto method = std::make_shared<std::string>();
+    auto balance = std::make_shared<bool>(false);
+    cmd->add_option("moe", *moe, "The MoE directory")->required();
+    cmd->add_option("--output", *output, "The new MoE directory")->required();
+    auto* l = cmd->add_option("--lambda", *lambda, "Ridge strength");
+    auto* t = cmd->add_option("--temperature", *temperature, "Router temperature");
+    auto* k = cmd->add_option("--top-k", *top_k, "Experts per token");
+    auto* m = cmd->add_option("--method", *method, "dume | hidden | random");
+    cmd->add_flag("--balance", *balance, "Weight every domain equally (statistics divided by token counts)");
+    cmd->add_flag("--force", *force, "Replace the output directory if it exists");
+    cmd->callback([=] {
+      if (*l) o->lambda = *lambda;
+      if (*t) o->temperature = *temperature;
+      if (*k) o->top_k = *top_k;
+      if (*m) o->method = *method;
+      if (*balance) o->balance = true;
+      run_job([&] { run_resolve(*moe, *o, *output, *force); });
+    });
+  }
+}
+
+}  // namespace dume::cli

@@ -1,0 +1,155 @@
+// Fold-in, remove and resolve against merges from scratch with the same shared weights, and the
+// cases fold-in must refuse.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "dynamic.hpp"
+#include "hdf5_util.hpp"
+#include "merge.hpp"
+#include "merge_inputs.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+using namespace dume;
+using namespace dume::test;
+namespace fs = std::filesystem;
+
+// Four tiny experts d0..d3 with corpora, written once for the suite.
+class Dynamic : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = fs::temp_directory_path() / ("dume_test_dynamic_" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    write_merge_inputs(dir_, 4, DType::BF16);
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+
+  static std::string experts(std::initializer_list<int> which) {
+    std::string yaml = "experts:\n";
+    for (int e : which) {
+      const std::string n = "d" + std::to_string(e);
+      yaml += "  - {name: " + n + ", checkpoint: " + n + ", calibration: {path: " + n + ".bin, format: text-bytes}}\n";
+    }
+    return yaml;
+  }
+  static std::string settings(const std::string& output) {
+    return "router: {lambda: 0.01, context_tokens: 24}\ncalibration: {sequence_length: 32, batch_sequences: 3}\n"
+           "compute: {threads: 1}\noutput: " + output + "\n";
+  }
+  static MergeConfig config(const std::string& yaml) { return merge_config_parse(yaml, dir_ / "c.yaml"); }
+  static void merge(const std::string& yaml) { run_merge(config(yaml), true); }
+
+  // Same domains, statistics to 1e-9, routers to f32 rounding, identical shared and expert bytes.
+  static void expect_same_moe(const std::string& a, const std::string& b) {
+    const MoeInfo ia = read_moe_info(dir_ / a), ib = read_moe_info(dir_ / b);
+    ASSERT_EQ(ia.experts, ib.experts);
+    EXPECT_EQ(ia.shared_hash, ib.shared_hash);
+    const Statistics sa = read_statistics(dir_ / a / "stats.h5"), sb = read_statistics(dir_ / b / "stats.h5");
+    for (std::size_t e = 0; e < sa.domains.size(); ++e)
+      for (std::size_t l = 0; l < 3; ++l) {
+        const auto& x = sa.domains[e].A[l];
+        const auto& y = sb.domains[e].A[l];
+        EXPECT_LE((x - y).cwiseAbs().maxCoeff() / y.cwiseAbs().maxCoeff(), 1e-9);
+      }
+    const H5Id fa = h5::open_file(dir_ / a / "moe.h5"), fb = h5::open_file(dir_ / b / "moe.h5");
+    const auto E = static_cast<std::int64_t>(ia.experts.size());
+    for (std::int64_t l = 0; l < 3; ++l) {
+      const RouterSolution ra = build_router(ia.router, sa, l), rb = build_router(ib.router, sb, l);
+      EXPECT_LE((ra.weight - rb.weight).cwiseAbs().maxCoeff() / rb.weight.cwiseAbs().maxCoeff(), 1e-9);
+      const std::int64_t shape[] = {E, 48};
+      const auto wa = h5::read_f32(fa.get(), moe_path::layer(l, "router/weight"), shape);
+      const auto wb = h5::read_f32(fb.get(), moe_path::layer(l, "router/weight"), shape);
+      for (std::size_t i = 0; i < wa.size(); ++i) EXPECT_LE(std::abs(wa[i] - wb[i]), 6e-8f * std::abs(wb[i]));
+      for (std::int64_t e = 0; e < E; ++e)
+        for (const char* proj : {"gate_proj", "up_proj", "down_proj"})
+          EXPECT_EQ(h5::read_raw(fa.get(), moe_path::expert(l, e, proj)), h5::read_raw(fb.get(), moe_path::expert(l, e, proj)));
+    }
+    const SharedWeights layout;
+    for_each_shared_tensor(ia.config, layout, [&](const std::string&, const std::string& path,
+                                                  const std::vector<std::int64_t>&, const auto&) {
+      EXPECT_EQ(h5::read_raw(fa.get(), path), h5::read_raw(fb.get(), path)) << path;
+    });
+  }
+
+  static inline fs::path dir_;
+};
+
+TEST_F(Dynamic, FoldInEqualsAMergeWithTheSameSharedWeights) {
+  merge(experts({0, 1, 2}) + settings("m3"));
+  run_fold_in(config("moe: m3\n" + experts({3}) +
+                     "calibration: {sequence_length: 32, batch_sequences: 3}\ncompute: {threads: 1}\noutput: f4\n"),
+              false, false);
+  merge(experts({0, 1, 2, 3}) + "shared: {moe: m3}\n" + settings("m4s"));
+  expect_same_moe("f4", "m4s");
+  // The input MoE is untouched and the fold-in recorded every expert for a later --reaverage.
+  EXPECT_EQ(read_moe_info(dir_ / "m3").experts.size(), 3u);
+  EXPECT_EQ(merge_config_read(dir_ / "f4" / "merge.yaml").experts.size(), 4u);
+}
+
+TEST_F(Dynamic, RemoveEqualsAMergeWithoutTheDomain) {
+  merge(experts({0, 1, 2, 3}) + settings("m4"));
+  run_remove(dir_ / "m4", "d1", dir_ / "r3", false);
+  merge(experts({0, 2, 3}) + "shared: {moe: m4}\n" + settings("m3s"));
+  expect_same_moe("r3", "m3s");
+}
+
+TEST_F(Dynamic, ResolveReproducesTheRoutersAndSolvesNewSettings) {
+  merge(experts({0, 1, 2}) + settings("base"));
+  run_resolve(dir_ / "base", {}, dir_ / "same", false);
+  const H5Id base = h5::open_file(dir_ / "base" / "moe.h5"), same = h5::open_file(dir_ / "same" / "moe.h5");
+  for (std::int64_t l = 0; l < 3; ++l)
+    EXPECT_EQ(h5::read_raw(base.get(), moe_path::layer(l, "router/weight")),
+              h5::read_raw(same.get(), moe_path::layer(l, "router/weight")));
+
+  ResolveOverrides o;
+  o.lambda = 0.5;
+  o.balance = true;
+  run_resolve(dir_ / "base", o, dir_ / "new", false);
+  const Statistics stats = read_statistics(dir_ / "base" / "stats.h5");
+  const Model moe = read_moe_model(dir_ / "new");
+  for (std::int64_t l = 0; l < 3; ++l) {
+    MatrixXdRow A = MatrixXdRow::Zero(49, 49);  // balanced by hand: each domain / its tokens
+    Eigen::MatrixXd B(49, 3);
+    for (std::size_t e = 0; e < 3; ++e) {
+      const double n = static_cast<double>(stats.domains[e].tokens);
+      A += stats.domains[e].A[static_cast<std::size_t>(l)] / n;
+      B.col(static_cast<Eigen::Index>(e)) = stats.domains[e].A[static_cast<std::size_t>(l)].col(48) / n;
+    }
+    const RouterSolution expected = ridge_solve(A, B, 0.5, true, l);
+    EXPECT_TRUE(moe.routers[static_cast<std::size_t>(l)].weight.isApprox(expected.weight.cast<float>(), 1e-6f));
+  }
+  EXPECT_EQ(read_moe_info(dir_ / "new").router.lambda, 0.5);
+  EXPECT_TRUE(read_moe_info(dir_ / "new").router.balance);
+}
+
+TEST_F(Dynamic, FoldInRefusals) {
+  merge(experts({0, 1}) + settings("two"));
+  const std::string fold = "moe: two\n" + experts({3}) + "calibration: {sequence_length: 32}\n";
+  const auto refused = [&](const std::string& yaml, const std::string& output, std::initializer_list<std::string> parts) {
+    expect_error_with([&] { run_fold_in(config(yaml + "output: " + output + "\n"), false, false); }, parts);
+    if (output != "two" && output != "exists") {
+      EXPECT_FALSE(fs::exists(dir_ / output)) << output;
+    }
+  };
+  refused("moe: two\n" + experts({1}) + "calibration: {sequence_length: 32}\n", "o1", {"domain 'd1' is already in"});
+  refused(fold + "router: {lambda: 1}\n", "o2", {"fold-in keeps the MoE's shared weights and router settings"});
+  refused("moe: two\n" + experts({3}) + "calibration: {sequence_length: 16}\n", "o3",
+          {"sequence_length 16 is shorter than the MoE's context_tokens 24"});
+  refused(fold, "two", {"is the input MoE", "never modifies"});
+  fs::create_directories(dir_ / "exists");
+  refused(fold, "exists", {"exists; pass --force"});
+  // stats.h5 made with other shared weights
+  fs::copy(dir_ / "two", dir_ / "tampered", fs::copy_options::recursive);
+  {
+    H5Id stats(H5Fopen((dir_ / "tampered" / "stats.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+    h5::write_attribute(stats.get(), "shared_hash", std::string("0000000000000000"));
+  }
+  refused("moe: tampered\n" + experts({3}) + "calibration: {sequence_length: 32}\n", "o4",
+          {"stats.h5 was made with other shared weights"});
+  EXPECT_EQ(read_moe_info(dir_ / "two").experts.size(), 2u);  // never modified
+}
+
+}  // namespace
