@@ -139,6 +139,13 @@ TEST_F(Dynamic, FoldInRefusals) {
   refused("moe: two\n" + experts({3}) + "calibration: {sequence_length: 16}\n", "o3",
           {"sequence_length 16 is shorter than the MoE's context_tokens 24"});
   refused(fold, "two", {"is the input MoE", "never modifies"});
+  ModelConfig wide = tiny_config();
+  wide.intermediate_size = 80;
+  wide.json_text = model_config_to_json(wide);
+  save_dense_checkpoint(random_model(wide, 5), DType::BF16, dir_ / "wide");
+  refused("moe: two\nexperts:\n  - {name: w, checkpoint: wide, calibration: {path: d3.bin, format: text-bytes}}\n"
+          "calibration: {sequence_length: 32}\n",
+          "o5", {"expert 'w'", "does not match the MoE", "intermediate_size 96 vs 80"});
   fs::create_directories(dir_ / "exists");
   refused(fold, "exists", {"exists; pass --force"});
   // stats.h5 made with other shared weights
