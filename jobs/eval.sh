@@ -5,4 +5,4 @@
 set -euo pipefail
 source "$(dirname "$0")/launch.sh"
 [ $# -ge 1 ] || { sed -n '3,4p' "$0" >&2; exit 2; }
-launch "${2:-1}" eval "$1"
+launch_config_job eval "$@"

@@ -5,8 +5,4 @@
 set -euo pipefail
 source "$(dirname "$0")/launch.sh"
 [ $# -ge 1 ] || { sed -n '3,4p' "$0" >&2; exit 2; }
-config=$1
-shift
-ranks=1
-if [ $# -gt 0 ] && [[ $1 =~ ^[0-9]+$ ]]; then ranks=$1; shift; fi
-launch "$ranks" fold-in "$config" "$@"
+launch_config_job fold-in "$@"

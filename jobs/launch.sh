@@ -6,6 +6,15 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DUME=${DUME:-$here/../build/pipeline/dume}
 [ -x "$DUME" ] || { echo "dume: not built at $DUME (build first, or set DUME=/path/to/dume)" >&2; exit 2; }
 
+# `launch_config_job COMMAND CONFIG [RANKS] [OPTIONS...]`: the drivers' common form.
+launch_config_job() {
+  local command=$1 config=$2
+  shift 2
+  local ranks=1
+  if [ $# -gt 0 ] && [[ $1 =~ ^[0-9]+$ ]]; then ranks=$1; shift; fi
+  launch "$ranks" "$command" "$config" "$@"
+}
+
 launch() {
   local ranks=$1
   shift

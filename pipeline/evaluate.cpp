@@ -1,6 +1,5 @@
 #include "evaluate.hpp"
 
-#include <omp.h>
 
 #include <cmath>
 #include <cstdio>

@@ -1,6 +1,5 @@
 #include "merge.hpp"
 
-#include <omp.h>
 #include <unistd.h>
 
 #include <chrono>

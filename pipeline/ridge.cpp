@@ -7,6 +7,24 @@
 
 namespace dume {
 
+namespace {
+
+// Each expert's weight row to unit L2 norm and its bias divided by the same norm; a zero norm
+// is replaced by 1e-6 and reported.
+void normalize(RouterSolution& r) {
+  for (Eigen::Index e = 0; e < r.weight.rows(); ++e) {
+    double norm = r.weight.row(e).norm();
+    if (norm == 0.0) {
+      norm = 1e-6;
+      r.zero_norm.push_back(static_cast<int>(e));
+    }
+    r.weight.row(e) /= norm;
+    r.bias(e) /= norm;
+  }
+}
+
+}  // namespace
+
 RouterSolution ridge_solve(const MatrixXdRow& A, const Eigen::MatrixXd& B, double lambda, bool bias,
                            std::int64_t layer) {
   const Eigen::Index n = A.rows(), D = n - 1, E = B.cols();
@@ -21,15 +39,7 @@ RouterSolution ridge_solve(const MatrixXdRow& A, const Eigen::MatrixXd& B, doubl
   RouterSolution r;
   r.weight = W.topRows(D).transpose();
   r.bias = bias ? Eigen::VectorXd(W.row(D).transpose()) : Eigen::VectorXd::Zero(E);
-  for (Eigen::Index e = 0; e < E; ++e) {
-    double norm = r.weight.row(e).norm();
-    if (norm == 0.0) {
-      norm = 1e-6;
-      r.zero_norm.push_back(static_cast<int>(e));
-    }
-    r.weight.row(e) /= norm;
-    r.bias(e) /= norm;
-  }
+  normalize(r);
   return r;
 }
 
@@ -63,14 +73,7 @@ RouterSolution build_router(const RouterSettings& settings, const Statistics& st
   } else {
     throw Error("unknown router.method '" + settings.method + "'");
   }
-  for (Eigen::Index e = 0; e < E; ++e) {
-    double norm = r.weight.row(e).norm();
-    if (norm == 0.0) {
-      norm = 1e-6;
-      r.zero_norm.push_back(static_cast<int>(e));
-    }
-    r.weight.row(e) /= norm;
-  }
+  normalize(r);
   return r;
 }
 

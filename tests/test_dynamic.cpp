@@ -20,9 +20,7 @@ namespace fs = std::filesystem;
 class Dynamic : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = fs::temp_directory_path() / ("dume_test_dynamic_" + std::to_string(getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = make_suite_dir("dynamic");
     write_merge_inputs(dir_, 4, DType::BF16);
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }

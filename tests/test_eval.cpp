@@ -10,6 +10,7 @@
 #include "merge_inputs.hpp"
 #include "moe_file.hpp"
 #include "reference_forward.hpp"
+#include "test_util.hpp"
 
 namespace {
 
@@ -40,9 +41,7 @@ double reference_perplexity(const Model& model, const CorpusWindows& windows, in
 class Eval : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = fs::temp_directory_path() / ("dume_test_eval_" + std::to_string(getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = make_suite_dir("eval");
     config_ = merge_config_parse(write_merge_inputs(dir_, 3, DType::BF16) + "eval: {top_k: [1, 2], max_sequences: 16}\n", dir_ / "m.yaml");
     run_merge(config_, false);
     result_ = run_eval(config_);

@@ -28,9 +28,7 @@ double relative_error(const MatrixXdRow& a, const MatrixXdRow& ref) {
 class Merge : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = fs::temp_directory_path() / ("dume_test_merge_" + std::to_string(getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = make_suite_dir("merge");
     yaml_ = write_merge_inputs(dir_, kExperts, DType::BF16);
     config_ = merge_config_parse(yaml_, dir_ / "merge.yaml");
     run_merge(config_, false);

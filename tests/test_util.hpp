@@ -29,6 +29,14 @@ void expect_error_with(F&& f, std::initializer_list<std::string> parts) {
   }
 }
 
+// A fresh directory for a whole test suite (made in SetUpTestSuite, removed in TearDownTestSuite).
+inline fs::path make_suite_dir(const std::string& suite) {
+  const fs::path dir = fs::temp_directory_path() / ("dume_test_" + suite + "_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
 // Each test gets its own directory under the system temp dir, removed afterwards.
 class TempDirTest : public ::testing::Test {
  protected:
