@@ -1,7 +1,6 @@
-# Sourced by the job drivers: `launch RANKS ARGS...` runs `dume ARGS...` as an MPI job.
-# Inside a Slurm allocation (SLURM_JOB_ID set) the ranks come from the allocation and srun
-# starts them (Debian's Open MPI works under srun through PMIx only); elsewhere mpirun starts
-# RANKS ranks on this machine.
+# Sourced by the job drivers (jobs/*.sh): runs dume as an MPI job. Inside a Slurm allocation
+# (SLURM_JOB_ID set) srun starts the ranks (Debian's Open MPI works under srun through PMIx
+# only); elsewhere mpirun starts them on this machine.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DUME=${DUME:-$here/../build/pipeline/dume}
 [ -x "$DUME" ] || { echo "dume: not built at $DUME (build first, or set DUME=/path/to/dume)" >&2; exit 2; }
@@ -10,19 +9,24 @@ DUME=${DUME:-$here/../build/pipeline/dume}
 launch_config_job() {
   local command=$1 config=$2
   shift 2
-  local ranks=1
+  local ranks=
   if [ $# -gt 0 ] && [[ $1 =~ ^[0-9]+$ ]]; then ranks=$1; shift; fi
   launch "$ranks" "$command" "$config" "$@"
 }
 
+# `launch RANKS ARGS...`: runs `dume ARGS...` as an MPI job; its exit status is dume's. Inside
+# Slurm srun starts RANKS ranks, or all the allocation's when RANKS is empty; elsewhere mpirun
+# starts RANKS (default 1).
 launch() {
   local ranks=$1
   shift
   if [ -n "${SLURM_JOB_ID:-}" ]; then
-    exec srun --mpi=pmix "$DUME" "$@"
+    srun --mpi=pmix ${ranks:+-n "$ranks"} "$DUME" "$@"
+    return
   fi
+  ranks=${ranks:-1}
   local flags=()
   [ "$(id -u)" = 0 ] && flags+=(--allow-run-as-root)
   [ "$ranks" -gt "$(nproc)" ] && flags+=(--oversubscribe)
-  exec mpirun "${flags[@]}" -np "$ranks" "$DUME" "$@"
+  mpirun --quiet "${flags[@]}" -np "$ranks" "$DUME" "$@"
 }

@@ -1,6 +1,5 @@
 #include "evaluate.hpp"
 
-
 #include <cmath>
 #include <cstdio>
 #include <fstream>

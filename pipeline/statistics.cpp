@@ -84,17 +84,21 @@ void reduce_domain(DomainStatistics& domain, CalibrationTiming& timing) {
   const Eigen::Index n = domain.A.empty() ? 0 : domain.A[0].rows();
   const std::size_t triangle = static_cast<std::size_t>(n * (n + 1) / 2);
   std::vector<double> packed(domain.A.size() * triangle + 1);
-  std::size_t k = 0;
+  std::size_t k = 0;  // row i's upper part, columns i..n-1, is contiguous in row-major storage
   for (const auto& A : domain.A)
-    for (Eigen::Index i = 0; i < n; ++i)
-      for (Eigen::Index j = i; j < n; ++j) packed[k++] = A(i, j);
+    for (Eigen::Index i = 0; i < n; ++i) {
+      std::copy(A.data() + i * n + i, A.data() + (i + 1) * n, packed.data() + k);
+      k += static_cast<std::size_t>(n - i);
+    }
   packed[k] = static_cast<double>(domain.tokens);  // exact: counts stay far below 2^53
   reduce_sum(packed);
   if (mpi_rank() == 0) {
     k = 0;
     for (auto& A : domain.A) {
-      for (Eigen::Index i = 0; i < n; ++i)
-        for (Eigen::Index j = i; j < n; ++j) A(i, j) = packed[k++];
+      for (Eigen::Index i = 0; i < n; ++i) {
+        std::copy(packed.data() + k, packed.data() + k + (n - i), A.data() + i * n + i);
+        k += static_cast<std::size_t>(n - i);
+      }
       symmetrize(A);
     }
     domain.tokens = static_cast<std::int64_t>(packed[k]);
