@@ -25,7 +25,9 @@ launch() {
     return
   fi
   ranks=${ranks:-1}
-  local flags=()
+  # --bind-to none: Open MPI pins each rank to one core when there are two ranks or fewer,
+  # which would put all of a rank's compute threads on that one core.
+  local flags=(--bind-to none)
   [ "$(id -u)" = 0 ] && flags+=(--allow-run-as-root)
   [ "$ranks" -gt "$(nproc)" ] && flags+=(--oversubscribe)
   mpirun --quiet "${flags[@]}" -np "$ranks" "$DUME" "$@"
