@@ -70,8 +70,8 @@ std::size_t mpi_chunk_elements() {
 
 namespace {
 
-template <class Call>
-void chunked(std::span<double> data, Call&& call) {
+template <class T, class Call>
+void chunked(std::span<T> data, Call&& call) {
   const std::size_t chunk = std::clamp<std::size_t>(mpi_chunk_elements(), 1, INT_MAX);
   for (std::size_t begin = 0; begin < data.size(); begin += chunk)
     call(data.data() + begin, static_cast<int>(std::min(chunk, data.size() - begin)));
@@ -98,10 +98,7 @@ void broadcast(std::span<double> data, int root) {
 }
 
 void broadcast(std::span<float> data, int root) {
-  const std::size_t chunk = std::clamp<std::size_t>(mpi_chunk_elements(), 1, INT_MAX);
-  for (std::size_t begin = 0; begin < data.size(); begin += chunk)
-    MPI_CHECK(MPI_Bcast(data.data() + begin, static_cast<int>(std::min(chunk, data.size() - begin)), MPI_FLOAT, root,
-                        MPI_COMM_WORLD));
+  chunked(data, [root](float* p, int n) { MPI_CHECK(MPI_Bcast(p, n, MPI_FLOAT, root, MPI_COMM_WORLD)); });
 }
 
 void broadcast(std::string& text, int root) {

@@ -95,13 +95,13 @@ void Forward::ensure_workspace(std::int64_t T, std::int64_t S, bool logits) {
   }
 }
 
-void Forward::mlp(const MlpBuffers& w, const float* h, std::int64_t T, float* x) {
+void Forward::mlp(const MlpBuffers& w, const float* h, std::int64_t T, float* out, bool accumulate) {
   const ModelConfig& c = model_.config;
   const std::int64_t D = c.hidden_size, F = c.intermediate_size;
   backend_.linear(h, w.gate.data(), nullptr, T, D, F, ws_.gate.data());
   backend_.linear(h, w.up.data(), nullptr, T, D, F, ws_.up.data());
   backend_.swiglu(ws_.gate.data(), ws_.up.data(), T * F, ws_.gate.data());
-  backend_.linear(ws_.gate.data(), w.down.data(), nullptr, T, F, D, x, /*accumulate=*/true);
+  backend_.linear(ws_.gate.data(), w.down.data(), nullptr, T, F, D, out, accumulate);
 }
 
 void Forward::routed_mlp(std::size_t layer, std::int64_t T, const ForwardOptions& options) {
@@ -129,17 +129,13 @@ void Forward::routed_mlp(std::size_t layer, std::int64_t T, const ForwardOptions
       weights[static_cast<std::size_t>(chosen[static_cast<std::size_t>(i)])].push_back(p[static_cast<std::size_t>(i)]);
     }
   }
-  const ModelConfig& c = model_.config;
   for (std::int64_t e = 0; e < E; ++e) {
     const auto& r = rows[static_cast<std::size_t>(e)];
     if (r.empty()) continue;
     const auto n = static_cast<std::int64_t>(r.size());
     const MlpBuffers& w = experts[static_cast<std::size_t>(e)];
     backend_.gather_rows(ws_.h.data(), D, r, ws_.expert_in.data());
-    backend_.linear(ws_.expert_in.data(), w.gate.data(), nullptr, n, D, c.intermediate_size, ws_.gate.data());
-    backend_.linear(ws_.expert_in.data(), w.up.data(), nullptr, n, D, c.intermediate_size, ws_.up.data());
-    backend_.swiglu(ws_.gate.data(), ws_.up.data(), n * c.intermediate_size, ws_.gate.data());
-    backend_.linear(ws_.gate.data(), w.down.data(), nullptr, n, c.intermediate_size, D, ws_.expert_out.data());
+    mlp(w, ws_.expert_in.data(), n, ws_.expert_out.data(), /*accumulate=*/false);
     backend_.scatter_add_rows(ws_.expert_out.data(), D, r, weights[static_cast<std::size_t>(e)], ws_.x.data());
   }
 }
@@ -190,12 +186,12 @@ std::vector<float> Forward::run(std::span<const std::uint32_t> tokens, std::int6
       if (static_cast<std::size_t>(options.forced_expert) >= experts.size())
         throw Error("forced expert " + std::to_string(options.forced_expert) + " but layer " + std::to_string(l) +
                     " has " + std::to_string(experts.size()) + " resident MLPs");
-      mlp(experts[static_cast<std::size_t>(options.forced_expert)], h, T, x);
+      mlp(experts[static_cast<std::size_t>(options.forced_expert)], h, T, x, /*accumulate=*/true);
     } else if (!routers_.empty()) {
       routed_mlp(l, T, options);
     } else {
       if (experts.size() != 1) throw Error("an MoE without routers needs a forced expert");
-      mlp(experts[0], h, T, x);
+      mlp(experts[0], h, T, x, /*accumulate=*/true);
     }
   }
   if (!options.logits) return {};

@@ -63,8 +63,8 @@ class Forward {
   };
 
   void ensure_workspace(std::int64_t T, std::int64_t S, bool logits);
-  // out (T, D) += MLP(h): into x; rows = T.
-  void mlp(const MlpBuffers& w, const float* h, std::int64_t T, float* x);
+  // out (T, D) = MLP(h), or += with accumulate (the residual stream).
+  void mlp(const MlpBuffers& w, const float* h, std::int64_t T, float* out, bool accumulate);
   void routed_mlp(std::size_t layer, std::int64_t T, const ForwardOptions& options);
 
   const Model& model_;
