@@ -1,12 +1,50 @@
 #include "hdf5_util.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "safetensors.hpp"
 
+namespace dume {
+
+std::string h5_error_detail() {
+  std::string detail;
+  // Upward: the first entry is the innermost, where the problem was detected.
+  H5Ewalk2(
+      H5E_DEFAULT, H5E_WALK_UPWARD,
+      [](unsigned n, const H5E_error2_t* e, void* out) -> herr_t {
+        if (n == 0 && e->desc) *static_cast<std::string*>(out) = e->desc;
+        return 0;
+      },
+      &detail);
+  if (detail.size() > 300) detail = detail.substr(0, 300) + "...";
+  return detail;
+}
+
+void h5_fail(const std::string& what) {
+  const std::string detail = h5_error_detail();
+  throw Error(detail.empty() ? what : what + " (HDF5: " + detail + ")");
+}
+
+}  // namespace dume
+
 namespace dume::h5 {
 
 namespace {
+
+// Chunks of about 1 MiB (whole rows where they fit): large enough that the per-chunk cost (index
+// entry, checksum call) is negligible, small enough for HDF5's default 1 MiB chunk cache.
+constexpr std::size_t kChunkBytes = 1 << 20;
+
+std::vector<hsize_t> chunk_dims(const std::vector<hsize_t>& dims, std::size_t element_size) {
+  std::vector<hsize_t> chunk(dims.size(), 1);
+  std::size_t elements = std::max<std::size_t>(1, kChunkBytes / element_size);  // per chunk, left to place
+  for (std::size_t i = dims.size(); i-- > 0 && elements > 1;) {  // from the fastest-varying dimension
+    chunk[i] = std::min<hsize_t>(dims[i], elements);
+    elements /= chunk[i];
+  }
+  return chunk;
+}
 
 hid_t file_type(DType dtype) {
   switch (dtype) {
@@ -28,12 +66,6 @@ hid_t memory_type(DType dtype) {
     case DType::I64: return H5T_NATIVE_INT64;
     default: throw Error("cannot read " + std::string(to_string(dtype)) + " from HDF5");
   }
-}
-
-std::string file_name(hid_t object) {
-  char name[4096] = {};
-  H5Fget_name(object, name, sizeof name - 1);
-  return name;
 }
 
 H5Id string_type(std::size_t length) {
@@ -66,6 +98,12 @@ void write_scalar(hid_t object, const std::string& name, hid_t type, const T& va
 }
 
 }  // namespace
+
+std::string file_name(hid_t object) {
+  char name[4096] = {};
+  H5Fget_name(object, name, sizeof name - 1);
+  return name;
+}
 
 std::string dtype_attribute(DType dtype) {
   switch (dtype) {
@@ -103,7 +141,14 @@ void write_dataset(hid_t file, const std::string& path, DType dtype, std::span<c
   H5Id lcpl(h5_check(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate"));
   h5_check(H5Pset_create_intermediate_group(lcpl.get(), 1), "H5Pset_create_intermediate_group");
   const std::string where = file_name(file) + ": dataset '" + path + "'";
-  H5Id dataset(h5_check(H5Dcreate2(file, path.c_str(), file_type(dtype), space.get(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT),
+  // Checksums need chunks; an empty dataset has no data to protect (and cannot be chunked).
+  H5Id dcpl(h5_check(H5Pcreate(H5P_DATASET_CREATE), "H5Pcreate"));
+  if (!dims.empty() && std::find(dims.begin(), dims.end(), hsize_t{0}) == dims.end()) {
+    const std::vector<hsize_t> chunk = chunk_dims(dims, dtype_size(dtype));
+    h5_check(H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()), where + ": H5Pset_chunk");
+    h5_check(H5Pset_fletcher32(dcpl.get()), where + ": H5Pset_fletcher32");
+  }
+  H5Id dataset(h5_check(H5Dcreate2(file, path.c_str(), file_type(dtype), space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT),
                         where + ": cannot create"));
   h5_check(H5Dwrite(dataset.get(), memory_type(dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, data), where + ": cannot write");
   write_attribute(dataset.get(), "dtype", dtype_attribute(dtype));
@@ -193,19 +238,47 @@ std::vector<std::string> read_strings_attribute(hid_t object, const std::string&
   return values;
 }
 
-DatasetInfo dataset_info(hid_t file, const std::string& path) {
-  const std::string where = file_name(file) + ": dataset '" + path + "'";
+namespace {
+
+// Opens the dataset at `path`, naming what is wrong when it cannot: a missing dataset, or an
+// external link whose shard is missing or broken. `where` names the index file and the path.
+H5Id open_dataset(hid_t file, const std::string& path, const std::string& where) {
   if (H5Lexists(file, path.c_str(), H5P_DEFAULT) <= 0) throw Error(where + " is missing");
-  const H5Id dataset(h5_check(H5Dopen2(file, path.c_str(), H5P_DEFAULT), where + ": cannot open (broken link or shard?)"));
-  const H5Id space(h5_check(H5Dget_space(dataset.get()), "H5Dget_space"));
+  const hid_t id = H5Dopen2(file, path.c_str(), H5P_DEFAULT);
+  if (id >= 0) return H5Id(id);
+  const std::string detail = h5_error_detail();
+  H5L_info_t link{};
+  if (H5Lget_info(file, path.c_str(), &link, H5P_DEFAULT) >= 0 && link.type == H5L_TYPE_EXTERNAL) {
+    std::vector<char> value(link.u.val_size + 1, '\0');
+    const char *target_file = nullptr, *target_path = nullptr;
+    unsigned flags = 0;
+    if (H5Lget_val(file, path.c_str(), value.data(), value.size(), H5P_DEFAULT) >= 0 &&
+        H5Lunpack_elink_val(value.data(), link.u.val_size, &flags, &target_file, &target_path) >= 0) {
+      const auto shard = std::filesystem::path(file_name(file)).parent_path() / target_file;
+      if (!std::filesystem::exists(shard)) throw Error(where + " links to " + shard.string() + ":" + target_path + ", which is missing");
+      throw Error(where + " links to " + shard.string() + ":" + target_path +
+                  ", which cannot be opened (truncated or corrupt shard?)" + (detail.empty() ? "" : " (HDF5: " + detail + ")"));
+    }
+  }
+  throw Error(where + ": cannot open" + (detail.empty() ? "" : " (HDF5: " + detail + ")"));
+}
+
+// The shape and dume dtype of an open dataset; `where` names it in errors.
+DatasetInfo info_of(hid_t dataset, const std::string& where) {
+  const H5Id space(h5_check(H5Dget_space(dataset), where + ": H5Dget_space"));
   const int rank = H5Sget_simple_extent_ndims(space.get());
   if (rank < 0 || rank > 8) throw Error(where + ": unreadable shape");
   std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
   H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
   DatasetInfo info;
-  info.shape.assign(dims.begin(), dims.end());
-  const std::string name = has_attribute(dataset.get(), "dtype") ? read_string_attribute(dataset.get(), "dtype") : "";
-  const H5Id type(h5_check(H5Dget_type(dataset.get()), "H5Dget_type"));
+  std::uint64_t elements = 1;
+  for (const hsize_t d : dims) {
+    if (d > (1ull << 62) || (d != 0 && elements > (1ull << 62) / d)) throw Error(where + ": absurd shape");
+    elements *= d;
+    info.shape.push_back(static_cast<std::int64_t>(d));
+  }
+  const std::string name = has_attribute(dataset, "dtype") ? read_string_attribute(dataset, "dtype") : "";
+  const H5Id type(h5_check(H5Dget_type(dataset), where + ": H5Dget_type"));
   const H5T_class_t cls = H5Tget_class(type.get());
   const std::size_t size = H5Tget_size(type.get());
   struct Known {
@@ -226,31 +299,53 @@ DatasetInfo dataset_info(hid_t file, const std::string& path) {
   throw Error(where + ": unknown or missing dtype attribute '" + name + "'");
 }
 
+// Reads the whole dataset into `out` (bytes of `mem_type`), first checking that all of its data
+// is stored: a dataset declared but never (fully) written reads as fill values otherwise.
+void read_all(hid_t dataset, hid_t mem_type, void* out, std::size_t bytes, const std::string& where) {
+  const hsize_t stored = H5Dget_storage_size(dataset);
+  if (stored < bytes)
+    throw Error(where + ": only " + std::to_string(stored) + " of its " + std::to_string(bytes) +
+                " bytes are stored (never fully written?)");
+  if (H5Dread(dataset, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) >= 0) return;
+  const std::string detail = h5_error_detail();
+  if (detail.find("Fletcher32") != std::string::npos)
+    throw Error(where + ": checksum mismatch, the stored data is corrupt (HDF5: " + detail + ")");
+  throw Error(where + ": cannot read" + (detail.empty() ? "" : " (HDF5: " + detail + ")"));
+}
+
+}  // namespace
+
+DatasetInfo dataset_info(hid_t file, const std::string& path) {
+  const std::string where = file_name(file) + ": dataset '" + path + "'";
+  const H5Id dataset = open_dataset(file, path, where);
+  return info_of(dataset.get(), file_name(dataset.get()) + ": dataset '" + path + "'");
+}
+
+
 namespace {
 
 template <class T>
 std::vector<T> read_checked(hid_t file, const std::string& path, std::span<const std::int64_t> shape, DType want) {
-  const DatasetInfo info = dataset_info(file, path);
-  const std::string where = file_name(file) + ": dataset '" + path + "'";
+  const H5Id dataset = open_dataset(file, path, file_name(file) + ": dataset '" + path + "'");
+  const std::string where = file_name(dataset.get()) + ": dataset '" + path + "'";  // the shard's name
+  const DatasetInfo info = info_of(dataset.get(), where);
   if (!std::equal(info.shape.begin(), info.shape.end(), shape.begin(), shape.end()))
     throw Error(where + " has shape " + shape_string(info.shape) + ", expected " + shape_string(shape));
-  const H5Id dataset(h5_check(H5Dopen2(file, path.c_str(), H5P_DEFAULT), where + ": cannot open"));
+  const std::size_t stored_bytes = info.numel() * dtype_size(info.dtype);
   std::vector<T> out(info.numel());
   if (want == DType::I64) {
     if (info.dtype != DType::I64) throw Error(where + " is not int64");
-    h5_check(H5Dread(dataset.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()), where + ": cannot read");
+    read_all(dataset.get(), H5T_NATIVE_INT64, out.data(), stored_bytes, where);
     return out;
   }
   if (info.dtype == DType::I64) throw Error(where + " holds integers, expected floating point");
   if (info.dtype == DType::BF16 || info.dtype == DType::F16) {
     std::vector<std::uint16_t> raw(out.size());
-    h5_check(H5Dread(dataset.get(), H5T_NATIVE_UINT16, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw.data()), where + ": cannot read");
+    read_all(dataset.get(), H5T_NATIVE_UINT16, raw.data(), stored_bytes, where);
     for (std::size_t i = 0; i < raw.size(); ++i)
       out[i] = static_cast<T>(info.dtype == DType::BF16 ? bf16_to_f32(raw[i]) : f16_to_f32(raw[i]));
   } else {
-    h5_check(H5Dread(dataset.get(), want == DType::F64 ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL,
-                     H5P_DEFAULT, out.data()),
-             where + ": cannot read");
+    read_all(dataset.get(), want == DType::F64 ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT, out.data(), stored_bytes, where);
   }
   for (std::size_t i = 0; i < out.size(); ++i)
     if (!std::isfinite(out[i]))
@@ -273,12 +368,46 @@ std::vector<std::int64_t> read_i64(hid_t file, const std::string& path, std::spa
 }
 
 std::vector<std::byte> read_raw(hid_t file, const std::string& path) {
-  const DatasetInfo info = dataset_info(file, path);
-  const std::string where = file_name(file) + ": dataset '" + path + "'";
-  const H5Id dataset(h5_check(H5Dopen2(file, path.c_str(), H5P_DEFAULT), where + ": cannot open"));
+  const H5Id dataset = open_dataset(file, path, file_name(file) + ": dataset '" + path + "'");
+  const std::string where = file_name(dataset.get()) + ": dataset '" + path + "'";
+  const DatasetInfo info = info_of(dataset.get(), where);
   std::vector<std::byte> out(info.numel() * dtype_size(info.dtype));
-  h5_check(H5Dread(dataset.get(), memory_type(info.dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()), where + ": cannot read");
+  read_all(dataset.get(), memory_type(info.dtype), out.data(), out.size(), where);
   return out;
+}
+
+bool has_checksum(hid_t file, const std::string& path) {
+  const H5Id dataset = open_dataset(file, path, file_name(file) + ": dataset '" + path + "'");
+  const H5Id dcpl(h5_check(H5Dget_create_plist(dataset.get()), file_name(file) + ": dataset '" + path + "': H5Dget_create_plist"));
+  return H5Pget_filter_by_id2(dcpl.get(), H5Z_FILTER_FLETCHER32, nullptr, nullptr, nullptr, 0, nullptr, nullptr) >= 0;
+}
+
+std::vector<std::string> list_datasets(hid_t file, const std::string& group) {
+  // H5Ovisit does not follow external links: walk the links and recurse into groups instead.
+  std::vector<std::string> names;
+  const auto on_link = [](hid_t g, const char* name, const H5L_info_t*, void* data) -> herr_t {
+    (void)g;
+    static_cast<std::vector<std::string>*>(data)->push_back(name);
+    return 0;
+  };
+  std::vector<std::string> children;
+  h5_check(H5Literate_by_name(file, group.c_str(), H5_INDEX_NAME, H5_ITER_INC, nullptr, on_link, &children, H5P_DEFAULT),
+           file_name(file) + ": cannot list group '" + group + "'");
+  for (const std::string& child : children) {
+    const std::string path = (group == "/" ? "/" : group + "/") + child;
+    H5O_info_t info{};
+    if (H5Oget_info_by_name2(file, path.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) < 0) {
+      names.push_back(path);  // unresolvable (a broken external link): let the reader say why
+      continue;
+    }
+    if (info.type == H5O_TYPE_GROUP) {
+      const auto below = list_datasets(file, path);
+      names.insert(names.end(), below.begin(), below.end());
+    } else if (info.type == H5O_TYPE_DATASET) {
+      names.push_back(path);
+    }
+  }
+  return names;
 }
 
 }  // namespace dume::h5

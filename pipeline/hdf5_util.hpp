@@ -66,15 +66,22 @@ class H5Id {
   hid_t id_ = H5I_INVALID_HID;
 };
 
-// Returns `id`, or throws Error(what) when HDF5 signalled failure (a negative id).
+// The innermost message of the HDF5 error stack (where the failure was detected, e.g. "data
+// error detected by Fletcher32 checksum" or a write's errno text), or "" when it is empty.
+std::string h5_error_detail();
+
+// Throws Error("<what> (HDF5: <detail>)"), the detail from the current error stack.
+[[noreturn]] void h5_fail(const std::string& what);
+
+// Returns `id`, or throws (h5_fail) when HDF5 signalled failure (a negative id).
 inline hid_t h5_check(hid_t id, const std::string& what) {
-  if (id < 0) throw Error(what);
+  if (id < 0) h5_fail(what);
   return id;
 }
 
-// Returns `status` (also htri_t, the same type), or throws Error(what) when it is negative.
+// Returns `status` (also htri_t, the same type), or throws (h5_fail) when it is negative.
 inline herr_t h5_check(herr_t status, const std::string& what) {
-  if (status < 0) throw Error(what);
+  if (status < 0) h5_fail(what);
   return status;
 }
 
@@ -92,7 +99,8 @@ std::string dtype_attribute(DType dtype);
 H5Id create_file(const std::filesystem::path& path);  // fails if it exists
 H5Id open_file(const std::filesystem::path& path);    // read-only; names the path in errors
 
-// Writes a dataset at `path` (intermediate groups created) holding `data` (dtype's bytes, row-major).
+// Writes a dataset at `path` (intermediate groups created) holding `data` (dtype's bytes,
+// row-major), chunked with a Fletcher32 checksum per chunk so that reads detect corruption.
 void write_dataset(hid_t file, const std::string& path, DType dtype, std::span<const std::int64_t> shape,
                    const void* data);
 
@@ -120,6 +128,13 @@ std::vector<double> read_f64(hid_t file, const std::string& path, std::span<cons
 std::vector<std::int64_t> read_i64(hid_t file, const std::string& path, std::span<const std::int64_t> shape);
 // The raw stored bytes of a dataset (dtype's encoding), for exact copies.
 std::vector<std::byte> read_raw(hid_t file, const std::string& path);
+
+// The file that holds an object (a shard, when `object` was opened through an external link).
+std::string file_name(hid_t object);
+// Whether the dataset's chunks carry a Fletcher32 checksum.
+bool has_checksum(hid_t file, const std::string& path);
+// Every dataset path under `group` (recursively, external links followed), in name order.
+std::vector<std::string> list_datasets(hid_t file, const std::string& group = "/");
 
 }  // namespace h5
 

@@ -23,10 +23,13 @@ class ConfigReader {
   }
   bool has(const std::string& key) const { return j_.contains(key) && !j_[key].is_null(); }
 
-  std::int64_t positive_int(const std::string& key) const {
+  // Sizes are bounded so that products of them (parameter counts, buffer sizes) cannot overflow.
+  std::int64_t positive_int(const std::string& key) const { return bounded_int(key, std::int64_t{1} << 24); }
+  std::int64_t bounded_int(const std::string& key, std::int64_t limit) const {
     if (!has(key)) reject(key, "is missing");
     const json& v = j_[key];
     if (!v.is_number_integer() || v.get<std::int64_t>() <= 0) reject(key, "must be a positive integer, got " + v.dump());
+    if (v.get<std::int64_t>() > limit) reject(key, "is " + v.dump() + ", larger than any model (limit " + std::to_string(limit) + ")");
     return v.get<std::int64_t>();
   }
   std::int64_t positive_int(const std::string& key, std::int64_t fallback) const {
@@ -110,6 +113,7 @@ void parse_rope(const ConfigReader& r, ModelConfig& c) {
   c.rope_scaling.low_freq_factor = r.number(*params, "low_freq_factor", 0.0);
   c.rope_scaling.high_freq_factor = r.number(*params, "high_freq_factor", 0.0);
   const double original = r.number(*params, "original_max_position_embeddings", 0.0);
+  if (!(original < 1e15)) r.reject(key, "has an absurd original_max_position_embeddings " + std::to_string(original));
   c.rope_scaling.original_max_position_embeddings = static_cast<std::int64_t>(original);
   if (c.rope_scaling.factor <= 0 || c.rope_scaling.low_freq_factor <= 0 ||
       c.rope_scaling.high_freq_factor <= c.rope_scaling.low_freq_factor || original <= 0)
@@ -137,7 +141,8 @@ ModelConfig model_config_parse(const std::string& json_text, const std::string& 
   c.num_layers = r.positive_int("num_hidden_layers");
   c.num_heads = r.positive_int("num_attention_heads");
   c.num_kv_heads = r.positive_int("num_key_value_heads", c.num_heads);
-  c.max_position_embeddings = r.positive_int("max_position_embeddings", 2048);
+  c.max_position_embeddings =
+      r.has("max_position_embeddings") ? r.bounded_int("max_position_embeddings", std::int64_t{1} << 40) : 2048;
   if (r.has("head_dim")) {
     c.head_dim = r.positive_int("head_dim");
   } else {
@@ -147,6 +152,12 @@ ModelConfig model_config_parse(const std::string& json_text, const std::string& 
   }
   if (c.head_dim % 2 != 0) r.reject("head_dim", "must be even for rotary embeddings");
   if (c.num_heads % c.num_kv_heads != 0) r.reject("num_key_value_heads", "must divide num_attention_heads");
+  const double parameters = static_cast<double>(c.num_layers) *
+                                (static_cast<double>(c.hidden_size) * static_cast<double>(c.num_heads * c.head_dim) * 4 +
+                                 3.0 * static_cast<double>(c.hidden_size) * static_cast<double>(c.intermediate_size)) +
+                            2.0 * static_cast<double>(c.vocab_size) * static_cast<double>(c.hidden_size);
+  if (parameters > 1e15) throw Error(source + ": sizes describe a model of " + std::to_string(parameters) +
+                                     " parameters, larger than any real one");
   c.rms_norm_eps = r.number("rms_norm_eps", 1e-6);
   c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
   parse_rope(r, c);
@@ -161,7 +172,7 @@ ModelConfig model_config_parse(const std::string& json_text, const std::string& 
     c.qkv_bias = c.o_bias = r.boolean("attention_bias", false);
   }
   if (c.architecture == Architecture::mistral && r.has("sliding_window"))
-    c.sliding_window = r.positive_int("sliding_window");
+    c.sliding_window = r.bounded_int("sliding_window", std::int64_t{1} << 40);
 
   for (const char* key : {"dtype", "torch_dtype"}) {
     const std::string name = r.string(key);

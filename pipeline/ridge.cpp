@@ -1,6 +1,7 @@
 #include "ridge.hpp"
 
 #include <Eigen/Cholesky>
+#include <cmath>
 #include <random>
 
 #include "error.hpp"
@@ -29,6 +30,13 @@ RouterSolution ridge_solve(const MatrixXdRow& A, const Eigen::MatrixXd& B, doubl
                            std::int64_t layer) {
   const Eigen::Index n = A.rows(), D = n - 1, E = B.cols();
   const Eigen::Index m = bias ? n : D;  // unknowns per expert
+  // Non-finite statistics come from a forward pass that overflowed (huge weights): the solve
+  // would turn them into NaN routers without complaint.
+  if (!A.allFinite() || !B.allFinite())
+    throw Error("layer " + std::to_string(layer) + ": the statistics hold non-finite values (the forward pass "
+                "overflowed: check the experts' weights for huge values)");
+  if (!std::isfinite(lambda) || lambda < 0)
+    throw Error("layer " + std::to_string(layer) + ": router.lambda must be finite and >= 0");
   Eigen::MatrixXd system = A.topLeftCorner(m, m);
   system.diagonal().array() += lambda;
   const Eigen::LLT<Eigen::MatrixXd> cholesky(system);
@@ -36,6 +44,11 @@ RouterSolution ridge_solve(const MatrixXdRow& A, const Eigen::MatrixXd& B, doubl
     throw Error("layer " + std::to_string(layer) + ": A + lambda I is not positive definite (Cholesky failed at lambda = " +
                 std::to_string(lambda) + "); set a larger router.lambda");
   const Eigen::MatrixXd W = cholesky.solve(B.topRows(m));  // m x E
+  // Positive definite, yet so ill-conditioned that the solution overflowed (lambda = 0 with
+  // nearly collinear hidden states).
+  if (!W.allFinite())
+    throw Error("layer " + std::to_string(layer) + ": the router solve overflowed at lambda = " + std::to_string(lambda) +
+                " (A + lambda I is nearly singular); set a larger router.lambda");
   RouterSolution r;
   r.weight = W.topRows(D).transpose();
   r.bias = bias ? Eigen::VectorXd(W.row(D).transpose()) : Eigen::VectorXd::Zero(E);

@@ -74,61 +74,76 @@ TensorInfo parse_entry(const std::string& name, const json& entry, std::size_t d
 
 }  // namespace
 
-SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : file_(path) {
-  const auto bytes = file_.bytes();
-  const std::string prefix = path.string() + ": ";
+SafetensorsHeader safetensors_parse(std::span<const std::byte> bytes) {
+  if (bytes.size() < 8) throw Error("file of " + std::to_string(bytes.size()) + " bytes is too short for a header");
+  std::uint64_t header_len;
+  std::memcpy(&header_len, bytes.data(), 8);
+  if (header_len > SafetensorsFile::kMaxHeaderBytes)
+    throw Error("header length " + std::to_string(header_len) + " is absurdly large (limit " +
+                std::to_string(SafetensorsFile::kMaxHeaderBytes) + " bytes)");
+  if (header_len > bytes.size() - 8)
+    throw Error("header length " + std::to_string(header_len) + " runs past the end of the file (" +
+                std::to_string(bytes.size()) + " bytes)");
+  const auto* header_begin = reinterpret_cast<const char*>(bytes.data() + 8);
+  SafetensorsHeader result;
+  result.data_begin = 8 + header_len;
+  const std::size_t data_size = bytes.size() - result.data_begin;
+
+  // The parser callback sees every top-level key, so duplicates (which json objects would
+  // silently collapse) are caught.
+  std::set<std::string> seen;
+  std::string duplicate;
+  const json::parser_callback_t on_event = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (depth == 1 && event == json::parse_event_t::key && !seen.insert(parsed.get<std::string>()).second &&
+        duplicate.empty())
+      duplicate = parsed.get<std::string>();
+    return true;
+  };
+  json header;
   try {
-    if (bytes.size() < 8) throw Error("file of " + std::to_string(bytes.size()) + " bytes is too short for a header");
-    std::uint64_t header_len;
-    std::memcpy(&header_len, bytes.data(), 8);
-    if (header_len > kMaxHeaderBytes)
-      throw Error("header length " + std::to_string(header_len) + " is absurdly large (limit " +
-                  std::to_string(kMaxHeaderBytes) + " bytes)");
-    if (header_len > bytes.size() - 8)
-      throw Error("header length " + std::to_string(header_len) + " runs past the end of the file (" +
-                  std::to_string(bytes.size()) + " bytes)");
-    const auto* header_begin = reinterpret_cast<const char*>(bytes.data() + 8);
-    data_area_ = bytes.subspan(8 + header_len);
-
-    // The parser callback sees every top-level key, so duplicates (which json objects would
-    // silently collapse) are caught.
-    std::set<std::string> seen;
-    std::string duplicate;
-    const json::parser_callback_t on_event = [&](int depth, json::parse_event_t event, json& parsed) {
-      if (depth == 1 && event == json::parse_event_t::key && !seen.insert(parsed.get<std::string>()).second &&
-          duplicate.empty())
-        duplicate = parsed.get<std::string>();
-      return true;
-    };
-    json header;
-    try {
-      header = json::parse(header_begin, header_begin + header_len, on_event);
-    } catch (const json::exception& e) {
-      throw Error(std::string("invalid JSON header: ") + e.what());
-    }
-    if (!duplicate.empty()) throw Error("duplicate tensor name '" + duplicate + "'");
-    if (!header.is_object()) throw Error("header is not a JSON object");
-
-    for (const auto& [name, entry] : header.items()) {
-      if (name == "__metadata__") {
-        if (!entry.is_object()) throw Error("__metadata__ is not an object");
-        for (const auto& [key, value] : entry.items()) {
-          if (!value.is_string()) throw Error("__metadata__ value of '" + key + "' is not a string");
-          metadata_[key] = value.get<std::string>();
-        }
-        continue;
-      }
-      tensors_.push_back(parse_entry(name, entry, data_area_.size()));
-    }
-    std::sort(tensors_.begin(), tensors_.end(),
-              [](const TensorInfo& a, const TensorInfo& b) { return std::tie(a.begin, a.end) < std::tie(b.begin, b.end); });
-    for (std::size_t i = 1; i < tensors_.size(); ++i)
-      if (tensors_[i].begin < tensors_[i - 1].end && tensors_[i].begin != tensors_[i].end)
-        throw Error("tensors '" + tensors_[i - 1].name + "' and '" + tensors_[i].name + "' overlap");
-    for (std::size_t i = 0; i < tensors_.size(); ++i) index_.emplace(tensors_[i].name, i);
-  } catch (const Error& e) {
-    throw Error(prefix + e.what());
+    header = json::parse(header_begin, header_begin + header_len, on_event);
+  } catch (const json::exception& e) {
+    throw Error(std::string("invalid JSON header: ") + e.what());
   }
+  if (!duplicate.empty()) throw Error("duplicate tensor name '" + duplicate + "'");
+  if (!header.is_object()) throw Error("header is not a JSON object");
+
+  auto& tensors = result.tensors;
+  for (const auto& [name, entry] : header.items()) {
+    if (name == "__metadata__") {
+      if (!entry.is_object()) throw Error("__metadata__ is not an object");
+      for (const auto& [key, value] : entry.items()) {
+        if (!value.is_string()) throw Error("__metadata__ value of '" + key + "' is not a string");
+        result.metadata[key] = value.get<std::string>();
+      }
+      continue;
+    }
+    tensors.push_back(parse_entry(name, entry, data_size));
+  }
+  std::sort(tensors.begin(), tensors.end(),
+            [](const TensorInfo& a, const TensorInfo& b) { return std::tie(a.begin, a.end) < std::tie(b.begin, b.end); });
+  // Against the furthest end so far, not just the previous tensor: an empty tensor between two
+  // overlapping ones must not hide the overlap.
+  const TensorInfo* furthest = nullptr;
+  for (const TensorInfo& t : tensors) {
+    if (t.begin == t.end) continue;
+    if (furthest && t.begin < furthest->end)
+      throw Error("tensors '" + furthest->name + "' and '" + t.name + "' overlap");
+    if (!furthest || t.end > furthest->end) furthest = &t;
+  }
+  return result;
+}
+
+SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : file_(path) {
+  try {
+    SafetensorsHeader header = safetensors_parse(file_.bytes());
+    data_area_ = file_.bytes().subspan(header.data_begin);
+    tensors_ = std::move(header.tensors);
+    metadata_ = std::move(header.metadata);
+  } catch (const Error& e) {
+    throw Error(path.string() + ": " + e.what());
+  }
+  for (std::size_t i = 0; i < tensors_.size(); ++i) index_.emplace(tensors_[i].name, i);
 }
 
 const TensorInfo* SafetensorsFile::find(std::string_view name) const {

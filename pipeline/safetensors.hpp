@@ -28,6 +28,18 @@ struct TensorInfo {
 
 std::string shape_string(std::span<const std::int64_t> shape);  // "[4, 64]"
 
+// The parsed and validated header of a whole safetensors file held in memory.
+struct SafetensorsHeader {
+  std::vector<TensorInfo> tensors;  // ordered by offset
+  std::map<std::string, std::string> metadata;
+  std::size_t data_begin = 0;  // where the data area starts in the file
+};
+
+// Validates `bytes` (the whole file) as untrusted input: bounds, overflow, overlap, duplicate
+// names, dtype x shape = byte length. Throws Error("<problem>") without naming a file; the fuzz
+// harness calls it on raw buffers.
+SafetensorsHeader safetensors_parse(std::span<const std::byte> bytes);
+
 class SafetensorsFile {
  public:
   // Largest header accepted: real headers are a few hundred KB even for 400-tensor shards.

@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   dume::cli::add_merge(app);
   dume::cli::add_eval(app);
   dume::cli::add_dynamic(app);
+  dume::cli::add_verify(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
