@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -108,6 +109,53 @@ void broadcast(std::string& text, int root) {
   for (std::size_t begin = 0; begin < size; begin += INT_MAX / 2)
     MPI_CHECK(MPI_Bcast(text.data() + begin, static_cast<int>(std::min<std::size_t>(INT_MAX / 2, size - begin)),
                         MPI_CHAR, root, MPI_COMM_WORLD));
+}
+
+void broadcast(std::vector<std::int64_t>& values, int root) {
+  unsigned long long size = values.size();
+  MPI_CHECK(MPI_Bcast(&size, 1, MPI_UNSIGNED_LONG_LONG, root, MPI_COMM_WORLD));
+  values.resize(size);
+  chunked(std::span(values), [root](std::int64_t* p, int n) { MPI_CHECK(MPI_Bcast(p, n, MPI_INT64_T, root, MPI_COMM_WORLD)); });
+}
+
+int max_over_ranks(int value) {
+  int result = value;
+  MPI_CHECK(MPI_Allreduce(&value, &result, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
+  return result;
+}
+
+namespace {
+volatile std::sig_atomic_t caught_signal = 0;
+extern "C" void record_signal(int signal) { caught_signal = signal; }
+int guards = 0;  // StopSignals alive
+}  // namespace
+
+StopSignals::StopSignals() {
+  if (guards++ == 0) caught_signal = 0;  // a new job: an earlier job's stop is done with
+  struct sigaction action {};
+  action.sa_handler = record_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;  // a signal must not fail a read or write in progress
+  sigaction(SIGTERM, &action, &old_term_);
+  sigaction(SIGUSR1, &action, &old_usr1_);
+}
+
+StopSignals::~StopSignals() {
+  --guards;
+  sigaction(SIGTERM, &old_term_, nullptr);
+  sigaction(SIGUSR1, &old_usr1_, nullptr);
+}
+
+int stop_signal() { return caught_signal; }
+
+int stop_signal_anywhere() { return max_over_ranks(stop_signal()); }
+
+std::string signal_name(int signal) {
+  switch (signal) {
+    case SIGTERM: return "SIGTERM";
+    case SIGUSR1: return "SIGUSR1";
+    default: return "signal " + std::to_string(signal);
+  }
 }
 
 void collective_phase(const std::function<void()>& phase) {

@@ -4,11 +4,14 @@
 #pragma once
 
 #include <mpi.h>
+#include <signal.h>
 
 #include <cstddef>
 #include <functional>
 #include <span>
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "error.hpp"
 
@@ -46,12 +49,44 @@ void allreduce_sum(std::span<double> data);
 void broadcast(std::span<double> data, int root = 0);
 void broadcast(std::span<float> data, int root = 0);
 void broadcast(std::string& text, int root = 0);
+void broadcast(std::vector<std::int64_t>& values, int root = 0);  // resized on the other ranks
+// The largest of every rank's `value`, on every rank.
+int max_over_ranks(int value);
 
 // An error every rank has raised together (see collective_phase): each rank can exit cleanly.
 class CollectiveError : public Error {
  public:
   using Error::Error;
 };
+
+// Every rank stopped together at the same point (a stop signal, see StopSignals), after saving
+// what it could: the command exits with kStoppedExitCode on every rank.
+class JobStopped : public CollectiveError {
+ public:
+  using CollectiveError::CollectiveError;
+};
+// EX_TEMPFAIL: the job did not finish but can be resumed (`dume merge --resume`).
+inline constexpr int kStoppedExitCode = 75;
+
+// While alive, SIGTERM and SIGUSR1 (Slurm's warnings before a time limit or a cancel) are
+// caught instead of ending the process: the handler only records the signal, and the work loop
+// asks stop_signal_anywhere() at points where all ranks can stop together. The previous
+// handlers are restored afterwards. Nested guards are fine.
+class StopSignals {
+ public:
+  StopSignals();
+  ~StopSignals();
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+ private:
+  struct sigaction old_term_ {}, old_usr1_ {};
+};
+// The stop signal this process caught (0: none).
+int stop_signal();
+// Collective: the largest stop signal any rank caught, so that all ranks decide alike (0: none).
+int stop_signal_anywhere();
+std::string signal_name(int signal);
 
 // Runs a phase that every rank performs identically (checks, loading). If it fails on any
 // rank, every rank learns it: the lowest failing rank's error is rethrown on all ranks (as

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <fstream>
 #include <numeric>
+#include <ranges>
 #include <thread>
 
 #include "comm.hpp"
@@ -188,7 +189,13 @@ void write_output_atomically(const fs::path& output, bool force, const std::func
   const std::string tag =
       std::string(".").append(output.filename().string()).append(".tmp-").append(std::to_string(getpid()));
   const fs::path tmp = parent / tag;
-  fs::remove_all(tmp);
+  // Temporaries of this output left by jobs that were killed while writing (any pid).
+  const std::string stale = std::string(".").append(output.filename().string()).append(".tmp-");
+  for (const auto& entry : fs::directory_iterator(parent))
+    if (entry.path().filename().string().starts_with(stale)) {
+      std::fprintf(stderr, "dume: removing %s, left by an interrupted job\n", entry.path().c_str());
+      fs::remove_all(entry.path());
+    }
   fs::create_directory(tmp);
   try {
     fill(tmp);
@@ -223,27 +230,96 @@ int threads_per_rank(int configured) {
                         : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / mpi_local_size());
 }
 
-void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes& phases) {
+namespace {
+
+// Domain k of plan.calibrate: what a checkpoint holds of it (rank 0 reads, every rank learns
+// which batches remain).
+SavedDomain load_saved(const ResumeStore* store, std::size_t k) {
+  SavedDomain saved;
+  if (!store) return saved;
+  collective_phase([&] {
+    if (mpi_rank() == 0) saved = store->load(k);
+  });
+  broadcast(saved.batches);
+  return saved;
+}
+
+}  // namespace
+
+void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes& phases, ResumeStore* store) {
   const int rank = mpi_rank(), ranks = mpi_size();
   const bool root = rank == 0;
   const ModelConfig& mc = plan.model.config;
   const int threads = threads_per_rank(config.threads);
   auto backend = make_backend(BackendKind::cpu, threads);
+  const StopSignals signals;
   if (root) {
     std::printf("# dume: %zu new domain%s to calibrate, %d rank%s x %d thread%s; %s\n", plan.calibrate.size(),
                 plan.calibrate.size() == 1 ? "" : "s", ranks, ranks == 1 ? "" : "s", threads, threads == 1 ? "" : "s",
                 backend->describe().c_str());
     std::fflush(stdout);
   }
+  if (store) {
+    std::vector<std::int64_t> generation{0};
+    collective_phase([&] {
+      if (root) generation[0] = store->next_generation();
+    });
+    broadcast(generation);
+    store->set_generation(static_cast<int>(generation[0]));
+  }
 
   CalibrationTiming timing;
   const auto t0 = Clock::now();
-  for (const NewDomain& d : plan.calibrate) {
-    plan.model.experts = calibration_mlps(*d.checkpoint, plan.info.dtype);
-    Forward forward(plan.model, *backend);
-    DomainStatistics domain = calibrate_domain(forward, *backend, mc, *d.windows, plan.stats.context_tokens,
-                                               config.calibration.batch_sequences, rank, ranks, d.name, timing, root);
-    reduce_domain(domain, timing);
+  const std::size_t carried = plan.stats.domains.size();
+  std::vector<bool> saved_whole(plan.calibrate.size(), false);  // a complete-domain file exists
+  std::int64_t batches_run = 0;
+  for (std::size_t k = 0; k < plan.calibrate.size(); ++k) {
+    const NewDomain& d = plan.calibrate[k];
+    const std::int64_t batches = batch_count(*d.windows, config.calibration.batch_sequences);
+    const SavedDomain saved = load_saved(store, k);
+    saved_whole[k] = saved.complete;
+    std::vector<std::int64_t> todo;
+    std::set_difference(std::views::iota(std::int64_t{0}, batches).begin(), std::views::iota(std::int64_t{0}, batches).end(),
+                        saved.batches.begin(), saved.batches.end(), std::back_inserter(todo));
+    if (root && !saved.batches.empty())
+      std::printf("# dume: domain '%s': %zu of %lld batches from the checkpoint, %zu to run\n", d.name.c_str(),
+                  saved.batches.size(), static_cast<long long>(batches), todo.size());
+    CalibrationControl control;
+    if (store) {
+      control.checkpoint_every = config.calibration.checkpoint_every;
+      control.save = [&, k](const std::vector<std::int64_t>& done, const DomainStatistics& partial) {
+        store->save_partial(k, rank, done, partial);
+      };
+    }
+    control.stop_requested = stop_signal_anywhere;
+    control.after_batch = [rank, &batches_run] { test_fault_after_batch(rank, ++batches_run); };
+    DomainStatistics domain;
+    if (todo.empty()) {  // all saved: only the sums are needed, not the expert
+      domain.name = d.name;
+      domain.A.assign(static_cast<std::size_t>(mc.num_layers), MatrixXdRow::Zero(mc.hidden_size + 1, mc.hidden_size + 1));
+    } else {
+      plan.model.experts = calibration_mlps(*d.checkpoint, plan.info.dtype);
+      Forward forward(plan.model, *backend);
+      domain = calibrate_domain(forward, *backend, mc, *d.windows, plan.stats.context_tokens,
+                                config.calibration.batch_sequences, todo, rank, ranks, d.name, timing, root, control);
+    }
+    if (control.stopped_by != 0) {
+      // Every rank has saved its part of this domain; rank 0 saves the domains completed before.
+      if (store && root)
+        for (std::size_t j = 0; j < k; ++j)
+          if (!saved_whole[j]) store->save_complete(j, plan.stats.domains[carried + j]);
+      barrier();
+      throw JobStopped(
+          "stopped by " + signal_name(control.stopped_by) + " while calibrating domain '" + d.name + "'" +
+          (store ? "; checkpoint saved in " + store->dir().string() +
+                       ": run the same `dume merge` with --resume to continue (on any number of ranks)"
+                 : "; nothing saved (this command cannot resume)"));
+    }
+    reduce_domain(domain, timing, root ? std::span<const double>(saved.packed) : std::span<const double>());
+    if (store && root && config.calibration.checkpoint_every > 0 && !saved_whole[k]) {
+      store->save_complete(k, domain);
+      saved_whole[k] = true;
+    }
     plan.stats.domains.push_back(std::move(domain));
   }
   plan.model.experts.clear();
@@ -265,6 +341,7 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
       phases.emplace_back("solve", std::chrono::duration<double>(Clock::now() - t).count());
       t = Clock::now();
       write_moe_directory(config.output.path, force, plan, routers, config.output.shard_bytes, config.resolved_yaml());
+      if (store) store->remove();  // the output is complete: the checkpoint has served
       phases.emplace_back("write", std::chrono::duration<double>(Clock::now() - t).count());
     } catch (const std::exception& e) {
       abort_job(e.what());
@@ -317,12 +394,22 @@ SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<co
   return average_shared_weights(experts, dtype);
 }
 
-void run_merge(const MergeConfig& config, bool force) {
+void run_merge(const MergeConfig& config, bool force, bool resume) {
   if (config.fold_into) throw CollectiveError("'moe:' names the MoE to extend: that is `dume fold-in`, not merge");
+  const StopSignals signals;  // caught from the start, acted on once calibration runs
   PhaseTimes phases;
   auto t = Clock::now();
   MergeInputs in;
   collective_phase([&] { in = merge_prepare(config, force); });
+  const fs::path checkpoint = checkpoint_dir(config.output.path);
+  collective_phase([&] {
+    if (!resume && fs::exists(checkpoint)) {
+      if (!force)
+        throw Error(checkpoint.string() + " holds the checkpoint of an interrupted merge: pass --resume to continue "
+                    "it, or --force to discard it");
+      if (mpi_rank() == 0) fs::remove_all(checkpoint);
+    }
+  });
   if (mpi_rank() == 0) {
     std::printf("# dume merge: %zu experts\n# resolved configuration:\n%s", config.experts.size(),
                 config.resolved_yaml().c_str());
@@ -352,7 +439,22 @@ void run_merge(const MergeConfig& config, bool force) {
     plan.calibrate.push_back({config.experts[e].name, experts[e], &in.calibration[e]});
   }
   phases.emplace_back("shared weights", std::chrono::duration<double>(Clock::now() - t).count());
-  run_plan(plan, config, force, phases);
+  std::vector<const CorpusWindows*> windows;
+  std::vector<std::int64_t> batches;
+  for (const auto& w : in.calibration) {
+    windows.push_back(&w);
+    batches.push_back(batch_count(w, config.calibration.batch_sequences));
+  }
+  ResumeStore store(checkpoint,
+                    resume_identity(config, plan.info.shared_hash, plan.model.config.hidden_size,
+                                    plan.model.config.num_layers, windows),
+                    plan.info.experts, batches);
+  if (resume && mpi_rank() == 0) {
+    std::printf(fs::exists(checkpoint) ? "# dume: resuming from %s\n" : "# dume: no checkpoint at %s: starting from the beginning\n",
+                checkpoint.c_str());
+    std::fflush(stdout);
+  }
+  run_plan(plan, config, force, phases, &store);
 }
 
 }  // namespace dume

@@ -11,6 +11,7 @@
 #include "checkpoint.hpp"
 #include "merge_config.hpp"
 #include "moe_file.hpp"
+#include "resume.hpp"
 #include "ridge.hpp"
 
 namespace dume {
@@ -51,8 +52,9 @@ std::string shared_weights_hash(const ModelConfig& config, const SharedWeights& 
 // an existing MoE's; rounded to dtype.
 SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const Checkpoint*>& experts, DType dtype);
 
-// Writes `fill`'s files into a temporary sibling of `output`, then renames it into place
-// (replacing an existing output only with force).
+// Writes `fill`'s files into a temporary sibling of `output` (.NAME.tmp-PID), then renames it
+// into place (replacing an existing output only with force). Temporaries of the same output
+// that killed jobs left are removed first.
 void write_output_atomically(const std::filesystem::path& output, bool force,
                              const std::function<void(const std::filesystem::path& dir)>& fill);
 
@@ -76,8 +78,12 @@ struct MergePlan {
 using PhaseTimes = std::vector<std::pair<std::string, double>>;
 
 // Calibrates plan.calibrate, solves every layer's router, writes the MoE directory; on every
-// rank (rank 0 solves and writes), then prints the phase table.
-void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes& phases);
+// rank (rank 0 solves and writes), then prints the phase table. With a `store`, calibration
+// starts from what it holds, saves checkpoints into it (calibration.checkpoint_every, and on a
+// stop signal), and it is removed once the output is written. A stop signal ends calibration on
+// every rank at the same batch boundary with JobStopped.
+void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes& phases,
+              ResumeStore* store = nullptr);
 
 // The MoE files of a plan with these routers, atomically.
 void write_moe_directory(const std::filesystem::path& output, bool force, const MergePlan& plan,
@@ -86,7 +92,9 @@ void write_moe_directory(const std::filesystem::path& output, bool force, const 
 void print_phase_table(const PhaseTimes& phases);
 int threads_per_rank(int configured);
 
-// The whole merge; call on every rank.
-void run_merge(const MergeConfig& config, bool force);
+// The whole merge; call on every rank. `resume`: continue from the checkpoint an interrupted
+// merge of this config left (see resume.hpp); without it an existing checkpoint is an error,
+// or discarded with `force`.
+void run_merge(const MergeConfig& config, bool force, bool resume = false);
 
 }  // namespace dume

@@ -199,8 +199,11 @@ MergeConfig merge_config_parse(const std::string& text, const fs::path& source) 
     cs.batch_sequences = s.get<std::int64_t>("batch_sequences", "an integer", cs.batch_sequences);
     if (cs.sequence_length < 2) s.fail(s.node("sequence_length"), "calibration.sequence_length must be >= 2");
     if (cs.max_sequences < 0) s.fail(s.node("max_sequences"), "calibration.max_sequences must be >= 0");
+    cs.checkpoint_every = s.get<std::int64_t>("checkpoint_every", "an integer", cs.checkpoint_every);
     if (cs.batch_sequences < 1) s.fail(s.node("batch_sequences"), "calibration.batch_sequences must be >= 1");
-    s.finish({"sequence_length", "max_sequences", "batch_sequences"});
+    if (cs.checkpoint_every < 0)
+      s.fail(s.node("checkpoint_every"), "calibration.checkpoint_every must be >= 0 (sequences; 0 = no periodic checkpoints)");
+    s.finish({"sequence_length", "max_sequences", "batch_sequences", "checkpoint_every"});
   }
   // Only the first C positions are ever used: a window shorter than C just uses all of it.
   c.router.context_tokens = std::min(c.router.context_tokens, c.calibration.sequence_length);
@@ -319,7 +322,8 @@ std::string MergeConfig::resolved_yaml() const {
   out << YAML::Key << "calibration" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key
       << "sequence_length" << YAML::Value << calibration.sequence_length << YAML::Key << "max_sequences"
       << YAML::Value << calibration.max_sequences << YAML::Key << "batch_sequences" << YAML::Value
-      << calibration.batch_sequences << YAML::EndMap;
+      << calibration.batch_sequences << YAML::Key << "checkpoint_every" << YAML::Value << calibration.checkpoint_every
+      << YAML::EndMap;
   out << YAML::Key << "output" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "path" << YAML::Value
       << output.path.string();
   if (output.dtype) out << YAML::Key << "dtype" << YAML::Value << std::string(to_string(*output.dtype));

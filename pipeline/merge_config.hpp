@@ -38,6 +38,7 @@ struct CalibrationSettings {
   std::int64_t sequence_length = 256;
   std::int64_t max_sequences = 0;    // per domain; 0 = every window
   std::int64_t batch_sequences = 8;  // sequences per forward pass: fixed, so results do not depend on ranks
+  std::int64_t checkpoint_every = 0; // sequences a rank calibrates between checkpoint saves; 0 = only on a stop signal
 };
 
 // `dume eval`: which methods to compare on each domain's test corpus.

@@ -28,27 +28,49 @@ Eigen::MatrixXd Statistics::B(std::int64_t layer) const {
 
 void symmetrize(MatrixXdRow& A) { A.triangularView<Eigen::StrictlyLower>() = A.transpose(); }
 
+std::int64_t batch_count(const CorpusWindows& windows, std::int64_t batch_sequences) {
+  return (static_cast<std::int64_t>(windows.count()) + batch_sequences - 1) / batch_sequences;
+}
+
 DomainStatistics calibrate_domain(Forward& forward, Backend& backend, const ModelConfig& config,
                                   const CorpusWindows& windows, std::int64_t context_tokens,
-                                  std::int64_t batch_sequences, int rank, int ranks, const std::string& name,
-                                  CalibrationTiming& timing, bool show_progress) {
+                                  std::int64_t batch_sequences, const std::vector<std::int64_t>& todo, int rank,
+                                  int ranks, const std::string& name, CalibrationTiming& timing, bool show_progress,
+                                  CalibrationControl& control) {
   const std::int64_t D = config.hidden_size, n = D + 1, L = config.num_layers;
   const auto S = static_cast<std::int64_t>(windows.length());
   const auto count = static_cast<std::int64_t>(windows.count());
   const std::int64_t C = std::min(context_tokens, S);
-  const std::int64_t batches = (count + batch_sequences - 1) / batch_sequences;
+  const auto jobs = static_cast<std::int64_t>(todo.size());
+  const auto sequences = [&](std::int64_t b) { return std::min(batch_sequences, count - b * batch_sequences); };
 
   std::vector<Buffer64> A;
   for (std::int64_t l = 0; l < L; ++l) A.push_back(backend.alloc64(static_cast<std::size_t>(n * n)));
 
   // Rank 0 reports its own share; every rank has about the same.
   std::int64_t my_tokens = 0;
-  for (std::int64_t b = rank; b < batches; b += ranks)
-    my_tokens += std::min(batch_sequences, count - b * batch_sequences) * C;
+  for (std::int64_t i = rank; i < jobs; i += ranks) my_tokens += sequences(todo[static_cast<std::size_t>(i)]) * C;
   Progress progress("calibrate " + name, my_tokens, "tokens", show_progress);
 
   DomainStatistics stats;
   stats.name = name;
+  const auto download = [&] {
+    stats.A.resize(static_cast<std::size_t>(L));
+    for (std::int64_t l = 0; l < L; ++l) {
+      MatrixXdRow& host = stats.A[static_cast<std::size_t>(l)];
+      host.resize(n, n);
+      backend.download(A[static_cast<std::size_t>(l)].data(), {host.data(), static_cast<std::size_t>(n * n)});
+    }
+  };
+  std::vector<std::int64_t> done;  // global batch indices in this rank's sums
+  std::int64_t unsaved = 0;        // sequences run since the last save
+  const auto save = [&] {
+    if (!control.save || unsaved == 0) return;
+    download();
+    control.save(done, stats);
+    unsaved = 0;
+  };
+
   ForwardOptions options;
   options.forced_expert = 0;
   options.context_tokens = C;
@@ -61,26 +83,30 @@ DomainStatistics calibrate_domain(Forward& forward, Backend& backend, const Mode
     timing.multiply_adds += static_cast<double>(T) * static_cast<double>(n * (n + 1) / 2);
   };
   const auto t0 = Clock::now();
-  for (std::int64_t b = rank; b < batches; b += ranks) {
-    const std::int64_t first = b * batch_sequences, B = std::min(batch_sequences, count - first);
+  // In rounds of one batch per rank, so that a stop is agreed between rounds.
+  for (std::int64_t round = 0; round * ranks < jobs; ++round) {
+    if (control.stop_requested && (control.stopped_by = control.stop_requested()) != 0) break;
+    const std::int64_t i = round * ranks + rank;
+    if (i >= jobs) continue;
+    const std::int64_t b = todo[static_cast<std::size_t>(i)], first = b * batch_sequences, B = sequences(b);
     const auto tokens = windows.tokens().subspan(static_cast<std::size_t>(first * S), static_cast<std::size_t>(B * S));
     forward.run(tokens, B, S, options);
     stats.tokens += B * C;
+    done.push_back(b);
+    unsaved += B;
     progress.advance(B * C);
+    if (control.after_batch) control.after_batch();
+    if (control.checkpoint_every > 0 && unsaved >= control.checkpoint_every) save();
   }
+  if (control.stopped_by != 0) save();
   progress.finish();
   timing.accumulate += accumulate_seconds;
   timing.forward += since(t0) - accumulate_seconds;
-
-  for (std::int64_t l = 0; l < L; ++l) {
-    MatrixXdRow& host = stats.A.emplace_back(n, n);
-    backend.download(A[static_cast<std::size_t>(l)].data(), {host.data(), static_cast<std::size_t>(n * n)});
-  }
+  download();
   return stats;
 }
 
-void reduce_domain(DomainStatistics& domain, CalibrationTiming& timing) {
-  const auto t0 = Clock::now();
+std::vector<double> pack_upper(const DomainStatistics& domain) {
   const Eigen::Index n = domain.A.empty() ? 0 : domain.A[0].rows();
   const std::size_t triangle = static_cast<std::size_t>(n * (n + 1) / 2);
   std::vector<double> packed(domain.A.size() * triangle + 1);
@@ -91,18 +117,33 @@ void reduce_domain(DomainStatistics& domain, CalibrationTiming& timing) {
       k += static_cast<std::size_t>(n - i);
     }
   packed[k] = static_cast<double>(domain.tokens);  // exact: counts stay far below 2^53
-  reduce_sum(packed);
-  if (mpi_rank() == 0) {
-    k = 0;
-    for (auto& A : domain.A) {
-      for (Eigen::Index i = 0; i < n; ++i) {
-        std::copy(packed.data() + k, packed.data() + k + (n - i), A.data() + i * n + i);
-        k += static_cast<std::size_t>(n - i);
-      }
-      symmetrize(A);
+  return packed;
+}
+
+void unpack_upper(std::span<const double> packed, DomainStatistics& domain) {
+  const Eigen::Index n = domain.A.empty() ? 0 : domain.A[0].rows();
+  DUME_ASSERT(packed.size() == domain.A.size() * static_cast<std::size_t>(n * (n + 1) / 2) + 1);
+  std::size_t k = 0;
+  for (auto& A : domain.A) {
+    for (Eigen::Index i = 0; i < n; ++i) {
+      std::copy(packed.data() + k, packed.data() + k + (n - i), A.data() + i * n + i);
+      k += static_cast<std::size_t>(n - i);
     }
-    domain.tokens = static_cast<std::int64_t>(packed[k]);
+    symmetrize(A);
   }
+  domain.tokens = static_cast<std::int64_t>(packed[k]);
+}
+
+void reduce_domain(DomainStatistics& domain, CalibrationTiming& timing, std::span<const double> base) {
+  const auto t0 = Clock::now();
+  std::vector<double> packed = pack_upper(domain);
+  const bool root = mpi_rank() == 0;
+  if (root && !base.empty()) {
+    DUME_ASSERT(base.size() == packed.size());
+    for (std::size_t i = 0; i < packed.size(); ++i) packed[i] += base[i];
+  }
+  reduce_sum(packed);
+  if (root) unpack_upper(packed, domain);
   timing.reduce += since(t0);
 }
 

@@ -5,6 +5,8 @@
 
 #include <Eigen/Core>
 #include <cstdint>
+#include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -40,19 +42,40 @@ struct CalibrationTiming {
   double multiply_adds = 0;  // of the A updates
 };
 
+// How a calibration may be interrupted and resumed (see resume.hpp). All members optional.
+struct CalibrationControl {
+  std::int64_t checkpoint_every = 0;  // sequences this rank runs between saves; 0: save only when stopping
+  // Saves this rank's partial statistics: the global batch indices they hold, and their sums.
+  std::function<void(const std::vector<std::int64_t>& batches, const DomainStatistics& partial)> save;
+  // Collective, before each round of batches: a stop signal caught on any rank (0: none).
+  std::function<int()> stop_requested;
+  std::function<void()> after_batch;  // fault injection in tests
+  int stopped_by = 0;                 // set when the calibration stopped early on this signal
+};
+
 // Runs this rank's share of one domain's calibration windows through `forward`, forced to the
 // resident expert 0, truncated to C positions, stopping after the last layer's MLP input.
-// Windows are grouped into fixed batches of `batch_sequences` and batch i runs on rank
-// i mod ranks, so each sequence's activations are the same for any number of ranks.
-// Returns this rank's partial statistics (upper triangles only).
+// Windows are grouped into fixed batches of `batch_sequences` (global batch b holds windows
+// b*batch_sequences...); of the batches listed in `todo` (every batch unless resuming), the
+// i-th runs on rank i mod ranks, so each sequence's activations are the same for any number of
+// ranks. Returns this rank's partial statistics (upper triangles only). If control.stop_requested
+// says so, stops at a round boundary (every rank at the same one), saves, and sets stopped_by.
 DomainStatistics calibrate_domain(Forward& forward, Backend& backend, const ModelConfig& config,
                                   const CorpusWindows& windows, std::int64_t context_tokens,
-                                  std::int64_t batch_sequences, int rank, int ranks, const std::string& name,
-                                  CalibrationTiming& timing, bool show_progress);
+                                  std::int64_t batch_sequences, const std::vector<std::int64_t>& todo, int rank,
+                                  int ranks, const std::string& name, CalibrationTiming& timing, bool show_progress,
+                                  CalibrationControl& control);
+std::int64_t batch_count(const CorpusWindows& windows, std::int64_t batch_sequences);
 
 // Sums every rank's partial statistics of one domain into rank 0's (upper triangles are sent
-// packed, half the bytes), then mirrors them into full symmetric matrices on rank 0.
-void reduce_domain(DomainStatistics& domain, CalibrationTiming& timing);
+// packed, half the bytes), plus `base` (packed, from pack_upper) on rank 0 when given, then
+// mirrors them into full symmetric matrices on rank 0.
+void reduce_domain(DomainStatistics& domain, CalibrationTiming& timing, std::span<const double> base = {});
+
+// Every layer's upper triangle, row by row, then the token count: (L * n(n+1)/2 + 1) values.
+std::vector<double> pack_upper(const DomainStatistics& domain);
+// The inverse into `domain` (whose A must have its L matrices' shapes): full symmetric matrices.
+void unpack_upper(std::span<const double> packed, DomainStatistics& domain);
 
 // Mirrors the upper triangle into the lower.
 void symmetrize(MatrixXdRow& A);

@@ -22,6 +22,9 @@ void run_job(const std::function<void()>& body) {
   MpiSession mpi(nullptr, nullptr);
   try {
     body();
+  } catch (const JobStopped& e) {
+    if (mpi_rank() == 0) std::fprintf(stderr, "dume: %s\n", e.what());
+    throw ExitStatus{kStoppedExitCode};
   } catch (const CollectiveError& e) {
     if (mpi_rank() == 0) std::fprintf(stderr, "dume: error: %s\n", e.what());
     throw ExitStatus{1};

@@ -9,13 +9,16 @@ void add_merge(CLI::App& app) {
   auto* cmd = app.add_subcommand("merge", "Merge dense experts into a DUME MoE (run under mpirun/srun for several ranks)");
   auto config = std::make_shared<std::string>();
   auto force = std::make_shared<bool>(false);
+  auto resume = std::make_shared<bool>(false);
   cmd->add_option("config", *config, "Merge configuration (YAML)")->required();
-  cmd->add_flag("--force", *force, "Replace the output directory if it exists");
-  cmd->callback([config, force] {
+  cmd->add_flag("--force", *force, "Replace the output directory if it exists (and discard a checkpoint)");
+  cmd->add_flag("--resume", *resume,
+                "Continue an interrupted merge from its checkpoint (<output>.checkpoint), on any number of ranks");
+  cmd->callback([config, force, resume] {
     run_job([&] {
       MergeConfig c;
       collective_phase([&] { c = merge_config_read(*config); });
-      run_merge(c, *force);
+      run_merge(c, *force, *resume);
     });
   });
 }
