@@ -43,15 +43,18 @@ std::vector<std::string> read_index(const fs::path& index_path, json& weight_map
   return shards;
 }
 
-// The tensor names config.json implies; each must be in some file.
+// The tensor names config.json implies; each must be in some file. (A Mixtral's expert
+// tensors come in two layouts; its loader checks them.)
 std::vector<std::string> required_tensors(const ModelConfig& c) {
   std::vector<std::string> names = {std::string(hf::embed_tokens), std::string(hf::norm)};
   if (!c.tie_word_embeddings) names.emplace_back(hf::lm_head);
   for (std::int64_t l = 0; l < c.num_layers; ++l) {
     for (const char* t : {"input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
-                          "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-                          "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"})
+                          "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight"})
       names.push_back(hf::layer(l, t));
+    if (!c.num_experts)
+      for (const char* t : {"mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"})
+        names.push_back(hf::layer(l, t));
     if (c.qkv_bias)
       for (const char* t : {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"})
         names.push_back(hf::layer(l, t));

@@ -179,6 +179,7 @@ void run_resolve(const fs::path& moe, const ResolveOverrides& o, const fs::path&
     r.top_k = o.top_k.value_or(r.top_k);
     r.method = o.method.value_or(r.method);
     r.balance = o.balance.value_or(r.balance);
+    r.bias = o.bias.value_or(r.bias);
     if (!(r.lambda >= 0)) throw Error("--lambda must be >= 0");
     if (!(r.temperature > 0)) throw Error("--temperature must be > 0");
     if (r.top_k < 1 || static_cast<std::size_t>(r.top_k) > plan.info.experts.size())

@@ -26,7 +26,7 @@ struct ResolveOverrides {
   std::optional<double> lambda, temperature;
   std::optional<int> top_k;
   std::optional<std::string> method;
-  std::optional<bool> balance;
+  std::optional<bool> balance, bias;
 };
 void run_resolve(const std::filesystem::path& moe, const ResolveOverrides& overrides,
                  const std::filesystem::path& output, bool force);

@@ -35,6 +35,9 @@ MergeInputs merge_prepare(const MergeConfig& config, bool force) {
   MergeInputs in;
   for (const auto& e : config.experts) in.experts.emplace_back(e.checkpoint);
   const ModelConfig& first = in.experts[0].config();
+  if (first.num_experts)
+    throw Error("expert '" + config.experts[0].name + "' (" + config.experts[0].checkpoint.string() + ") is a " +
+                first.architecture_name + " mixture of experts; dume merges dense experts");
   for (std::size_t e = 1; e < in.experts.size(); ++e) {
     std::string difference;
     if (!same_architecture(first, in.experts[e].config(), &difference))

@@ -66,7 +66,8 @@ Architecture parse_architecture(const ConfigReader& r, std::string& name) {
   };
   static constexpr Known known[] = {{"LlamaForCausalLM", "llama", Architecture::llama},
                                     {"MistralForCausalLM", "mistral", Architecture::mistral},
-                                    {"Qwen2ForCausalLM", "qwen2", Architecture::qwen2}};
+                                    {"Qwen2ForCausalLM", "qwen2", Architecture::qwen2},
+                                    {"MixtralForCausalLM", "mixtral", Architecture::mixtral}};
   if (r.has("architectures")) {
     const json& archs = r.at("architectures");
     if (!archs.is_array() || archs.size() != 1 || !archs[0].is_string())
@@ -76,7 +77,7 @@ Architecture parse_architecture(const ConfigReader& r, std::string& name) {
       if (name == k.class_name) return k.arch;
     r.reject("architectures", "names " + name +
                                   ", which dume does not support (supported: LlamaForCausalLM, "
-                                  "MistralForCausalLM, Qwen2ForCausalLM)");
+                                  "MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM)");
   }
   const std::string type = r.string("model_type");
   for (const auto& k : known)
@@ -84,7 +85,7 @@ Architecture parse_architecture(const ConfigReader& r, std::string& name) {
       name = k.class_name;
       return k.arch;
     }
-  r.reject("model_type", "is '" + type + "', which dume does not support (supported: llama, mistral, qwen2)");
+  r.reject("model_type", "is '" + type + "', which dume does not support (supported: llama, mistral, qwen2, mixtral)");
 }
 
 // Rope settings come either as transformers 5's `rope_parameters` or as the legacy top-level
@@ -168,11 +169,16 @@ ModelConfig model_config_parse(const std::string& json_text, const std::string& 
   if (c.architecture == Architecture::qwen2) {
     c.qkv_bias = true;
     if (r.boolean("use_sliding_window", false)) r.reject("use_sliding_window", "is true, which dume does not support");
-  } else {
+  } else if (c.architecture != Architecture::mixtral) {  // Mixtral's attention has no biases
     c.qkv_bias = c.o_bias = r.boolean("attention_bias", false);
   }
-  if (c.architecture == Architecture::mistral && r.has("sliding_window"))
+  if ((c.architecture == Architecture::mistral || c.architecture == Architecture::mixtral) && r.has("sliding_window"))
     c.sliding_window = r.bounded_int("sliding_window", std::int64_t{1} << 40);
+  if (c.architecture == Architecture::mixtral) {  // what `dume export` writes, read back
+    c.num_experts = r.positive_int("num_local_experts", 8);
+    c.experts_per_token = r.positive_int("num_experts_per_tok", 2);
+    if (c.experts_per_token > c.num_experts) r.reject("num_experts_per_tok", "exceeds num_local_experts");
+  }
 
   for (const char* key : {"dtype", "torch_dtype"}) {
     const std::string name = r.string(key);
@@ -245,7 +251,8 @@ bool same_architecture(const ModelConfig& a, const ModelConfig& b, std::string* 
            differ("num_key_value_heads", a.num_kv_heads, b.num_kv_heads) || differ("head_dim", a.head_dim, b.head_dim) ||
            differ("tie_word_embeddings", a.tie_word_embeddings, b.tie_word_embeddings) ||
            differ("attention biases", a.qkv_bias, b.qkv_bias) || differ("rope_theta", a.rope_theta, b.rope_theta) ||
-           differ("rms_norm_eps", a.rms_norm_eps, b.rms_norm_eps));
+           differ("rms_norm_eps", a.rms_norm_eps, b.rms_norm_eps) ||
+           differ("num_local_experts", a.num_experts, b.num_experts));
 }
 
 std::string to_string(Architecture architecture) {
@@ -253,6 +260,7 @@ std::string to_string(Architecture architecture) {
     case Architecture::llama: return "llama";
     case Architecture::mistral: return "mistral";
     case Architecture::qwen2: return "qwen2";
+    case Architecture::mixtral: return "mixtral";
   }
   return "?";
 }
@@ -272,7 +280,13 @@ std::string model_config_to_json(const ModelConfig& c) {
   j["rms_norm_eps"] = c.rms_norm_eps;
   j["hidden_act"] = "silu";
   j["tie_word_embeddings"] = c.tie_word_embeddings;
-  if (c.architecture != Architecture::qwen2) j["attention_bias"] = c.qkv_bias;
+  if (c.architecture == Architecture::llama || c.architecture == Architecture::mistral) j["attention_bias"] = c.qkv_bias;
+  if (c.sliding_window) j["sliding_window"] = *c.sliding_window;
+  if (c.num_experts) {
+    j["num_local_experts"] = c.num_experts;
+    j["num_experts_per_tok"] = c.experts_per_token;
+    j["router_jitter_noise"] = 0.0;
+  }
   json rope = {{"rope_theta", c.rope_theta}, {"rope_type", c.rope_scaling.llama3 ? "llama3" : "default"}};
   if (c.rope_scaling.llama3) {
     rope["factor"] = c.rope_scaling.factor;
@@ -282,6 +296,11 @@ std::string model_config_to_json(const ModelConfig& c) {
   }
   j["rope_parameters"] = rope;
   if (c.dtype) j["dtype"] = *c.dtype == DType::BF16 ? "bfloat16" : *c.dtype == DType::F16 ? "float16" : "float32";
+  // The special token ids belong to the tokenizer; keep the source's.
+  const json source = json::parse(c.json_text, nullptr, /*allow_exceptions=*/false);
+  if (source.is_object())
+    for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"})
+      if (source.contains(key)) j[key] = source[key];
   return j.dump(2) + "\n";
 }
 

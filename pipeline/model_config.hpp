@@ -12,7 +12,7 @@
 
 namespace dume {
 
-enum class Architecture { llama, mistral, qwen2 };
+enum class Architecture { llama, mistral, qwen2, mixtral };
 
 struct RopeScaling {
   bool llama3 = false;  // rope_type "llama3"; otherwise plain rotary embeddings
@@ -30,6 +30,8 @@ struct ModelConfig {
   std::int64_t num_heads = 0;                 // H
   std::int64_t num_kv_heads = 0;              // Hkv
   std::int64_t head_dim = 0;                  // given, or D / H
+  std::int64_t num_experts = 0;               // E of a Mixtral MoE (num_local_experts); 0: dense
+  std::int64_t experts_per_token = 0;         // its top-k (num_experts_per_tok)
   std::int64_t max_position_embeddings = 0;
   std::optional<std::int64_t> sliding_window;  // Mistral; sequences longer than it are refused
   double rms_norm_eps = 1e-6;

@@ -59,9 +59,7 @@ DType dtype_from_attribute(const std::string& name, const std::string& where) {
 
 }  // namespace
 
-void write_moe(const fs::path& dir, const std::vector<MoeTensor>& tensors, const MoeInfo& info,
-               std::uint64_t shard_bytes) {
-  // Plan: tensors fill shards in order; a shard closes before the tensor that would overflow it.
+std::vector<std::size_t> plan_shards(const std::vector<MoeTensor>& tensors, std::uint64_t shard_bytes) {
   std::vector<std::size_t> shard_of(tensors.size());
   std::size_t shards = 0, filled = 0;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
@@ -73,6 +71,13 @@ void write_moe(const fs::path& dir, const std::vector<MoeTensor>& tensors, const
     shard_of[i] = shards - 1;
     filled += size;
   }
+  return shard_of;
+}
+
+void write_moe(const fs::path& dir, const std::vector<MoeTensor>& tensors, const MoeInfo& info,
+               std::uint64_t shard_bytes) {
+  const std::vector<std::size_t> shard_of = plan_shards(tensors, shard_bytes);
+  const std::size_t shards = shard_of.empty() ? 0 : shard_of.back() + 1;
   std::vector<std::string> names;
   for (std::size_t s = 0; s < shards; ++s) names.push_back(shard_name(s, shards));
 

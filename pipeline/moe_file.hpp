@@ -49,6 +49,10 @@ std::uint64_t hash_bytes(std::uint64_t hash, std::span<const std::byte> bytes);
 inline constexpr std::uint64_t kHashSeed = 1469598103934665603ull;
 std::string hash_hex(std::uint64_t hash);
 
+// Which shard each tensor goes to: tensors fill shards in order, and a shard closes before the
+// tensor that would overflow `shard_bytes` (a tensor larger than that gets a shard of its own).
+std::vector<std::size_t> plan_shards(const std::vector<MoeTensor>& tensors, std::uint64_t shard_bytes);
+
 // Writes the shards and moe.h5 into `dir` (which must exist and be empty).
 void write_moe(const std::filesystem::path& dir, const std::vector<MoeTensor>& tensors, const MoeInfo& info,
                std::uint64_t shard_bytes);

@@ -1,10 +1,14 @@
 // The transformers reference outputs of a fixture checkpoint (tools/make_reference_fixtures.py).
 #pragma once
 
+#include <gtest/gtest.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -13,6 +17,17 @@
 namespace dume::test {
 
 inline const std::filesystem::path kModels = std::filesystem::path(DUME_FIXTURES_DIR) / "models";
+
+// max |a - ref| / max |ref|: error relative to the reference's scale.
+inline double relative_error(std::span<const float> a, std::span<const float> ref) {
+  EXPECT_EQ(a.size(), ref.size());
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < std::min(a.size(), ref.size()); ++i) {
+    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - ref[i]));
+    scale = std::max(scale, std::abs(static_cast<double>(ref[i])));
+  }
+  return diff / scale;
+}
 
 // What transformers computed for one fixture checkpoint (reference.safetensors).
 struct Reference {

@@ -18,17 +18,6 @@ using namespace dume;
 using namespace dume::test;
 namespace fs = std::filesystem;
 
-// max |a - ref| / max |ref|: error relative to the reference's scale.
-double relative_error(std::span<const float> a, std::span<const float> ref) {
-  EXPECT_EQ(a.size(), ref.size());
-  double diff = 0, scale = 0;
-  for (std::size_t i = 0; i < std::min(a.size(), ref.size()); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - ref[i]));
-    scale = std::max(scale, std::abs(static_cast<double>(ref[i])));
-  }
-  return diff / scale;
-}
-
 struct ForwardRun {
   std::vector<float> logits;
   std::vector<std::vector<float>> mlp_inputs;  // [L][T * D]

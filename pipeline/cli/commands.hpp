@@ -14,6 +14,7 @@ void add_merge(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_dynamic(CLI::App& app);  // fold-in, remove, resolve
 void add_verify(CLI::App& app);
+void add_export(CLI::App& app);
 
 // Thrown to end the command with this exit status after its message was printed.
 struct ExitStatus {

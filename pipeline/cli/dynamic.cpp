@@ -46,6 +46,7 @@ void add_dynamic(CLI::App& app) {
     auto top_k = std::make_shared<int>();
     auto method = std::make_shared<std::string>();
     auto balance = std::make_shared<bool>(false);
+    auto bias = std::make_shared<bool>(true);
     cmd->add_option("moe", *moe, "The MoE directory")->required();
     cmd->add_option("--output", *output, "The new MoE directory")->required();
     auto* l = cmd->add_option("--lambda", *lambda, "Ridge strength");
@@ -53,6 +54,7 @@ void add_dynamic(CLI::App& app) {
     auto* k = cmd->add_option("--top-k", *top_k, "Experts per token");
     auto* m = cmd->add_option("--method", *method, "dume | hidden | random");
     cmd->add_flag("--balance", *balance, "Weight every domain equally (statistics divided by token counts)");
+    auto* b = cmd->add_option("--bias", *bias, "Routers with a bias: true | false (false for a Mixtral export)");
     cmd->add_flag("--force", *force, "Replace the output directory if it exists");
     cmd->callback([=] {
       if (*l) o->lambda = *lambda;
@@ -60,6 +62,7 @@ void add_dynamic(CLI::App& app) {
       if (*k) o->top_k = *top_k;
       if (*m) o->method = *method;
       if (*balance) o->balance = true;
+      if (*b) o->bias = *bias;
       run_job([&] { run_resolve(*moe, *o, *output, *force); });
     });
   }

@@ -42,6 +42,10 @@ void inspect_checkpoint(const std::string& dir, bool list_tensors) {
                 static_cast<long long>(c.rope_scaling.original_max_position_embeddings));
   std::printf("\n");
   std::printf("embeddings      %s\n", c.tie_word_embeddings ? "tied (lm_head = embed_tokens)" : "untied");
+  if (c.num_experts)
+    std::printf("experts         %lld per layer, top-%lld (%s layout)\n", static_cast<long long>(c.num_experts),
+                static_cast<long long>(c.experts_per_token),
+                checkpoint.has(hf::layer(0, "mlp.experts.gate_up_proj")) ? "fused" : "per-expert");
   std::printf("dtype           %s (%s)\n", std::string(to_string(checkpoint.dtype())).c_str(), dtypes.c_str());
   std::printf("parameters      %s (%zu tensors in %zu file%s, %.1f MB)\n", thousands(stored_parameters).c_str(), tensors,
               checkpoint.files().size(), checkpoint.files().size() == 1 ? "" : "s", static_cast<double>(bytes) / 1e6);

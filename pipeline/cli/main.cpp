@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
   dume::cli::add_eval(app);
   dume::cli::add_dynamic(app);
   dume::cli::add_verify(app);
+  dume::cli::add_export(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

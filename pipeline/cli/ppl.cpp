@@ -1,9 +1,10 @@
-// `dume ppl`: perplexity of a dense checkpoint on a token corpus.
+// `dume ppl`: perplexity of a checkpoint (dense, or a Mixtral MoE) on a token corpus.
 #include <cstdio>
 
 #include "checkpoint.hpp"
 #include "commands.hpp"
 #include "corpus.hpp"
+#include "mixtral.hpp"
 #include "perplexity.hpp"
 
 namespace dume::cli {
@@ -24,7 +25,7 @@ void run_ppl(const PplOptions& o) {
   corpus_check_vocab(tokens, static_cast<std::size_t>(c.vocab_size), spec.path);
   const CorpusWindows windows(std::move(tokens), static_cast<std::size_t>(o.sequence_length),
                               static_cast<std::size_t>(o.max_sequences), spec.path);
-  const Model model = load_dense_model(checkpoint);
+  const Model model = c.num_experts ? load_mixtral_model(checkpoint) : load_dense_model(checkpoint);
   auto backend = make_backend(BackendKind::cpu, o.threads);
   Forward forward(model, *backend);
   // Default batch: about 2048 tokens per forward pass, enough rows for GEMMs to run at full rate.
@@ -41,7 +42,7 @@ void run_ppl(const PplOptions& o) {
 }  // namespace
 
 void add_ppl(CLI::App& app) {
-  auto* cmd = app.add_subcommand("ppl", "Perplexity of a dense checkpoint on a token corpus");
+  auto* cmd = app.add_subcommand("ppl", "Perplexity of a checkpoint (dense or Mixtral MoE) on a token corpus");
   auto o = std::make_shared<PplOptions>();
   cmd->add_option("--checkpoint", o->checkpoint, "Hugging Face checkpoint directory")->required();
   cmd->add_option("--corpus", o->corpus, "Token corpus file")->required();

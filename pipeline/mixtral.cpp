@@ -1,0 +1,265 @@
+#include "mixtral.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <utility>
+
+#include "error.hpp"
+#include "hdf5_util.hpp"
+#include "merge.hpp"
+#include "merge_config.hpp"
+#include "moe_file.hpp"
+#include "progress.hpp"
+
+namespace dume {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Tensor names of the layout, written and read from this one place.
+std::string router_name(std::int64_t l, MixtralLayout layout) {
+  return hf::layer(l, layout == MixtralLayout::fused ? "mlp.gate.weight" : "block_sparse_moe.gate.weight");
+}
+std::string gate_up_name(std::int64_t l) { return hf::layer(l, "mlp.experts.gate_up_proj"); }
+std::string down_name(std::int64_t l) { return hf::layer(l, "mlp.experts.down_proj"); }
+// Per-expert layout: w1 = gate_proj, w2 = down_proj, w3 = up_proj.
+std::string expert_name(std::int64_t l, std::int64_t e, const char* w) {
+  return hf::layer(l, "block_sparse_moe.experts." + std::to_string(e) + "." + w + ".weight");
+}
+
+// Files of a Hugging Face tokenizer, copied beside the exported weights.
+constexpr const char* kTokenizerFiles[] = {"tokenizer.json",     "tokenizer_config.json", "special_tokens_map.json",
+                                           "tokenizer.model",    "vocab.json",            "merges.txt",
+                                           "added_tokens.json", "generation_config.json"};
+
+// Encodes values as `dtype`, refusing values that do not fit (f16 overflows above 65504).
+std::vector<std::byte> encode_checked(DType dtype, std::span<const float> values, const std::string& name) {
+  std::vector<std::byte> bytes = encode(dtype, values);
+  if (dtype == DType::F16)
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      std::uint16_t h;
+      std::memcpy(&h, bytes.data() + 2 * i, 2);
+      if (!std::isfinite(f16_to_f32(h)))
+        throw Error(name + ": value " + std::to_string(values[i]) + " exceeds float16's range; export as bf16 or f32");
+    }
+  return bytes;
+}
+
+// Writes `tensors` as model.safetensors, or as model-0000i-of-0000N.safetensors shards plus
+// model.safetensors.index.json when they exceed one shard (what save_pretrained writes).
+void write_safetensors_shards(const fs::path& dir, const std::vector<MoeTensor>& tensors, std::uint64_t shard_bytes) {
+  const std::vector<std::size_t> shard_of = plan_shards(tensors, shard_bytes);
+  const std::size_t shards = shard_of.empty() ? 1 : shard_of.back() + 1;
+  const auto file_name = [shards](std::size_t s) {
+    if (shards == 1) return std::string("model.safetensors");
+    char name[64];
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, shards);
+    return std::string(name);
+  };
+  nlohmann::json weight_map = nlohmann::json::object();
+  std::uint64_t total = 0;
+  Progress progress("export", static_cast<std::int64_t>(tensors.size()), "tensors");
+  for (std::size_t s = 0; s < shards; ++s) {
+    std::deque<std::vector<std::byte>> storage;  // stable: the TensorBytes hold spans into it
+    std::vector<TensorBytes> shard;
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+      if (shard_of[i] != s) continue;
+      const MoeTensor& t = tensors[i];
+      storage.push_back(t.bytes());
+      DUME_ASSERT(storage.back().size() == t.byte_size());
+      shard.push_back({t.path, t.dtype, t.shape, storage.back()});
+      weight_map[t.path] = file_name(s);
+      total += t.byte_size();
+      progress.advance(1);
+    }
+    safetensors_write(dir / file_name(s), shard, {{"format", "pt"}});
+  }
+  progress.finish();
+  if (shards > 1) {
+    const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    std::ofstream out(dir / "model.safetensors.index.json");
+    out << index.dump(2) << "\n";
+    if (!out.flush()) throw Error((dir / "model.safetensors.index.json").string() + ": cannot write (disk full?)");
+  }
+}
+
+// The tensors of the Mixtral checkpoint, each read from the open moe.h5 when it is written.
+std::vector<MoeTensor> mixtral_tensors(const std::shared_ptr<H5Id>& file, const MoeInfo& info, DType dtype,
+                                       MixtralLayout layout) {
+  const ModelConfig& c = info.config;
+  const std::int64_t L = c.num_layers, E = static_cast<std::int64_t>(info.experts.size()), D = c.hidden_size,
+                     F = c.intermediate_size;
+  const hid_t f = file->get();
+  // One dataset of moe.h5 as `dtype` bytes (read_f32 checks its shape and that it is finite).
+  const auto stored = [file, f, dtype](const std::string& path, const std::vector<std::int64_t>& shape) {
+    return encode_checked(dtype, h5::read_f32(f, path, shape), path);
+  };
+  std::vector<MoeTensor> tensors;
+  SharedWeights names;  // only names and shapes are visited
+  names.layers.resize(static_cast<std::size_t>(L));
+  for_each_shared_tensor(c, std::as_const(names), [&](const std::string& hf_name, const std::string& path,
+                                                      const std::vector<std::int64_t>& shape, const auto&) {
+    tensors.push_back({hf_name, dtype, shape, [=] { return stored(path, shape); }});
+  });
+  const MlpWeights mlp;
+  const float temperature = static_cast<float>(info.router.temperature);
+  for (std::int64_t l = 0; l < L; ++l) {
+    tensors.push_back({router_name(l, layout), DType::F32, {E, D}, [=] {
+                         std::vector<float> w = h5::read_f32(f, moe_path::layer(l, "router/weight"), std::vector<std::int64_t>{E, D});
+                         for (float& v : w) v /= temperature;  // the temperature folded into the weights
+                         return encode(DType::F32, w);
+                       }});
+    if (layout == MixtralLayout::fused) {
+      tensors.push_back({gate_up_name(l), dtype, {E, 2 * F, D}, [=] {
+                           std::vector<std::byte> bytes;
+                           for (std::int64_t e = 0; e < E; ++e)
+                             for (const char* proj : {"gate_proj", "up_proj"}) {
+                               const auto part = stored(moe_path::expert(l, e, proj), {F, D});
+                               bytes.insert(bytes.end(), part.begin(), part.end());
+                             }
+                           return bytes;
+                         }});
+      tensors.push_back({down_name(l), dtype, {E, D, F}, [=] {
+                           std::vector<std::byte> bytes;
+                           for (std::int64_t e = 0; e < E; ++e) {
+                             const auto part = stored(moe_path::expert(l, e, "down_proj"), {D, F});
+                             bytes.insert(bytes.end(), part.begin(), part.end());
+                           }
+                           return bytes;
+                         }});
+    } else {
+      for (std::int64_t e = 0; e < E; ++e)
+        for_each_mlp_tensor(c, mlp, [&](const std::string&, const std::string& proj,
+                                        const std::vector<std::int64_t>& shape, const auto&) {
+          const char* w = proj == "gate_proj" ? "w1" : proj == "down_proj" ? "w2" : "w3";
+          const std::string path = moe_path::expert(l, e, proj);
+          tensors.push_back({expert_name(l, e, w), dtype, shape, [=] { return stored(path, shape); }});
+        });
+    }
+  }
+  return tensors;
+}
+
+// Refuses what Mixtral cannot express, naming the way out.
+void check_exportable(const fs::path& moe, const MoeInfo& info, hid_t f) {
+  const ModelConfig& c = info.config;
+  if (c.qkv_bias || c.o_bias)
+    throw Error(moe.string() + ": the experts (" + c.architecture_name +
+                ") have attention biases, which Mixtral's attention lacks; export to Qwen2-MoE is not implemented");
+  const auto E = static_cast<std::int64_t>(info.experts.size());
+  for (std::int64_t l = 0; l < c.num_layers; ++l) {
+    const std::vector<float> bias = h5::read_f32(f, moe_path::layer(l, "router/bias"), std::vector<std::int64_t>{E});
+    for (std::int64_t e = 0; e < E; ++e)
+      if (bias[static_cast<std::size_t>(e)] != 0.0f)
+        throw Error(moe.string() + ": layer " + std::to_string(l) +
+                    "'s router has a bias, which Mixtral's router lacks; make the MoE with router.bias: false "
+                    "(from the stored statistics: dume resolve " + moe.string() + " --bias false --output NEW_DIR)");
+  }
+}
+
+// Copies the tokenizer files found in `source`; returns their names.
+std::vector<std::string> copy_tokenizer(const fs::path& source, const fs::path& dir) {
+  std::vector<std::string> copied;
+  for (const char* name : kTokenizerFiles)
+    if (fs::is_regular_file(source / name)) {
+      fs::copy_file(source / name, dir / name);
+      copied.push_back(name);
+    }
+  return copied;
+}
+
+}  // namespace
+
+ModelConfig mixtral_config(const ModelConfig& source, std::int64_t experts, int top_k, DType dtype) {
+  ModelConfig c = source;
+  c.architecture = Architecture::mixtral;
+  c.architecture_name = "MixtralForCausalLM";
+  c.num_experts = experts;
+  c.experts_per_token = top_k;
+  c.dtype = dtype;
+  c.json_text = model_config_to_json(c);
+  return c;
+}
+
+void export_mixtral(const fs::path& moe, const fs::path& output, const ExportOptions& options, bool force) {
+  const MoeInfo info = read_moe_info(moe);
+  auto file = std::make_shared<H5Id>(h5::open_file(moe / "moe.h5"));
+  check_exportable(moe, info, file->get());
+  if (fs::exists(output) && !force) throw Error("output " + output.string() + " exists; pass --force to replace it");
+  const DType dtype = options.dtype.value_or(info.dtype);
+  fs::path tokenizer_source;
+  if (options.tokenizer) {
+    tokenizer_source = *options.tokenizer;
+    if (!fs::is_directory(tokenizer_source)) throw Error("--tokenizer " + tokenizer_source.string() + " is not a directory");
+  } else if (fs::exists(moe / "merge.yaml")) {
+    tokenizer_source = merge_config_read(moe / "merge.yaml").experts.at(0).checkpoint;
+  }
+
+  const ModelConfig config =
+      mixtral_config(info.config, static_cast<std::int64_t>(info.experts.size()), info.router.top_k, dtype);
+  const std::vector<MoeTensor> tensors = mixtral_tensors(file, info, dtype, options.layout);
+  std::vector<std::string> tokenizer_files;
+  write_output_atomically(output, force, [&](const fs::path& dir) {
+    std::ofstream(dir / "config.json") << config.json_text;
+    write_safetensors_shards(dir, tensors, options.shard_bytes);
+    if (!tokenizer_source.empty()) tokenizer_files = copy_tokenizer(tokenizer_source, dir);
+  });
+
+  std::uint64_t bytes = 0;
+  for (const auto& t : tensors) bytes += t.byte_size();
+  std::printf("exported %s -> %s: MixtralForCausalLM, %zu experts, top-%d, %s weights (%.1f MB), %s layout\n",
+              moe.c_str(), output.c_str(), info.experts.size(), info.router.top_k,
+              std::string(to_string(dtype)).c_str(), static_cast<double>(bytes) / 1e6,
+              options.layout == MixtralLayout::fused ? "fused (transformers 5)" : "per-expert (original Mixtral)");
+  std::printf("router: temperature %g folded into the f32 gate weights; no bias\n", info.router.temperature);
+  if (tokenizer_files.empty())
+    std::printf("tokenizer: none found%s; copy the source model's tokenizer files into %s to serve it\n",
+                tokenizer_source.empty() ? "" : (" in " + tokenizer_source.string()).c_str(), output.c_str());
+  else
+    std::printf("tokenizer: %zu files copied from %s\n", tokenizer_files.size(), tokenizer_source.c_str());
+}
+
+Model load_mixtral_model(const Checkpoint& checkpoint) {
+  const ModelConfig& c = checkpoint.config();
+  if (c.num_experts == 0)
+    throw Error(checkpoint.dir().string() + " is a dense " + c.architecture_name + ", not a Mixtral MoE");
+  const std::int64_t L = c.num_layers, E = c.num_experts, D = c.hidden_size, F = c.intermediate_size;
+  const MixtralLayout layout =
+      checkpoint.has(router_name(0, MixtralLayout::fused)) ? MixtralLayout::fused : MixtralLayout::per_expert;
+  Model m;
+  m.config = c;
+  m.top_k = static_cast<int>(c.experts_per_token);
+  m.shared = load_shared_weights(checkpoint);
+  const auto span_of = [](auto& storage) { return std::span<float>(storage.data(), static_cast<std::size_t>(storage.size())); };
+  for (std::int64_t l = 0; l < L; ++l) {
+    Router& router = m.routers.emplace_back(Router{Matrix(E, D), Vector::Zero(E)});
+    checkpoint.read(router_name(l, layout), std::vector<std::int64_t>{E, D}, span_of(router.weight));
+    auto& experts = m.experts.emplace_back(static_cast<std::size_t>(E));
+    for (std::int64_t e = 0; e < E; ++e) {
+      MlpWeights& w = experts[static_cast<std::size_t>(e)];
+      w.gate.resize(F, D);
+      w.up.resize(F, D);
+      w.down.resize(D, F);
+      if (layout == MixtralLayout::fused) {
+        const std::vector<std::int64_t> gate_up{E, 2 * F, D}, down{E, D, F};
+        const auto block = static_cast<std::size_t>(F * D);
+        checkpoint.read_slice(gate_up_name(l), gate_up, static_cast<std::size_t>(2 * e) * block, span_of(w.gate));
+        checkpoint.read_slice(gate_up_name(l), gate_up, static_cast<std::size_t>(2 * e + 1) * block, span_of(w.up));
+        checkpoint.read_slice(down_name(l), down, static_cast<std::size_t>(e) * block, span_of(w.down));
+      } else {
+        checkpoint.read(expert_name(l, e, "w1"), std::vector<std::int64_t>{F, D}, span_of(w.gate));
+        checkpoint.read(expert_name(l, e, "w3"), std::vector<std::int64_t>{F, D}, span_of(w.up));
+        checkpoint.read(expert_name(l, e, "w2"), std::vector<std::int64_t>{D, F}, span_of(w.down));
+      }
+    }
+  }
+  return m;
+}
+
+}  // namespace dume
