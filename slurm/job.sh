@@ -6,11 +6,16 @@
 # that this shell can take Slurm's warning signal, and exits with COMMAND's exit code, which for
 # the drivers is srun's (or mpirun's): the highest exit code of dume's ranks.
 #
-# The warning: `--signal=B:USR1@120` sends SIGUSR1 to this shell 120 s before the time limit and
-# it is passed on to the ranks (srun and mpirun both forward SIGUSR1 to the processes they
-# started). dume does not catch it yet: checkpoint/resume on that signal arrives with the
-# reliability issue. Today the ranks end on it (SIGUSR1's default action), and so does the job,
-# with a non-zero exit code and a line in the error log saying why.
+# The warning: `--signal=B:USR1@120` sends SIGUSR1 to this shell 120 s before the time limit. It
+# is passed on to the launcher (srun or mpirun, the driver's child), which forwards it to the
+# ranks: dume merge saves a checkpoint at the next batch boundary and every rank exits with 75
+# ("stopped, resumable"); commands without checkpoints end on it. SIGTERM (scancel, or the limit
+# itself) reaches the ranks from Slurm directly and stops a merge the same way.
+#
+# Requeue: with DUME_REQUEUE=1 (e.g. `sbatch --requeue --export=ALL,DUME_REQUEUE=1 ...`), a job
+# that stopped with 75 after the warning requeues itself (scontrol requeue); the merge template
+# passes --resume to a restarted job (SLURM_RESTART_COUNT > 0), so it continues from the
+# checkpoint, on the new allocation's ranks.
 #
 # DUME_LAUNCHER=mpirun (e.g. `sbatch --export=ALL,DUME_LAUNCHER=mpirun ...`) starts the ranks with
 # `mpirun -np RANKS` instead of `srun --mpi=pmix`, for sites whose MPI does not work under srun.
@@ -20,11 +25,14 @@
 dume_job() {
   # Since Slurm 22.05 srun no longer takes --cpus-per-task from the job; this passes it on.
   [ -n "${SLURM_CPUS_PER_TASK:-}" ] && export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK
-  local dume_job_pid=
+  local dume_job_pid= dume_warned=
   # Set before the command starts (which resets it to the default for itself): a SIGUSR1 to this
-  # shell with no trap would end it and leave the ranks running.
-  trap 'echo "dume: SIGUSR1 (time limit near): passing it to the ranks; dume has no checkpoint/resume yet, so the job ends now" >&2
-        kill -USR1 "$dume_job_pid" 2>/dev/null' USR1
+  # shell with no trap would end it and leave the ranks running. The signal goes to the launcher
+  # below the command, not to the command: a driver script would end on it, leaving the launcher
+  # running.
+  trap 'echo "dume: SIGUSR1 (time limit near): passing it to the ranks; a merge saves a checkpoint and stops" >&2
+        dume_warned=1
+        dume_signal_launchers USR1 "$dume_job_pid"' USR1
   echo "# dume: job ${SLURM_JOB_ID:-(not in Slurm)}${SLURM_ARRAY_TASK_ID:+ (array index $SLURM_ARRAY_TASK_ID)}" \
        "on ${SLURM_JOB_NODELIST:-$(hostname -s)}, ${SLURM_NTASKS:-1} task(s): ${1#"$DUME_HOME/"} ${*:2}"
   case ${DUME_LAUNCHER:-srun} in
@@ -41,7 +49,33 @@ dume_job() {
     wait "$dume_job_pid" || rc=$?
   done
   [ "$rc" = 0 ] || echo "dume: job ended with exit code $rc" >&2
+  if [ "$rc" = 75 ] && [ -n "$dume_warned" ] && [ "${DUME_REQUEUE:-0}" = 1 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+    echo "dume: requeueing job $SLURM_JOB_ID: it resumes from its checkpoint when it runs again" >&2
+    scontrol requeue "$SLURM_JOB_ID"
+  fi
   exit "$rc"
+}
+
+# `dume_signal_launchers SIGNAL PID`: sends SIGNAL to the launchers (srun, mpirun) among PID and
+# its descendants; they forward it to the ranks.
+dume_signal_launchers() {
+  local signal=$1 pids=$2 next p
+  while [ -n "$pids" ]; do
+    next=
+    for p in $pids; do
+      case $(cat "/proc/$p/comm" 2>/dev/null) in
+        srun|mpirun|mpiexec|orterun|prterun) kill -"$signal" "$p" 2>/dev/null; continue ;;
+      esac
+      next+=" $(grep -l "^PPid:[[:space:]]*$p\$" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3 | xargs)"
+    done
+    pids=$(xargs <<<"$next")
+  done
+}
+
+# `dume_resume_option`: --resume for a job that Slurm restarted (requeued), else nothing.
+dume_resume_option() {
+  [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && echo --resume
+  return 0
 }
 
 # `dume_launch COMMAND ARGS...`: `dume COMMAND ARGS...` on the allocation's ranks, through the
