@@ -17,6 +17,14 @@ std::string h5_error_detail() {
         return 0;
       },
       &detail);
+  // A failed read or write describes itself over several lines (time, file, descriptor, buffer
+  // address, ...): keep what failed and the system's reason, on one line.
+  const std::string reason = "error message = '";
+  if (const auto at = detail.find(reason); at != std::string::npos) {
+    const auto end = detail.find('\'', at + reason.size());
+    detail = detail.substr(0, detail.find_first_of(":,")) + ": " + detail.substr(at + reason.size(), end - at - reason.size());
+  }
+  std::replace(detail.begin(), detail.end(), '\n', ' ');
   if (detail.size() > 300) detail = detail.substr(0, 300) + "...";
   return detail;
 }

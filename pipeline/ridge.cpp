@@ -41,8 +41,15 @@ RouterSolution ridge_solve(const MatrixXdRow& A, const Eigen::MatrixXd& B, doubl
   system.diagonal().array() += lambda;
   const Eigen::LLT<Eigen::MatrixXd> cholesky(system);
   if (cholesky.info() != Eigen::Success)
-    throw Error("layer " + std::to_string(layer) + ": A + lambda I is not positive definite (Cholesky failed at lambda = " +
-                std::to_string(lambda) + "); set a larger router.lambda");
+    throw Error("layer " + std::to_string(layer) + ": A + lambda I is singular, not positive definite (Cholesky failed at "
+                "lambda = " + std::to_string(lambda) + "); set a larger router.lambda");
+  // A rank-deficient A (fewer calibration rows than unknowns, lambda = 0) can pass the Cholesky on
+  // rounding noise: its pivots then span more than ~1e15, and the solution would be noise too.
+  const Eigen::VectorXd pivots = cholesky.matrixL().toDenseMatrix().diagonal();
+  const double condition = std::pow(pivots.maxCoeff() / pivots.minCoeff(), 2);
+  if (!(condition < 1e15))
+    throw Error("layer " + std::to_string(layer) + ": A + lambda I is numerically singular (condition number about " +
+                std::to_string(condition) + " at lambda = " + std::to_string(lambda) + "); set a larger router.lambda");
   const Eigen::MatrixXd W = cholesky.solve(B.topRows(m));  // m x E
   // Positive definite, yet so ill-conditioned that the solution overflowed (lambda = 0 with
   // nearly collinear hidden states).

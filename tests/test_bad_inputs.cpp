@@ -1,0 +1,459 @@
+// The catalogue of bad inputs (docs/bad-inputs.md), one case per row: each runs the `dume`
+// command as a user would and expects a non-zero exit, one "dume" line on stderr naming what
+// and where (the row's message), and no output left behind (no output directory, no temporary
+// sibling). A last test checks that the document and these cases list the same rows.
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "hdf5_util.hpp"
+#include "merge_inputs.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+using namespace dume;
+using namespace dume::test;
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+struct DumeRun {
+  int status = -1;
+  std::string err;
+};
+
+// Runs `dume ARGS` in `dir` with stdout discarded; `file_limit` > 0 caps the size of any file it
+// writes (RLIMIT_FSIZE, with SIGXFSZ ignored so writes fail with EFBIG: a full disk, simulated).
+DumeRun run_dume(const std::vector<std::string>& args, const fs::path& dir, rlim_t file_limit = 0) {
+  const fs::path err = dir / "stderr.txt";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    if (chdir(dir.c_str()) != 0) _exit(127);
+    const int out = open("/dev/null", O_WRONLY), e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(out, 1);
+    dup2(e, 2);
+    if (file_limit > 0) {  // Open MPI's shared-memory files would hit the limit first: none
+      setenv("OMPI_MCA_btl", "self", 1);
+      setenv("PMIX_MCA_gds", "hash", 1);
+      signal(SIGXFSZ, SIG_IGN);
+      const rlimit limit{file_limit, file_limit};
+      setrlimit(RLIMIT_FSIZE, &limit);
+    }
+    setenv("OMP_NUM_THREADS", "1", 1);
+    std::vector<char*> argv{const_cast<char*>(DUME_EXECUTABLE)};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(DUME_EXECUTABLE, argv.data());
+    _exit(127);
+  }
+  int raw = 0;
+  waitpid(pid, &raw, 0);
+  DumeRun r;
+  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
+  std::ifstream in(err);
+  r.err.assign(std::istreambuf_iterator<char>(in), {});
+  return r;
+}
+
+void write_bytes(const fs::path& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+std::string read_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+std::string replace(std::string s, const std::string& from, const std::string& to) {
+  const auto at = s.find(from);
+  if (at == std::string::npos) throw std::runtime_error("test setup: '" + from + "' not found");
+  return s.replace(at, from.size(), to);
+}
+
+// A safetensors file from a header text and data bytes.
+std::string safetensors(const std::string& header, const std::string& data, std::uint64_t declared = 0) {
+  const std::uint64_t n = declared ? declared : header.size();
+  std::string bytes(8, '\0');
+  std::memcpy(bytes.data(), &n, 8);
+  return bytes + header + data;
+}
+
+// Flips one byte of the first chunk of dataset `path` in `file` (an HDF5 file dume wrote).
+void corrupt_dataset(const fs::path& file, const std::string& path) {
+  haddr_t address = 0;
+  {
+    const hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    const hid_t d = H5Dopen2(f, path.c_str(), H5P_DEFAULT);
+    const hid_t space = H5Dget_space(d);
+    hsize_t offset[2] = {}, size = 0;
+    unsigned mask = 0;
+    H5Dget_chunk_info(d, space, 0, offset, &mask, &address, &size);
+    H5Sclose(space);
+    H5Dclose(d);
+    H5Fclose(f);
+  }
+  std::string bytes = read_bytes(file);
+  bytes.at(address + 4) ^= 0x40;
+  write_bytes(file, bytes);
+}
+
+// The inputs of a small merge (2 experts, f32) in `dir`; returns merge.yaml's text (also written).
+std::string merge_inputs(const fs::path& dir) {
+  const std::string yaml = write_merge_inputs(dir, 2, DType::F32, "out", 1024);
+  write_bytes(dir / "merge.yaml", yaml);
+  return yaml;
+}
+void set_yaml(const fs::path& dir, const std::string& yaml) { write_bytes(dir / "merge.yaml", yaml); }
+
+// A finished merge (made once per suite) copied into `dir`/moe.
+fs::path good_moe(const fs::path& dir);
+
+const std::vector<std::string> kMerge = {"merge", "merge.yaml"};
+
+struct BadInput {
+  std::string id;
+  // Prepares the bad input in the case's directory and returns the dume arguments.
+  std::function<std::vector<std::string>(const fs::path&)> prepare;
+  std::vector<std::string> message;  // parts of the one error line
+  rlim_t file_limit = 0;
+};
+
+std::vector<BadInput> cases() {
+  std::vector<BadInput> c;
+  const auto checkpoint = [](const fs::path& dir, const std::function<void(const fs::path&)>& damage) {
+    merge_inputs(dir);
+    damage(dir / "d1");
+    return kMerge;
+  };
+  const auto weights = [](const fs::path& expert) { return expert / "model.safetensors"; };
+
+  // --- safetensors and checkpoints ---
+  c.push_back({"safetensors-truncated", [=](const fs::path& d) {
+                 return checkpoint(d, [&](const fs::path& e) { fs::resize_file(weights(e), fs::file_size(weights(e)) - 100); });
+               }, {"d1/model.safetensors", "outside the data area"}});
+  c.push_back({"safetensors-too-short", [=](const fs::path& d) {
+                 return checkpoint(d, [&](const fs::path& e) { write_bytes(weights(e), "abc"); });
+               }, {"d1/model.safetensors", "file of 3 bytes is too short for a header"}});
+  c.push_back({"safetensors-header-length", [=](const fs::path& d) {
+                 return checkpoint(d, [&](const fs::path& e) { write_bytes(weights(e), safetensors("{}", "", 1ull << 40)); });
+               }, {"d1/model.safetensors", "header length 1099511627776 is absurdly large"}});
+  c.push_back({"safetensors-header-past-end", [=](const fs::path& d) {
+                 return checkpoint(d, [&](const fs::path& e) { write_bytes(weights(e), safetensors("{}", "", 4096)); });
+               }, {"d1/model.safetensors", "header length 4096 runs past the end of the file"}});
+  c.push_back({"safetensors-corrupt-json", [=](const fs::path& d) {
+                 return checkpoint(d, [&](const fs::path& e) {
+                   std::string bytes = read_bytes(weights(e));
+                   bytes[20] = '\x01';
+                   write_bytes(weights(e), bytes);
+                 });
+               }, {"d1/model.safetensors", "invalid JSON header"}});
+  c.push_back({"safetensors-overlap", [=](const fs::path& d) {
+                 return checkpoint(d, [&](const fs::path& e) {
+                   write_bytes(weights(e), safetensors(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},)"
+                                                       R"("e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},)"
+                                                       R"("b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})",
+                                                       std::string(16, '\0')));
+                 });
+               }, {"d1/model.safetensors", "tensors 'a' and 'b' overlap"}});
+  c.push_back({"safetensors-dtype-shape", [=](const fs::path& d) {
+                 return checkpoint(d, [&](const fs::path& e) {
+                   write_bytes(weights(e), safetensors(R"({"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,16]}})",
+                                                       std::string(16, '\0')));
+                 });
+               }, {"d1/model.safetensors", "tensor 'a': F32 x shape [2, 3] = 24 bytes, but data_offsets span 16"}});
+  c.push_back({"safetensors-duplicate", [=](const fs::path& d) {
+                 return checkpoint(d, [&](const fs::path& e) {
+                   write_bytes(weights(e), safetensors(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                                       R"("a":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})",
+                                                       std::string(16, '\0')));
+                 });
+               }, {"d1/model.safetensors", "duplicate tensor name 'a'"}});
+  c.push_back({"checkpoint-missing-tensor", [=](const fs::path& d) {
+                 return checkpoint(d, [&](const fs::path& e) {
+                   write_bytes(weights(e), safetensors(R"({"model.embed_tokens.weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                                                       std::string(4, '\0')));
+                 });
+               }, {"d1: tensor 'model.norm.weight' required by config.json (num_hidden_layers=3) is in no file"}});
+  c.push_back({"checkpoint-no-weights", [=](const fs::path& d) {
+                 return checkpoint(d, [&](const fs::path& e) { fs::remove(weights(e)); });
+               }, {"d1", "no model.safetensors or model.safetensors.index.json"}});
+  c.push_back({"config-missing", [=](const fs::path& d) {
+                 return checkpoint(d, [&](const fs::path& e) { fs::remove(e / "config.json"); });
+               }, {"d1/config.json: cannot read (is", "a Hugging Face model directory?)"}});
+  c.push_back({"config-corrupt", [=](const fs::path& d) {
+                 return checkpoint(d, [&](const fs::path& e) { write_bytes(e / "config.json", "{\"vocab_size\": 64,"); });
+               }, {"d1/config.json: invalid JSON"}});
+  c.push_back({"config-wrong-type", [=](const fs::path& d) {
+                 return checkpoint(d, [&](const fs::path& e) {
+                   write_bytes(e / "config.json", replace(read_bytes(e / "config.json"), "\"hidden_size\": 48", "\"hidden_size\": \"48\""));
+                 });
+               }, {"d1/config.json: 'hidden_size' must be a positive integer, got \"48\""}});
+  c.push_back({"config-absurd-size", [=](const fs::path& d) {
+                 return checkpoint(d, [&](const fs::path& e) {
+                   write_bytes(e / "config.json", replace(read_bytes(e / "config.json"), "\"vocab_size\": 64", "\"vocab_size\": 1000000000000"));
+                 });
+               }, {"d1/config.json: 'vocab_size' is 1000000000000, larger than any model"}});
+  c.push_back({"config-unsupported", [=](const fs::path& d) {
+                 return checkpoint(d, [&](const fs::path& e) {
+                   write_bytes(e / "config.json", replace(read_bytes(e / "config.json"), "\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\""));
+                 });
+               }, {"d1/config.json: 'hidden_act' is 'gelu'; dume implements SwiGLU MLPs (silu) only"}});
+
+  // --- experts that do not fit together ---
+  c.push_back({"experts-architecture-mismatch", [](const fs::path& d) {
+                 merge_inputs(d);
+                 ModelConfig other = tiny_config();
+                 other.num_layers = 2;
+                 other.json_text = model_config_to_json(other);
+                 fs::remove_all(d / "d1");
+                 save_dense_checkpoint(random_model(other, 5), DType::F32, d / "d1");
+                 return kMerge;
+               }, {"expert 'd1'", "does not match expert 'd0': num_hidden_layers 3 vs 2"}});
+  c.push_back({"experts-dtype-mismatch", [](const fs::path& d) {
+                 merge_inputs(d);
+                 fs::remove_all(d / "d1");
+                 save_dense_checkpoint(tiny_expert(1), DType::BF16, d / "d1");
+                 return kMerge;
+               }, {"experts are stored in different dtypes (F32, BF16): set output.dtype"}});
+  c.push_back({"weights-nan", [](const fs::path& d) {
+                 merge_inputs(d);
+                 Model m = tiny_expert(1);
+                 m.experts[1][0].up(3, 4) = std::numeric_limits<float>::quiet_NaN();
+                 save_dense_checkpoint(m, DType::F32, d / "d1");
+                 return kMerge;
+               }, {"d1/model.safetensors", "tensor 'model.layers.1.mlp.up_proj.weight'", "non-finite value (nan) at flat index 148"}});
+  c.push_back({"weights-inf-shared", [](const fs::path& d) {
+                 merge_inputs(d);
+                 Model m = tiny_expert(1);
+                 m.shared.norm(7) = std::numeric_limits<float>::infinity();
+                 save_dense_checkpoint(m, DType::F32, d / "d1");
+                 return kMerge;
+               }, {"d1/model.safetensors", "tensor 'model.norm.weight'", "non-finite value (inf) at flat index 7"}});
+  c.push_back({"forward-overflow", [](const fs::path& d) {
+                 merge_inputs(d);
+                 for (int e = 0; e < 2; ++e) {  // finite weights whose products overflow f32 in the forward pass
+                   Model m = tiny_expert(e);
+                   m.experts[0][0].down.setConstant(3e38f);
+                   save_dense_checkpoint(m, DType::F32, d / ("d" + std::to_string(e)));
+                 }
+                 return kMerge;
+               }, {"layer 1: the statistics hold non-finite values (the forward pass overflowed"}});
+
+  // --- corpora ---
+  c.push_back({"corpus-id-above-vocab", [](const fs::path& d) {
+                 merge_inputs(d);
+                 write_bytes(d / "d1.bin", std::string(100, '\x05') + "\xc8" + std::string(100, '\x05'));
+                 return kMerge;
+               }, {"d1.bin", "token at position 100 has id 200", "vocab (size 64)"}});
+  c.push_back({"corpus-empty", [](const fs::path& d) {
+                 merge_inputs(d);
+                 write_bytes(d / "d1.bin", "");
+                 return kMerge;
+               }, {"d1.bin: empty corpus (0 tokens)"}});
+  c.push_back({"corpus-shorter-than-a-sequence", [](const fs::path& d) {
+                 merge_inputs(d);
+                 write_bytes(d / "d1.bin", std::string(20, '\x05'));
+                 return kMerge;
+               }, {"d1.bin", "corpus has 20 tokens, fewer than one window of 32 tokens"}});
+  c.push_back({"corpus-odd-size", [](const fs::path& d) {
+                 set_yaml(d, replace(merge_inputs(d), "path: d1.bin, format: text-bytes", "path: d1.bin, format: uint16"));
+                 write_bytes(d / "d1.bin", std::string(1001, '\x05'));
+                 return kMerge;
+               }, {"d1.bin", "size 1001 bytes", "multiple of 2"}});
+  c.push_back({"corpus-missing", [](const fs::path& d) {
+                 merge_inputs(d);
+                 fs::remove(d / "d1.bin");
+                 return kMerge;
+               }, {"d1.bin: no such file"}});
+
+  // --- the YAML configuration ---
+  c.push_back({"yaml-unknown-key", [](const fs::path& d) {
+                 set_yaml(d, replace(merge_inputs(d), "lambda: 0.01", "lamda: 0.01"));
+                 return kMerge;
+               }, {"merge.yaml:4:", "unknown key 'lamda' in router (known: method, lambda"}});
+  c.push_back({"yaml-wrong-type", [](const fs::path& d) {
+                 set_yaml(d, replace(merge_inputs(d), "lambda: 0.01", "lambda: lots"));
+                 return kMerge;
+               }, {"merge.yaml:4:", "router.lambda must be a number, got 'lots'"}});
+  c.push_back({"yaml-wrong-shape", [](const fs::path& d) {
+                 set_yaml(d, replace(merge_inputs(d), "calibration: {sequence_length", "calibration: [sequence_length"));
+                 return kMerge;
+               }, {"merge.yaml:", "invalid YAML"}});
+  c.push_back({"yaml-missing-key", [](const fs::path& d) {
+                 set_yaml(d, replace(merge_inputs(d), "output: out\n", ""));
+                 return kMerge;
+               }, {"merge.yaml:1:", "missing required key 'output'"}});
+  c.push_back({"yaml-bad-value", [](const fs::path& d) {
+                 set_yaml(d, replace(merge_inputs(d), "router: {", "router: {top_k: 3, "));
+                 return kMerge;
+               }, {"merge.yaml:4:", "router.top_k must be between 1 and the number of experts (2), got 3"}});
+  c.push_back({"yaml-negative-lambda", [](const fs::path& d) {
+                 set_yaml(d, replace(merge_inputs(d), "lambda: 0.01", "lambda: -1"));
+                 return kMerge;
+               }, {"merge.yaml:4:", "router.lambda must be >= 0"}});
+  c.push_back({"yaml-missing-file", [](const fs::path&) { return std::vector<std::string>{"merge", "nowhere.yaml"}; },
+               {"nowhere.yaml: cannot read the configuration"}});
+
+  // --- outputs ---
+  c.push_back({"output-exists", [](const fs::path& d) {
+                 merge_inputs(d);
+                 fs::create_directories(d / "out");
+                 write_bytes(d / "out" / "keep", "precious");
+                 return kMerge;
+               }, {"output", "out exists; pass --force to replace it"}});
+  c.push_back({"output-not-writable", [](const fs::path& d) {
+                 set_yaml(d, replace(merge_inputs(d), "output: out", "output: blocker/out"));
+                 write_bytes(d / "blocker", "a file where a directory is needed");
+                 return kMerge;
+               }, {"filesystem error: cannot create directories: Not a directory", "/blocker]"}});
+  c.push_back({"output-disk-full", [](const fs::path& d) {
+                 merge_inputs(d);
+                 return kMerge;
+               }, {"moe-00001-of-00001.h5: cannot", "(HDF5: file write failed: File too large)"}, 100 << 10});
+
+  // --- the router solve ---
+  c.push_back({"lambda-zero-singular", [](const fs::path& d) {
+                 // lambda 0 and fewer calibration rows (2 sequences x 2 positions per domain) than
+                 // unknowns (49): A is singular.
+                 std::string yaml = replace(merge_inputs(d), "lambda: 0.01, context_tokens: 24", "lambda: 0, context_tokens: 2");
+                 set_yaml(d, replace(yaml, "batch_sequences: 3}", "batch_sequences: 3, max_sequences: 2}"));
+                 return kMerge;
+               }, {"layer 0: A + lambda I is", "singular", "set a larger router.lambda"}});
+
+  // --- MoE files and statistics ---
+  c.push_back({"moe-index-truncated", [](const fs::path& d) {
+                 const fs::path moe = good_moe(d);
+                 fs::resize_file(moe / "moe.h5", fs::file_size(moe / "moe.h5") / 2);
+                 return std::vector<std::string>{"resolve", "moe", "--output", "out"};
+               }, {"moe/moe.h5: cannot open as HDF5 (truncated or not an HDF5 file?)"}});
+  c.push_back({"moe-index-garbage", [](const fs::path& d) {
+                 const fs::path moe = good_moe(d);
+                 write_bytes(moe / "moe.h5", std::string(4096, 'x'));
+                 return std::vector<std::string>{"resolve", "moe", "--output", "out"};
+               }, {"moe/moe.h5: cannot open as HDF5 (truncated or not an HDF5 file?)"}});
+  c.push_back({"moe-shard-missing", [](const fs::path& d) {
+                 const fs::path moe = good_moe(d);
+                 fs::remove(moe / "moe-00001-of-00001.h5");
+                 return std::vector<std::string>{"remove", "moe", "--domain", "d1", "--output", "out"};
+               }, {"moe/moe.h5: dataset '/embed_tokens' links to", "moe-00001-of-00001.h5:/embed_tokens, which is missing"}});
+  c.push_back({"moe-shard-truncated", [](const fs::path& d) {
+                 const fs::path moe = good_moe(d);
+                 fs::resize_file(moe / "moe-00001-of-00001.h5", 4096);
+                 return std::vector<std::string>{"remove", "moe", "--domain", "d1", "--output", "out"};
+               }, {"moe/moe.h5: dataset '/embed_tokens' links to", "which cannot be opened (truncated or corrupt shard?)"}});
+  c.push_back({"moe-shard-corrupt", [](const fs::path& d) {
+                 const fs::path moe = good_moe(d);
+                 corrupt_dataset(moe / "moe-00001-of-00001.h5", "/layers/0/experts/0/gate_proj");
+                 return std::vector<std::string>{"remove", "moe", "--domain", "d1", "--output", "out"};
+               }, {"moe-00001-of-00001.h5: dataset '/layers/0/experts/0/gate_proj': checksum mismatch, the stored data is corrupt"}});
+  c.push_back({"stats-corrupt", [](const fs::path& d) {
+                 const fs::path moe = good_moe(d);
+                 corrupt_dataset(moe / "stats.h5", "/layers/2/A/d1");
+                 return std::vector<std::string>{"resolve", "moe", "--output", "out"};
+               }, {"moe/stats.h5: dataset '/layers/2/A/d1': checksum mismatch, the stored data is corrupt"}});
+  c.push_back({"stats-truncated", [](const fs::path& d) {
+                 const fs::path moe = good_moe(d);
+                 fs::resize_file(moe / "stats.h5", fs::file_size(moe / "stats.h5") - 1000);
+                 return std::vector<std::string>{"resolve", "moe", "--output", "out"};
+               }, {"moe/stats.h5: cannot open as HDF5 (truncated or not an HDF5 file?)"}});
+  c.push_back({"stats-other-shared-weights", [](const fs::path& d) {
+                 const fs::path moe = good_moe(d);
+                 // stats.h5 of a merge with other shared weights (the base taken from expert d1)
+                 fs::create_directories(d / "other");
+                 set_yaml(d / "other", replace(merge_inputs(d / "other"), "output: out", "shared: {checkpoint: d1}\noutput: out"));
+                 const DumeRun made = run_dume(kMerge, d / "other");
+                 if (made.status != 0) throw std::runtime_error("test setup: " + made.err);
+                 fs::copy_file(d / "other" / "out" / "stats.h5", moe / "stats.h5", fs::copy_options::overwrite_existing);
+                 return std::vector<std::string>{"resolve", "moe", "--output", "out"};
+               }, {"moe/stats.h5 was made with other shared weights (hash", ", the MoE's is"}});
+  c.push_back({"moe-not-a-moe", [](const fs::path& d) {
+                 merge_inputs(d);
+                 return std::vector<std::string>{"resolve", "d0", "--output", "out"};
+               }, {"d0/moe.h5: no such file"}});
+  return c;
+}
+
+class BadInputs : public ::testing::TestWithParam<std::size_t> {
+ public:
+  static void SetUpTestSuite() {
+    suite_ = make_suite_dir("bad_inputs");
+    merge_inputs(suite_);
+    const DumeRun r = run_dume(kMerge, suite_);
+    ASSERT_EQ(r.status, 0) << r.err;
+  }
+  static void TearDownTestSuite() { fs::remove_all(suite_); }
+  static inline fs::path suite_;
+};
+
+fs::path good_moe(const fs::path& dir) {
+  fs::copy(BadInputs::suite_ / "out", dir / "moe");
+  return dir / "moe";
+}
+
+TEST_P(BadInputs, OneLineNonZeroExitNothingWritten) {
+  const BadInput bad = cases().at(GetParam());
+  const fs::path dir = suite_ / bad.id;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const DumeRun r = run_dume(bad.prepare(dir), dir, bad.file_limit);
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.status, 128 + SIGSEGV) << r.err;
+  std::vector<std::string> lines;  // dume's own lines (Open MPI adds its abort banner around them)
+  std::istringstream in(r.err);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("dume", 0) == 0) lines.push_back(line);
+  ASSERT_EQ(lines.size(), 1u) << r.err;
+  for (const auto& part : bad.message) EXPECT_THAT(lines[0], HasSubstr(part)) << r.err;
+  if (std::getenv("DUME_PRINT_MESSAGES")) std::printf("MESSAGE %s | %s\n", bad.id.c_str(), lines[0].c_str());
+  // Nothing left behind: no output (or the pre-existing one untouched), no temporary sibling.
+  if (bad.id == "output-exists") {
+    EXPECT_EQ(read_bytes(dir / "out" / "keep"), "precious");
+  } else {
+    EXPECT_FALSE(fs::exists(dir / "out"));
+  }
+  for (const auto& entry : fs::recursive_directory_iterator(dir))
+    EXPECT_EQ(entry.path().filename().string().find(".tmp-"), std::string::npos) << entry.path();
+  fs::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Catalogue, BadInputs, ::testing::Range<std::size_t>(0, cases().size()),
+                         [](const ::testing::TestParamInfo<std::size_t>& info) {
+                           std::string name = cases().at(info.param).id;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
+
+// docs/bad-inputs.md lists exactly these cases, each row quoting its message.
+TEST(BadInputsDocument, EveryRowHasACaseAndEveryCaseARow) {
+  std::ifstream in(fs::path(DUME_SOURCE_DIR) / "docs" / "bad-inputs.md");
+  ASSERT_TRUE(in) << "docs/bad-inputs.md";
+  std::map<std::string, std::string> rows;  // id -> the row's text
+  const std::regex row(R"(^\| `([a-z0-9-]+)` \|(.*)$)");
+  std::smatch m;
+  for (std::string line; std::getline(in, line);)
+    if (std::regex_match(line, m, row)) EXPECT_TRUE(rows.emplace(m[1], m[2]).second) << "duplicate row " << m[1];
+  std::set<std::string> ids;
+  for (const BadInput& bad : cases()) {
+    ids.insert(bad.id);
+    const auto it = rows.find(bad.id);
+    if (it == rows.end()) {
+      ADD_FAILURE() << "case '" << bad.id << "' has no row in docs/bad-inputs.md";
+      continue;
+    }
+    for (const auto& part : bad.message) EXPECT_THAT(it->second, HasSubstr(part)) << "row " << bad.id;
+  }
+  for (const auto& [id, text] : rows) EXPECT_TRUE(ids.contains(id)) << "row '" << id << "' has no test case";
+  EXPECT_GE(rows.size(), 40u);
+}
+
+}  // namespace
