@@ -180,6 +180,7 @@ void run_resolve(const fs::path& moe, const ResolveOverrides& o, const fs::path&
     r.method = o.method.value_or(r.method);
     r.balance = o.balance.value_or(r.balance);
     r.bias = o.bias.value_or(r.bias);
+    r.routing = o.routing.value_or(r.routing);
     if (!(r.lambda >= 0)) throw Error("--lambda must be >= 0");
     if (!(r.temperature > 0)) throw Error("--temperature must be > 0");
     if (r.top_k < 1 || static_cast<std::size_t>(r.top_k) > plan.info.experts.size())

@@ -27,6 +27,7 @@ struct ResolveOverrides {
   std::optional<int> top_k;
   std::optional<std::string> method;
   std::optional<bool> balance, bias;
+  std::optional<Routing> routing;
 };
 void run_resolve(const std::filesystem::path& moe, const ResolveOverrides& overrides,
                  const std::filesystem::path& output, bool force);

@@ -158,23 +158,27 @@ EvalResult run_eval(const MergeConfig& config) {
     });
   }
   if (wants(config, "dume"))
-    for (int k : config.eval.top_k) {
-      moe.top_k = k;
-      Forward forward(moe, *backend);
-      const bool count_routing = k == config.eval.top_k.front();
-      run_domains("dume" + k_suffix(config, k), forward, [&](std::size_t d, std::int64_t) {
-        ForwardOptions o;
-        if (count_routing)
-          o.on_router_logits = [&, d](std::int64_t layer, std::span<float> logits) {
-            for (std::size_t t = 0; t < logits.size() / static_cast<std::size_t>(E); ++t) {
-              const auto row = logits.subspan(t * static_cast<std::size_t>(E), static_cast<std::size_t>(E));
-              const auto top = std::max_element(row.begin(), row.end()) - row.begin();
-              routing_counts[static_cast<std::size_t>((static_cast<std::int64_t>(d) * mc.num_layers + layer) * E + top)] += 1;
-            }
-          };
-        return o;
-      });
-    }
+    for (const Routing& routing : config.eval.routing)
+      for (int k : config.eval.top_k) {
+        moe.top_k = k;
+        moe.routing = routing;
+        Forward forward(moe, *backend);
+        const bool first_routing = routing == config.eval.routing.front();
+        const bool count_routing = k == config.eval.top_k.front() && first_routing;
+        const std::string name = "dume" + (first_routing ? "" : "[" + routing.to_string() + "]") + k_suffix(config, k);
+        run_domains(name, forward, [&](std::size_t d, std::int64_t) {
+          ForwardOptions o;
+          if (count_routing)
+            o.on_router_logits = [&, d](std::int64_t layer, std::span<float> logits) {
+              for (std::size_t t = 0; t < logits.size() / static_cast<std::size_t>(E); ++t) {
+                const auto row = logits.subspan(t * static_cast<std::size_t>(E), static_cast<std::size_t>(E));
+                const auto top = std::max_element(row.begin(), row.end()) - row.begin();
+                routing_counts[static_cast<std::size_t>((static_cast<std::int64_t>(d) * mc.num_layers + layer) * E + top)] += 1;
+              }
+            };
+          return o;
+        });
+      }
 
   reduce_sum(sums);
   reduce_sum(routing_counts);

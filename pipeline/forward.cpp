@@ -114,6 +114,13 @@ void Forward::routed_mlp(std::size_t layer, std::int64_t T, const ForwardOptions
   std::vector<float> logits(static_cast<std::size_t>(T * E));
   backend_.download(ws_.router_logits.data(), logits);
   for (float& v : logits) v /= model_.temperature;
+  const Routing& routing = model_.routing;
+  if (routing.from_layer >= 0 && static_cast<std::int64_t>(layer) > routing.from_layer) {
+    logits = decision_logits_;
+  } else {
+    smooth_router_logits(routing, logits, sequence_length_, E);
+    if (static_cast<std::int64_t>(layer) == routing.from_layer) decision_logits_ = logits;
+  }
   if (options.on_router_logits) options.on_router_logits(static_cast<std::int64_t>(layer), logits);
 
   // Dispatch: each expert's tokens and weights, in token order.
@@ -161,6 +168,10 @@ std::vector<float> Forward::run(std::span<const std::uint32_t> tokens, std::int6
                      hd = c.head_dim;
   const auto eps = static_cast<float>(c.rms_norm_eps);
   ensure_workspace(T, S, options.logits);
+  sequence_length_ = S;
+  if (model_.routing.from_layer >= c.num_layers)
+    throw Error("routing '" + model_.routing.to_string() + "' names a layer beyond the model's " +
+                std::to_string(c.num_layers));
   Backend& be = backend_;
   float* x = ws_.x.data();
   float* h = ws_.h.data();

@@ -76,6 +76,8 @@ class Forward {
   Workspace ws_;
   std::vector<float> rope_cos_, rope_sin_;  // (S, hd/2) host tables behind ws_.cos / ws_.sin
   std::int64_t rope_positions_ = 0;
+  std::int64_t sequence_length_ = 0;     // S of the current run: routing averages along sequences
+  std::vector<float> decision_logits_;   // Routing::from_layer's logits, reused by later layers
 };
 
 }  // namespace dume

@@ -381,7 +381,23 @@ SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<co
     const Checkpoint base(*config.shared_checkpoint);
     if (!same_architecture(mc, base.config(), &difference))
       throw Error("shared checkpoint " + config.shared_checkpoint->string() + " does not match the experts: " + difference);
-    return average_shared_weights({&base}, dtype);
+    SharedWeights w = average_shared_weights({&base}, dtype);
+    if (config.shared_scale == 0.0) return w;
+    // Task arithmetic: base + s * (average - base), rounded once to the stored dtype.
+    const SharedWeights average = average_shared_weights(experts, dtype);
+    std::vector<const float*> averaged;
+    for_each_shared_tensor(mc, average, [&](const std::string&, const std::string&, const std::vector<std::int64_t>&,
+                                            const auto& values) { averaged.push_back(values.data()); });
+    std::size_t i = 0;
+    const double s = config.shared_scale;
+    for_each_shared_tensor(mc, w, [&](const std::string&, const std::string&, const std::vector<std::int64_t>&,
+                                      auto& values) {
+      const float* a = averaged[i++];
+      for (Eigen::Index j = 0; j < values.size(); ++j)
+        values.data()[j] = static_cast<float>(values.data()[j] + s * (static_cast<double>(a[j]) - values.data()[j]));
+      round_through(dtype, {values.data(), static_cast<std::size_t>(values.size())});
+    });
+    return w;
   }
   if (config.shared_moe) {
     const MoeInfo info = read_moe_info(*config.shared_moe);
@@ -429,7 +445,10 @@ void run_merge(const MergeConfig& config, bool force, bool resume) {
   plan.info.config = plan.model.config;
   plan.info.router = config.router;
   plan.info.dtype = in.dtype;
-  plan.info.shared = config.shared_checkpoint ? config.shared_checkpoint->string()
+  plan.info.shared = config.shared_checkpoint ? config.shared_checkpoint->string() +
+                                                    (config.shared_scale != 0.0 ? " + " + std::to_string(config.shared_scale) +
+                                                                                      " x (average - base)"
+                                                                                : "")
                      : config.shared_moe      ? "moe " + config.shared_moe->string()
                                               : "average";
   plan.info.shared_hash = shared_weights_hash(plan.model.config, plan.model.shared, in.dtype);

@@ -165,7 +165,12 @@ MergeConfig merge_config_parse(const std::string& text, const fs::path& source) 
       if (s.has("checkpoint") == s.has("moe")) s.fail(shared, "shared needs exactly one of checkpoint or moe");
       if (s.has("checkpoint")) c.shared_checkpoint = resolve(base, s.get<std::string>("checkpoint", "a path"));
       if (s.has("moe")) c.shared_moe = resolve(base, s.get<std::string>("moe", "a path"));
-      s.finish({"checkpoint", "moe"});
+      if (s.has("scale")) {
+        if (!s.has("checkpoint")) s.fail(s.node("scale"), "shared.scale needs shared.checkpoint (the base it scales from)");
+        c.shared_scale = s.get<double>("scale", "a number", 0.0);
+        if (!std::isfinite(c.shared_scale)) s.fail(s.node("scale"), "shared.scale must be finite");
+      }
+      s.finish({"checkpoint", "moe", "scale"});
     }
   }
 
@@ -188,7 +193,14 @@ MergeConfig merge_config_parse(const std::string& text, const fs::path& source) 
       r.fail(r.node("top_k"), "router.top_k must be between 1 and the number of experts (" +
                                   std::to_string(c.experts.size()) + "), got " + std::to_string(rs.top_k));
     if (rs.context_tokens < 1) r.fail(r.node("context_tokens"), "router.context_tokens must be >= 1");
-    r.finish({"method", "lambda", "temperature", "top_k", "context_tokens", "bias", "balance"});
+    if (r.has("routing")) {
+      try {
+        rs.routing = Routing::parse(r.get<std::string>("routing", "a string"));
+      } catch (const Error& e) {
+        r.fail(r.node("routing"), std::string("router.") + e.what());
+      }
+    }
+    r.finish({"method", "lambda", "temperature", "top_k", "context_tokens", "bias", "balance", "routing"});
   }
 
   if (top.has("calibration")) {
@@ -258,13 +270,25 @@ MergeConfig merge_config_parse(const std::string& text, const fs::path& source) 
         es.top_k.push_back(value);
       }
     }
+    if (s.has("routing")) {
+      const YAML::Node modes = s.node("routing");
+      if (!modes.IsSequence() || modes.size() == 0) s.fail(modes, "eval.routing must be a non-empty list");
+      for (const auto& m : modes) {
+        try {
+          es.routing.push_back(Routing::parse(m.as<std::string>()));
+        } catch (const Error& e) {
+          s.fail(m, std::string("eval.") + e.what());
+        }
+      }
+    }
     if (s.has("output")) es.output = resolve(base, s.get<std::string>("output", "a path"));
     es.max_sequences = s.get<std::int64_t>("max_sequences", "an integer", es.max_sequences);
     if (es.max_sequences < 0) s.fail(s.node("max_sequences"), "eval.max_sequences must be >= 0");
     es.seed = s.get<std::uint64_t>("seed", "a non-negative integer", es.seed);
-    s.finish({"methods", "top_k", "output", "max_sequences", "seed"});
+    s.finish({"methods", "top_k", "routing", "output", "max_sequences", "seed"});
   }
   if (c.eval.top_k.empty()) c.eval.top_k = {c.router.top_k};
+  if (c.eval.routing.empty()) c.eval.routing = {c.router.routing};
 
   if (top.has("compute")) {
     const Section s(top.node("compute"), "compute", source);
@@ -307,7 +331,7 @@ std::string MergeConfig::resolved_yaml() const {
   out << YAML::EndSeq << YAML::Key << "shared" << YAML::Value;
   if (shared_checkpoint)
     out << YAML::Flow << YAML::BeginMap << YAML::Key << "checkpoint" << YAML::Value << shared_checkpoint->string()
-        << YAML::EndMap;
+        << YAML::Key << "scale" << YAML::Value << shared_scale << YAML::EndMap;
   else if (shared_moe)
     out << YAML::Flow << YAML::BeginMap << YAML::Key << "moe" << YAML::Value << shared_moe->string() << YAML::EndMap;
   else
@@ -318,7 +342,8 @@ std::string MergeConfig::resolved_yaml() const {
       << YAML::Value << router.lambda << YAML::Key << "temperature" << YAML::Value << router.temperature
       << YAML::Key << "top_k" << YAML::Value << router.top_k << YAML::Key << "context_tokens" << YAML::Value
       << router.context_tokens << YAML::Key << "bias" << YAML::Value << router.bias << YAML::Key << "balance"
-      << YAML::Value << router.balance << YAML::EndMap;
+      << YAML::Value << router.balance << YAML::Key << "routing" << YAML::Value << router.routing.to_string()
+      << YAML::EndMap;
   out << YAML::Key << "calibration" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key
       << "sequence_length" << YAML::Value << calibration.sequence_length << YAML::Key << "max_sequences"
       << YAML::Value << calibration.max_sequences << YAML::Key << "batch_sequences" << YAML::Value

@@ -11,6 +11,7 @@
 
 #include "corpus.hpp"
 #include "dtype.hpp"
+#include "routing.hpp"
 
 namespace dume {
 
@@ -32,6 +33,7 @@ struct RouterSettings {
   bool bias = true;             // solve with the constant column (router bias)
   // Weight every domain equally: each domain's A and B divided by its token count before the sum.
   bool balance = false;
+  Routing routing;              // how the logits become decisions at inference (routing.hpp)
 };
 
 struct CalibrationSettings {
@@ -47,6 +49,7 @@ struct EvalSettings {
   // top-k routing), oracle (forced to the domain's expert).
   std::vector<std::string> methods = {"dume", "experts", "average", "random", "oracle"};
   std::vector<int> top_k;            // k values for dume and random; empty: router.top_k
+  std::vector<Routing> routing;      // routing modes for dume; empty: router.routing
   std::filesystem::path output;      // default: <output>/eval
   std::int64_t max_sequences = 0;    // test windows per domain; 0 = all
   std::uint64_t seed = 1234;         // of random routing
@@ -62,6 +65,9 @@ struct MergeConfig {
   std::filesystem::path source;  // the YAML file
   std::vector<ExpertSpec> experts;
   std::optional<std::filesystem::path> shared_checkpoint;  // shared: {checkpoint: path}, a base model's
+  // shared: {checkpoint: base, scale: s}: task arithmetic, base + s * mean(expert - base)
+  // = base + s * (average - base); s = 0 is the base itself, s = 1 the average.
+  double shared_scale = 0.0;
   std::optional<std::filesystem::path> shared_moe;         // shared: {moe: path}, an existing MoE's
   std::optional<std::filesystem::path> fold_into;          // moe: path, the MoE `dume fold-in` extends
   RouterSettings router;

@@ -152,6 +152,10 @@ void check_exportable(const fs::path& moe, const MoeInfo& info, hid_t f) {
   if (c.qkv_bias || c.o_bias)
     throw Error(moe.string() + ": the experts (" + c.architecture_name +
                 ") have attention biases, which Mixtral's attention lacks; export to Qwen2-MoE is not implemented");
+  if (!info.router.routing.per_token())
+    throw Error(moe.string() + ": routing '" + info.router.routing.to_string() +
+                "' looks beyond the token (or across layers), which Mixtral's router cannot; export it with "
+                "per-token routing (dume resolve " + moe.string() + " --routing token --output NEW_DIR)");
   const auto E = static_cast<std::int64_t>(info.experts.size());
   for (std::int64_t l = 0; l < c.num_layers; ++l) {
     const std::vector<float> bias = h5::read_f32(f, moe_path::layer(l, "router/bias"), std::vector<std::int64_t>{E});

@@ -11,6 +11,7 @@
 
 #include "checkpoint.hpp"
 #include "model_config.hpp"
+#include "routing.hpp"
 
 namespace dume {
 
@@ -53,6 +54,7 @@ struct Model {
   std::vector<Router> routers;                   // [L]; empty for a dense model
   float temperature = 1.0f;
   int top_k = 1;
+  Routing routing;  // how router logits become decisions (routing.hpp)
 };
 
 // Visits every shared tensor in file order: fn(hf_name, moe_path, shape, storage), where

@@ -105,6 +105,7 @@ void write_moe(const fs::path& dir, const std::vector<MoeTensor>& tensors, const
   h5::write_attribute(root, "context_tokens", info.router.context_tokens);
   h5::write_attribute(root, "router_bias", std::int64_t{info.router.bias});
   h5::write_attribute(root, "router_balance", std::int64_t{info.router.balance});
+  h5::write_attribute(root, "routing", info.router.routing.to_string());
   h5::write_attribute(root, "dtype", h5::dtype_attribute(info.dtype));
   h5::write_attribute(root, "shared", info.shared);
   h5::write_attribute(root, "shared_hash", info.shared_hash);
@@ -134,6 +135,11 @@ MoeInfo read_moe_info(const fs::path& dir) {
   info.router.context_tokens = h5::read_int_attribute(root, "context_tokens");
   info.router.bias = h5::read_int_attribute(root, "router_bias") != 0;
   info.router.balance = h5::read_int_attribute(root, "router_balance") != 0;
+  try {  // MoEs written before routing modes existed route per token
+    if (h5::has_attribute(root, "routing")) info.router.routing = Routing::parse(h5::read_string_attribute(root, "routing"));
+  } catch (const Error& e) {
+    throw Error(path.string() + ": " + e.what());
+  }
   info.dtype = dtype_from_attribute(h5::read_string_attribute(root, "dtype"), path.string());
   info.shared = h5::read_string_attribute(root, "shared");
   info.shared_hash = h5::read_string_attribute(root, "shared_hash");
@@ -155,6 +161,7 @@ Model read_moe_model(const fs::path& dir) {
   m.config = c;
   m.temperature = static_cast<float>(info.router.temperature);
   m.top_k = info.router.top_k;
+  m.routing = info.router.routing;
   const auto read_into = [f](const std::string& path, const std::vector<std::int64_t>& shape, auto& storage) {
     const auto v = h5::read_f32(f, path, shape);
     std::copy(v.begin(), v.end(), storage.data());

@@ -153,6 +153,13 @@ TEST_F(Export, RefusesWhatMixtralCannotExpress) {
   run_resolve(dir_ / "biased", without_bias, dir_ / "unbiased", false);
   export_mixtral(dir_ / "unbiased", dir_ / "x", {}, false);
 
+  // Routing that looks beyond the token.
+  ResolveOverrides mean;
+  mean.routing = Routing::parse("mean");
+  run_resolve(dir_ / "moe", mean, dir_ / "mean", false);
+  expect_error_with([&] { export_mixtral(dir_ / "mean", dir_ / "w", {}, false); },
+                    {"routing 'mean'", "--routing token"});
+
   // An existing output.
   expect_error_with([&] { export_mixtral(dir_ / "moe", dir_ / "fused", {}, false); }, {"exists", "--force"});
 

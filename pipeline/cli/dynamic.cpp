@@ -55,6 +55,8 @@ void add_dynamic(CLI::App& app) {
     auto* m = cmd->add_option("--method", *method, "dume | hidden | random");
     cmd->add_flag("--balance", *balance, "Weight every domain equally (statistics divided by token counts)");
     auto* b = cmd->add_option("--bias", *bias, "Routers with a bias: true | false (false for a Mixtral export)");
+    auto routing = std::make_shared<std::string>();
+    auto* r = cmd->add_option("--routing", *routing, "token | mean | ema:RATE, optionally +layer:L (see README)");
     cmd->add_flag("--force", *force, "Replace the output directory if it exists");
     cmd->callback([=] {
       if (*l) o->lambda = *lambda;
@@ -63,6 +65,7 @@ void add_dynamic(CLI::App& app) {
       if (*m) o->method = *method;
       if (*balance) o->balance = true;
       if (*b) o->bias = *bias;
+      if (*r) o->routing = Routing::parse(*routing);
       run_job([&] { run_resolve(*moe, *o, *output, *force); });
     });
   }

@@ -1,0 +1,158 @@
+// Beyond per-token routing: the running mean / moving average of router logits along a
+// sequence (causal), one layer deciding for the later ones, and task-arithmetic shared weights.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <random>
+
+#include "forward.hpp"
+#include "merge.hpp"
+#include "merge_inputs.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+using namespace dume;
+using namespace dume::test;
+namespace fs = std::filesystem;
+
+TEST(Routing, ParsesAndPrintsItsModes) {
+  for (const char* text : {"token", "mean", "ema:0.25", "mean+layer:0", "token+layer:2", "ema:1+layer:1"})
+    EXPECT_EQ(Routing::parse(text).to_string(), text);
+  EXPECT_EQ(Routing::parse("ema:0.25").ema_rate, 0.25);
+  EXPECT_EQ(Routing::parse("mean+layer:3").from_layer, 3);
+  EXPECT_TRUE(Routing::parse("token").per_token());
+  EXPECT_FALSE(Routing::parse("token+layer:0").per_token());
+  for (const char* bad : {"", "median", "ema", "ema:0", "ema:1.5", "ema:x", "mean+layer", "mean+layer:-1", "mean+lay:0"})
+    expect_error_with([&] { Routing::parse(bad); }, {"routing '" + std::string(bad) + "'"});
+}
+
+TEST(Routing, MeanAndEmaFollowEachSequenceFromItsStart) {
+  // Two sequences of three positions, two experts.
+  const std::vector<float> logits = {1, 0, 3, 0, 5, 3, /* second sequence */ -1, 2, 1, 0, 0, 4};
+  std::vector<float> mean = logits;
+  smooth_router_logits(Routing::parse("mean"), mean, 3, 2);
+  const std::vector<float> expected_mean = {1, 0, 2, 0, 3, 1, -1, 2, 0, 1, 0, 2};
+  EXPECT_EQ(mean, expected_mean);
+  std::vector<float> ema = logits;
+  smooth_router_logits(Routing::parse("ema:0.5"), ema, 3, 2);
+  const std::vector<float> expected_ema = {1, 0, 2, 0, 3.5, 1.5, -1, 2, 0, 1, 0, 2.5};
+  EXPECT_EQ(ema, expected_ema);
+  std::vector<float> token = logits;
+  smooth_router_logits(Routing::parse("token+layer:0"), token, 3, 2);
+  EXPECT_EQ(token, logits);
+}
+
+// A tiny MoE: the tiny experts' shared weights, three of their MLPs per layer, random routers.
+Model tiny_moe(const Routing& routing, int top_k) {
+  Model m = tiny_expert(0);
+  const ModelConfig& c = m.config;
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (std::int64_t l = 0; l < c.num_layers; ++l) {
+    auto& layer = m.experts[static_cast<std::size_t>(l)];
+    for (int e = 1; e < 3; ++e) layer.push_back(tiny_expert(e).experts[static_cast<std::size_t>(l)][0]);
+    Router r{Matrix(3, c.hidden_size), Vector::Zero(3)};
+    for (Eigen::Index i = 0; i < r.weight.size(); ++i) r.weight.data()[i] = normal(rng);
+    m.routers.push_back(r);
+  }
+  m.top_k = top_k;
+  m.routing = routing;
+  return m;
+}
+
+// Causal: a token's route and logits never depend on later tokens, so the first P positions of
+// a sequence route and predict as the sequence cut to P does (up to f32 rounding, since the
+// GEMMs see other shapes). Averaging over the whole sequence would move them by O(1).
+TEST(Routing, SmoothedRoutingIsCausal) {
+  const std::vector<std::uint32_t> tokens = {3, 17, 40, 2, 9, 33, 60, 1, 8, 12, 50, 44};
+  const std::int64_t S = static_cast<std::int64_t>(tokens.size()), P = 5, V = tiny_config().vocab_size;
+  for (const char* mode : {"mean", "ema:0.3", "mean+layer:0", "token+layer:1"}) {
+    const Model moe = tiny_moe(Routing::parse(mode), 2);
+    auto backend = make_backend(BackendKind::cpu, 1);
+    Forward forward(moe, *backend);
+    const auto run = [&](std::int64_t n, std::vector<std::vector<float>>& routes) {
+      ForwardOptions options;
+      options.on_router_logits = [&](std::int64_t, std::span<float> logits) {
+        routes.emplace_back(logits.begin(), logits.begin() + P * 3);
+      };
+      return forward.run(std::span(tokens).first(static_cast<std::size_t>(n)), 1, n, options);
+    };
+    std::vector<std::vector<float>> full_routes, prefix_routes;
+    const std::vector<float> full = run(S, full_routes), prefix = run(P, prefix_routes);
+    ASSERT_EQ(full_routes.size(), prefix_routes.size());
+    for (std::size_t l = 0; l < full_routes.size(); ++l)
+      for (std::int64_t t = 0; t < P; ++t) {
+        std::array<std::int64_t, 2> a{}, b{};
+        std::array<float, 2> wa{}, wb{};
+        route_top_k(std::span(full_routes[l]).subspan(static_cast<std::size_t>(3 * t), 3), 2, a, wa);
+        route_top_k(std::span(prefix_routes[l]).subspan(static_cast<std::size_t>(3 * t), 3), 2, b, wb);
+        EXPECT_EQ(a, b) << mode << " layer " << l << " position " << t;
+      }
+    for (std::int64_t i = 0; i < P * V; ++i)
+      ASSERT_NEAR(full[static_cast<std::size_t>(i)], prefix[static_cast<std::size_t>(i)], 1e-4) << mode;
+  }
+}
+
+TEST(Routing, LaterLayersReuseTheDecidingLayersLogits) {
+  const Model moe = tiny_moe(Routing::parse("mean+layer:0"), 1);
+  auto backend = make_backend(BackendKind::cpu, 1);
+  Forward forward(moe, *backend);
+  std::vector<std::vector<float>> seen;
+  ForwardOptions options;
+  options.on_router_logits = [&](std::int64_t, std::span<float> logits) { seen.emplace_back(logits.begin(), logits.end()); };
+  const std::vector<std::uint32_t> tokens = {3, 17, 40, 2, 9, 33};
+  forward.run(tokens, 2, 3, options);
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[1], seen[0]);
+  EXPECT_EQ(seen[2], seen[0]);
+  const Model beyond = tiny_moe(Routing::parse("mean+layer:3"), 1);
+  Forward bad(beyond, *backend);
+  expect_error_with([&] { bad.run(tokens, 2, 3); }, {"mean+layer:3", "beyond the model's 3"});
+}
+
+class SharedStrategies : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = make_suite_dir("shared_strategies");
+    write_merge_inputs(dir_, 3, DType::F32);
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+  static inline fs::path dir_;
+};
+
+// Task arithmetic: base + s * (average - base), one tensor checked element by element.
+TEST_F(SharedStrategies, TaskArithmeticScalesFromTheBaseTowardTheAverage) {
+  std::vector<Checkpoint> checkpoints;
+  for (int e = 0; e < 3; ++e) checkpoints.emplace_back(dir_ / ("d" + std::to_string(e)));
+  const std::vector<const Checkpoint*> experts = {&checkpoints[0], &checkpoints[1], &checkpoints[2]};
+  const SharedWeights average = average_shared_weights(experts, DType::F32);
+  const SharedWeights base = average_shared_weights({experts[0]}, DType::F32);
+  const std::string yaml = write_merge_inputs(dir_, 3, DType::F32);
+  for (double s : {0.0, 0.5, 1.0, 1.5}) {
+    MergeConfig config = merge_config_parse(yaml, dir_ / "c.yaml");
+    config.shared_checkpoint = dir_ / "d0";
+    config.shared_scale = s;
+    const SharedWeights w = shared_weights_for(config, experts, DType::F32);
+    const Matrix expected = base.layers[1].attention.q + static_cast<float>(s) * (average.layers[1].attention.q - base.layers[1].attention.q);
+    EXPECT_LT((w.layers[1].attention.q - expected).cwiseAbs().maxCoeff(), 1e-6) << s;
+  }
+}
+
+TEST_F(SharedStrategies, ConfigKeys) {
+  const std::string yaml = write_merge_inputs(dir_, 3, DType::F32);
+  const MergeConfig c = merge_config_parse(yaml + "shared: {checkpoint: d0, scale: 0.25}\n", dir_ / "c.yaml");
+  EXPECT_EQ(c.shared_scale, 0.25);
+  expect_error_with([&] { merge_config_parse(yaml + "shared: {moe: m, scale: 0.5}\n", dir_ / "c.yaml"); },
+                    {"shared.scale needs shared.checkpoint"});
+  const std::string experts = yaml.substr(0, yaml.find("router:")) + "output: out\n";
+  const MergeConfig r = merge_config_parse(
+      experts + "router: {routing: \"ema:0.2+layer:0\"}\neval: {routing: [token, mean]}\n", dir_ / "c.yaml");
+  EXPECT_EQ(r.router.routing.to_string(), "ema:0.2+layer:0");
+  ASSERT_EQ(r.eval.routing.size(), 2u);
+  EXPECT_EQ(r.eval.routing[1].to_string(), "mean");
+  expect_error_with([&] { merge_config_parse(experts + "router: {routing: median}\n", dir_ / "c.yaml"); },
+                    {"c.yaml:", "routing 'median'", "unknown mode"});
+}
+
+}  // namespace
