@@ -248,10 +248,35 @@ std::vector<std::string> read_strings_attribute(hid_t object, const std::string&
 
 namespace {
 
+// Checks that the link `path` names (its parent already checked) exists and, when it is an
+// external link, that its stored value is two terminated strings: HDF5 1.10 reads such a value
+// with strlen, past the end of its buffer when a damaged file lacks the terminators (found by
+// fuzz/moe_h5.cpp), so damaged links are refused before HDF5 follows them.
+void check_link(hid_t file, const std::string& path, const std::string& where) {
+  if (H5Lexists(file, path.c_str(), H5P_DEFAULT) <= 0) throw Error(where + " is missing");
+  H5L_info_t link{};
+  if (H5Lget_info(file, path.c_str(), &link, H5P_DEFAULT) < 0) h5_fail(where + ": unreadable link '" + path + "'");
+  if (link.type != H5L_TYPE_EXTERNAL) return;
+  if (link.u.val_size < 3 || link.u.val_size > 65536) throw Error(where + ": damaged external link '" + path + "'");
+  std::vector<char> value(link.u.val_size);
+  h5_check(H5Lget_val(file, path.c_str(), value.data(), value.size(), H5P_DEFAULT), where + ": unreadable link '" + path + "'");
+  const auto file_end = std::find(value.begin() + 1, value.end(), '\0');  // flags byte, file name, object path
+  if (file_end == value.end() || std::find(file_end + 1, value.end(), '\0') == value.end())
+    throw Error(where + ": damaged external link '" + path + "' (unterminated names)");
+}
+
+// check_link for every component of an absolute path, outermost first.
+void check_links(hid_t file, const std::string& path, const std::string& where) {
+  for (std::size_t slash = path.find('/', 1);; slash = path.find('/', slash + 1)) {
+    check_link(file, path.substr(0, slash), where);
+    if (slash == std::string::npos) return;
+  }
+}
+
 // Opens the dataset at `path`, naming what is wrong when it cannot: a missing dataset, or an
 // external link whose shard is missing or broken. `where` names the index file and the path.
 H5Id open_dataset(hid_t file, const std::string& path, const std::string& where) {
-  if (H5Lexists(file, path.c_str(), H5P_DEFAULT) <= 0) throw Error(where + " is missing");
+  check_links(file, path, where);
   const hid_t id = H5Dopen2(file, path.c_str(), H5P_DEFAULT);
   if (id >= 0) return H5Id(id);
   const std::string detail = h5_error_detail();
@@ -384,6 +409,15 @@ std::vector<std::byte> read_raw(hid_t file, const std::string& path) {
   return out;
 }
 
+bool exists(hid_t file, const std::string& path) {
+  for (std::size_t slash = path.find('/', 1);; slash = path.find('/', slash + 1)) {
+    const std::string prefix = path.substr(0, slash);
+    if (H5Lexists(file, prefix.c_str(), H5P_DEFAULT) <= 0) return false;
+    check_link(file, prefix, file_name(file));
+    if (slash == std::string::npos) return true;
+  }
+}
+
 bool has_checksum(hid_t file, const std::string& path) {
   const H5Id dataset = open_dataset(file, path, file_name(file) + ": dataset '" + path + "'");
   const H5Id dcpl(h5_check(H5Dget_create_plist(dataset.get()), file_name(file) + ": dataset '" + path + "': H5Dget_create_plist"));
@@ -404,6 +438,12 @@ std::vector<std::string> list_datasets(hid_t file, const std::string& group) {
   for (const std::string& child : children) {
     const std::string path = (group == "/" ? "/" : group + "/") + child;
     H5O_info_t info{};
+    try {
+      check_link(file, path, file_name(file) + ": '" + path + "'");
+    } catch (const Error&) {
+      names.push_back(path);  // a damaged link: let the reader say why
+      continue;
+    }
     if (H5Oget_info_by_name2(file, path.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) < 0) {
       names.push_back(path);  // unresolvable (a broken external link): let the reader say why
       continue;

@@ -131,6 +131,8 @@ std::vector<std::byte> read_raw(hid_t file, const std::string& path);
 
 // The file that holds an object (a shard, when `object` was opened through an external link).
 std::string file_name(hid_t object);
+// Whether `path` exists, following its links only once they are checked (a damaged one throws).
+bool exists(hid_t file, const std::string& path);
 // Whether the dataset's chunks carry a Fletcher32 checksum.
 bool has_checksum(hid_t file, const std::string& path);
 // Every dataset path under `group` (recursively, external links followed), in name order.

@@ -123,7 +123,9 @@ std::uint64_t parse_size(const std::string& text) {
   throw Error("'" + text + "' is not a size (e.g. 2GB, 512MiB, 1000000)");
 }
 
-MergeConfig merge_config_parse(const std::string& text, const fs::path& source) {
+namespace {
+
+MergeConfig parse_config(const std::string& text, const fs::path& source) {
   YAML::Node root;
   try {
     root = YAML::Load(text);
@@ -299,6 +301,16 @@ MergeConfig merge_config_parse(const std::string& text, const fs::path& source) 
   top.finish({"experts", "shared", "router", "calibration", "output", "eval", "compute", "moe"});
   for (const auto& item : root) c.keys.push_back(item.first.as<std::string>());
   return c;
+}
+
+}  // namespace
+
+MergeConfig merge_config_parse(const std::string& text, const fs::path& source) {
+  try {
+    return parse_config(text, source);
+  } catch (const YAML::Exception& e) {  // a node of the wrong kind that a check above missed (found by fuzzing)
+    throw Error(source.filename().string() + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
 }
 
 MergeConfig merge_config_read(const fs::path& path) {

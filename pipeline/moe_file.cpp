@@ -235,7 +235,7 @@ Statistics read_statistics(const fs::path& path) {
   const std::int64_t tokens_shape[] = {E};
   const auto tokens = h5::read_i64(f, "/tokens", tokens_shape);
   std::int64_t L = 0;
-  while (H5Lexists(f, ("/layers/" + std::to_string(L)).c_str(), H5P_DEFAULT) > 0) ++L;
+  while (h5::exists(f, "/layers/" + std::to_string(L))) ++L;
   for (std::int64_t e = 0; e < E; ++e) {
     DomainStatistics d;
     d.name = names[static_cast<std::size_t>(e)];

@@ -301,6 +301,10 @@ std::vector<BadInput> cases() {
                  set_yaml(d, replace(merge_inputs(d), "lambda: 0.01", "lambda: -1"));
                  return kMerge;
                }, {"merge.yaml:4:", "router.lambda must be >= 0"}});
+  c.push_back({"yaml-wrong-kind", [](const fs::path& d) {  // found by fuzz/merge_config.cpp
+                 set_yaml(d, merge_inputs(d) + "eval: {methods: [dume, {oracle: 1}]}\n");
+                 return kMerge;
+               }, {"merge.yaml:8: bad conversion"}});
   c.push_back({"yaml-missing-file", [](const fs::path&) { return std::vector<std::string>{"merge", "nowhere.yaml"}; },
                {"nowhere.yaml: cannot read the configuration"}});
 
@@ -453,7 +457,7 @@ TEST(BadInputsDocument, EveryRowHasACaseAndEveryCaseARow) {
     for (const auto& part : bad.message) EXPECT_THAT(it->second, HasSubstr(part)) << "row " << bad.id;
   }
   for (const auto& [id, text] : rows) EXPECT_TRUE(ids.contains(id)) << "row '" << id << "' has no test case";
-  EXPECT_GE(rows.size(), 40u);
+  EXPECT_GE(rows.size(), 46u);
 }
 
 }  // namespace
