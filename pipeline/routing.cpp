@@ -28,9 +28,9 @@ Routing Routing::parse(const std::string& text) {
   if (const auto plus = text.find('+'); plus != std::string::npos) {
     mode = text.substr(0, plus);
     const std::string layer = text.substr(plus + 1);
-    const char* first = layer.data() + 6;
+    const bool prefixed = layer.rfind("layer:", 0) == 0;
     const char* last = layer.data() + layer.size();
-    if (layer.rfind("layer:", 0) != 0 || std::from_chars(first, last, r.from_layer).ptr != last || r.from_layer < 0)
+    if (!prefixed || std::from_chars(layer.data() + 6, last, r.from_layer).ptr != last || r.from_layer < 0)
       throw bad("'" + layer + "' is not layer:L with L >= 0");
   }
   if (mode == "token") {
