@@ -449,6 +449,10 @@ std::vector<std::string> list_datasets(hid_t file, const std::string& group) {
       continue;
     }
     if (info.type == H5O_TYPE_GROUP) {
+      // A group linked into itself (a damaged or crafted file, found by fuzz/moe_h5.cpp) would
+      // recurse forever; dume's own files nest 5 deep.
+      if (std::count(path.begin(), path.end(), '/') > 32)
+        throw Error(file_name(file) + ": group '" + group + "' nests too deep (a link cycle?)");
       const auto below = list_datasets(file, path);
       names.insert(names.end(), below.begin(), below.end());
     } else if (info.type == H5O_TYPE_DATASET) {
