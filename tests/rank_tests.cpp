@@ -9,6 +9,7 @@
 
 #include "hdf5_util.hpp"
 #include "merge.hpp"
+#include "merge_compare.hpp"
 #include "merge_inputs.hpp"
 
 namespace {
@@ -36,49 +37,9 @@ TEST(RankInputs, Write) {
 
 TEST(RankResults, Agree) {
   const fs::path dir = rank_dir();
-  const fs::path one = dir / "out1";
-  const Statistics reference = read_statistics(one / "stats.h5");
-  const MoeInfo info = read_moe_info(one);
-  const H5Id reference_file = h5::open_file(one / "moe.h5");
   for (int np = 2; np <= 4; ++np) {
     SCOPED_TRACE("ranks " + std::to_string(np));
-    const fs::path out = dir / ("out" + std::to_string(np));
-    const Statistics stats = read_statistics(out / "stats.h5");
-    ASSERT_EQ(stats.domains.size(), reference.domains.size());
-    EXPECT_EQ(stats.shared_hash, reference.shared_hash);
-    for (std::size_t e = 0; e < stats.domains.size(); ++e) {
-      EXPECT_EQ(stats.domains[e].tokens, reference.domains[e].tokens);
-      for (std::size_t l = 0; l < stats.domains[e].A.size(); ++l) {
-        const auto& a = stats.domains[e].A[l];
-        const auto& r = reference.domains[e].A[l];
-        EXPECT_LE((a - r).cwiseAbs().maxCoeff() / r.cwiseAbs().maxCoeff(), 1e-9) << "domain " << e << " layer " << l;
-      }
-    }
-    // Routers: the f64 solutions agree to 1e-9; stored f32 values to one rounding step.
-    const H5Id file = h5::open_file(out / "moe.h5");
-    const std::int64_t E = 3, D = info.config.hidden_size;
-    for (std::int64_t l = 0; l < info.config.num_layers; ++l) {
-      const RouterSolution a = ridge_solve(stats.total_A(l), stats.B(l), info.router.lambda, true, l);
-      const RouterSolution b = ridge_solve(reference.total_A(l), reference.B(l), info.router.lambda, true, l);
-      EXPECT_LE((a.weight - b.weight).cwiseAbs().maxCoeff() / b.weight.cwiseAbs().maxCoeff(), 1e-9);
-      EXPECT_LE((a.bias - b.bias).cwiseAbs().maxCoeff() / b.bias.cwiseAbs().maxCoeff(), 1e-9);
-      const std::int64_t shape[] = {E, D};
-      const auto stored = h5::read_f32(file.get(), moe_path::layer(l, "router/weight"), shape);
-      const auto stored_ref = h5::read_f32(reference_file.get(), moe_path::layer(l, "router/weight"), shape);
-      for (std::size_t i = 0; i < stored.size(); ++i)
-        EXPECT_LE(std::abs(stored[i] - stored_ref[i]), 6e-8f * std::abs(stored_ref[i])) << i;
-    }
-    // Shared and expert tensors: identical bytes.
-    const SharedWeights layout;  // only the paths are visited
-    for_each_shared_tensor(info.config, layout, [&](const std::string&, const std::string& path,
-                                                            const std::vector<std::int64_t>&, const auto&) {
-      EXPECT_EQ(h5::read_raw(file.get(), path), h5::read_raw(reference_file.get(), path)) << path;
-    });
-    for (std::int64_t l = 0; l < info.config.num_layers; ++l)
-      for (std::int64_t e = 0; e < E; ++e)
-        for (const char* proj : {"gate_proj", "up_proj", "down_proj"})
-          EXPECT_EQ(h5::read_raw(file.get(), moe_path::expert(l, e, proj)),
-                    h5::read_raw(reference_file.get(), moe_path::expert(l, e, proj)));
+    test::expect_same_merge(dir / ("out" + std::to_string(np)), dir / "out1");
   }
 }
 
