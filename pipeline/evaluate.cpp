@@ -165,7 +165,10 @@ EvalResult run_eval(const MergeConfig& config) {
         Forward forward(moe, *backend);
         const bool first_routing = routing == config.eval.routing.front();
         const bool count_routing = k == config.eval.top_k.front() && first_routing;
-        const std::string name = "dume" + (first_routing ? "" : "[" + routing.to_string() + "]") + k_suffix(config, k);
+        // built with append(): GCC 12 warns falsely (-Wrestrict) on "literal" + string
+        const std::string name = std::string("dume")
+                                     .append(first_routing ? "" : std::string("[").append(routing.to_string()).append("]"))
+                                     .append(k_suffix(config, k));
         run_domains(name, forward, [&](std::size_t d, std::int64_t) {
           ForwardOptions o;
           if (count_routing)
@@ -223,25 +226,36 @@ std::string eval_table(const EvalResult& r) {
     std::snprintf(cell, sizeof cell, format, value);
     out += cell;
   };
+  // Columns as wide as the longest method name ("dume[ema:0.1+layer:0]@k=2").
+  std::size_t width = 12;
+  for (const auto& m : r.methods) width = std::max(width, m.size());
+  const auto column = [&](const std::string& text) {
+    out.append(width + 1 - std::min(width, text.size()), ' ');
+    out += text;
+  };
+  const auto number = [&](const char* format, double value) {
+    std::snprintf(cell, sizeof cell, format, value);
+    column(cell);
+  };
   add("%-10s", "domain");
-  for (const auto& m : r.methods) add(" %12s", m.c_str());
+  for (const auto& m : r.methods) column(m);
   out += "\n";
   for (const auto& d : r.domains) {
     add("%-10s", d.c_str());
-    for (const auto& m : r.methods) add(" %12.4f", r.perplexity.at(d).at(m));
+    for (const auto& m : r.methods) number("%.4f", r.perplexity.at(d).at(m));
     out += "\n";
   }
   if (!r.retention_by_method.empty()) {
     out += "# retention = ppl(own expert) / ppl(method) on each domain";
     out += r.gap_closed.empty() ? "\n" : "; gap = share of the random-to-oracle gap DUME closes\n";
     add("%-10s", "domain");
-    for (const auto& [m, values] : r.retention_by_method) add(" %12s", m.c_str());
-    if (!r.gap_closed.empty()) add(" %12s", "gap");
+    for (const auto& [m, values] : r.retention_by_method) column(m);
+    if (!r.gap_closed.empty()) column("gap");
     out += "\n";
     for (const auto& d : r.domains) {
       add("%-10s", d.c_str());
-      for (const auto& [m, values] : r.retention_by_method) add(" %11.1f%%", 100 * values.at(d));
-      if (r.gap_closed.contains(d)) add(" %11.1f%%", 100 * r.gap_closed.at(d));
+      for (const auto& [m, values] : r.retention_by_method) number("%.1f%%", 100 * values.at(d));
+      if (r.gap_closed.contains(d)) number("%.1f%%", 100 * r.gap_closed.at(d));
       out += "\n";
     }
   }
