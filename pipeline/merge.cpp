@@ -70,6 +70,7 @@ SharedWeights average_shared_weights(const std::vector<const Checkpoint*>& check
   const ModelConfig& config = checkpoints.at(0)->config();
   // Owners: largest tensors first, each to the least-loaded rank (the same on every rank).
   std::vector<std::size_t> sizes;
+  w.layers.resize(static_cast<std::size_t>(config.num_layers));  // the const walk indexes layers (UBSan)
   for_each_shared_tensor(config, static_cast<const SharedWeights&>(w),
                          [&](const std::string&, const std::string&, const std::vector<std::int64_t>& shape,
                              const auto&) { sizes.push_back(numel(shape)); });
