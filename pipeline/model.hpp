@@ -64,6 +64,14 @@ struct Model {
 template <class Weights, class Fn>
 void for_each_shared_tensor(const ModelConfig& c, Weights& w, Fn&& fn);
 
+// An empty SharedWeights shaped for `c` (one empty LayerWeights per layer): what a walk that
+// visits only names, paths and shapes passes as const weights.
+inline SharedWeights shared_layout(const ModelConfig& c) {
+  SharedWeights w;
+  w.layers.resize(static_cast<std::size_t>(c.num_layers));
+  return w;
+}
+
 // The same for one MLP: fn(hf_suffix "mlp.gate_proj.weight", moe_name "gate_proj", shape, storage).
 template <class Weights, class Fn>
 void for_each_mlp_tensor(const ModelConfig& c, Weights& w, Fn&& fn);
@@ -97,7 +105,13 @@ void for_each_shared_tensor(const ModelConfig& c, Weights& w, Fn&& fn) {
   detail::visit(fn, std::string(hf::embed_tokens), "/embed_tokens", {V, D}, w.embed);
   if constexpr (!std::is_const_v<Weights>) w.layers.resize(static_cast<std::size_t>(c.num_layers));
   for (std::int64_t l = 0; l < c.num_layers; ++l) {
-    auto& layer = w.layers[static_cast<std::size_t>(l)];
+    // Const weights may be unsized (walks for names and shapes only): no layer to index then.
+    static const LayerWeights no_layer;
+    auto& layer = [&]() -> auto& {
+      if constexpr (std::is_const_v<Weights>)
+        if (static_cast<std::size_t>(l) >= w.layers.size()) return no_layer;
+      return w.layers[static_cast<std::size_t>(l)];
+    }();
     auto& a = layer.attention;
     const auto h = [l](const char* rest) { return hf::layer(l, rest); };
     const auto m = [l](const char* rest) { return "/layers/" + std::to_string(l) + "/" + rest; };
