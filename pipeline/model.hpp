@@ -64,6 +64,10 @@ struct Model {
 template <class Weights, class Fn>
 void for_each_shared_tensor(const ModelConfig& c, Weights& w, Fn&& fn);
 
+// The same for one MLP: fn(hf_suffix "mlp.gate_proj.weight", moe_name "gate_proj", shape, storage).
+template <class Weights, class Fn>
+void for_each_mlp_tensor(const ModelConfig& c, Weights& w, Fn&& fn);
+
 // An empty SharedWeights shaped for `c` (one empty LayerWeights per layer): what a walk that
 // visits only names, paths and shapes passes as const weights.
 inline SharedWeights shared_layout(const ModelConfig& c) {
@@ -71,10 +75,6 @@ inline SharedWeights shared_layout(const ModelConfig& c) {
   w.layers.resize(static_cast<std::size_t>(c.num_layers));
   return w;
 }
-
-// The same for one MLP: fn(hf_suffix "mlp.gate_proj.weight", moe_name "gate_proj", shape, storage).
-template <class Weights, class Fn>
-void for_each_mlp_tensor(const ModelConfig& c, Weights& w, Fn&& fn);
 
 SharedWeights load_shared_weights(const Checkpoint& checkpoint);
 MlpWeights load_mlp(const Checkpoint& checkpoint, std::int64_t layer);
