@@ -101,7 +101,7 @@ std::vector<MoeTensor> mixtral_tensors(const std::shared_ptr<H5Id>& file, const 
     return encode_checked(dtype, h5::read_f32(f, path, shape), path);
   };
   std::vector<MoeTensor> tensors;
-  const SharedWeights names = shared_layout(c);  // only names and shapes are visited
+  const SharedWeights names;  // only names and shapes are visited
   for_each_shared_tensor(c, names, [&](const std::string& hf_name, const std::string& path,
                                                       const std::vector<std::int64_t>& shape, const auto&) {
     tensors.push_back({hf_name, dtype, shape, [=] { return stored(path, shape); }});

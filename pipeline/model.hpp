@@ -68,14 +68,6 @@ void for_each_shared_tensor(const ModelConfig& c, Weights& w, Fn&& fn);
 template <class Weights, class Fn>
 void for_each_mlp_tensor(const ModelConfig& c, Weights& w, Fn&& fn);
 
-// An empty SharedWeights shaped for `c` (one empty LayerWeights per layer): what a walk that
-// visits only names, paths and shapes passes as const weights.
-inline SharedWeights shared_layout(const ModelConfig& c) {
-  SharedWeights w;
-  w.layers.resize(static_cast<std::size_t>(c.num_layers));
-  return w;
-}
-
 SharedWeights load_shared_weights(const Checkpoint& checkpoint);
 MlpWeights load_mlp(const Checkpoint& checkpoint, std::int64_t layer);
 Model load_dense_model(const Checkpoint& checkpoint);

@@ -53,7 +53,7 @@ inline double expect_same_merge(const std::filesystem::path& out, const std::fil
         EXPECT_EQ(h5::read_raw(file.get(), moe_path::expert(l, e, proj)),
                   h5::read_raw(ref_file.get(), moe_path::expert(l, e, proj)));
   }
-  const SharedWeights layout = shared_layout(info.config);  // only the paths are visited
+  const SharedWeights layout;  // only the paths are visited
   for_each_shared_tensor(info.config, layout, [&](const std::string&, const std::string& path,
                                                                  const std::vector<std::int64_t>&, const auto&) {
     EXPECT_EQ(h5::read_raw(file.get(), path), h5::read_raw(ref_file.get(), path)) << path;
