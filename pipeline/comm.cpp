@@ -118,6 +118,13 @@ void broadcast(std::vector<std::int64_t>& values, int root) {
   chunked(std::span(values), [root](std::int64_t* p, int n) { MPI_CHECK(MPI_Bcast(p, n, MPI_INT64_T, root, MPI_COMM_WORLD)); });
 }
 
+void broadcast(std::vector<std::uint32_t>& values, int root) {
+  unsigned long long size = values.size();
+  MPI_CHECK(MPI_Bcast(&size, 1, MPI_UNSIGNED_LONG_LONG, root, MPI_COMM_WORLD));
+  values.resize(size);
+  chunked(std::span(values), [root](std::uint32_t* p, int n) { MPI_CHECK(MPI_Bcast(p, n, MPI_UINT32_T, root, MPI_COMM_WORLD)); });
+}
+
 int max_over_ranks(int value) {
   int result = value;
   MPI_CHECK(MPI_Allreduce(&value, &result, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD));

@@ -50,6 +50,7 @@ void broadcast(std::span<double> data, int root = 0);
 void broadcast(std::span<float> data, int root = 0);
 void broadcast(std::string& text, int root = 0);
 void broadcast(std::vector<std::int64_t>& values, int root = 0);  // resized on the other ranks
+void broadcast(std::vector<std::uint32_t>& values, int root = 0);  // resized on the other ranks
 // The largest of every rank's `value`, on every rank.
 int max_over_ranks(int value);
 

@@ -494,12 +494,15 @@ std::vector<uint32_t> read_hdf5(const fs::path& path, const std::string& dataset
   return ids;
 }
 
-constexpr std::array<std::pair<std::string_view, CorpusFormat>, 5> kFormatNames = {{
+constexpr std::array<std::pair<std::string_view, CorpusFormat>, 8> kFormatNames = {{
     {"uint16", CorpusFormat::uint16},
     {"uint32", CorpusFormat::uint32},
     {"npy", CorpusFormat::npy},
     {"hdf5", CorpusFormat::hdf5},
     {"text-bytes", CorpusFormat::text_bytes},
+    {"text", CorpusFormat::text},
+    {"jsonl", CorpusFormat::jsonl},
+    {"megatron", CorpusFormat::megatron},
 }};
 
 }  // namespace
@@ -521,6 +524,8 @@ std::string_view to_string(CorpusFormat format) {
   return {};
 }
 
+bool is_text_format(CorpusFormat format) { return format == CorpusFormat::text || format == CorpusFormat::jsonl; }
+
 std::vector<uint32_t> corpus_read(const CorpusSpec& spec) {
   if (spec.format != CorpusFormat::hdf5 && !spec.dataset.empty()) {
     // A dataset given with another format is almost surely a mistaken --format; ignoring it would
@@ -534,6 +539,10 @@ std::vector<uint32_t> corpus_read(const CorpusSpec& spec) {
     case CorpusFormat::text_bytes: return read_raw(spec.path, id_type<uint8_t>(), "text-bytes");
     case CorpusFormat::npy: return read_npy(spec.path);
     case CorpusFormat::hdf5: return read_hdf5(spec.path, spec.dataset);
+    case CorpusFormat::text:
+    case CorpusFormat::jsonl:
+    case CorpusFormat::megatron:  // documents: load_corpus (text_corpus.hpp) reads them
+      fail_file(spec.path, std::string(to_string(spec.format)) + " corpora hold documents, not a token stream");
   }
   DUME_ASSERT(false && "unhandled CorpusFormat");
   return {};

@@ -1,5 +1,6 @@
-// Token corpora for perplexity and calibration: reading ids from raw/npy/hdf5/text files, vocab
-// checks, fixed-length windows. Not a tokenizer: every format already holds token ids.
+// Token corpora for perplexity and calibration: reading ids from raw/npy/hdf5 files, vocab checks,
+// fixed-length windows. Text, JSONL and Megatron corpora (documents) are read by text_corpus.hpp,
+// which turns them into the same windows.
 #pragma once
 
 #include <cstddef>
@@ -12,19 +13,33 @@
 
 namespace dume {
 
-enum class CorpusFormat { uint16, uint32, npy, hdf5, text_bytes };
+enum class CorpusFormat { uint16, uint32, npy, hdf5, text_bytes, text, jsonl, megatron };
+// How documents become windows: concatenated and cut (pack), or one window per document of its
+// first tokens (truncate: DUME reads only the first context_tokens positions of a sequence).
+enum class Packing { pack, truncate };
 
-// "uint16" | "uint32" | "npy" | "hdf5" | "text-bytes"; an unknown name is an Error listing the valid ones.
+// "uint16" | "uint32" | "npy" | "hdf5" | "text-bytes" | "text" | "jsonl" | "megatron"; an unknown
+// name is an Error listing the valid ones.
 CorpusFormat corpus_format_from_string(std::string_view name);
 std::string_view to_string(CorpusFormat format);
 
+// True for the formats that hold documents to tokenize (text, jsonl).
+bool is_text_format(CorpusFormat format);
+
 struct CorpusSpec {
-  std::filesystem::path path;
+  std::filesystem::path path;  // text and jsonl: a file or a glob; megatron: the prefix (no .bin/.idx)
   CorpusFormat format = CorpusFormat::uint16;
   std::string dataset;  // hdf5 only: the dataset path inside the file, e.g. "/tokens"
+  // text and jsonl only:
+  std::filesystem::path tokenizer;  // tokenizer.json, or a directory holding one (default: the model's)
+  std::string field = "text";       // jsonl: the field holding the document
+  bool blank_line_documents = false;  // text: one document per blank-line-separated block (else per file)
+  bool skip_bad_documents = false;    // count and skip bad documents instead of failing
+  // text, jsonl and megatron:
+  Packing packing = Packing::pack;
 };
 
-// Reads every token id of the corpus (multi-dimensional arrays flattened in row-major order).
+// Reads every token id of a token-format corpus (uint16, uint32, npy, hdf5, text-bytes) (multi-dimensional arrays flattened in row-major order).
 // Throws Error naming the file and the problem; an empty corpus is an Error in every format.
 std::vector<uint32_t> corpus_read(const CorpusSpec& spec);
 

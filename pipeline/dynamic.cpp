@@ -107,10 +107,10 @@ void run_fold_in(const MergeConfig& config, bool force, bool reaverage) {
     }
     windows.reserve(config.experts.size());
     for (const auto& e : config.experts) {
-      auto tokens = corpus_read(e.calibration);
-      corpus_check_vocab(tokens, static_cast<std::size_t>(plan.info.config.vocab_size), e.calibration.path);
-      windows.emplace_back(std::move(tokens), static_cast<std::size_t>(config.calibration.sequence_length),
-                           static_cast<std::size_t>(config.calibration.max_sequences), e.calibration.path);
+      auto corpus = load_calibration(config, e.calibration, static_cast<std::size_t>(plan.info.config.vocab_size));
+      if (const auto line = describe(corpus.report); !line.empty() && mpi_rank() == 0)
+        std::printf("# calibration '%s': %s\n", e.name.c_str(), line.c_str());
+      windows.push_back(std::move(corpus.windows));
     }
     if (const auto original = original_config(moe)) {
       resolved = *original;

@@ -82,10 +82,12 @@ EvalResult run_eval(const MergeConfig& config) {
     for (const auto& e : config.experts) {
       if (!e.test) throw Error("expert '" + e.name + "' has no test corpus (experts[].test)");
       checkpoints.emplace_back(e.checkpoint);
-      auto tokens = corpus_read(*e.test);
-      corpus_check_vocab(tokens, static_cast<std::size_t>(info.config.vocab_size), e.test->path);
-      tests.emplace_back(std::move(tokens), static_cast<std::size_t>(config.calibration.sequence_length),
-                         static_cast<std::size_t>(config.eval.max_sequences), e.test->path);
+      auto corpus = load_corpus(*e.test, static_cast<std::size_t>(info.config.vocab_size),
+                                static_cast<std::size_t>(config.calibration.sequence_length),
+                                static_cast<std::size_t>(config.eval.max_sequences));
+      if (const auto line = describe(corpus.report); !line.empty() && root)
+        std::printf("# test '%s': %s\n", e.name.c_str(), line.c_str());
+      tests.push_back(std::move(corpus.windows));
     }
   });
   const ModelConfig& mc = info.config;

@@ -29,6 +29,15 @@ std::size_t numel(const std::vector<std::int64_t>& shape) {
 
 }  // namespace
 
+LoadedCorpus load_calibration(const MergeConfig& config, const CorpusSpec& spec, std::size_t vocab) {
+  // One document per window needs windows no longer than the positions DUME reads.
+  const std::int64_t length = spec.packing == Packing::truncate
+                                  ? std::min(config.calibration.sequence_length, config.router.context_tokens)
+                                  : config.calibration.sequence_length;
+  return load_corpus(spec, vocab, static_cast<std::size_t>(length),
+                     static_cast<std::size_t>(config.calibration.max_sequences));
+}
+
 MergeInputs merge_prepare(const MergeConfig& config, bool force) {
   if (fs::exists(config.output.path) && !force)
     throw Error("output " + config.output.path.string() + " exists; pass --force to replace it");
@@ -50,12 +59,10 @@ MergeInputs merge_prepare(const MergeConfig& config, bool force) {
       if (in.experts[e].dtype() != in.dtype)
         throw Error("experts are stored in different dtypes (" + std::string(to_string(in.dtype)) + ", " +
                     std::string(to_string(in.experts[e].dtype())) + "): set output.dtype");
-  for (std::size_t e = 0; e < config.experts.size(); ++e) {
-    const CorpusSpec& spec = config.experts[e].calibration;
-    auto tokens = corpus_read(spec);
-    corpus_check_vocab(tokens, static_cast<std::size_t>(first.vocab_size), spec.path);
-    in.calibration.emplace_back(std::move(tokens), static_cast<std::size_t>(config.calibration.sequence_length),
-                                static_cast<std::size_t>(config.calibration.max_sequences), spec.path);
+  for (const auto& e : config.experts) {
+    auto corpus = load_calibration(config, e.calibration, static_cast<std::size_t>(first.vocab_size));
+    in.calibration.push_back(std::move(corpus.windows));
+    in.reports.push_back(std::move(corpus.report));
   }
   return in;
 }
@@ -433,6 +440,9 @@ void run_merge(const MergeConfig& config, bool force, bool resume) {
   if (mpi_rank() == 0) {
     std::printf("# dume merge: %zu experts\n# resolved configuration:\n%s", config.experts.size(),
                 config.resolved_yaml().c_str());
+    for (std::size_t e = 0; e < in.reports.size(); ++e)
+      if (const auto line = describe(in.reports[e]); !line.empty())
+        std::printf("# calibration '%s': %s\n", config.experts[e].name.c_str(), line.c_str());
     std::fflush(stdout);
   }
   phases.emplace_back("load + checks", std::chrono::duration<double>(Clock::now() - t).count());

@@ -13,6 +13,7 @@
 #include "moe_file.hpp"
 #include "resume.hpp"
 #include "ridge.hpp"
+#include "text_corpus.hpp"
 
 namespace dume {
 
@@ -20,8 +21,13 @@ namespace dume {
 struct MergeInputs {
   std::vector<Checkpoint> experts;
   std::vector<CorpusWindows> calibration;  // one per expert, its domain's windows
+  std::vector<CorpusReport> reports;        // one per expert: documents read and tokenized
   DType dtype = DType::BF16;               // of the stored MoE
 };
+
+// An expert's calibration windows (collective for text corpora): sequence_length tokens each, or
+// with packing: truncate, each document's first min(sequence_length, context_tokens).
+LoadedCorpus load_calibration(const MergeConfig& config, const CorpusSpec& spec, std::size_t vocab);
 
 // Every check that can fail before any work (architectures, corpora, vocab, output): throws
 // the first problem found, naming the file or key.

@@ -78,7 +78,9 @@ fs::path resolve(const fs::path& base, const std::string& path) {
   return p.is_absolute() ? p : (base / p).lexically_normal();
 }
 
-CorpusSpec parse_corpus(const Section& parent, const char* key, const fs::path& base, const fs::path& source) {
+// `checkpoint` is the expert's: text corpora use its tokenizer.json unless `tokenizer` names another.
+CorpusSpec parse_corpus(const Section& parent, const char* key, const fs::path& base, const fs::path& source,
+                        const fs::path& checkpoint) {
   const Section s(parent.node(key), parent.where(key), source);
   CorpusSpec spec;
   spec.path = resolve(base, s.get<std::string>("path", "a path"));
@@ -89,7 +91,28 @@ CorpusSpec parse_corpus(const Section& parent, const char* key, const fs::path& 
     s.fail(s.node("format"), e.what());
   }
   spec.dataset = s.get<std::string>("dataset", "an HDF5 dataset path", "");
-  s.finish({"path", "format", "dataset"});
+  const bool text = is_text_format(spec.format), documents = text || spec.format == CorpusFormat::megatron;
+  // Keys that mean nothing for this format are errors: a jsonl `field` on a uint16 corpus is a mistake.
+  const auto only = [&](const char* k, bool allowed, const char* formats) {
+    if (s.has(k) && !allowed) s.fail(s.node(k), s.where(k) + " applies to " + formats + " corpora, not " + format);
+  };
+  only("tokenizer", text, "text and jsonl");
+  only("field", spec.format == CorpusFormat::jsonl, "jsonl");
+  only("documents", spec.format == CorpusFormat::text, "text");
+  only("on_bad", text, "text and jsonl");
+  only("packing", documents, "text, jsonl and megatron");
+  spec.tokenizer = s.has("tokenizer") ? resolve(base, s.get<std::string>("tokenizer", "a path")) : checkpoint;
+  spec.field = s.get<std::string>("field", "a JSON field name", spec.field);
+  const auto split = s.get<std::string>("documents", "file or blank-line", "file");
+  if (split != "file" && split != "blank-line") s.fail(s.node("documents"), s.where("documents") + " must be file or blank-line");
+  spec.blank_line_documents = split == "blank-line";
+  const auto on_bad = s.get<std::string>("on_bad", "error or skip", "error");
+  if (on_bad != "error" && on_bad != "skip") s.fail(s.node("on_bad"), s.where("on_bad") + " must be error or skip");
+  spec.skip_bad_documents = on_bad == "skip";
+  const auto packing = s.get<std::string>("packing", "pack or truncate", "pack");
+  if (packing != "pack" && packing != "truncate") s.fail(s.node("packing"), s.where("packing") + " must be pack or truncate");
+  spec.packing = packing == "truncate" ? Packing::truncate : Packing::pack;
+  s.finish({"path", "format", "dataset", "tokenizer", "field", "documents", "on_bad", "packing"});
   return spec;
 }
 
@@ -151,8 +174,8 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
     if (!names.insert(spec.name).second) e.fail(e.node("name"), "expert name '" + spec.name + "' appears twice");
     spec.checkpoint = resolve(base, e.get<std::string>("checkpoint", "a path"));
     if (!e.has("calibration")) e.fail(experts[i], "missing required key '" + e.where("calibration") + "'");
-    spec.calibration = parse_corpus(e, "calibration", base, source);
-    if (e.has("test")) spec.test = parse_corpus(e, "test", base, source);
+    spec.calibration = parse_corpus(e, "calibration", base, source, spec.checkpoint);
+    if (e.has("test")) spec.test = parse_corpus(e, "test", base, source, spec.checkpoint);
     e.finish({"name", "checkpoint", "calibration", "test"});
     c.experts.push_back(std::move(spec));
   }
@@ -327,6 +350,15 @@ std::string MergeConfig::resolved_yaml() const {
     out << YAML::Flow << YAML::BeginMap << YAML::Key << "path" << YAML::Value << s.path.string() << YAML::Key
         << "format" << YAML::Value << std::string(to_string(s.format));
     if (!s.dataset.empty()) out << YAML::Key << "dataset" << YAML::Value << s.dataset;
+    if (is_text_format(s.format)) {
+      out << YAML::Key << "tokenizer" << YAML::Value << s.tokenizer.string();
+      if (s.format == CorpusFormat::jsonl) out << YAML::Key << "field" << YAML::Value << s.field;
+      if (s.format == CorpusFormat::text)
+        out << YAML::Key << "documents" << YAML::Value << (s.blank_line_documents ? "blank-line" : "file");
+      out << YAML::Key << "on_bad" << YAML::Value << (s.skip_bad_documents ? "skip" : "error");
+    }
+    if (is_text_format(s.format) || s.format == CorpusFormat::megatron)
+      out << YAML::Key << "packing" << YAML::Value << (s.packing == Packing::truncate ? "truncate" : "pack");
     out << YAML::EndMap;
   };
   out << YAML::BeginMap << YAML::Key << "experts" << YAML::Value << YAML::BeginSeq;

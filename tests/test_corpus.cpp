@@ -59,7 +59,11 @@ std::string npy_dict(const std::string& descr, const std::string& shape, const s
 }
 
 std::vector<uint32_t> read(const fs::path& path, CorpusFormat format, const std::string& dataset = "") {
-  return dume::corpus_read(CorpusSpec{path, format, dataset});
+  CorpusSpec spec;
+  spec.path = path;
+  spec.format = format;
+  spec.dataset = dataset;
+  return dume::corpus_read(spec);
 }
 
 std::vector<uint32_t> iota_ids(size_t n, uint32_t modulo) {

@@ -11,6 +11,7 @@ packages=(
   libyaml-cpp-dev libgtest-dev libcli11-dev nlohmann-json3-dev
   libbenchmark-dev zlib1g-dev
   libpcre2-dev   # Unicode pre-tokenizer regexes (pipeline/tokenizer.cpp)
+  libicu-dev   # NFC normalization for tokenizers that ship it (pipeline/tokenizer.cpp)
   clang-14 libclang-rt-14-dev libomp-14-dev   # libFuzzer + sanitizer runtimes, OpenMP for clang (tools/fuzz.sh)
   slurmctld slurmd slurm-client munge   # a one-node Slurm for the slurm tests (slurm/local/up.sh)
 )

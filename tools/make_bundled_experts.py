@@ -19,7 +19,9 @@ What it makes (under ``<out>``, by default ``experts/`` at the repository root):
 * ``c/``, ``python/``, ``prose/``, ``roff/``: the base fine-tuned on one
   domain's train set each.
 * Every checkpoint is a Hugging Face ``save_pretrained`` directory
-  (config.json + model.safetensors) in bfloat16.
+  (config.json + model.safetensors) in bfloat16, with a ``tokenizer.json``
+  (byte-level BPE without merges: every UTF-8 byte is its own id), so text and
+  JSONL corpora tokenize to the same ids as ``--format text-bytes``.
 * ``reference_ppl.json``: per-byte perplexity of each bf16 checkpoint (reloaded,
   computed in float32) on each domain's test split: non-overlapping windows of
   256 bytes, every byte but each window's first predicted, tail dropped.
@@ -334,6 +336,31 @@ def perplexity(model: LlamaForCausalLM, data: bytes) -> float:
     return math.exp(total / count)
 
 
+def byte_tokenizer_json() -> str:
+    """The models' tokenizer: byte-level BPE without merges, each byte its own id (the GPT-2 byte
+    to character map), no special tokens. Text and JSONL corpora then tokenize to their UTF-8
+    bytes, exactly as ``--format text-bytes`` reads them."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    alphabet = ByteLevel.alphabet()  # the 256 characters standing for the bytes
+    byte_to_char = {}
+    for b in range(256):  # GPT-2's bytes_to_unicode, the order ByteLevel uses
+        byte_to_char[b] = chr(b) if (33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255) else None
+    n = 0
+    for b in range(256):
+        if byte_to_char[b] is None:
+            byte_to_char[b] = chr(256 + n)
+            n += 1
+    assert set(byte_to_char.values()) == set(alphabet)
+    tok = Tokenizer(models.BPE(vocab={byte_to_char[b]: b for b in range(256)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    text = "Bytes: ü, 中文, 😀 and\ttabs"
+    assert tok.encode(text).ids == list(text.encode("utf-8"))
+    return tok.to_str(pretty=True)
+
+
 def save_bf16(model: LlamaForCausalLM, path: str) -> None:
     if os.path.exists(path):
         shutil.rmtree(path)
@@ -345,6 +372,8 @@ def save_bf16(model: LlamaForCausalLM, path: str) -> None:
     gen = os.path.join(path, "generation_config.json")
     if os.path.exists(gen):
         os.remove(gen)
+    with open(os.path.join(path, "tokenizer.json"), "w") as f:
+        f.write(byte_tokenizer_json())
 
 
 def load_f32(path: str) -> LlamaForCausalLM:

@@ -15,6 +15,7 @@ void add_eval(CLI::App& app);
 void add_dynamic(CLI::App& app);  // fold-in, remove, resolve
 void add_verify(CLI::App& app);
 void add_export(CLI::App& app);
+void add_tokenize(CLI::App& app);
 
 // Thrown to end the command with this exit status after its message was printed.
 struct ExitStatus {

@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
   dume::cli::add_dynamic(app);
   dume::cli::add_verify(app);
   dume::cli::add_export(app);
+  dume::cli::add_tokenize(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -2,17 +2,20 @@
 #include <cstdio>
 
 #include "checkpoint.hpp"
+#include "comm.hpp"
 #include "commands.hpp"
 #include "corpus.hpp"
 #include "mixtral.hpp"
 #include "perplexity.hpp"
+#include "text_corpus.hpp"
 
 namespace dume::cli {
 
 namespace {
 
 struct PplOptions {
-  std::string checkpoint, corpus, format = "uint16", dataset;
+  std::string checkpoint, corpus, format = "uint16", dataset, tokenizer, field = "text", documents = "file",
+      packing = "pack";
   std::int64_t sequence_length = 256, max_sequences = 0, batch = 0;
   int threads = 0;
 };
@@ -20,11 +23,19 @@ struct PplOptions {
 void run_ppl(const PplOptions& o) {
   const Checkpoint checkpoint(o.checkpoint);
   const ModelConfig& c = checkpoint.config();
-  CorpusSpec spec{o.corpus, corpus_format_from_string(o.format), o.dataset};
-  auto tokens = corpus_read(spec);
-  corpus_check_vocab(tokens, static_cast<std::size_t>(c.vocab_size), spec.path);
-  const CorpusWindows windows(std::move(tokens), static_cast<std::size_t>(o.sequence_length),
-                              static_cast<std::size_t>(o.max_sequences), spec.path);
+  CorpusSpec spec;
+  spec.path = o.corpus;
+  spec.format = corpus_format_from_string(o.format);
+  spec.dataset = o.dataset;
+  spec.tokenizer = o.tokenizer.empty() ? std::filesystem::path(o.checkpoint) : std::filesystem::path(o.tokenizer);
+  spec.field = o.field;
+  spec.blank_line_documents = o.documents == "blank-line";
+  spec.packing = o.packing == "truncate" ? Packing::truncate : Packing::pack;
+  const LoadedCorpus corpus = load_corpus(spec, static_cast<std::size_t>(c.vocab_size),
+                                          static_cast<std::size_t>(o.sequence_length),
+                                          static_cast<std::size_t>(o.max_sequences));
+  if (const auto line = describe(corpus.report); !line.empty()) std::printf("# corpus: %s\n", line.c_str());
+  const CorpusWindows& windows = corpus.windows;
   const Model model = c.num_experts ? load_mixtral_model(checkpoint) : load_dense_model(checkpoint);
   auto backend = make_backend(BackendKind::cpu, o.threads);
   Forward forward(model, *backend);
@@ -42,12 +53,21 @@ void run_ppl(const PplOptions& o) {
 }  // namespace
 
 void add_ppl(CLI::App& app) {
-  auto* cmd = app.add_subcommand("ppl", "Perplexity of a checkpoint (dense or Mixtral MoE) on a token corpus");
+  auto* cmd = app.add_subcommand("ppl", "Perplexity of a checkpoint (dense or Mixtral MoE) on a corpus");
   auto o = std::make_shared<PplOptions>();
   cmd->add_option("--checkpoint", o->checkpoint, "Hugging Face checkpoint directory")->required();
-  cmd->add_option("--corpus", o->corpus, "Token corpus file")->required();
-  cmd->add_option("--format", o->format, "uint16 | uint32 | npy | hdf5 | text-bytes")->capture_default_str();
+  cmd->add_option("--corpus", o->corpus, "Corpus file (text, jsonl: a glob too; megatron: the prefix)")->required();
+  cmd->add_option("--format", o->format, "uint16 | uint32 | npy | hdf5 | text-bytes | text | jsonl | megatron")
+      ->capture_default_str();
   cmd->add_option("--dataset", o->dataset, "Dataset path inside an hdf5 corpus, e.g. /tokens");
+  cmd->add_option("--tokenizer", o->tokenizer, "text, jsonl: tokenizer.json or its directory (default: the checkpoint's)");
+  cmd->add_option("--field", o->field, "jsonl: the field holding each document")->capture_default_str();
+  cmd->add_option("--documents", o->documents, "text: one document per file or per blank-line-separated block")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"file", "blank-line"}));
+  cmd->add_option("--packing", o->packing, "Documents packed into windows, or one per window, truncated")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"pack", "truncate"}));
   cmd->add_option("--sequence-length", o->sequence_length, "Window length N: the corpus is cut into windows of N")
       ->capture_default_str()
       ->check(CLI::Range(2, 1 << 20));
@@ -57,7 +77,8 @@ void add_ppl(CLI::App& app) {
   cmd->add_option("--batch", o->batch, "Windows per forward pass (default: about 2048 tokens)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--threads", o->threads, "Compute threads (0: all cores)")->check(CLI::NonNegativeNumber);
-  cmd->callback([o] { run_ppl(*o); });
+  // A job (text corpora are tokenized collectively); every error is every rank's, reported once.
+  cmd->callback([o] { run_job([&] { collective_phase([&] { run_ppl(*o); }); }); });
 }
 
 }  // namespace dume::cli

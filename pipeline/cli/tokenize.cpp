@@ -1,0 +1,95 @@
+// `dume tokenize`: text or JSONL documents through a model's tokenizer into a Megatron indexed
+// dataset (PREFIX.bin + PREFIX.idx), for reuse as `format: megatron` or by Megatron-LM itself.
+// Under mpirun each rank tokenizes its share of the documents; rank 0 writes.
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <optional>
+
+#include "comm.hpp"
+#include "commands.hpp"
+#include "megatron.hpp"
+#include "text_corpus.hpp"
+
+namespace dume::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct TokenizeOptions {
+  std::string input, format = "jsonl", tokenizer, output, field = "text", documents = "file", on_bad = "error";
+  bool force = false;
+};
+
+void run_tokenize(const TokenizeOptions& o) {
+  const bool root = mpi_rank() == 0;
+  const fs::path bin = o.output + ".bin", idx = o.output + ".idx";
+  Tokenizer tokenizer = [&] {
+    std::optional<Tokenizer> t;
+    collective_phase([&] {
+      if (!o.force && (fs::exists(bin) || fs::exists(idx)))
+        throw Error((fs::exists(idx) ? idx : bin).string() + " exists; pass --force to replace it");
+      t = load_tokenizer(o.tokenizer);
+    });
+    return std::move(*t);
+  }();
+  CorpusSpec spec;
+  spec.path = o.input;
+  spec.format = corpus_format_from_string(o.format);
+  spec.field = o.field;
+  spec.blank_line_documents = o.documents == "blank-line";
+  spec.skip_bad_documents = o.on_bad == "skip";
+  Documents documents;
+  collective_phase([&] { documents = read_documents(document_source(spec)); });
+  std::size_t bytes = 0;
+  for (const auto& text : documents.texts) bytes += text.size();
+
+  const auto start = std::chrono::steady_clock::now();
+  const TokenizedDocuments tokens = tokenize_documents(documents, tokenizer, /*collective=*/true, /*progress=*/true);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  collective_phase([&] {
+    if (!root) return;
+    std::vector<std::vector<std::uint32_t>> per_document(tokens.documents());
+    for (std::size_t d = 0; d < tokens.documents(); ++d)
+      per_document[d].assign(tokens.document(d).begin(), tokens.document(d).end());
+    write_megatron(o.output, per_document, tokenizer.vocab_size());
+  });
+  if (!root) return;
+  const double mb = static_cast<double>(bytes) / 1e6;
+  std::printf("# tokenizer: %s, %zu ids\n", tokenizer.kind().c_str(), tokenizer.vocab_size());
+  std::printf("tokenized %zu documents from %zu file%s: %s tokens from %.2f MB in %.2f s (%.2f MB/s, %.2f MB/s per rank, "
+              "%d rank%s)\n",
+              tokens.documents(), documents.files.size(), documents.files.size() == 1 ? "" : "s",
+              thousands(static_cast<long long>(tokens.tokens.size())).c_str(), mb, seconds, mb / seconds,
+              mb / seconds / mpi_size(), mpi_size(), mpi_size() == 1 ? "" : "s");
+  if (documents.skipped)
+    std::printf("skipped %zu bad document%s (first: %s)\n", documents.skipped, documents.skipped == 1 ? "" : "s",
+                documents.first_skip.c_str());
+  std::printf("wrote %s and %s\n", bin.c_str(), idx.c_str());
+}
+
+}  // namespace
+
+void add_tokenize(CLI::App& app) {
+  auto* cmd = app.add_subcommand("tokenize",
+                                 "Tokenize text or JSONL documents with a model's tokenizer.json into a Megatron "
+                                 "indexed dataset (PREFIX.bin + PREFIX.idx)");
+  auto o = std::make_shared<TokenizeOptions>();
+  cmd->add_option("input", o->input, "a text or JSONL file, or a glob of them (quoted)")->required();
+  cmd->add_option("--format", o->format, "text | jsonl")->capture_default_str()->check(CLI::IsMember({"text", "jsonl"}));
+  cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json, or a checkpoint directory holding one")->required();
+  cmd->add_option("--output", o->output, "output prefix: writes PREFIX.bin and PREFIX.idx")->required();
+  cmd->add_option("--field", o->field, "jsonl: the field holding each document")->capture_default_str();
+  cmd->add_option("--documents", o->documents, "text: one document per file or per blank-line-separated block")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"file", "blank-line"}));
+  cmd->add_option("--on-bad", o->on_bad, "a bad document (invalid UTF-8, empty, missing field) fails or is skipped")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"error", "skip"}));
+  cmd->add_flag("--force", o->force, "replace an existing PREFIX.bin / PREFIX.idx");
+  cmd->callback([o] { run_job([&] { run_tokenize(*o); }); });
+}
+
+}  // namespace dume::cli
