@@ -3,6 +3,9 @@
 
 What it makes (under ``<out>``, by default ``experts/`` at the repository root):
 
+* ``data/<domain>.calib.jsonl``: the calibration bytes as JSON Lines documents
+  (``{"text": ..., "domain": ...}``, cut after blank lines), whose documents
+  packed back to back are the .bin's bytes: the demo reads these.
 * ``data/<domain>.calib.bin`` (131072 bytes) and ``data/<domain>.test.bin``
   (65536 bytes) for four byte-level text domains gathered from files of this
   Debian 12 machine: ``c`` (C headers under /usr/include), ``python`` (the
@@ -361,6 +364,24 @@ def byte_tokenizer_json() -> str:
     return tok.to_str(pretty=True)
 
 
+def calibration_jsonl(data: bytes, domain: str) -> str:
+    """The calibration bytes as JSON Lines documents, cut after each blank line (a document keeps
+    its separator), so the documents packed back to back are exactly the bytes of the .bin."""
+    import json
+
+    text = data.decode("utf-8")
+    lines, docs, current = text.splitlines(keepends=True), [], ""
+    for line in lines:
+        current += line
+        if line.strip() == "" and current.strip() != "":
+            docs.append(current)
+            current = ""
+    if current:
+        docs.append(current)
+    assert "".join(docs) == text
+    return "".join(json.dumps({"text": d, "domain": domain}, ensure_ascii=False) + "\n" for d in docs)
+
+
 def save_bf16(model: LlamaForCausalLM, path: str) -> None:
     if os.path.exists(path):
         shutil.rmtree(path)
@@ -414,6 +435,7 @@ def write_readme(out: str, info: dict) -> None:
     for d in DOMAINS:
         a(f"| `{d}/` | expert: the base fine-tuned on `{d}` only |")
     a("| `data/<domain>.calib.bin` | calibration corpus, 131072 bytes |")
+    a("| `data/<domain>.calib.jsonl` | the same bytes as JSON Lines documents (cut after blank lines) |")
     a("| `data/<domain>.test.bin` | test corpus, 65536 bytes |")
     a("| `reference_ppl.json` | per-byte test perplexity of every checkpoint on every domain, as `{model: {domain: ppl}}` |")
     a("")
@@ -572,6 +594,8 @@ def main() -> None:
             f.write(s["calib"])
         with open(os.path.join(out, "data", f"{d}.test.bin"), "wb") as f:
             f.write(s["test"])
+        with open(os.path.join(out, "data", f"{d}.calib.jsonl"), "w") as f:
+            f.write(calibration_jsonl(s["calib"], d))
         assert len(s["calib"]) == CALIB_BYTES and len(s["test"]) == TEST_BYTES
         trains[d] = np.frombuffer(s["train"], dtype=np.uint8)
         tests[d] = s["test"]
