@@ -20,8 +20,8 @@ namespace fs = std::filesystem;
 Tokenizer load_tokenizer(const fs::path& file_or_directory) {
   const fs::path file = fs::is_directory(file_or_directory) ? file_or_directory / "tokenizer.json" : file_or_directory;
   if (!fs::exists(file))
-    throw Error(file.string() + ": no tokenizer.json (text and jsonl corpora are tokenized with the model's own "
-                                "tokenizer; name one with `tokenizer:` or pre-tokenize with `dume tokenize`)");
+    throw Error(file.string() + ": no such file (text and jsonl corpora are tokenized with the model's own "
+                                "tokenizer.json; name one with `tokenizer:` or pre-tokenize with `dume tokenize`)");
   return Tokenizer::from_file(file);
 }
 
@@ -129,11 +129,11 @@ LoadedCorpus load_corpus(const CorpusSpec& spec, std::size_t vocab, std::size_t 
   if (spec.format == CorpusFormat::megatron) {
     documents = megatron_documents(spec.path);
   } else {
+    const Documents texts = read_documents(document_source(spec));
     const Tokenizer tokenizer = load_tokenizer(spec.tokenizer);
     if (tokenizer.vocab_size() > vocab)
       throw Error(spec.tokenizer.string() + ": the tokenizer has " + std::to_string(tokenizer.vocab_size()) +
                   " ids, more than the model's vocab of " + std::to_string(vocab));
-    const Documents texts = read_documents(document_source(spec));
     report.skipped = texts.skipped;
     report.first_skip = texts.first_skip;
     for (const auto& text : texts.texts) report.text_bytes += text.size();

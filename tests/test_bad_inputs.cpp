@@ -275,6 +275,40 @@ std::vector<BadInput> cases() {
                  fs::remove(d / "d1.bin");
                  return kMerge;
                }, {"d1.bin: no such file"}});
+  // Text corpora (d1's calibration as JSON Lines or text; the tiny experts have no tokenizer.json).
+  const auto jsonl = [](const fs::path& d, const std::string& lines) {
+    set_yaml(d, replace(merge_inputs(d), "path: d1.bin, format: text-bytes", "path: d1.jsonl, format: jsonl"));
+    write_bytes(d / "d1.jsonl", lines);
+    return kMerge;
+  };
+  c.push_back({"jsonl-invalid-utf8", [&](const fs::path& d) {
+                 return jsonl(d, "{\"text\": \"fine\"}\n{\"text\": \"caf\xe9\"}\n");
+               }, {"d1.jsonl:2:", "invalid UTF-8"}});
+  c.push_back({"jsonl-missing-field", [&](const fs::path& d) {
+                 return jsonl(d, "{\"body\": \"a document under another name\"}\n");
+               }, {"d1.jsonl:1: no field \"text\""}});
+  c.push_back({"jsonl-not-json", [&](const fs::path& d) {
+                 return jsonl(d, "{\"text\": \"one\"}\n{\"text\": \"two\"}\n{text: three}\n");
+               }, {"d1.jsonl:3:", "JSON"}});
+  c.push_back({"text-no-tokenizer", [](const fs::path& d) {
+                 set_yaml(d, replace(merge_inputs(d), "path: d1.bin, format: text-bytes", "path: d1.txt, format: text"));
+                 write_bytes(d / "d1.txt", "A document to tokenize.\n");
+                 return kMerge;
+               }, {"d1/tokenizer.json: no such file", "dume tokenize"}});
+  c.push_back({"tokenizer-unsupported", [](const fs::path& d) {
+                 set_yaml(d, replace(merge_inputs(d), "path: d1.bin, format: text-bytes", "path: d1.txt, format: text"));
+                 write_bytes(d / "d1.txt", "A document to tokenize.\n");
+                 write_bytes(d / "d1" / "tokenizer.json",
+                             R"({"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": null,
+                                 "post_processor": null, "decoder": null,
+                                 "model": {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0]]}})");
+                 return kMerge;
+               }, {"d1/tokenizer.json", "Unigram", "not supported"}});
+  c.push_back({"megatron-bad-magic", [](const fs::path& d) {
+                 set_yaml(d, replace(merge_inputs(d), "path: d1.bin, format: text-bytes", "path: d1, format: megatron"));
+                 write_bytes(d / "d1.idx", std::string("NOTANIDX") + std::string(40, '\0'));
+                 return kMerge;
+               }, {"d1.idx", "magic"}});
 
   // --- the YAML configuration ---
   c.push_back({"yaml-unknown-key", [](const fs::path& d) {
@@ -431,8 +465,8 @@ TEST_P(BadInputs, OneLineNonZeroExitNothingWritten) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Catalogue, BadInputs, ::testing::Range<std::size_t>(0, cases().size()),
-                         [](const ::testing::TestParamInfo<std::size_t>& info) {
-                           std::string name = cases().at(info.param).id;
+                         [](const ::testing::TestParamInfo<std::size_t>& test) {
+                           std::string name = cases().at(test.param).id;
                            std::replace(name.begin(), name.end(), '-', '_');
                            return name;
                          });
@@ -445,7 +479,9 @@ TEST(BadInputsDocument, EveryRowHasACaseAndEveryCaseARow) {
   const std::regex row(R"(^\| `([a-z0-9-]+)` \|(.*)$)");
   std::smatch m;
   for (std::string line; std::getline(in, line);)
-    if (std::regex_match(line, m, row)) EXPECT_TRUE(rows.emplace(m[1], m[2]).second) << "duplicate row " << m[1];
+    if (std::regex_match(line, m, row)) {
+      EXPECT_TRUE(rows.emplace(m[1], m[2]).second) << "duplicate row " << m[1];
+    }
   std::set<std::string> ids;
   for (const BadInput& bad : cases()) {
     ids.insert(bad.id);
@@ -457,7 +493,7 @@ TEST(BadInputsDocument, EveryRowHasACaseAndEveryCaseARow) {
     for (const auto& part : bad.message) EXPECT_THAT(it->second, HasSubstr(part)) << "row " << bad.id;
   }
   for (const auto& [id, text] : rows) EXPECT_TRUE(ids.contains(id)) << "row '" << id << "' has no test case";
-  EXPECT_GE(rows.size(), 46u);
+  EXPECT_GE(rows.size(), 52u);
 }
 
 }  // namespace
