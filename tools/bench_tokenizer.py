@@ -1,20 +1,22 @@
 #!/usr/bin/env python3
-"""Times Hugging Face `tokenizers` on one thread, the bar dume's tokenizer is held to (per core at
-least as fast), and optionally a dume command on the same text.
+"""Tokenization throughput: dume against Hugging Face `tokenizers` (Rust) on one core, same text.
 
-The documents are the lines of TEXT (tests/fixtures/tokenizers/text.txt by default) repeated until
-there are --megabytes of them; each is encoded with add_special_tokens=False.
+The issue's bar is per core at least as fast as the library. Both sides get the same documents
+(blocks of the lines of TEXT, about --document-bytes each, repeated until there are --megabytes)
+and one thread: the library with RAYON_NUM_THREADS=1 (`encode_batch`, so Python's per-call cost
+is not counted against it), dume as `dume tokenize` on one rank, whose own reported rate
+(tokenization only, not reading the JSONL) is taken. The ids are compared too: dume's Megatron
+output must equal the library's `encode()` (with the post-processor's special tokens) document
+for document. CI does not run this (it needs `tokenizers` and numpy from PyPI).
 
-    python3 tools/bench_tokenizer.py tests/fixtures/tokenizers/llama3/tokenizer.json
-    python3 tools/bench_tokenizer.py TOKENIZER_JSON --megabytes 8 \\
-        --dume 'build/pipeline/dume tokenize --tokenizer {tokenizer} --input {documents}'
-
---dume is a command template: {tokenizer} is the tokenizer.json, {documents} a file with one
-document per line written for it; its wall time is reported next to the library's.
+    python3 tools/bench_tokenizer.py                       # every fixture family
+    python3 tools/bench_tokenizer.py path/to/tokenizer.json --megabytes 16
 """
 import argparse
+import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -24,64 +26,86 @@ import time
 os.environ["RAYON_NUM_THREADS"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
+import numpy as np  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "tokenizers"
 
 
-def documents(text_path, megabytes):
+def documents(text_path, megabytes, document_bytes):
     lines = [line for line in pathlib.Path(text_path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    docs, size, i = [], 0, 0
+    docs, size, i, current = [], 0, 0, []
     while size < megabytes * 1e6:
-        # A line number keeps repeated documents from being identical strings end to end.
-        doc = f"{lines[i % len(lines)]} {i}"
-        docs.append(doc)
-        size += len(doc.encode("utf-8"))
+        # A counter keeps repeated lines from being identical strings (no cache hits for free).
+        current.append(f"{lines[i % len(lines)]} {i}")
         i += 1
+        if sum(len(x) for x in current) >= document_bytes:
+            doc = "\n".join(current)
+            docs.append(doc)
+            size += len(doc.encode("utf-8"))
+            current = []
     return docs, size
+
+
+def read_megatron(prefix):
+    idx = pathlib.Path(str(prefix) + ".idx").read_bytes()
+    dtype = {4: np.int32, 8: np.uint16}[idx[17]]
+    count = int(np.frombuffer(idx, np.uint64, 1, 18)[0])
+    lengths = np.frombuffer(idx, np.int32, count, 34)
+    tokens = np.fromfile(str(prefix) + ".bin", dtype=dtype)
+    return np.split(tokens.astype(np.int64), np.cumsum(lengths)[:-1])
+
+
+def bench(tokenizer_path, dume, docs, size, repeats):
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    tokenizer.encode_batch(docs[:10])  # warm up
+    best, expected = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        expected = tokenizer.encode_batch(docs)
+        best = min(best, time.perf_counter() - start)
+    hf = size / 1e6 / best
+
+    with tempfile.TemporaryDirectory() as tmp:
+        jsonl = pathlib.Path(tmp) / "docs.jsonl"
+        jsonl.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+        rate = 0.0
+        for _ in range(repeats):
+            out = subprocess.run([dume, "tokenize", str(jsonl), "--tokenizer", str(tokenizer_path), "--output",
+                                  f"{tmp}/out", "--force"], capture_output=True, text=True,
+                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
+            if out.returncode != 0:
+                sys.exit(f"dume tokenize failed: {out.stderr.strip()}")
+            rate = max(rate, float(re.search(r"\(([0-9.]+) MB/s,", out.stdout).group(1)))
+        got = read_megatron(f"{tmp}/out")
+    same = len(got) == len(expected) and all(np.array_equal(g, e.ids) for g, e in zip(got, expected))
+    tokens = sum(len(e.ids) for e in expected)
+    return hf, rate, same, tokens
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tokenizer", help="a tokenizer.json")
-    parser.add_argument("--text", default=str(ROOT / "tests" / "fixtures" / "tokenizers" / "text.txt"))
+    parser.add_argument("tokenizers", nargs="*", help="tokenizer.json files (default: every fixture family)")
+    parser.add_argument("--text", default=str(FIXTURES / "text.txt"))
     parser.add_argument("--megabytes", type=float, default=4.0)
+    parser.add_argument("--document-bytes", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
-    parser.add_argument("--dume", help="a dume command template to time on the same documents")
+    parser.add_argument("--dume", default=str(ROOT / "build" / "pipeline" / "dume"))
     args = parser.parse_args()
+    paths = args.tokenizers or sorted(str(p) for p in FIXTURES.glob("*/tokenizer.json"))
 
-    docs, size = documents(args.text, args.megabytes)
-    tokenizer = Tokenizer.from_file(args.tokenizer)
-    tokenizer.encode(docs[0], add_special_tokens=False)  # warm up
-    best, n_tokens = float("inf"), 0
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        n_tokens = sum(len(tokenizer.encode(doc, add_special_tokens=False).ids) for doc in docs)
-        best = min(best, time.perf_counter() - start)
-    print(f"tokenizers encode (1 thread):       {size / 1e6:.2f} MB, {len(docs)} documents, {n_tokens} tokens in "
-          f"{best:.3f} s = {size / 1e6 / best:.2f} MB/s")
-    # encode_batch leaves out Python's per-call cost; with RAYON_NUM_THREADS=1 it is still one thread.
-    best = float("inf")
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        n_tokens = sum(len(e.ids) for e in tokenizer.encode_batch(docs, add_special_tokens=False))
-        best = min(best, time.perf_counter() - start)
-    print(f"tokenizers encode_batch (1 thread): {size / 1e6:.2f} MB, {n_tokens} tokens in {best:.3f} s "
-          f"= {size / 1e6 / best:.2f} MB/s")
-
-    if args.dume:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = pathlib.Path(tmp) / "documents.txt"
-            path.write_text("\n".join(docs) + "\n", encoding="utf-8")
-            command = args.dume.format(tokenizer=args.tokenizer, documents=path)
-            best_dume = float("inf")
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                result = subprocess.run(command, shell=True, stdout=subprocess.DEVNULL)
-                best_dume = min(best_dume, time.perf_counter() - start)
-                if result.returncode != 0:
-                    sys.exit(f"dume command failed ({result.returncode}): {command}")
-        print(f"dume (whole command):               {size / 1e6:.2f} MB in {best_dume:.3f} s = {size / 1e6 / best_dume:.2f} MB/s")
+    docs, size = documents(args.text, args.megabytes, args.document_bytes)
+    print(f"# {size / 1e6:.2f} MB in {len(docs)} documents of ~{args.document_bytes} bytes; one core each; "
+          f"best of {args.repeats}")
+    print(f"{'tokenizer':<12} {'tokens':>9} {'tokenizers MB/s':>16} {'dume MB/s':>10} {'ratio':>6}  ids")
+    failed = False
+    for path in paths:
+        hf, rate, same, tokens = bench(path, args.dume, docs, size, args.repeats)
+        name = pathlib.Path(path).parent.name
+        print(f"{name:<12} {tokens:>9} {hf:>16.2f} {rate:>10.2f} {rate / hf:>5.1f}x  {'equal' if same else 'DIFFER'}")
+        failed |= not same
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
