@@ -107,9 +107,10 @@ std::vector<PhaseResult> run_benchmark(const BenchSettings& s, Backend& backend)
   for (const auto& r : rates)
     phases.push_back({r.kernel + " n=" + std::to_string(r.n), "GFLOP/s", r.gflops, 0, "", {}, 0});
 
-  const Model model = random_model(c, 42);
-  Forward forward(model, backend);
-  const auto tokens = random_tokens(static_cast<std::size_t>(T), c.vocab_size);
+  const Model random = s.model ? Model{} : random_model(c, 42);
+  Forward forward(s.model ? *s.model : random, backend);
+  const auto tokens = s.tokens.empty() ? random_tokens(static_cast<std::size_t>(T), c.vocab_size) : s.tokens;
+  DUME_ASSERT(tokens.size() == static_cast<std::size_t>(T));
   {  // forward pass with logits
     long wrong = 0;
     const auto seconds = time_runs(s.repeat, [&] {
@@ -194,7 +195,7 @@ std::vector<PhaseResult> run_benchmark(const BenchSettings& s, Backend& backend)
     std::deque<std::vector<std::byte>> encoded;  // encoded once: both sides write the same bytes
     std::vector<MoeTensor> tensors;
     double bytes = 0;
-    for_each_shared_tensor(c, model.shared, [&](const std::string&, const std::string& path,
+    for_each_shared_tensor(c, (s.model ? *s.model : random).shared, [&](const std::string&, const std::string& path,
                                                 const std::vector<std::int64_t>& shape, const auto& values) {
       encoded.push_back(encode(DType::BF16, {values.data(), static_cast<std::size_t>(values.size())}));
       const std::vector<std::byte>* data = &encoded.back();

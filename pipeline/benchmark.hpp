@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "model.hpp"
 #include "model_config.hpp"
 
 namespace dume {
@@ -18,6 +19,10 @@ ModelConfig bench_preset(const std::string& name);
 
 struct BenchSettings {
   ModelConfig config;
+  // A real checkpoint's weights and a real corpus's tokens (`dume bench CONFIG`); when null/empty,
+  // random weights of `config`'s shape and random tokens.
+  const Model* model = nullptr;
+  std::vector<std::uint32_t> tokens;  // batch * sequence_length of them
   std::int64_t batch = 4, sequence_length = 256;
   int repeat = 3;
   std::filesystem::path scratch;  // for the HDF5 write phase

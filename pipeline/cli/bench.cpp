@@ -1,5 +1,8 @@
-// `dume bench`: every phase of a merge on a synthetic model next to the limit that bounds it,
-// measured in the same run (an MPI job: run it on 1, 2, 4, ... ranks for a scaling study).
+// `dume bench [CONFIG]`: every phase of a merge next to the limit that bounds it, measured in the
+// same run (an MPI job: run it on 1, 2, 4, ... ranks for a scaling study). Without a config, a
+// synthetic model of a preset shape; with one, its first expert and calibration corpus.
+#include <sched.h>
+
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -14,6 +17,8 @@ namespace dume::cli {
 namespace {
 
 struct BenchOptions {
+  std::string config;  // a merge config: its first expert's weights and calibration tokens
+  bool ranks_note = false;
   std::string preset = "d1024";
   std::int64_t layers = 0, sequence_length = 256, batch = 4;
   int threads = 0, repeat = 3;
@@ -43,14 +48,62 @@ void print_table(const std::vector<PhaseResult>& phases) {
   }
 }
 
+// This process's CPUs as "0-3,8" (its affinity mask, as the launcher bound it).
+std::string cpu_list() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return "?";
+  std::string list;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (!CPU_ISSET(c, &set) || (c > 0 && CPU_ISSET(c - 1, &set))) continue;
+    int last = c;
+    while (last + 1 < CPU_SETSIZE && CPU_ISSET(last + 1, &set)) ++last;
+    list += (list.empty() ? "" : ",") + std::to_string(c) + (last > c ? "-" + std::to_string(last) : "");
+  }
+  return list;
+}
+
+// Where each rank runs, printed by rank 0: results mean little without the placement (ranks
+// sharing a node share its cores and memory bandwidth; a bad binding halves a GEMM rate).
+void print_ranks_note(int threads) {
+  for (int r = 0; r < mpi_size(); ++r) {
+    std::string line = "# rank " + std::to_string(r) + ": host " + host_name() + " (" + std::to_string(mpi_local_size()) +
+                       " rank" + (mpi_local_size() == 1 ? "" : "s") + " on it), " + std::to_string(threads) +
+                       " thread" + (threads == 1 ? "" : "s") + ", CPUs " + cpu_list();
+    broadcast(line, r);
+    if (mpi_rank() == 0) std::printf("%s\n", line.c_str());
+  }
+}
+
 void run_bench(const BenchOptions& o) {
   BenchSettings s;
-  s.config = bench_preset(o.preset);
-  if (o.layers > 0) s.config.num_layers = o.layers;
-  s.config.json_text = model_config_to_json(s.config);
   s.batch = o.batch;
   s.sequence_length = o.sequence_length;
   s.repeat = o.repeat;
+  std::optional<Model> model;
+  std::string shape_name = o.preset;
+  if (!o.config.empty()) {  // the config's first expert and the first windows of its calibration corpus
+    collective_phase([&] {
+      const MergeConfig config = merge_config_read(o.config);
+      const Checkpoint checkpoint(config.experts[0].checkpoint);
+      model = load_dense_model(checkpoint);
+      s.config = model->config;
+      s.sequence_length = config.calibration.sequence_length;
+      s.batch = config.calibration.batch_sequences;
+      const LoadedCorpus corpus = load_calibration(config, config.experts[0].calibration,
+                                                   static_cast<std::size_t>(s.config.vocab_size));
+      s.sequence_length = static_cast<std::int64_t>(corpus.windows.length());
+      const auto T = static_cast<std::size_t>(s.batch * s.sequence_length);
+      const auto all = corpus.windows.tokens();
+      for (std::size_t i = 0; i < T; ++i) s.tokens.push_back(all[i % all.size()]);  // repeated if short
+      shape_name = config.experts[0].name + " (" + config.experts[0].checkpoint.string() + ")";
+    });
+    s.model = &*model;
+  } else {
+    s.config = bench_preset(o.preset);
+    if (o.layers > 0) s.config.num_layers = o.layers;
+    s.config.json_text = model_config_to_json(s.config);
+  }
   if (!o.write_experts.empty()) {
     if (mpi_rank() == 0) {
       write_synthetic_experts(s.config, o.experts, o.tokens, o.sequence_length, o.batch, o.write_experts);
@@ -65,16 +118,17 @@ void run_bench(const BenchOptions& o) {
   s.scratch = std::filesystem::temp_directory_path() / ("dume-bench-" + std::to_string(getpid()));
   std::filesystem::create_directories(s.scratch);
   if (mpi_rank() == 0) {
-    std::printf("# dume bench: preset %s (D=%lld F=%lld L=%lld H=%lld Hkv=%lld V=%lld), %lld x %lld tokens per pass\n",
-                o.preset.c_str(), static_cast<long long>(c.hidden_size), static_cast<long long>(c.intermediate_size),
+    std::printf("# dume bench: %s %s (D=%lld F=%lld L=%lld H=%lld Hkv=%lld V=%lld), %lld x %lld tokens per pass\n",
+                o.config.empty() ? "preset" : "expert", shape_name.c_str(), static_cast<long long>(c.hidden_size), static_cast<long long>(c.intermediate_size),
                 static_cast<long long>(c.num_layers), static_cast<long long>(c.num_heads),
                 static_cast<long long>(c.num_kv_heads), static_cast<long long>(c.vocab_size),
-                static_cast<long long>(o.batch), static_cast<long long>(o.sequence_length));
+                static_cast<long long>(s.batch), static_cast<long long>(s.sequence_length));
     std::printf("# %d rank%s x %d thread%s; backend %s\n", mpi_size(), mpi_size() == 1 ? "" : "s", threads,
                 threads == 1 ? "" : "s", backend->describe().c_str());
     std::printf("# medians of %d runs; ratio = measured / limit; the limits are measured in this run\n", o.repeat);
     std::fflush(stdout);
   }
+  if (o.ranks_note) print_ranks_note(threads);
   const std::vector<PhaseResult> phases = run_benchmark(s, *backend);
   std::filesystem::remove_all(s.scratch);
   long wrong = 0;
@@ -83,12 +137,13 @@ void run_bench(const BenchOptions& o) {
     print_table(phases);
     if (!o.json.empty()) {
       nlohmann::json j;
-      j["preset"] = o.preset;
+      j["preset"] = o.config.empty() ? o.preset : "";
+      j["config"] = o.config;
       j["ranks"] = mpi_size();
       j["threads"] = threads;
       j["backend"] = backend->describe();
       j["shape"] = {{"D", c.hidden_size}, {"F", c.intermediate_size}, {"L", c.num_layers}, {"H", c.num_heads},
-                    {"Hkv", c.num_kv_heads}, {"V", c.vocab_size}, {"batch", o.batch}, {"S", o.sequence_length}};
+                    {"Hkv", c.num_kv_heads}, {"V", c.vocab_size}, {"batch", s.batch}, {"S", s.sequence_length}};
       for (const auto& p : phases)
         j["phases"].push_back({{"phase", p.phase}, {"unit", p.unit}, {"measured", p.measured}, {"limit", p.limit},
                                {"limit_is", p.limit_name}, {"ratio", p.limit > 0 ? p.measured / p.limit : 0.0},
@@ -106,8 +161,16 @@ void run_bench(const BenchOptions& o) {
 void add_bench(CLI::App& app) {
   auto* cmd = app.add_subcommand("bench", "Benchmark every phase of a merge against this machine's limits (MPI job)");
   auto o = std::make_shared<BenchOptions>();
-  cmd->add_option("--preset", o->preset, "tiny | d1024 | llama-1b-shape | llama-8b-shape")->capture_default_str();
-  cmd->add_option("--layers", o->layers, "Override the preset's layer count")->check(CLI::NonNegativeNumber);
+  auto* config = cmd->add_option("config", o->config,
+                                 "A merge config: benchmark its first expert on its calibration corpus (sequence "
+                                 "length and batch from the config; default: a synthetic preset)");
+  cmd->add_flag("--ranks-note", o->ranks_note, "Print where each rank runs: host, ranks per host, threads, CPUs");
+  cmd->add_option("--preset", o->preset, "tiny | d1024 | llama-1b-shape | llama-8b-shape")
+      ->capture_default_str()
+      ->excludes(config);
+  cmd->add_option("--layers", o->layers, "Override the preset's layer count")
+      ->check(CLI::NonNegativeNumber)
+      ->excludes(config);
   cmd->add_option("--sequence-length", o->sequence_length, "Tokens per sequence")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -119,7 +182,8 @@ void add_bench(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--json", o->json, "Also write the results as JSON to this file");
   cmd->add_option("--write-experts", o->write_experts,
-                  "Instead of benchmarking, write synthetic experts of the preset's shape, corpora and a merge.yaml here");
+                  "Instead of benchmarking, write synthetic experts of the preset's shape, corpora and a merge.yaml here")
+      ->excludes(config);
   cmd->add_option("--experts", o->experts, "Synthetic experts to write")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--tokens", o->tokens, "Calibration tokens per synthetic expert")
       ->capture_default_str()
