@@ -442,7 +442,10 @@ def write_readme(out: str, info: dict) -> None:
     a("Checkpoints are Hugging Face `save_pretrained` directories (`config.json` + "
       "`model.safetensors`), weights in **bfloat16**. Corpora are raw bytes: read them with "
       "`--format text-bytes` (every byte is one token id, 0..255; the models' vocabulary is the "
-      "256 byte values, no special tokens).\n")
+      "256 byte values, no special tokens). Each checkpoint also has a `tokenizer.json` (byte-level "
+      "BPE without merges: every UTF-8 byte is its own id), so the same text as `--format text`/`jsonl` "
+      "tokenizes to the same ids; `data/<domain>.calib.jsonl` holds the calibration bytes as JSON Lines "
+      "documents that pack back to exactly the `.bin`.\n")
     a("```sh")
     a("dume ppl --checkpoint experts/python --corpus experts/data/python.test.bin --format text-bytes")
     a("```\n")
