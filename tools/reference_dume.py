@@ -16,8 +16,8 @@ What it does (the method as the design reference states it, section 1 "The metho
 2. average every non-MLP parameter over the experts in float64, round to the experts' dtype
    (bf16), and put the rounded values (as f32) into every expert's model: expert e's model is then
    "shared weights + expert e's own MLPs", i.e. the merged MoE forced to expert e;
-3. for each domain e, run that model over domain e's calibration corpus (raw bytes, cut into
-   non-overlapping windows of ``sequence_length`` tokens, first ``context_tokens`` positions,
+3. for each domain e, run that model over domain e's calibration corpus (raw bytes, or JSON
+   Lines through the checkpoint's tokenizer.json, packed; cut into non-overlapping windows of ``sequence_length`` tokens, first ``context_tokens`` positions,
    batches of ``batch_sequences``) and, in a forward hook on each layer's
    ``post_attention_layernorm``, accumulate in float64 ``A_l += [X 1]^T [X 1]`` and
    ``B_l[:, e] += [X 1]^T 1``;
@@ -148,14 +148,26 @@ def is_shared(name: str) -> bool:
     return ".mlp." not in name
 
 
-def read_windows(path: Path, sequence_length: int, context: int, max_sequences: int) -> torch.Tensor:
-    """text-bytes corpus -> [N, context] int64 token ids (non-overlapping windows, tail dropped)."""
-    data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+def read_windows(spec: dict, base: Path, checkpoint: Path, sequence_length: int, context: int,
+                 max_sequences: int) -> torch.Tensor:
+    """A text-bytes or JSON Lines corpus -> [N, context] int64 token ids (non-overlapping windows of
+    the packed documents, tail dropped). JSON Lines documents go through the checkpoint's own
+    tokenizer.json with Hugging Face `tokenizers`, special tokens included, as users would."""
+    path = base / spec["path"]
+    if spec.get("format", "text-bytes") == "jsonl":
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
+        field = spec.get("field", "text")
+        docs = [json.loads(line)[field] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        data = np.array([i for d in tokenizer.encode_batch(docs) for i in d.ids], dtype=np.int64)
+    else:
+        data = np.frombuffer(path.read_bytes(), dtype=np.uint8).astype(np.int64)
     n = len(data) // sequence_length
     if max_sequences > 0:
         n = min(n, max_sequences)
     windows = data[: n * sequence_length].reshape(n, sequence_length)[:, :context]
-    return torch.from_numpy(windows.astype(np.int64))
+    return torch.from_numpy(np.ascontiguousarray(windows))
 
 
 def main() -> int:
@@ -192,8 +204,8 @@ def main() -> int:
     batch = int(cal_cfg.get("batch_sequences", 8))
     for e in experts:
         fmt = e["calibration"].get("format", "text-bytes")
-        if fmt != "text-bytes":
-            sys.exit(f"reference_dume.py reads text-bytes corpora only (got {fmt!r} for {e['name']})")
+        if fmt not in ("text-bytes", "jsonl"):
+            sys.exit(f"reference_dume.py reads text-bytes and jsonl corpora only (got {fmt!r} for {e['name']})")
     if not use_bias:
         sys.exit("reference_dume.py implements router.bias: true only")
 
@@ -260,7 +272,7 @@ def main() -> int:
     total_tokens = 0
     for e, (spec, model) in enumerate(zip(experts, models)):
         state["domain"] = e
-        windows = read_windows(base / spec["calibration"]["path"], seq_len, context, max_seq)
+        windows = read_windows(spec["calibration"], base, base / spec["checkpoint"], seq_len, context, max_seq)
         handles = [layer.post_attention_layernorm.register_forward_hook(make_hook(i))
                    for i, layer in enumerate(model.model.layers)]
         with torch.no_grad():
