@@ -17,8 +17,9 @@ What it does (the method as the design reference states it, section 1 "The metho
    (bf16), and put the rounded values (as f32) into every expert's model: expert e's model is then
    "shared weights + expert e's own MLPs", i.e. the merged MoE forced to expert e;
 3. for each domain e, run that model over domain e's calibration corpus (raw bytes, or JSON
-   Lines through the checkpoint's tokenizer.json, packed; cut into non-overlapping windows of ``sequence_length`` tokens, first ``context_tokens`` positions,
-   batches of ``batch_sequences``) and, in a forward hook on each layer's
+   Lines through the checkpoint's tokenizer.json, packed; cut into non-overlapping windows of
+   ``sequence_length`` tokens, first ``context_tokens`` positions, batches of
+   ``batch_sequences``) and, in a forward hook on each layer's
    ``post_attention_layernorm``, accumulate in float64 ``A_l += [X 1]^T [X 1]`` and
    ``B_l[:, e] += [X 1]^T 1``;
 4. solve ``W_l = (A_l + lambda I)^{-1} B_l`` (Cholesky, float64), take the last row as the bias
