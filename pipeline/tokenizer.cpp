@@ -381,7 +381,11 @@ class Regex {
     const std::string translated = literal ? std::string(pattern) : onig_to_pcre2(pattern);
     int error_code = 0;
     PCRE2_SIZE error_offset = 0;
-    const std::uint32_t options = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0u);
+    // PCRE2_LITERAL refuses PCRE2_UCP ("invalid option bits"), which a literal does not need.
+    // \C matches one byte even in UTF mode: its pieces would be invalid UTF-8, which the next
+    // regex (matched without a UTF check) and the model's decoding read past; Oniguruma has no
+    // such escape, so it is refused.
+    const std::uint32_t options = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C);
     code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(), options, &error_code,
                           &error_offset, nullptr);
     if (!code_) {

@@ -249,4 +249,34 @@ TEST_F(TokenizerFile, BrokenFiles) {
   expect_error(json::array(), {"the top level is not an object"});
 }
 
+// A small SentencePiece-style tokenizer whose one pre-tokenizer is `split` (fuzz findings).
+json split_tokenizer(const json& split) {
+  return {{"model",
+           {{"type", "BPE"},
+            {"unk_token", "<unk>"},
+            {"vocab", {{"<unk>", 0}, {"a", 1}, {",", 2}, {"b", 3}, {"a,", 4}}},
+            {"merges", {"a ,"}}}},
+          {"pre_tokenizer", split}};
+}
+
+// Found by fuzz/tokenizer.cpp: Split with a {"String": ...} pattern (Llama 4's, DeepSeek's) was
+// compiled with PCRE2_LITERAL | PCRE2_UCP, which PCRE2 refuses, so every such file failed to load.
+TEST_F(TokenizerFile, SplitWithAStringPattern) {
+  const json split = {{"type", "Split"}, {"pattern", {{"String", ","}}}, {"behavior", "Isolated"}};
+  const Tokenizer tokenizer = Tokenizer::from_file(write_json(split_tokenizer(split)));
+  // Isolated: "," is a piece of its own, so the merge "a ," cannot apply across it.
+  EXPECT_EQ(tokenizer.encode("a,b"), (std::vector<std::uint32_t>{1, 2, 3}));
+  // A literal: regex syntax in it means itself.
+  const json dot = {{"type", "Split"}, {"pattern", {{"String", "."}}}, {"behavior", "Isolated"}};
+  EXPECT_EQ(Tokenizer::from_file(write_json(split_tokenizer(dot))).encode("a,"), (std::vector<std::uint32_t>{4}));
+}
+
+// Found by fuzz/tokenizer.cpp: PCRE2's \C matches one byte inside a UTF-8 character, and the
+// pieces it cut were decoded past their end (an ASan heap-buffer-overflow) and matched by the
+// next regex as UTF-8 unchecked. It is refused when the file is read.
+TEST_F(TokenizerFile, SingleByteEscapeIsRefused) {
+  const json split = {{"type", "Split"}, {"pattern", {{"Regex", "\\C"}}}, {"behavior", "Isolated"}};
+  expect_error(split_tokenizer(split), {"pre_tokenizer.pattern.Regex", "does not compile", "using \\C is disabled"});
+}
+
 }  // namespace
