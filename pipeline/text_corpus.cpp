@@ -35,10 +35,8 @@ DocumentSource document_source(const CorpusSpec& spec) {
   return source;
 }
 
-TokenizedDocuments tokenize_documents(const Documents& documents, const Tokenizer& tokenizer, bool collective,
-                                      bool progress) {
-  const std::size_t ranks = collective ? static_cast<std::size_t>(mpi_size()) : 1;
-  const std::size_t rank = collective ? static_cast<std::size_t>(mpi_rank()) : 0;
+TokenizedDocuments tokenize_documents(const Documents& documents, const Tokenizer& tokenizer, bool progress) {
+  const auto ranks = static_cast<std::size_t>(mpi_size()), rank = static_cast<std::size_t>(mpi_rank());
   const std::size_t n = documents.texts.size();
   Progress bar("tokenizing", static_cast<std::int64_t>(n), "documents", progress && rank == 0);
 
@@ -57,17 +55,12 @@ TokenizedDocuments tokenize_documents(const Documents& documents, const Tokenize
     }
     bar.advance(static_cast<std::int64_t>(std::min(ranks, n - d)));  // this round's documents on all ranks
   }
-  if (collective) {
-    const int failed = max_over_ranks(error.empty() ? 0 : 1);
-    if (failed) {
-      for (std::size_t r = 0; r < ranks; ++r) {
-        std::string message = error;
-        broadcast(message, static_cast<int>(r));
-        if (!message.empty()) throw CollectiveError(message);
-      }
+  if (max_over_ranks(error.empty() ? 0 : 1)) {  // the first rank's error, on every rank
+    for (std::size_t r = 0; r < ranks; ++r) {
+      std::string message = error;
+      broadcast(message, static_cast<int>(r));
+      if (!message.empty()) throw CollectiveError(message);
     }
-  } else if (!error.empty()) {
-    throw Error(error);
   }
 
   // Every rank's share on every rank, then reassembled: document d is the (d / R)-th of rank d % R.
@@ -138,7 +131,7 @@ LoadedCorpus load_corpus(const CorpusSpec& spec, std::size_t vocab, std::size_t 
     report.first_skip = texts.first_skip;
     for (const auto& text : texts.texts) report.text_bytes += text.size();
     const auto start = std::chrono::steady_clock::now();
-    documents = tokenize_documents(texts, tokenizer, /*collective=*/true, /*progress=*/true);
+    documents = tokenize_documents(texts, tokenizer, /*progress=*/true);
     report.tokenize_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
   report.documents = documents.documents();

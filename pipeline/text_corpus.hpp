@@ -47,11 +47,10 @@ Tokenizer load_tokenizer(const std::filesystem::path& file_or_directory);
 // The document source a text or jsonl spec describes.
 DocumentSource document_source(const CorpusSpec& spec);
 
-// encode_document() of every document. Collective when `collective`: rank r tokenizes documents
-// r, r + R, ...; the result is the same on every rank and for every rank count. `progress` shows
-// documents tokenized on rank 0.
-TokenizedDocuments tokenize_documents(const Documents& documents, const Tokenizer& tokenizer, bool collective,
-                                      bool progress);
+// encode_document() of every document, collectively: rank r tokenizes documents r, r + R, ...;
+// the result is the same on every rank and for every rank count. `progress` shows documents
+// tokenized on rank 0.
+TokenizedDocuments tokenize_documents(const Documents& documents, const Tokenizer& tokenizer, bool progress);
 
 // Reads `spec` (collective for text and jsonl), checks every id against `vocab` and cuts windows of
 // `length` tokens (at most max_windows; 0 = all).

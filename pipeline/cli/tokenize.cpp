@@ -47,7 +47,7 @@ void run_tokenize(const TokenizeOptions& o) {
   for (const auto& text : documents.texts) bytes += text.size();
 
   const auto start = std::chrono::steady_clock::now();
-  const TokenizedDocuments tokens = tokenize_documents(documents, tokenizer, /*collective=*/true, /*progress=*/true);
+  const TokenizedDocuments tokens = tokenize_documents(documents, tokenizer, /*progress=*/true);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   collective_phase([&] {
     if (!root) return;
