@@ -207,7 +207,7 @@ MegatronDataset read_megatron(const fs::path& prefix) {
   return dataset;
 }
 
-void write_megatron(const fs::path& prefix, std::span<const std::vector<std::uint32_t>> documents,
+void write_megatron(const fs::path& prefix, std::span<const std::span<const std::uint32_t>> documents,
                     std::size_t vocab_size) {
   const fs::path idx_path = with_suffix(prefix, ".idx"), bin_path = with_suffix(prefix, ".bin");
   // DType.optimal_dtype: uint16 below 65500 ids, else int32.
@@ -225,7 +225,7 @@ void write_megatron(const fs::path& prefix, std::span<const std::vector<std::uin
   std::string lengths, pointers, document_index, buffer;
   std::uint64_t pointer = 0;
   for (std::size_t d = 0; d < documents.size(); ++d) {
-    const std::vector<std::uint32_t>& document = documents[d];
+    const std::span<const std::uint32_t> document = documents[d];
     if (document.size() > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
       throw Error(bin_path.string() + ": document " + std::to_string(d) + " has " + std::to_string(document.size()) +
                   " tokens, more than an int32 sequence length holds");

@@ -23,7 +23,7 @@ MegatronDataset read_megatron(const std::filesystem::path& prefix);
 
 // Writes one sequence per document with the smallest dtype Megatron would pick for `vocab_size`
 // (uint16 below 65500, else int32), to temporary names renamed into place.
-void write_megatron(const std::filesystem::path& prefix, std::span<const std::vector<std::uint32_t>> documents,
+void write_megatron(const std::filesystem::path& prefix, std::span<const std::span<const std::uint32_t>> documents,
                     std::size_t vocab_size);
 
 }  // namespace dume

@@ -20,6 +20,12 @@ namespace fs = std::filesystem;
 using test::TempDirTest;
 using Ids = std::vector<std::uint32_t>;
 
+// write_megatron of documents held as vectors.
+void write_documents(const fs::path& prefix, const std::vector<Ids>& documents, std::size_t vocab_size) {
+  const std::vector<std::span<const std::uint32_t>> spans(documents.begin(), documents.end());
+  write_megatron(prefix, spans, vocab_size);
+}
+
 std::string read_bytes(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
@@ -98,7 +104,7 @@ TEST_F(MegatronTest, ReadsWhatMegatronCoreWrote) {
 
 TEST_F(MegatronTest, RoundTripsAndPicksMegatronsDtype) {
   const std::vector<Ids> documents = {{1, 2, 3}, {}, {65498, 0}, {42}};
-  write_megatron(file("small"), documents, 65499);
+  write_documents(file("small"), documents, 65499);
   EXPECT_EQ(read_bytes(file("small.idx"))[17], 8);  // uint16 below 65500
   EXPECT_EQ(fs::file_size(file("small.bin")), 6u * 2);
   EXPECT_FALSE(fs::exists(file("small.idx.tmp")));
@@ -108,22 +114,22 @@ TEST_F(MegatronTest, RoundTripsAndPicksMegatronsDtype) {
   EXPECT_EQ(got.sequence_offsets, (std::vector<std::uint64_t>{0, 3, 3, 5, 6}));
   EXPECT_EQ(got.document_index, (std::vector<std::uint64_t>{0, 1, 2, 3, 4}));
 
-  write_megatron(file("wide"), std::vector<Ids>{{65499, 1}, {0}}, 65500);
+  write_documents(file("wide"), {{65499, 1}, {0}}, 65500);
   EXPECT_EQ(read_bytes(file("wide.idx"))[17], 4);  // int32 from 65500 on
   EXPECT_EQ(fs::file_size(file("wide.bin")), 3u * 4);
   got = read_megatron(file("wide"));
   EXPECT_EQ(got.tokens, (Ids{65499, 1, 0}));
   EXPECT_EQ(got.document_index, (std::vector<std::uint64_t>{0, 1, 2}));
-  write_megatron(file("wide"), std::vector<Ids>{{70000}, {150000, 3}}, 150001);
+  write_documents(file("wide"), {{70000}, {150000, 3}}, 150001);
   EXPECT_EQ(read_megatron(file("wide")).tokens, (Ids{70000, 150000, 3}));
 
   // Overwrites in place.
-  write_megatron(file("wide"), std::vector<Ids>{{5}}, 100000);
+  write_documents(file("wide"), {{5}}, 100000);
   EXPECT_EQ(read_megatron(file("wide")).tokens, Ids{5});
 }
 
 TEST_F(MegatronTest, WriteRejectsIdsOutsideTheVocabulary) {
-  EXPECT_ERROR_WITH(write_megatron(file("x"), std::vector<Ids>{{1}, {2, 300}}, 300), "x.bin", "document 1",
+  EXPECT_ERROR_WITH(write_documents(file("x"), {{1}, {2, 300}}, 300), "x.bin", "document 1",
                     "token 1", "id 300", "vocabulary of 300");
   EXPECT_FALSE(fs::exists(file("x.idx")));
 }

@@ -51,9 +51,8 @@ void run_tokenize(const TokenizeOptions& o) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   collective_phase([&] {
     if (!root) return;
-    std::vector<std::vector<std::uint32_t>> per_document(tokens.documents());
-    for (std::size_t d = 0; d < tokens.documents(); ++d)
-      per_document[d].assign(tokens.document(d).begin(), tokens.document(d).end());
+    std::vector<std::span<const std::uint32_t>> per_document;
+    for (std::size_t d = 0; d < tokens.documents(); ++d) per_document.push_back(tokens.document(d));
     write_megatron(o.output, per_document, tokenizer.vocab_size());
   });
   if (!root) return;
