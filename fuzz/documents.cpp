@@ -2,9 +2,6 @@
 // the source: bit 0 JSONL (else text), bit 1 blank-line blocks (text), bit 2 on_bad = skip,
 // bit 3 the JSONL field "content" (else "text"); the rest is the file. Every document read must
 // be non-empty valid UTF-8.
-#include <stdlib.h>
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -12,35 +9,11 @@
 
 #include "documents.hpp"
 #include "error.hpp"
+#include "temp_file.hpp"
 #include "utf8.hpp"
 
-namespace {
-
-struct TempFile {
-  std::string path;
-  TempFile() {
-    char name[] = "/dev/shm/dume-fuzz-documents-XXXXXX";
-    char fallback[] = "/tmp/dume-fuzz-documents-XXXXXX";
-    int fd = ::mkstemp(name);
-    path = name;
-    if (fd < 0) {
-      fd = ::mkstemp(fallback);
-      path = fallback;
-    }
-    if (fd < 0) __builtin_trap();
-    ::close(fd);
-  }
-  ~TempFile() { ::unlink(path.c_str()); }
-  void write(const std::uint8_t* data, std::size_t size) const {
-    FILE* f = std::fopen(path.c_str(), "wb");
-    if (!f || std::fwrite(data, 1, size, f) != size || std::fclose(f) != 0) __builtin_trap();
-  }
-};
-
-}  // namespace
-
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  static const TempFile file;
+  static const dume::fuzz::TempFile file("documents");
   if (size < 1) return 0;
   const std::uint8_t flags = data[0];
   file.write(data + 1, size - 1);

@@ -3,9 +3,6 @@
 // file; the bytes after that NUL (or, without one, the input's last 64 bytes) are encoded too,
 // besides a few fixed texts. A dume::Error is the expected outcome for bad files and invalid
 // UTF-8; every id encode() returns must lie below vocab_size().
-#include <stdlib.h>
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -15,31 +12,10 @@
 #include <vector>
 
 #include "error.hpp"
+#include "temp_file.hpp"
 #include "tokenizer.hpp"
 
 namespace {
-
-// One temporary file for every input, removed at exit.
-struct TempFile {
-  std::string path;
-  TempFile() {
-    char name[] = "/dev/shm/dume-fuzz-tokenizer-XXXXXX";
-    char fallback[] = "/tmp/dume-fuzz-tokenizer-XXXXXX";
-    int fd = ::mkstemp(name);
-    path = name;
-    if (fd < 0) {
-      fd = ::mkstemp(fallback);
-      path = fallback;
-    }
-    if (fd < 0) __builtin_trap();
-    ::close(fd);
-  }
-  ~TempFile() { ::unlink(path.c_str()); }
-  void write(const std::uint8_t* data, std::size_t size) const {
-    FILE* f = std::fopen(path.c_str(), "wb");
-    if (!f || std::fwrite(data, 1, size, f) != size || std::fclose(f) != 0) __builtin_trap();
-  }
-};
 
 void check(const dume::Tokenizer& tokenizer, const std::vector<std::uint32_t>& ids) {
   for (const std::uint32_t id : ids)
@@ -58,7 +34,7 @@ void encode(const dume::Tokenizer& tokenizer, std::string_view text) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  static const TempFile file;
+  static const dume::fuzz::TempFile file("tokenizer");
   const auto* nul = static_cast<const std::uint8_t*>(std::memchr(data, 0, size));
   const std::size_t json_size = nul ? static_cast<std::size_t>(nul - data) : size;
   const std::string_view tail = nul ? std::string_view(reinterpret_cast<const char*>(nul + 1), size - json_size - 1)
