@@ -35,8 +35,7 @@ std::optional<MergeConfig> original_config(const fs::path& moe) {
 void check_output(const fs::path& moe, const fs::path& output, bool force) {
   if (fs::exists(output) && fs::equivalent(moe, output))
     throw Error("output " + output.string() + " is the input MoE; dume never modifies an MoE in place");
-  if (fs::exists(output) && !force)
-    throw Error("output " + output.string() + " exists; pass --force to replace it");
+  check_new_output(output, force);
 }
 
 // A plan that starts from an existing MoE: its shared weights (checked against its hash), its

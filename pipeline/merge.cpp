@@ -2,8 +2,10 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <numeric>
 #include <ranges>
@@ -39,8 +41,7 @@ LoadedCorpus load_calibration(const MergeConfig& config, const CorpusSpec& spec,
 }
 
 MergeInputs merge_prepare(const MergeConfig& config, bool force) {
-  if (fs::exists(config.output.path) && !force)
-    throw Error("output " + config.output.path.string() + " exists; pass --force to replace it");
+  check_new_output(config.output.path, force);
   MergeInputs in;
   for (const auto& e : config.experts) in.experts.emplace_back(e.checkpoint);
   const ModelConfig& first = in.experts[0].config();
@@ -191,6 +192,17 @@ std::string shared_weights_hash(const ModelConfig& config, const SharedWeights& 
     hash = hash_bytes(hash, std::as_bytes(std::span(storage.data(), numel(shape))));
   });
   return hash_hex(hash);
+}
+
+void check_new_output(const fs::path& output, bool force) {
+  if (fs::exists(output) && !force) throw Error("output " + output.string() + " exists; pass --force to replace it");
+  fs::path dir = fs::absolute(output).parent_path();
+  while (!fs::exists(dir) && dir.has_parent_path() && dir != dir.parent_path()) dir = dir.parent_path();
+  if (!fs::is_directory(dir))
+    throw Error("output " + output.string() + " cannot be created: " + dir.string() + " is not a directory");
+  if (::access(dir.c_str(), W_OK) != 0)
+    throw Error("output " + output.string() + " cannot be created: " + dir.string() + " is not writable (" +
+                std::strerror(errno) + ")");
 }
 
 void write_output_atomically(const fs::path& output, bool force, const std::function<void(const fs::path&)>& fill) {

@@ -58,6 +58,11 @@ std::string shared_weights_hash(const ModelConfig& config, const SharedWeights& 
 // an existing MoE's; rounded to dtype.
 SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const Checkpoint*>& experts, DType dtype);
 
+// Before any work: `output` must not exist (unless force) and must be creatable: its nearest
+// existing ancestor is a writable directory. Throws Error naming the path otherwise, so a job
+// that cannot write its result fails at once instead of after hours of calibration.
+void check_new_output(const std::filesystem::path& output, bool force);
+
 // Writes `fill`'s files into a temporary sibling of `output` (.NAME.tmp-PID), then renames it
 // into place (replacing an existing output only with force). Temporaries of the same output
 // that killed jobs left are removed first.

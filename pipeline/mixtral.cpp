@@ -194,7 +194,7 @@ void export_mixtral(const fs::path& moe, const fs::path& output, const ExportOpt
   const MoeInfo info = read_moe_info(moe);
   auto file = std::make_shared<H5Id>(h5::open_file(moe / "moe.h5"));
   check_exportable(moe, info, file->get());
-  if (fs::exists(output) && !force) throw Error("output " + output.string() + " exists; pass --force to replace it");
+  check_new_output(output, force);
   const DType dtype = options.dtype.value_or(info.dtype);
   fs::path tokenizer_source;
   if (options.tokenizer) {
