@@ -58,7 +58,9 @@ std::string cpu_list() {
     if (!CPU_ISSET(c, &set) || (c > 0 && CPU_ISSET(c - 1, &set))) continue;
     int last = c;
     while (last + 1 < CPU_SETSIZE && CPU_ISSET(last + 1, &set)) ++last;
-    list += (list.empty() ? "" : ",") + std::to_string(c) + (last > c ? "-" + std::to_string(last) : "");
+    if (!list.empty()) list += ',';  // appended piece by piece: GCC 12 warns falsely (-Wrestrict) on "-" + string
+    list += std::to_string(c);
+    if (last > c) list.append("-").append(std::to_string(last));
   }
   return list;
 }

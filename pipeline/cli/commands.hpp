@@ -5,6 +5,8 @@
 #include <functional>
 #include <string>
 
+#include "corpus.hpp"
+
 namespace dume::cli {
 
 void add_inspect(CLI::App& app);
@@ -25,6 +27,9 @@ struct ExitStatus {
 // Runs `body` as an MPI job. An error all ranks share (a bad config) is printed once by rank 0
 // and every rank exits 1; an error on some ranks aborts the job naming the rank.
 void run_job(const std::function<void()>& body);
+
+// --field, --documents and --on-bad: how text and JSONL files become `spec`'s documents.
+void add_document_options(CLI::App* cmd, CorpusSpec& spec);
 
 // Formats 1234567 as "1,234,567".
 std::string thousands(long long n);

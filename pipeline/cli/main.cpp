@@ -18,6 +18,19 @@ std::string thousands(long long n) {
   return (n < 0 ? "-" : "") + out;
 }
 
+void add_document_options(CLI::App* cmd, CorpusSpec& spec) {
+  cmd->add_option("--field", spec.field, "jsonl: the field holding each document")->capture_default_str();
+  cmd->add_option_function<std::string>(
+         "--documents", [&spec](const std::string& v) { spec.blank_line_documents = v == "blank-line"; },
+         "text: one document per file or per blank-line-separated block (default: file)")
+      ->check(CLI::IsMember({"file", "blank-line"}));
+  cmd->add_option_function<std::string>(
+         "--on-bad", [&spec](const std::string& v) { spec.skip_bad_documents = v == "skip"; },
+         "a bad document (invalid UTF-8, empty, missing field) fails the job or is counted and skipped (default: "
+         "error)")
+      ->check(CLI::IsMember({"error", "skip"}));
+}
+
 void run_job(const std::function<void()>& body) {
   MpiSession mpi(nullptr, nullptr);
   try {

@@ -14,8 +14,8 @@ namespace dume::cli {
 namespace {
 
 struct PplOptions {
-  std::string checkpoint, corpus, format = "uint16", dataset, tokenizer, field = "text", documents = "file",
-      packing = "pack";
+  std::string checkpoint, corpus, format = "uint16", dataset, tokenizer, packing = "pack";
+  CorpusSpec source;  // --field, --documents, --on-bad (path and format are set when it runs)
   std::int64_t sequence_length = 256, max_sequences = 0, batch = 0;
   int threads = 0;
 };
@@ -23,13 +23,11 @@ struct PplOptions {
 void run_ppl(const PplOptions& o) {
   const Checkpoint checkpoint(o.checkpoint);
   const ModelConfig& c = checkpoint.config();
-  CorpusSpec spec;
+  CorpusSpec spec = o.source;
   spec.path = o.corpus;
   spec.format = corpus_format_from_string(o.format);
   spec.dataset = o.dataset;
   spec.tokenizer = o.tokenizer.empty() ? std::filesystem::path(o.checkpoint) : std::filesystem::path(o.tokenizer);
-  spec.field = o.field;
-  spec.blank_line_documents = o.documents == "blank-line";
   spec.packing = o.packing == "truncate" ? Packing::truncate : Packing::pack;
   const LoadedCorpus corpus = load_corpus(spec, static_cast<std::size_t>(c.vocab_size),
                                           static_cast<std::size_t>(o.sequence_length),
@@ -61,10 +59,7 @@ void add_ppl(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--dataset", o->dataset, "Dataset path inside an hdf5 corpus, e.g. /tokens");
   cmd->add_option("--tokenizer", o->tokenizer, "text, jsonl: tokenizer.json or its directory (default: the checkpoint's)");
-  cmd->add_option("--field", o->field, "jsonl: the field holding each document")->capture_default_str();
-  cmd->add_option("--documents", o->documents, "text: one document per file or per blank-line-separated block")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"file", "blank-line"}));
+  add_document_options(cmd, o->source);
   cmd->add_option("--packing", o->packing, "Documents packed into windows, or one per window, truncated")
       ->capture_default_str()
       ->check(CLI::IsMember({"pack", "truncate"}));

@@ -19,7 +19,8 @@ namespace {
 namespace fs = std::filesystem;
 
 struct TokenizeOptions {
-  std::string input, format = "jsonl", tokenizer, output, field = "text", documents = "file", on_bad = "error";
+  std::string input, format = "jsonl", tokenizer, output;
+  CorpusSpec source;  // --field, --documents, --on-bad (path and format are set when it runs)
   bool force = false;
 };
 
@@ -35,12 +36,9 @@ void run_tokenize(const TokenizeOptions& o) {
     });
     return std::move(*t);
   }();
-  CorpusSpec spec;
+  CorpusSpec spec = o.source;
   spec.path = o.input;
   spec.format = corpus_format_from_string(o.format);
-  spec.field = o.field;
-  spec.blank_line_documents = o.documents == "blank-line";
-  spec.skip_bad_documents = o.on_bad == "skip";
   Documents documents;
   collective_phase([&] { documents = read_documents(document_source(spec)); });
   std::size_t bytes = 0;
@@ -80,13 +78,7 @@ void add_tokenize(CLI::App& app) {
   cmd->add_option("--format", o->format, "text | jsonl")->capture_default_str()->check(CLI::IsMember({"text", "jsonl"}));
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json, or a checkpoint directory holding one")->required();
   cmd->add_option("--output", o->output, "output prefix: writes PREFIX.bin and PREFIX.idx")->required();
-  cmd->add_option("--field", o->field, "jsonl: the field holding each document")->capture_default_str();
-  cmd->add_option("--documents", o->documents, "text: one document per file or per blank-line-separated block")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"file", "blank-line"}));
-  cmd->add_option("--on-bad", o->on_bad, "a bad document (invalid UTF-8, empty, missing field) fails or is skipped")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"error", "skip"}));
+  add_document_options(cmd, o->source);
   cmd->add_flag("--force", o->force, "replace an existing PREFIX.bin / PREFIX.idx");
   cmd->callback([o] { run_job([&] { run_tokenize(*o); }); });
 }
