@@ -184,8 +184,6 @@ void run_resolve(const fs::path& moe, const ResolveOverrides& o, const fs::path&
     if (!(r.temperature > 0)) throw Error("--temperature must be > 0");
     if (r.top_k < 1 || static_cast<std::size_t>(r.top_k) > plan.info.experts.size())
       throw Error("--top-k must be between 1 and the number of experts (" + std::to_string(plan.info.experts.size()) + ")");
-    if (r.method != "dume" && r.method != "hidden" && r.method != "random")
-      throw Error("--method must be dume, hidden or random");
   });
   rewrite(plan, moe, output, force);
 }

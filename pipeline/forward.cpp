@@ -34,7 +34,21 @@ Forward::Forward(const Model& model, Backend& backend) : model_(model), backend_
     for (const MlpWeights& m : layer)
       resident.push_back({upload(backend, m.gate), upload(backend, m.up), upload(backend, m.down)});
   }
-  for (const Router& r : model.routers) routers_.push_back({upload(backend, r.weight), upload(backend, r.bias)});
+  for (const Router& r : model.routers) {
+    RouterBuffers& buffers = routers_.emplace_back();
+    buffers.weight = upload(backend, r.weight);
+    buffers.bias = upload(backend, r.bias);
+    if (r.quadratic.size()) {  // Q_e (x - W_e) = Q_e x + (-Q_e W_e): one GEMM with a bias for all e
+      const Eigen::Index E = r.weight.rows(), D = r.weight.cols();
+      Vector& shift = buffers.quadratic_bias_host;
+      shift.resize(E * D);
+      for (Eigen::Index e = 0; e < E; ++e)
+        shift.segment(e * D, D) = -(r.quadratic.middleRows(e * D, D).cast<double>() *
+                                    r.weight.row(e).transpose().cast<double>()).cast<float>();
+      buffers.quadratic = upload(backend, r.quadratic);
+      buffers.quadratic_bias = upload(backend, shift);
+    }
+  }
   DUME_ASSERT(layers_.size() == experts_.size());
   DUME_ASSERT(routers_.empty() || routers_.size() == layers_.size());
 }
@@ -72,7 +86,9 @@ void Forward::ensure_workspace(std::int64_t T, std::int64_t S, bool logits) {
     if (!routers_.empty()) {
       ws_.expert_in = backend_.alloc(n(c.hidden_size));
       ws_.expert_out = backend_.alloc(n(c.hidden_size));
-      ws_.router_logits = backend_.alloc(n(static_cast<std::int64_t>(model_.routers[0].bias.size())));
+      const auto E = static_cast<std::int64_t>(model_.routers[0].bias.size());
+      ws_.router_logits = backend_.alloc(n(E));
+      if (model_.routers[0].quadratic.size()) ws_.whitened = backend_.alloc(n(E * c.hidden_size));
     }
     ws_.rows = T;
   }
@@ -110,9 +126,21 @@ void Forward::routed_mlp(std::size_t layer, std::int64_t T, const ForwardOptions
   const auto E = static_cast<std::int64_t>(experts.size());
   const int k = model_.top_k;
   const RouterBuffers& router = routers_[layer];
-  backend_.linear(ws_.h.data(), router.weight.data(), router.bias.data(), T, D, E, ws_.router_logits.data());
   std::vector<float> logits(static_cast<std::size_t>(T * E));
-  backend_.download(ws_.router_logits.data(), logits);
+  if (router.quadratic.size()) {
+    backend_.linear(ws_.h.data(), router.quadratic.data(), router.quadratic_bias.data(), T, D, E * D, ws_.whitened.data());
+    std::vector<float> whitened(static_cast<std::size_t>(T * E * D));
+    backend_.download(ws_.whitened.data(), whitened);
+    const Vector& bias = model_.routers[layer].bias;
+    for (std::int64_t t = 0; t < T; ++t)
+      for (std::int64_t e = 0; e < E; ++e) {
+        const Eigen::Map<const Eigen::VectorXf> z(whitened.data() + (t * E + e) * D, D);
+        logits[static_cast<std::size_t>(t * E + e)] = bias(e) - 0.5f * z.squaredNorm();
+      }
+  } else {
+    backend_.linear(ws_.h.data(), router.weight.data(), router.bias.data(), T, D, E, ws_.router_logits.data());
+    backend_.download(ws_.router_logits.data(), logits);
+  }
   for (float& v : logits) v /= model_.temperature;
   const Routing& routing = model_.routing;
   if (routing.from_layer >= 0 && static_cast<std::int64_t>(layer) > routing.from_layer) {

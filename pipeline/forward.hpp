@@ -56,10 +56,12 @@ class Forward {
   };
   struct RouterBuffers {
     Buffer weight, bias;
+    Buffer quadratic, quadratic_bias;  // Gaussian routers: Q [E*D, D] and -Q_e W_e stacked [E*D]
+    Vector quadratic_bias_host;        // behind quadratic_bias (the CPU backend aliases it; moves keep its heap)
   };
   struct Workspace {
     std::int64_t rows = 0;
-    Buffer x, h, q, k, v, attention, gate, up, logits, cos, sin, expert_in, expert_out, router_logits;
+    Buffer x, h, q, k, v, attention, gate, up, logits, cos, sin, expert_in, expert_out, router_logits, whitened;
   };
 
   void ensure_workspace(std::int64_t T, std::int64_t S, bool logits);

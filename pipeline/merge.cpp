@@ -177,6 +177,13 @@ std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedWeight
     tensors.push_back({moe_path::layer(l, "router/bias"), DType::F32, {E}, [bias] {
                          return encode(DType::F32, {bias.data(), static_cast<std::size_t>(bias.size())});
                        }});
+    if (r.quadratic.size()) {
+      const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> quadratic = r.quadratic.cast<float>();
+      tensors.push_back({moe_path::layer(l, "router/quadratic"), DType::F32, {E, config.hidden_size, config.hidden_size},
+                         [quadratic] {
+                           return encode(DType::F32, {quadratic.data(), static_cast<std::size_t>(quadratic.size())});
+                         }});
+    }
   }
   return tensors;
 }

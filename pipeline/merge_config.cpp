@@ -3,6 +3,8 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <fstream>
@@ -202,9 +204,9 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
   if (top.has("router")) {
     const Section r(top.node("router"), "router", source);
     RouterSettings& rs = c.router;
-    rs.method = r.get<std::string>("method", "dume, hidden or random", rs.method);
-    if (rs.method != "dume" && rs.method != "hidden" && rs.method != "random")
-      r.fail(r.node("method"), "router.method must be dume, hidden or random, got '" + rs.method + "'");
+    rs.method = r.get<std::string>("method", "dume, gaussian, hidden or random", rs.method);
+    if (std::find(kRouterMethods.begin(), kRouterMethods.end(), rs.method) == kRouterMethods.end())
+      r.fail(r.node("method"), "router.method must be dume, gaussian, hidden or random, got '" + rs.method + "'");
     rs.lambda = r.get<double>("lambda", "a number", rs.lambda);
     rs.temperature = r.get<double>("temperature", "a number", rs.temperature);
     rs.top_k = r.get<int>("top_k", "an integer", rs.top_k);

@@ -22,11 +22,15 @@ struct ExpertSpec {
   std::optional<CorpusSpec> test;  // used by eval
 };
 
+// router.method's values. "dume": the closed-form ridge router; "gaussian": each domain's MLP
+// inputs as a Gaussian, routing on log-densities (ridge.hpp; not exportable to Mixtral);
+// "hidden": each domain's mean MLP input, unit-normalized, no bias (mergekit-moe's
+// prompt-average gate); "random": seeded Gaussian directions, no bias.
+inline const std::vector<std::string> kRouterMethods = {"dume", "gaussian", "hidden", "random"};
+
 struct RouterSettings {
-  // "dume": the closed-form ridge router; "hidden": each domain's mean MLP input, unit-normalized,
-  // no bias (mergekit-moe's prompt-average gate); "random": seeded Gaussian directions, no bias.
-  std::string method = "dume";
-  double lambda = 1e-2;         // ridge strength
+  std::string method = "dume";  // one of kRouterMethods
+  double lambda = 1e-2;         // ridge strength; for "gaussian" the covariance shrinkage
   double temperature = 1.0;     // logits are divided by it
   int top_k = 1;
   std::int64_t context_tokens = 256;  // C: positions of each sequence that enter the statistics

@@ -155,6 +155,10 @@ void check_exportable(const fs::path& moe, const MoeInfo& info, hid_t f) {
     throw Error(moe.string() + ": routing '" + info.router.routing.to_string() +
                 "' looks beyond the token (or across layers), which Mixtral's router cannot; export it with "
                 "per-token routing (dume resolve " + moe.string() + " --routing token --output NEW_DIR)");
+  if (info.router.method == "gaussian")
+    throw Error(moe.string() + ": its Gaussian routers are quadratic in the hidden state, which Mixtral's linear gate "
+                "cannot express; export a ridge router (dume resolve " + moe.string() +
+                " --method dume --bias false --routing token --output NEW_DIR)");
   const auto E = static_cast<std::int64_t>(info.experts.size());
   for (std::int64_t l = 0; l < c.num_layers; ++l) {
     const std::vector<float> bias = h5::read_f32(f, moe_path::layer(l, "router/bias"), std::vector<std::int64_t>{E});
@@ -241,7 +245,9 @@ Model load_mixtral_model(const Checkpoint& checkpoint) {
   m.shared = load_shared_weights(checkpoint);
   const auto span_of = [](auto& storage) { return std::span<float>(storage.data(), static_cast<std::size_t>(storage.size())); };
   for (std::int64_t l = 0; l < L; ++l) {
-    Router& router = m.routers.emplace_back(Router{Matrix(E, D), Vector::Zero(E)});
+    Router& router = m.routers.emplace_back();
+    router.weight.resize(E, D);
+    router.bias = Vector::Zero(E);
     checkpoint.read(router_name(l, layout), std::vector<std::int64_t>{E, D}, span_of(router.weight));
     auto& experts = m.experts.emplace_back(static_cast<std::size_t>(E));
     for (std::int64_t e = 0; e < E; ++e) {

@@ -41,10 +41,13 @@ struct SharedWeights {
   const Matrix& output_embedding() const { return lm_head.size() ? lm_head : embed; }
 };
 
-// A linear router over E experts: logits = (x W^T + b) / T, top-k, softmax over the k.
+// A router over E experts: logits / T, top-k, softmax over the k. Linear: logits = x W^T + b.
+// Gaussian (`quadratic` set): logit_e = b_e - 1/2 |Q_e (x - W_e)|^2, the log-density of domain
+// e's MLP inputs (W_e their mean, Q_e the inverse Cholesky factor of their covariance).
 struct Router {
-  Matrix weight;  // [E, D]
-  Vector bias;    // [E]
+  Matrix weight;     // [E, D]
+  Vector bias;       // [E]
+  Matrix quadratic;  // [E*D, D]: Q_0 ... Q_{E-1} stacked; empty for a linear router
 };
 
 struct Model {

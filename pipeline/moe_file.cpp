@@ -1,5 +1,7 @@
 #include "moe_file.hpp"
 
+#include <algorithm>
+
 #include <cstdio>
 #include <cstring>
 
@@ -129,6 +131,8 @@ MoeInfo read_moe_info(const fs::path& dir) {
   info.config = model_config_parse(h5::read_string_attribute(root, "config"), path.string() + ": attribute 'config'");
   info.experts = h5::read_strings_attribute(root, "experts");
   info.router.method = h5::read_string_attribute(root, "router_method");
+  if (std::find(kRouterMethods.begin(), kRouterMethods.end(), info.router.method) == kRouterMethods.end())
+    throw Error(path.string() + ": unknown router_method '" + info.router.method + "'");
   info.router.lambda = h5::read_double_attribute(root, "lambda");
   info.router.temperature = h5::read_double_attribute(root, "temperature");
   info.router.top_k = static_cast<int>(h5::read_int_attribute(root, "top_k"));
@@ -174,9 +178,15 @@ Model read_moe_model(const fs::path& dir) {
                                                                         const std::vector<std::int64_t>& shape, auto& storage) {
         read_into(moe_path::expert(l, e, name), shape, storage);
       });
-    Router& router = m.routers.emplace_back(Router{Matrix(E, D), Vector(E)});
+    Router& router = m.routers.emplace_back();
+    router.weight.resize(E, D);
+    router.bias.resize(E);
     read_into(moe_path::layer(l, "router/weight"), {E, D}, router.weight);
     read_into(moe_path::layer(l, "router/bias"), {E}, router.bias);
+    if (info.router.method == "gaussian") {
+      router.quadratic.resize(E * D, D);
+      read_into(moe_path::layer(l, "router/quadratic"), {E, D, D}, router.quadratic);
+    }
   }
   return m;
 }

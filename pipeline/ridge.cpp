@@ -63,6 +63,38 @@ RouterSolution ridge_solve(const MatrixXdRow& A, const Eigen::MatrixXd& B, doubl
   return r;
 }
 
+RouterSolution gaussian_solve(const Statistics& stats, double shrinkage, std::int64_t layer) {
+  const Eigen::Index D = stats.hidden_size, E = static_cast<Eigen::Index>(stats.domains.size());
+  if (!std::isfinite(shrinkage) || shrinkage < 0)
+    throw Error("layer " + std::to_string(layer) + ": router.lambda (the covariance shrinkage) must be finite and >= 0");
+  RouterSolution r;
+  r.weight.resize(E, D);
+  r.bias.resize(E);
+  r.quadratic.resize(E * D, D);
+  for (Eigen::Index e = 0; e < E; ++e) {
+    const DomainStatistics& domain = stats.domains[static_cast<std::size_t>(e)];
+    const MatrixXdRow& A = domain.A[static_cast<std::size_t>(layer)];  // sums of [x 1][x 1]^T
+    const std::string where = "layer " + std::to_string(layer) + ", domain '" + domain.name + "'";
+    if (!A.allFinite()) throw Error(where + ": the statistics hold non-finite values (the forward pass overflowed)");
+    const double n = A(D, D);
+    if (!(n >= 2)) throw Error(where + ": a Gaussian router needs at least 2 calibration tokens per domain");
+    const Eigen::VectorXd mean = A.col(D).head(D) / n;
+    Eigen::MatrixXd covariance = A.topLeftCorner(D, D) / n - mean * mean.transpose();
+    covariance.diagonal().array() += shrinkage * covariance.trace() / static_cast<double>(D);
+    const Eigen::LLT<Eigen::MatrixXd> cholesky(covariance);
+    if (cholesky.info() != Eigen::Success || !(cholesky.matrixLLT().diagonal().minCoeff() > 0))
+      throw Error(where + ": the covariance of the MLP inputs is singular (Cholesky failed at shrinkage " +
+                  std::to_string(shrinkage) + "); set a larger router.lambda");
+    // L^{-1}: (x - mu)^T C^{-1} (x - mu) = |L^{-1} (x - mu)|^2.
+    const Eigen::MatrixXd inverse_factor =
+        cholesky.matrixL().solve(Eigen::MatrixXd::Identity(D, D)).triangularView<Eigen::Lower>();
+    r.quadratic.middleRows(e * D, D) = inverse_factor;
+    r.weight.row(e) = mean.transpose();
+    r.bias(e) = -cholesky.matrixLLT().diagonal().array().log().sum();  // -1/2 log det C
+  }
+  return r;
+}
+
 RouterSolution build_router(const RouterSettings& settings, const Statistics& stats, std::int64_t layer) {
   if (settings.method == "dume") {
     if (!settings.balance)
@@ -77,6 +109,7 @@ RouterSolution build_router(const RouterSettings& settings, const Statistics& st
     }
     return ridge_solve(A, B, settings.lambda, settings.bias, layer);
   }
+  if (settings.method == "gaussian") return gaussian_solve(stats, settings.lambda, layer);
   const auto E = static_cast<Eigen::Index>(stats.domains.size());
   const Eigen::Index D = stats.hidden_size;
   RouterSolution r;

@@ -121,6 +121,20 @@ TEST_F(Dynamic, ResolveReproducesTheRoutersAndSolvesNewSettings) {
   }
   EXPECT_EQ(read_moe_info(dir_ / "new").router.lambda, 0.5);
   EXPECT_TRUE(read_moe_info(dir_ / "new").router.balance);
+
+  // A Gaussian router: means, constants and stacked factors stored in f32 and read back.
+  ResolveOverrides gaussian;
+  gaussian.method = "gaussian";
+  run_resolve(dir_ / "base", gaussian, dir_ / "gaussian", false);
+  const Model g = read_moe_model(dir_ / "gaussian");
+  for (std::int64_t l = 0; l < 3; ++l) {
+    const RouterSolution expected = gaussian_solve(stats, 0.01, l);
+    const Router& r = g.routers[static_cast<std::size_t>(l)];
+    EXPECT_EQ(r.weight, expected.weight.cast<float>());
+    EXPECT_EQ(r.bias, expected.bias.cast<float>());
+    EXPECT_EQ(r.quadratic, expected.quadratic.cast<float>());
+  }
+  EXPECT_EQ(read_moe_info(dir_ / "gaussian").router.method, "gaussian");
 }
 
 TEST_F(Dynamic, FoldInRefusals) {

@@ -160,6 +160,13 @@ TEST_F(Export, RefusesWhatMixtralCannotExpress) {
   expect_error_with([&] { export_mixtral(dir_ / "mean", dir_ / "w", {}, false); },
                     {"routing 'mean'", "--routing token"});
 
+  // A Gaussian router: quadratic in the hidden state.
+  ResolveOverrides gaussian;
+  gaussian.method = "gaussian";
+  run_resolve(dir_ / "moe", gaussian, dir_ / "gaussian", false);
+  expect_error_with([&] { export_mixtral(dir_ / "gaussian", dir_ / "v", {}, false); },
+                    {"Gaussian routers are quadratic", "--method dume"});
+
   // An existing output.
   expect_error_with([&] { export_mixtral(dir_ / "moe", dir_ / "fused", {}, false); }, {"exists", "--force"});
 

@@ -1,13 +1,17 @@
 // Beyond per-token routing: the running mean / moving average of router logits along a
-// sequence (causal), one layer deciding for the later ones, and task-arithmetic shared weights.
+// sequence (causal), one layer deciding for the later ones, Gaussian routers and
+// task-arithmetic shared weights.
 #include <gtest/gtest.h>
 
+#include <Eigen/LU>
 #include <array>
+#include <limits>
 #include <random>
 
 #include "forward.hpp"
 #include "merge.hpp"
 #include "merge_inputs.hpp"
+#include "ridge.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -52,7 +56,9 @@ Model tiny_moe(const Routing& routing, int top_k) {
   for (std::int64_t l = 0; l < c.num_layers; ++l) {
     auto& layer = m.experts[static_cast<std::size_t>(l)];
     for (int e = 1; e < 3; ++e) layer.push_back(tiny_expert(e).experts[static_cast<std::size_t>(l)][0]);
-    Router r{Matrix(3, c.hidden_size), Vector::Zero(3)};
+    Router r;
+    r.weight.resize(3, c.hidden_size);
+    r.bias = Vector::Zero(3);
     for (Eigen::Index i = 0; i < r.weight.size(); ++i) r.weight.data()[i] = normal(rng);
     m.routers.push_back(r);
   }
@@ -109,6 +115,122 @@ TEST(Routing, LaterLayersReuseTheDecidingLayersLogits) {
   const Model beyond = tiny_moe(Routing::parse("mean+layer:3"), 1);
   Forward bad(beyond, *backend);
   expect_error_with([&] { bad.run(tokens, 2, 3); }, {"mean+layer:3", "beyond the model's 3"});
+}
+
+// Statistics of E domains of Gaussian points in D dimensions (each its own mean and scales), and
+// the points themselves.
+struct GaussianDomains {
+  Statistics stats;
+  std::vector<Eigen::MatrixXd> points;  // [E]: n x D
+};
+
+GaussianDomains gaussian_domains(Eigen::Index E, Eigen::Index D, Eigen::Index n) {
+  GaussianDomains g;
+  g.stats.hidden_size = D;
+  std::mt19937_64 rng(11);
+  std::normal_distribution<double> normal;
+  for (Eigen::Index e = 0; e < E; ++e) {
+    Eigen::MatrixXd mix(D, D), x(n, D);
+    for (Eigen::Index i = 0; i < mix.size(); ++i) mix.data()[i] = normal(rng) / static_cast<double>(1 + e);
+    for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = normal(rng);
+    x = x * mix;
+    x.rowwise() += Eigen::RowVectorXd::Constant(D, static_cast<double>(e));
+    MatrixXdRow A(D + 1, D + 1);
+    Eigen::MatrixXd augmented(n, D + 1);
+    augmented << x, Eigen::VectorXd::Ones(n);
+    A = augmented.transpose() * augmented;
+    g.stats.domains.push_back({"d" + std::to_string(e), n, {A}});
+    g.points.push_back(x);
+  }
+  return g;
+}
+
+// Router logits by the Router's formula: b_e - 1/2 |Q_e (x - W_e)|^2.
+Eigen::VectorXd gaussian_logits(const RouterSolution& r, const Eigen::VectorXd& x) {
+  const Eigen::Index E = r.weight.rows(), D = r.weight.cols();
+  Eigen::VectorXd logits(E);
+  for (Eigen::Index e = 0; e < E; ++e)
+    logits(e) = r.bias(e) - 0.5 * (r.quadratic.middleRows(e * D, D) * (x - r.weight.row(e).transpose())).squaredNorm();
+  return logits;
+}
+
+// Against each domain's log-density computed from its points (two-pass mean and covariance, an
+// LU inverse and determinant), up to the constant -D/2 log(2 pi) that all domains share.
+TEST(GaussianRouter, LogitsAreEachDomainsLogDensity) {
+  const Eigen::Index E = 3, D = 5;
+  const GaussianDomains g = gaussian_domains(E, D, 400);
+  const double shrinkage = 0.05;
+  const RouterSolution r = gaussian_solve(g.stats, shrinkage, 0);
+  std::mt19937_64 rng(3);
+  std::normal_distribution<double> normal;
+  for (int trial = 0; trial < 5; ++trial) {
+    Eigen::VectorXd x(D);
+    for (Eigen::Index i = 0; i < D; ++i) x(i) = 1 + normal(rng);
+    const Eigen::VectorXd logits = gaussian_logits(r, x);
+    for (Eigen::Index e = 0; e < E; ++e) {
+      const Eigen::MatrixXd& p = g.points[static_cast<std::size_t>(e)];
+      const Eigen::VectorXd mean = p.colwise().mean();
+      const Eigen::MatrixXd centered = p.rowwise() - mean.transpose();
+      Eigen::MatrixXd covariance = centered.transpose() * centered / static_cast<double>(p.rows());
+      covariance += shrinkage * covariance.trace() / static_cast<double>(D) * Eigen::MatrixXd::Identity(D, D);
+      const Eigen::FullPivLU<Eigen::MatrixXd> lu(covariance);
+      const double expected = -0.5 * (x - mean).dot(lu.inverse() * (x - mean)) - 0.5 * std::log(lu.determinant());
+      EXPECT_NEAR(logits(e), expected, 1e-9 * std::max(1.0, std::abs(expected))) << "domain " << e;
+    }
+  }
+}
+
+TEST(GaussianRouter, EveryDomainsMeanRoutesToItsOwnExpert) {
+  const GaussianDomains g = gaussian_domains(4, 6, 300);
+  const RouterSolution r = gaussian_solve(g.stats, 0.01, 0);
+  for (Eigen::Index e = 0; e < 4; ++e) {
+    Eigen::Index best = 0;
+    gaussian_logits(r, r.weight.row(e).transpose()).maxCoeff(&best);
+    EXPECT_EQ(best, e);
+  }
+}
+
+TEST(GaussianRouter, SingularCovarianceNamesTheLayerAndDomain) {
+  GaussianDomains g = gaussian_domains(2, 4, 50);
+  g.stats.domains[1].A[0].topLeftCorner(4, 4).row(2).setZero();  // a constant input direction
+  g.stats.domains[1].A[0].topLeftCorner(4, 4).col(2).setZero();
+  g.stats.domains[1].A[0](2, 4) = g.stats.domains[1].A[0](4, 2) = 0;
+  expect_error_with([&] { gaussian_solve(g.stats, 0.0, 0); }, {"layer 0, domain 'd1'", "singular", "router.lambda"});
+  EXPECT_NO_THROW(gaussian_solve(g.stats, 0.01, 0));  // shrinkage makes it definite
+  g.stats.domains[0].A[0](0, 0) = std::numeric_limits<double>::infinity();
+  expect_error_with([&] { gaussian_solve(g.stats, 0.01, 0); }, {"domain 'd0'", "non-finite"});
+}
+
+// The forward pass routes on the same log-densities, computed from its own MLP inputs.
+TEST(GaussianRouter, TheForwardPassRoutesOnThoseLogDensities) {
+  Model moe = tiny_moe(Routing::parse("token"), 1);
+  const std::int64_t D = moe.config.hidden_size;
+  const GaussianDomains g = gaussian_domains(3, D, 200);
+  std::vector<RouterSolution> solved;
+  for (auto& router : moe.routers) {
+    solved.push_back(gaussian_solve(g.stats, 0.1, 0));
+    router.weight = solved.back().weight.cast<float>();
+    router.bias = solved.back().bias.cast<float>();
+    router.quadratic = solved.back().quadratic.cast<float>();
+  }
+  auto backend = make_backend(BackendKind::cpu, 1);
+  Forward forward(moe, *backend);
+  std::vector<Eigen::MatrixXd> inputs;
+  ForwardOptions options;
+  options.on_mlp_input = [&](std::int64_t, const float* x, std::int64_t T) {
+    inputs.push_back(Eigen::Map<const Matrix>(x, T, D).cast<double>());
+  };
+  std::size_t checked = 0;
+  options.on_router_logits = [&](std::int64_t layer, std::span<float> logits) {
+    const Eigen::MatrixXd& x = inputs.back();
+    for (Eigen::Index t = 0; t < x.rows(); ++t) {
+      const Eigen::VectorXd expected = gaussian_logits(solved[static_cast<std::size_t>(layer)], x.row(t).transpose());
+      for (Eigen::Index e = 0; e < 3; ++e, ++checked)
+        EXPECT_NEAR(logits[static_cast<std::size_t>(t * 3 + e)], expected(e), 1e-4 * std::max(1.0, std::abs(expected(e))));
+    }
+  };
+  forward.run(std::vector<std::uint32_t>{3, 17, 40, 2, 9, 33, 60, 1}, 2, 4, options);
+  EXPECT_EQ(checked, moe.routers.size() * 8 * 3);
 }
 
 class SharedStrategies : public ::testing::Test {

@@ -49,10 +49,11 @@ void add_dynamic(CLI::App& app) {
     auto bias = std::make_shared<bool>(true);
     cmd->add_option("moe", *moe, "The MoE directory")->required();
     cmd->add_option("--output", *output, "The new MoE directory")->required();
-    auto* l = cmd->add_option("--lambda", *lambda, "Ridge strength");
+    auto* l = cmd->add_option("--lambda", *lambda, "Ridge strength (gaussian: covariance shrinkage)");
     auto* t = cmd->add_option("--temperature", *temperature, "Router temperature");
     auto* k = cmd->add_option("--top-k", *top_k, "Experts per token");
-    auto* m = cmd->add_option("--method", *method, "dume | hidden | random");
+    auto* m = cmd->add_option("--method", *method, "Router: dume | gaussian | hidden | random")
+                  ->check(CLI::IsMember(kRouterMethods));
     cmd->add_flag("--balance", *balance, "Weight every domain equally (statistics divided by token counts)");
     auto* b = cmd->add_option("--bias", *bias, "Routers with a bias: true | false (false for a Mixtral export)");
     auto routing = std::make_shared<std::string>();
