@@ -6,6 +6,7 @@
 #include "comm.hpp"
 #include "hdf5_util.hpp"
 #include "merge.hpp"
+#include "router_tuning.hpp"
 
 namespace dume {
 
@@ -117,6 +118,7 @@ void run_fold_in(const MergeConfig& config, bool force, bool reaverage) {
       resolved.output = config.output;
     }
     resolved.router = plan.info.router;
+    if (plan.info.router.auto_lambda || plan.info.router.auto_temperature) require_heldout(plan.stats);
   });
   for (std::size_t e = 0; e < config.experts.size(); ++e) {
     plan.info.experts.push_back(config.experts[e].name);
@@ -175,6 +177,10 @@ void run_resolve(const fs::path& moe, const ResolveOverrides& o, const fs::path&
     RouterSettings& r = plan.info.router;
     r.lambda = o.lambda.value_or(r.lambda);
     r.temperature = o.temperature.value_or(r.temperature);
+    // An explicit value replaces auto; --auto-* asks for it.
+    r.auto_lambda = o.auto_lambda || (r.auto_lambda && !o.lambda);
+    r.auto_temperature = o.auto_temperature || (r.auto_temperature && !o.temperature);
+    if (r.auto_lambda || r.auto_temperature) require_heldout(plan.stats);
     r.top_k = o.top_k.value_or(r.top_k);
     r.method = o.method.value_or(r.method);
     r.balance = o.balance.value_or(r.balance);

@@ -28,6 +28,7 @@ struct ResolveOverrides {
   std::optional<std::string> method;
   std::optional<bool> balance, bias;
   std::optional<Routing> routing;
+  bool auto_lambda = false, auto_temperature = false;  // chosen on the stored held-out split
 };
 void run_resolve(const std::filesystem::path& moe, const ResolveOverrides& overrides,
                  const std::filesystem::path& output, bool force);

@@ -13,6 +13,7 @@
 
 #include "comm.hpp"
 #include "hdf5_util.hpp"
+#include "router_tuning.hpp"
 #include "statistics.hpp"
 
 namespace dume {
@@ -308,9 +309,17 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
     const std::int64_t batches = batch_count(*d.windows, config.calibration.batch_sequences);
     const SavedDomain saved = load_saved(store, k);
     saved_whole[k] = saved.complete;
-    std::vector<std::int64_t> todo;
+    // Every batch that is neither held out nor saved by a checkpoint.
+    const std::vector<std::int64_t> heldout = heldout_batches(batches, config.calibration.heldout_fraction);
+    const bool tuned = plan.info.router.auto_lambda || plan.info.router.auto_temperature;
+    if (tuned && heldout.empty())
+      throw CollectiveError("domain '" + d.name + "': router settings 'auto' need held-out tokens, but " +
+                            std::to_string(batches) + " batches at calibration.heldout_fraction " +
+                            std::to_string(config.calibration.heldout_fraction) + " hold none out; raise it");
+    std::vector<std::int64_t> skipped, todo;
+    std::set_union(heldout.begin(), heldout.end(), saved.batches.begin(), saved.batches.end(), std::back_inserter(skipped));
     std::set_difference(std::views::iota(std::int64_t{0}, batches).begin(), std::views::iota(std::int64_t{0}, batches).end(),
-                        saved.batches.begin(), saved.batches.end(), std::back_inserter(todo));
+                        skipped.begin(), skipped.end(), std::back_inserter(todo));
     if (root && !saved.batches.empty())
       std::printf("# dume: domain '%s': %zu of %lld batches from the checkpoint, %zu to run\n", d.name.c_str(),
                   saved.batches.size(), static_cast<long long>(batches), todo.size());
@@ -324,7 +333,8 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
     control.stop_requested = stop_signal_anywhere;
     control.after_batch = [rank, &batches_run] { test_fault_after_batch(rank, ++batches_run); };
     DomainStatistics domain;
-    if (todo.empty()) {  // all saved: only the sums are needed, not the expert
+    std::vector<MatrixXfRow> heldout_inputs;
+    if (todo.empty() && heldout.empty()) {  // all saved: only the sums are needed, not the expert
       domain.name = d.name;
       domain.A.assign(static_cast<std::size_t>(mc.num_layers), MatrixXdRow::Zero(mc.hidden_size + 1, mc.hidden_size + 1));
     } else {
@@ -332,6 +342,10 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
       Forward forward(plan.model, *backend);
       domain = calibrate_domain(forward, *backend, mc, *d.windows, plan.stats.context_tokens,
                                 config.calibration.batch_sequences, todo, rank, ranks, d.name, timing, root, control);
+      if (control.stopped_by == 0 && !heldout.empty())
+        heldout_inputs = collect_heldout(forward, *backend, mc, *d.windows, plan.stats.context_tokens,
+                                         config.calibration.batch_sequences, heldout, config.calibration.heldout_tokens,
+                                         rank, ranks);
     }
     if (control.stopped_by != 0) {
       // Every rank has saved its part of this domain; rank 0 saves the domains completed before.
@@ -346,6 +360,7 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
                  : "; nothing saved (this command cannot resume)"));
     }
     reduce_domain(domain, timing, root ? std::span<const double>(saved.packed) : std::span<const double>());
+    domain.heldout = std::move(heldout_inputs);
     if (store && root && config.calibration.checkpoint_every > 0 && !saved_whole[k]) {
       store->save_complete(k, domain);
       saved_whole[k] = true;
@@ -361,13 +376,16 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
   if (root) {
     try {
       auto t = Clock::now();
-      std::vector<RouterSolution> routers;
-      for (std::int64_t l = 0; l < mc.num_layers; ++l) {
-        routers.push_back(build_router(plan.info.router, plan.stats, l));
-        for (int e : routers.back().zero_norm)
-          std::fprintf(stderr, "dume: warning: layer %lld: router column of expert '%s' has zero norm (replaced by 1e-6)\n",
-                       static_cast<long long>(l), plan.info.experts[static_cast<std::size_t>(e)].c_str());
+      const std::vector<RouterSolution> routers = build_routers(plan.info.router, plan.stats);
+      for (std::size_t l = 0; l < routers.size(); ++l) {
+        for (int e : routers[l].zero_norm)
+          std::fprintf(stderr, "dume: warning: layer %zu: router column of expert '%s' has zero norm (replaced by 1e-6)\n",
+                       l, plan.info.experts[static_cast<std::size_t>(e)].c_str());
+        if (plan.info.router.auto_lambda)
+          std::printf("# router: layer %zu: lambda %.3g (chosen on the held-out split)\n", l, plan.info.router.layer_lambda[l]);
       }
+      if (plan.info.router.auto_temperature)
+        std::printf("# router: temperature %.4g (chosen on the held-out split)\n", plan.info.router.temperature);
       phases.emplace_back("solve", std::chrono::duration<double>(Clock::now() - t).count());
       t = Clock::now();
       write_moe_directory(config.output.path, force, plan, routers, config.output.shard_bytes, config.resolved_yaml());

@@ -207,8 +207,14 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
     rs.method = r.get<std::string>("method", "dume, gaussian, hidden or random", rs.method);
     if (std::find(kRouterMethods.begin(), kRouterMethods.end(), rs.method) == kRouterMethods.end())
       r.fail(r.node("method"), "router.method must be dume, gaussian, hidden or random, got '" + rs.method + "'");
-    rs.lambda = r.get<double>("lambda", "a number", rs.lambda);
-    rs.temperature = r.get<double>("temperature", "a number", rs.temperature);
+    // A number, or `auto`: chosen on the held-out split.
+    const auto number_or_auto = [&](const char* key, double& value, bool& automatic) {
+      if (!r.has(key)) return;
+      automatic = r.node(key).IsScalar() && r.node(key).Scalar() == "auto";
+      if (!automatic) value = r.get<double>(key, "a number or auto");
+    };
+    number_or_auto("lambda", rs.lambda, rs.auto_lambda);
+    number_or_auto("temperature", rs.temperature, rs.auto_temperature);
     rs.top_k = r.get<int>("top_k", "an integer", rs.top_k);
     rs.context_tokens = r.get<std::int64_t>("context_tokens", "an integer", rs.context_tokens);
     rs.bias = r.get<bool>("bias", "true or false", rs.bias);
@@ -242,8 +248,16 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
     if (cs.batch_sequences < 1) s.fail(s.node("batch_sequences"), "calibration.batch_sequences must be >= 1");
     if (cs.checkpoint_every < 0)
       s.fail(s.node("checkpoint_every"), "calibration.checkpoint_every must be >= 0 (sequences; 0 = no periodic checkpoints)");
-    s.finish({"sequence_length", "max_sequences", "batch_sequences", "checkpoint_every"});
+    cs.heldout_fraction = s.get<double>("heldout_fraction", "a number", cs.heldout_fraction);
+    if (!(cs.heldout_fraction >= 0 && cs.heldout_fraction < 1))
+      s.fail(s.node("heldout_fraction"), "calibration.heldout_fraction must be in [0, 1)");
+    cs.heldout_tokens = s.get<std::int64_t>("heldout_tokens", "an integer", cs.heldout_tokens);
+    if (cs.heldout_tokens < 1) s.fail(s.node("heldout_tokens"), "calibration.heldout_tokens must be >= 1");
+    s.finish({"sequence_length", "max_sequences", "batch_sequences", "checkpoint_every", "heldout_fraction", "heldout_tokens"});
   }
+  if ((c.router.auto_lambda || c.router.auto_temperature) && c.calibration.heldout_fraction == 0)
+    throw Error(source.string() + ": router.lambda or router.temperature 'auto' is chosen on a held-out split: set "
+                "calibration.heldout_fraction (for example 0.1)");
   // Only the first C positions are ever used: a window shorter than C just uses all of it.
   c.router.context_tokens = std::min(c.router.context_tokens, c.calibration.sequence_length);
 
@@ -384,8 +398,11 @@ std::string MergeConfig::resolved_yaml() const {
     out << "average";
   if (fold_into) out << YAML::Key << "moe" << YAML::Value << fold_into->string();
   out << YAML::Key << "router" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "method"
-      << YAML::Value << router.method << YAML::Key << "lambda"
-      << YAML::Value << router.lambda << YAML::Key << "temperature" << YAML::Value << router.temperature
+      << YAML::Value << router.method << YAML::Key << "lambda" << YAML::Value;
+  router.auto_lambda ? out << "auto" : out << router.lambda;
+  out << YAML::Key << "temperature" << YAML::Value;
+  router.auto_temperature ? out << "auto" : out << router.temperature;
+  out
       << YAML::Key << "top_k" << YAML::Value << router.top_k << YAML::Key << "context_tokens" << YAML::Value
       << router.context_tokens << YAML::Key << "bias" << YAML::Value << router.bias << YAML::Key << "balance"
       << YAML::Value << router.balance << YAML::Key << "routing" << YAML::Value << router.routing.to_string()
@@ -394,7 +411,8 @@ std::string MergeConfig::resolved_yaml() const {
       << "sequence_length" << YAML::Value << calibration.sequence_length << YAML::Key << "max_sequences"
       << YAML::Value << calibration.max_sequences << YAML::Key << "batch_sequences" << YAML::Value
       << calibration.batch_sequences << YAML::Key << "checkpoint_every" << YAML::Value << calibration.checkpoint_every
-      << YAML::EndMap;
+      << YAML::Key << "heldout_fraction" << YAML::Value << calibration.heldout_fraction << YAML::Key << "heldout_tokens"
+      << YAML::Value << calibration.heldout_tokens << YAML::EndMap;
   out << YAML::Key << "output" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "path" << YAML::Value
       << output.path.string();
   if (output.dtype) out << YAML::Key << "dtype" << YAML::Value << std::string(to_string(*output.dtype));

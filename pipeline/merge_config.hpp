@@ -32,6 +32,9 @@ struct RouterSettings {
   std::string method = "dume";  // one of kRouterMethods
   double lambda = 1e-2;         // ridge strength; for "gaussian" the covariance shrinkage
   double temperature = 1.0;     // logits are divided by it
+  // `lambda: auto` / `temperature: auto`: chosen from the held-out split (router_tuning.hpp).
+  bool auto_lambda = false, auto_temperature = false;
+  std::vector<double> layer_lambda;  // what auto chose, per layer (recorded in the MoE)
   int top_k = 1;
   std::int64_t context_tokens = 256;  // C: positions of each sequence that enter the statistics
   bool bias = true;             // solve with the constant column (router bias)
@@ -45,6 +48,10 @@ struct CalibrationSettings {
   std::int64_t max_sequences = 0;    // per domain; 0 = every window
   std::int64_t batch_sequences = 8;  // sequences per forward pass: fixed, so results do not depend on ranks
   std::int64_t checkpoint_every = 0; // sequences a rank calibrates between checkpoint saves; 0 = only on a stop signal
+  // Share of each domain's batches kept out of the statistics, for choosing router settings;
+  // of their tokens at most heldout_tokens (evenly spaced) are kept, per domain and layer.
+  double heldout_fraction = 0.0;
+  std::int64_t heldout_tokens = 2048;
 };
 
 // `dume eval`: which methods to compare on each domain's test corpus.

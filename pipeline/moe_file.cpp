@@ -108,6 +108,12 @@ void write_moe(const fs::path& dir, const std::vector<MoeTensor>& tensors, const
   h5::write_attribute(root, "router_bias", std::int64_t{info.router.bias});
   h5::write_attribute(root, "router_balance", std::int64_t{info.router.balance});
   h5::write_attribute(root, "routing", info.router.routing.to_string());
+  h5::write_attribute(root, "auto_lambda", std::int64_t{info.router.auto_lambda});
+  h5::write_attribute(root, "auto_temperature", std::int64_t{info.router.auto_temperature});
+  if (!info.router.layer_lambda.empty()) {  // what auto chose
+    const std::int64_t shape[] = {static_cast<std::int64_t>(info.router.layer_lambda.size())};
+    h5::write_dataset(root, "/layer_lambda", DType::F64, shape, info.router.layer_lambda.data());
+  }
   h5::write_attribute(root, "dtype", h5::dtype_attribute(info.dtype));
   h5::write_attribute(root, "shared", info.shared);
   h5::write_attribute(root, "shared_hash", info.shared_hash);
@@ -139,6 +145,14 @@ MoeInfo read_moe_info(const fs::path& dir) {
   info.router.context_tokens = h5::read_int_attribute(root, "context_tokens");
   info.router.bias = h5::read_int_attribute(root, "router_bias") != 0;
   info.router.balance = h5::read_int_attribute(root, "router_balance") != 0;
+  // MoEs written before auto settings existed have neither.
+  info.router.auto_lambda = h5::has_attribute(root, "auto_lambda") && h5::read_int_attribute(root, "auto_lambda") != 0;
+  info.router.auto_temperature =
+      h5::has_attribute(root, "auto_temperature") && h5::read_int_attribute(root, "auto_temperature") != 0;
+  if (info.router.auto_lambda && h5::exists(root, "/layer_lambda")) {
+    const std::int64_t shape[] = {info.config.num_layers};
+    info.router.layer_lambda = h5::read_f64(root, "/layer_lambda", shape);
+  }
   try {  // MoEs written before routing modes existed route per token
     if (h5::has_attribute(root, "routing")) info.router.routing = Routing::parse(h5::read_string_attribute(root, "routing"));
   } catch (const Error& e) {
@@ -226,6 +240,12 @@ void write_statistics(const fs::path& path, const Statistics& stats) {
       h5::write_dataset(f, moe_path::layer(l, "A/" + d.name), DType::F64, a_shape, d.A[static_cast<std::size_t>(l)].data());
     const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> B = stats.B(l);
     h5::write_dataset(f, moe_path::layer(l, "B"), DType::F64, b_shape, B.data());
+    for (const auto& d : stats.domains)
+      if (!d.heldout.empty()) {
+        const MatrixXfRow& X = d.heldout[static_cast<std::size_t>(l)];
+        const std::int64_t shape[] = {X.rows(), X.cols()};
+        h5::write_dataset(f, moe_path::layer(l, "heldout/" + d.name), DType::F32, shape, X.data());
+      }
   }
   h5_check(H5Fclose(file.release()), path.string() + ": cannot close (disk full?)");
 }
@@ -254,7 +274,17 @@ Statistics read_statistics(const fs::path& path) {
       const std::int64_t shape[] = {n, n};
       const auto values = h5::read_f64(f, moe_path::layer(l, "A/" + d.name), shape);
       d.A.emplace_back(Eigen::Map<const MatrixXdRow>(values.data(), n, n));
+      const std::string heldout = moe_path::layer(l, "heldout/" + d.name);
+      if (h5::exists(f, heldout)) {
+        const std::vector<std::int64_t> rows_shape = h5::dataset_info(f, heldout).shape;
+        if (rows_shape.size() != 2 || rows_shape[1] != s.hidden_size)
+          throw Error(path.string() + ": dataset '" + heldout + "' is not (tokens, " + std::to_string(s.hidden_size) + ")");
+        const auto rows = h5::read_f32(f, heldout, rows_shape);
+        d.heldout.emplace_back(Eigen::Map<const MatrixXfRow>(rows.data(), rows_shape[0], rows_shape[1]));
+      }
     }
+    if (!d.heldout.empty() && static_cast<std::int64_t>(d.heldout.size()) != L)
+      throw Error(path.string() + ": domain '" + d.name + "' has held-out tokens for some layers only");
     s.domains.push_back(std::move(d));
   }
   return s;

@@ -95,19 +95,22 @@ RouterSolution gaussian_solve(const Statistics& stats, double shrinkage, std::in
   return r;
 }
 
+RidgeSystem ridge_system(const RouterSettings& settings, const Statistics& stats, std::int64_t layer) {
+  if (!settings.balance) return {stats.total_A(layer), stats.B(layer)};
+  // Every domain weighted equally: its A (and so its B column) divided by its token count.
+  RidgeSystem system{MatrixXdRow::Zero(stats.hidden_size + 1, stats.hidden_size + 1), stats.B(layer)};
+  for (std::size_t e = 0; e < stats.domains.size(); ++e) {
+    const double n = static_cast<double>(stats.domains[e].tokens);
+    system.A += stats.domains[e].A[static_cast<std::size_t>(layer)] / n;
+    system.B.col(static_cast<Eigen::Index>(e)) /= n;
+  }
+  return system;
+}
+
 RouterSolution build_router(const RouterSettings& settings, const Statistics& stats, std::int64_t layer) {
   if (settings.method == "dume") {
-    if (!settings.balance)
-      return ridge_solve(stats.total_A(layer), stats.B(layer), settings.lambda, settings.bias, layer);
-    // Every domain weighted equally: its A (and so its B column) divided by its token count.
-    MatrixXdRow A = MatrixXdRow::Zero(stats.hidden_size + 1, stats.hidden_size + 1);
-    Eigen::MatrixXd B = stats.B(layer);
-    for (std::size_t e = 0; e < stats.domains.size(); ++e) {
-      const double n = static_cast<double>(stats.domains[e].tokens);
-      A += stats.domains[e].A[static_cast<std::size_t>(layer)] / n;
-      B.col(static_cast<Eigen::Index>(e)) /= n;
-    }
-    return ridge_solve(A, B, settings.lambda, settings.bias, layer);
+    const RidgeSystem system = ridge_system(settings, stats, layer);
+    return ridge_solve(system.A, system.B, settings.lambda, settings.bias, layer);
   }
   if (settings.method == "gaussian") return gaussian_solve(stats, settings.lambda, layer);
   const auto E = static_cast<Eigen::Index>(stats.domains.size());

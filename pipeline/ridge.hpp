@@ -31,8 +31,15 @@ RouterSolution ridge_solve(const MatrixXdRow& A, const Eigen::MatrixXd& B, doubl
 // Throws naming the layer and domain when a covariance is not positive definite.
 RouterSolution gaussian_solve(const Statistics& stats, double shrinkage, std::int64_t layer);
 
-// The router of `layer` by settings.method: "dume" (ridge_solve; with settings.balance each
-// domain's statistics divided by its token count first), "gaussian" (gaussian_solve with
+// The ridge router's A and B for `layer`: sums over the domains, or with settings.balance each
+// domain's statistics divided by its token count first.
+struct RidgeSystem {
+  MatrixXdRow A;      // (D+1) x (D+1)
+  Eigen::MatrixXd B;  // (D+1) x E
+};
+RidgeSystem ridge_system(const RouterSettings& settings, const Statistics& stats, std::int64_t layer);
+
+// The router of `layer` by settings.method: "dume" (ridge_solve of ridge_system), "gaussian" (gaussian_solve with
 // shrinkage settings.lambda), "hidden" (each domain's mean MLP input, unit-normalized, no bias)
 // or "random" (seeded Gaussian unit directions, no bias).
 RouterSolution build_router(const RouterSettings& settings, const Statistics& stats, std::int64_t layer);

@@ -1,6 +1,7 @@
 #include "statistics.hpp"
 
 #include <chrono>
+#include <cmath>
 
 #include "comm.hpp"
 #include "progress.hpp"
@@ -30,6 +31,60 @@ void symmetrize(MatrixXdRow& A) { A.triangularView<Eigen::StrictlyLower>() = A.t
 
 std::int64_t batch_count(const CorpusWindows& windows, std::int64_t batch_sequences) {
   return (static_cast<std::int64_t>(windows.count()) + batch_sequences - 1) / batch_sequences;
+}
+
+std::vector<std::int64_t> heldout_batches(std::int64_t batches, double fraction) {
+  std::vector<std::int64_t> held;
+  for (std::int64_t b = 0; b < batches; ++b)
+    if (std::floor(static_cast<double>(b + 1) * fraction) > std::floor(static_cast<double>(b) * fraction)) held.push_back(b);
+  return held;
+}
+
+std::vector<MatrixXfRow> collect_heldout(Forward& forward, Backend& backend, const ModelConfig& config, const CorpusWindows& windows,
+                                         std::int64_t context_tokens, std::int64_t batch_sequences,
+                                         const std::vector<std::int64_t>& batches, std::int64_t max_tokens, int rank,
+                                         int ranks) {
+  const std::int64_t D = config.hidden_size, L = config.num_layers;
+  const auto S = static_cast<std::int64_t>(windows.length());
+  const auto count = static_cast<std::int64_t>(windows.count());
+  const std::int64_t C = std::min(context_tokens, S);
+  const auto sequences = [&](std::int64_t b) { return std::min(batch_sequences, count - b * batch_sequences); };
+  std::int64_t total = 0;  // held-out tokens, numbered g = 0.. in batch, window, position order
+  std::vector<std::int64_t> first_token;
+  for (std::int64_t b : batches) {
+    first_token.push_back(total);
+    total += sequences(b) * C;
+  }
+  const std::int64_t stride = std::max<std::int64_t>(1, (total + max_tokens - 1) / std::max<std::int64_t>(1, max_tokens));
+  const std::int64_t kept = (total + stride - 1) / stride;
+  // Each rank fills the rows of its batches; a sum over ranks assembles them (every row once).
+  std::vector<std::vector<double>> rows(static_cast<std::size_t>(L), std::vector<double>(static_cast<std::size_t>(kept * D), 0.0));
+  ForwardOptions options;
+  options.forced_expert = 0;
+  options.context_tokens = C;
+  options.logits = false;
+  std::int64_t g0 = 0;
+  std::vector<float> host;
+  options.on_mlp_input = [&](std::int64_t layer, const float* x, std::int64_t T) {
+    host.resize(static_cast<std::size_t>(T * D));
+    backend.download(x, host);
+    for (std::int64_t t = 0; t < T; ++t)
+      if ((g0 + t) % stride == 0)
+        std::copy(host.begin() + t * D, host.begin() + (t + 1) * D,
+                  rows[static_cast<std::size_t>(layer)].begin() + (g0 + t) / stride * D);
+  };
+  for (std::size_t i = static_cast<std::size_t>(rank); i < batches.size(); i += static_cast<std::size_t>(ranks)) {
+    const std::int64_t b = batches[i], B = sequences(b);
+    g0 = first_token[i];
+    forward.run(windows.tokens().subspan(static_cast<std::size_t>(b * batch_sequences * S), static_cast<std::size_t>(B * S)),
+                B, S, options);
+  }
+  std::vector<MatrixXfRow> heldout;
+  for (auto& layer : rows) {
+    reduce_sum(layer);
+    if (rank == 0) heldout.push_back(Eigen::Map<const MatrixXdRow>(layer.data(), kept, D).cast<float>());
+  }
+  return heldout;
 }
 
 DomainStatistics calibrate_domain(Forward& forward, Backend& backend, const ModelConfig& config,

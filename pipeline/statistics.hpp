@@ -19,10 +19,15 @@ namespace dume {
 
 using MatrixXdRow = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+using MatrixXfRow = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
 struct DomainStatistics {
   std::string name;
   std::int64_t tokens = 0;      // rows accumulated: sequences x context_tokens
   std::vector<MatrixXdRow> A;   // [L]: (D+1) x (D+1), symmetric once complete
+  // [L]: MLP inputs of held-out tokens (rows), which A does not contain; empty without a
+  // held-out split (calibration.heldout_fraction). Router settings are chosen on them.
+  std::vector<MatrixXfRow> heldout;
 };
 
 struct Statistics {
@@ -66,6 +71,18 @@ DomainStatistics calibrate_domain(Forward& forward, Backend& backend, const Mode
                                   int ranks, const std::string& name, CalibrationTiming& timing, bool show_progress,
                                   CalibrationControl& control);
 std::int64_t batch_count(const CorpusWindows& windows, std::int64_t batch_sequences);
+
+// The batches a held-out split keeps out of A: batch b iff floor((b + 1) f) > floor(b f), spread
+// evenly, about f of them.
+std::vector<std::int64_t> heldout_batches(std::int64_t batches, double fraction);
+
+// The MLP inputs, per layer, of every stride-th token (stride = ceil(tokens / max_tokens)) of the
+// held-out `batches`, in window and position order; batch i runs on rank i mod ranks, and the
+// result is complete on rank 0, the same for any number of ranks.
+std::vector<MatrixXfRow> collect_heldout(Forward& forward, Backend& backend, const ModelConfig& config, const CorpusWindows& windows,
+                                         std::int64_t context_tokens, std::int64_t batch_sequences,
+                                         const std::vector<std::int64_t>& batches, std::int64_t max_tokens, int rank,
+                                         int ranks);
 
 // Sums every rank's partial statistics of one domain into rank 0's (upper triangles are sent
 // packed, half the bytes), plus `base` (packed, from pack_upper) on rank 0 when given, then

@@ -26,6 +26,7 @@ inline double expect_same_merge(const std::filesystem::path& out, const std::fil
   EXPECT_EQ(stats.shared_hash, ref.shared_hash);
   for (std::size_t e = 0; e < stats.domains.size(); ++e) {
     EXPECT_EQ(stats.domains[e].tokens, ref.domains[e].tokens);
+    EXPECT_EQ(stats.domains[e].heldout, ref.domains[e].heldout) << "held-out rows of domain " << e;
     for (std::size_t l = 0; l < stats.domains[e].A.size(); ++l) {
       const auto& r = ref.domains[e].A[l];
       const double rel = (stats.domains[e].A[l] - r).cwiseAbs().maxCoeff() / r.cwiseAbs().maxCoeff();

@@ -27,7 +27,9 @@ TEST(RankInputs, Write) {
   const fs::path dir = rank_dir();
   fs::remove_all(dir);
   fs::create_directories(dir);
-  const std::string base = test::write_merge_inputs(dir, 3, DType::BF16, "OUT", 6000);
+  std::string base = test::write_merge_inputs(dir, 3, DType::BF16, "OUT", 6000);
+  // A held-out split too: its rows are gathered from the ranks that computed them.
+  base.insert(base.find("batch_sequences: 3") + 18, ", heldout_fraction: 0.2");
   for (int np = 1; np <= 4; ++np) {
     std::string yaml = base;
     yaml.replace(yaml.find("OUT"), 3, "out" + std::to_string(np));

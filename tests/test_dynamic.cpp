@@ -28,7 +28,7 @@ class Dynamic : public ::testing::Test {
   static std::string experts(std::initializer_list<int> which) {
     std::string yaml = "experts:\n";
     for (int e : which) {
-      const std::string n = "d" + std::to_string(e);
+      const std::string n = std::string("d").append(std::to_string(e));  // GCC 12: false -Wrestrict on "d" + string
       yaml += "  - {name: " + n + ", checkpoint: " + n + ", calibration: {path: " + n + ".bin, format: text-bytes}}\n";
     }
     return yaml;
@@ -135,6 +135,55 @@ TEST_F(Dynamic, ResolveReproducesTheRoutersAndSolvesNewSettings) {
     EXPECT_EQ(r.quadratic, expected.quadratic.cast<float>());
   }
   EXPECT_EQ(read_moe_info(dir_ / "gaussian").router.method, "gaussian");
+}
+
+// lambda and temperature `auto`: the held-out batches stay out of A, their sampled MLP inputs
+// are stored, and resolve and fold-in choose again from them.
+TEST_F(Dynamic, AutoSettingsFromTheHeldOutSplit) {
+  const std::string calibration = "calibration: {sequence_length: 32, batch_sequences: 3, heldout_fraction: 0.25, heldout_tokens: 40}\n";
+  merge(experts({0, 1, 2}) + "router: {lambda: auto, temperature: auto, context_tokens: 24}\n" + calibration +
+        "compute: {threads: 1}\noutput: auto3\n");
+  // 128 windows in 43 batches of 3; batches 3, 7, ..., 39 held out: 30 windows of 24 tokens,
+  // every 18th kept (40 rows).
+  const Statistics stats = read_statistics(dir_ / "auto3" / "stats.h5");
+  for (const auto& d : stats.domains) {
+    EXPECT_EQ(d.tokens, (128 - 30) * 24) << d.name;
+    ASSERT_EQ(d.heldout.size(), 3u);
+    EXPECT_EQ(d.heldout[2].rows(), 40) << d.name;
+  }
+  const MoeInfo info = read_moe_info(dir_ / "auto3");
+  EXPECT_TRUE(info.router.auto_lambda);
+  EXPECT_TRUE(info.router.auto_temperature);
+  ASSERT_EQ(info.router.layer_lambda.size(), 3u);
+  EXPECT_NE(merge_config_read(dir_ / "auto3" / "merge.yaml").router.auto_lambda, false);
+
+  // Resolve chooses the same from the same statistics; an explicit lambda turns auto off.
+  run_resolve(dir_ / "auto3", {}, dir_ / "auto3-same", false);
+  const H5Id a = h5::open_file(dir_ / "auto3" / "moe.h5"), b = h5::open_file(dir_ / "auto3-same" / "moe.h5");
+  for (std::int64_t l = 0; l < 3; ++l)
+    EXPECT_EQ(h5::read_raw(a.get(), moe_path::layer(l, "router/weight")), h5::read_raw(b.get(), moe_path::layer(l, "router/weight")));
+  EXPECT_EQ(read_moe_info(dir_ / "auto3-same").router.temperature, info.router.temperature);
+  ResolveOverrides fixed;
+  fixed.lambda = 0.5;
+  run_resolve(dir_ / "auto3", fixed, dir_ / "auto3-fixed", false);
+  EXPECT_FALSE(read_moe_info(dir_ / "auto3-fixed").router.auto_lambda);
+  EXPECT_TRUE(read_moe_info(dir_ / "auto3-fixed").router.layer_lambda.empty());
+
+  // A new domain is split as the MoE's merge.yaml says, and every layer chosen again.
+  run_fold_in(config("moe: auto3\n" + experts({3}) + "calibration: {sequence_length: 32}\ncompute: {threads: 1}\noutput: auto4\n"),
+              false, false);
+  EXPECT_EQ(read_moe_info(dir_ / "auto4").router.layer_lambda.size(), 3u);
+  EXPECT_EQ(read_statistics(dir_ / "auto4" / "stats.h5").domains[3].heldout[0].rows(), 40);
+
+  // Without a held-out split, auto is refused before any work.
+  expect_error_with([&] { config(experts({0, 1}) + "router: {lambda: auto}\noutput: o\n"); },
+                    {"router.lambda or router.temperature 'auto'", "heldout_fraction"});
+  merge(experts({0, 1}) + settings("plain2"));
+  ResolveOverrides tuned;
+  tuned.auto_lambda = true;
+  expect_error_with([&] { run_resolve(dir_ / "plain2", tuned, dir_ / "plain2-auto", false); },
+                    {"domain 'd0' has no held-out tokens"});
+  EXPECT_FALSE(fs::exists(dir_ / "plain2-auto"));
 }
 
 TEST_F(Dynamic, FoldInRefusals) {

@@ -12,6 +12,7 @@
 #include "merge.hpp"
 #include "merge_inputs.hpp"
 #include "ridge.hpp"
+#include "router_tuning.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -124,7 +125,8 @@ struct GaussianDomains {
   std::vector<Eigen::MatrixXd> points;  // [E]: n x D
 };
 
-GaussianDomains gaussian_domains(Eigen::Index E, Eigen::Index D, Eigen::Index n) {
+// With `heldout` > 0, each domain also gets that many held-out rows of its distribution.
+GaussianDomains gaussian_domains(Eigen::Index E, Eigen::Index D, Eigen::Index n, Eigen::Index heldout = 0) {
   GaussianDomains g;
   g.stats.hidden_size = D;
   std::mt19937_64 rng(11);
@@ -132,14 +134,21 @@ GaussianDomains gaussian_domains(Eigen::Index E, Eigen::Index D, Eigen::Index n)
   for (Eigen::Index e = 0; e < E; ++e) {
     Eigen::MatrixXd mix(D, D), x(n, D);
     for (Eigen::Index i = 0; i < mix.size(); ++i) mix.data()[i] = normal(rng) / static_cast<double>(1 + e);
-    for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = normal(rng);
-    x = x * mix;
-    x.rowwise() += Eigen::RowVectorXd::Constant(D, static_cast<double>(e));
+    const auto draw = [&](Eigen::Index rows) {
+      Eigen::MatrixXd z(rows, D);
+      for (Eigen::Index i = 0; i < z.size(); ++i) z.data()[i] = normal(rng);
+      z = z * mix;
+      z.rowwise() += Eigen::RowVectorXd::Constant(D, static_cast<double>(e));
+      return z;
+    };
+    x = draw(n);
+    const Eigen::MatrixXd held = draw(heldout);
     MatrixXdRow A(D + 1, D + 1);
     Eigen::MatrixXd augmented(n, D + 1);
     augmented << x, Eigen::VectorXd::Ones(n);
     A = augmented.transpose() * augmented;
-    g.stats.domains.push_back({"d" + std::to_string(e), n, {A}});
+    g.stats.domains.push_back({"d" + std::to_string(e), n, {A}, {}});
+    if (heldout > 0) g.stats.domains.back().heldout.push_back(held.cast<float>());
     g.points.push_back(x);
   }
   return g;
@@ -231,6 +240,69 @@ TEST(GaussianRouter, TheForwardPassRoutesOnThoseLogDensities) {
   };
   forward.run(std::vector<std::uint32_t>{3, 17, 40, 2, 9, 33, 60, 1}, 2, 4, options);
   EXPECT_EQ(checked, moe.routers.size() * 8 * 3);
+}
+
+TEST(HeldoutSplit, BatchesAreSpreadEvenly) {
+  EXPECT_EQ(heldout_batches(10, 0.1), (std::vector<std::int64_t>{9}));
+  EXPECT_EQ(heldout_batches(20, 0.25), (std::vector<std::int64_t>{3, 7, 11, 15, 19}));
+  EXPECT_EQ(heldout_batches(6, 0.5), (std::vector<std::int64_t>{1, 3, 5}));
+  EXPECT_TRUE(heldout_batches(50, 0.0).empty());
+}
+
+// The sweep's shortcut (one eigendecomposition) gives each candidate the accuracy of a direct
+// solve at that lambda, evaluated on the held-out rows; for ridge (with and without bias) and
+// the Gaussian router.
+TEST(AutoLambda, SweepEqualsDirectSolves) {
+  const GaussianDomains g = gaussian_domains(3, 6, 300, 200);
+  for (const char* method : {"dume", "gaussian"})
+    for (bool bias : {true, false}) {
+      RouterSettings settings;
+      settings.method = method;
+      settings.bias = bias;
+      const LambdaSweep sweep = sweep_lambda(settings, g.stats, 0);
+      ASSERT_FALSE(sweep.lambdas.empty());
+      double best = 0;
+      for (std::size_t i = 0; i < sweep.lambdas.size(); ++i) {
+        if (sweep.accuracy[i] == 0) continue;  // refused as too ill-conditioned
+        settings.lambda = sweep.lambdas[i];
+        const RouterSolution r = build_router(settings, g.stats, 0);
+        double accuracy = 0;
+        for (std::size_t e = 0; e < 3; ++e) {
+          const Eigen::MatrixXd logits = router_logits(r, g.stats.domains[e].heldout[0]);
+          for (Eigen::Index t = 0; t < logits.rows(); ++t) {
+            Eigen::Index top = 0;
+            logits.row(t).maxCoeff(&top);
+            accuracy += (top == static_cast<Eigen::Index>(e)) / 600.0;
+          }
+        }
+        EXPECT_NEAR(sweep.accuracy[i], accuracy, 1e-12) << method << " lambda " << sweep.lambdas[i];
+        best = std::max(best, accuracy);
+      }
+      const auto chosen = std::find(sweep.lambdas.begin(), sweep.lambdas.end(), sweep.best) - sweep.lambdas.begin();
+      EXPECT_NEAR(sweep.accuracy[static_cast<std::size_t>(chosen)], best, 1e-12) << method;
+      EXPECT_GT(best, 0.5) << method;  // well above chance (1/3) on these separated domains
+    }
+}
+
+TEST(AutoTemperature, MinimizesTheHeldOutCrossEntropy) {
+  const GaussianDomains g = gaussian_domains(3, 6, 300, 200);
+  RouterSettings settings;
+  const std::vector<RouterSolution> routers = {build_router(settings, g.stats, 0)};
+  const double t = choose_temperature(routers, g.stats);
+  const auto cross_entropy = [&](double temperature) {
+    double sum = 0;
+    for (std::size_t e = 0; e < 3; ++e) {
+      const Eigen::MatrixXd z = router_logits(routers[0], g.stats.domains[e].heldout[0]) / temperature;
+      for (Eigen::Index r = 0; r < z.rows(); ++r)
+        sum += std::log(z.row(r).array().exp().sum()) - z(r, static_cast<Eigen::Index>(e));
+    }
+    return sum;
+  };
+  EXPECT_LT(cross_entropy(t), cross_entropy(t * 1.05));
+  EXPECT_LT(cross_entropy(t), cross_entropy(t / 1.05));
+  Statistics without = g.stats;
+  without.domains[2].heldout.clear();
+  expect_error_with([&] { choose_temperature(routers, without); }, {"domain 'd2' has no held-out tokens", "heldout_fraction"});
 }
 
 class SharedStrategies : public ::testing::Test {

@@ -55,6 +55,11 @@ void add_dynamic(CLI::App& app) {
     auto* m = cmd->add_option("--method", *method, "Router: dume | gaussian | hidden | random")
                   ->check(CLI::IsMember(kRouterMethods));
     cmd->add_flag("--balance", *balance, "Weight every domain equally (statistics divided by token counts)");
+    cmd->add_flag("--auto-lambda", o->auto_lambda, "Choose lambda per layer by routing accuracy on the stored held-out split")
+        ->excludes(l);
+    cmd->add_flag("--auto-temperature", o->auto_temperature,
+                  "Choose the temperature by cross-entropy on the stored held-out split")
+        ->excludes(t);
     auto* b = cmd->add_option("--bias", *bias, "Routers with a bias: true | false (false for a Mixtral export)");
     auto routing = std::make_shared<std::string>();
     auto* r = cmd->add_option("--routing", *routing, "token | mean | ema:RATE, optionally +layer:L (see README)");

@@ -1,0 +1,204 @@
+#include "router_tuning.hpp"
+
+#include <Eigen/Eigenvalues>
+#include <cmath>
+
+#include "error.hpp"
+
+namespace dume {
+
+namespace {
+
+// Candidate k of the grid: scale * 10^(k/2).
+std::vector<double> grid(double scale, int lowest, int highest) {
+  std::vector<double> values;
+  for (int k = lowest; k <= highest; ++k) values.push_back(scale * std::pow(10.0, k / 2.0));
+  return values;
+}
+
+// Mean over domains of the share of domain e's rows whose largest logit is e's.
+double accuracy(const std::vector<Eigen::MatrixXd>& logits) {
+  double sum = 0;
+  for (std::size_t e = 0; e < logits.size(); ++e) {
+    Eigen::Index hits = 0;
+    for (Eigen::Index t = 0; t < logits[e].rows(); ++t) {
+      Eigen::Index best = 0;
+      logits[e].row(t).maxCoeff(&best);
+      hits += best == static_cast<Eigen::Index>(e);
+    }
+    sum += static_cast<double>(hits) / static_cast<double>(std::max<Eigen::Index>(1, logits[e].rows()));
+  }
+  return sum / static_cast<double>(logits.size());
+}
+
+// Ridge: A = V diag(s) V^T once; W(lambda) = V diag(1 / (s + lambda)) V^T B, rows normalized as
+// ridge_solve does.
+LambdaSweep sweep_ridge(const RouterSettings& settings, const Statistics& stats, std::int64_t layer) {
+  const RidgeSystem system = ridge_system(settings, stats, layer);
+  const Eigen::Index D = stats.hidden_size, m = settings.bias ? D + 1 : D;
+  const Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eigen(Eigen::MatrixXd(system.A.topLeftCorner(m, m)));
+  if (eigen.info() != Eigen::Success) throw Error("layer " + std::to_string(layer) + ": eigendecomposition of A failed");
+  const Eigen::MatrixXd& V = eigen.eigenvectors();
+  const Eigen::VectorXd& s = eigen.eigenvalues();
+  const Eigen::MatrixXd VtB = V.transpose() * system.B.topRows(m);
+  std::vector<Eigen::MatrixXd> projected;  // each domain's held-out [x 1] in the eigenbasis
+  for (const auto& domain : stats.domains) {
+    const MatrixXfRow& X = domain.heldout[static_cast<std::size_t>(layer)];
+    Eigen::MatrixXd rows(X.rows(), m);
+    rows.leftCols(D) = X.cast<double>();
+    if (settings.bias) rows.col(D).setOnes();
+    projected.push_back(rows * V);
+  }
+  LambdaSweep sweep;
+  sweep.lambdas = grid(s.sum() / static_cast<double>(m), -24, 2);
+  double best = -1;
+  for (double lambda : sweep.lambdas) {
+    const Eigen::VectorXd shifted = s.array() + lambda;
+    // Well inside what ridge_solve accepts (positive definite, condition number < 1e15).
+    if (!(shifted.minCoeff() > 0) || !(shifted.maxCoeff() / shifted.minCoeff() < 1e12)) {
+      sweep.accuracy.push_back(0);
+      continue;
+    }
+    const Eigen::MatrixXd coefficients = shifted.cwiseInverse().asDiagonal() * VtB;  // m x E, eigenbasis
+    const Eigen::VectorXd norms = (V.topRows(D) * coefficients).colwise().norm().transpose();
+    std::vector<Eigen::MatrixXd> logits;
+    for (const auto& rows : projected)
+      logits.push_back((rows * coefficients) * norms.cwiseMax(1e-300).cwiseInverse().asDiagonal());
+    sweep.accuracy.push_back(accuracy(logits));
+    if (sweep.accuracy.back() >= best) {
+      best = sweep.accuracy.back();
+      sweep.best = lambda;
+    }
+  }
+  return sweep;
+}
+
+// Gaussian: each domain's covariance C = U diag(c) U^T once; with shrinkage a the log-density is
+// -1/2 sum_i z_i^2 / (c_i + a tau) - 1/2 sum_i log(c_i + a tau), z = U^T (x - mu), tau = tr C / D.
+LambdaSweep sweep_gaussian(const Statistics& stats, std::int64_t layer) {
+  const Eigen::Index D = stats.hidden_size;
+  const auto E = stats.domains.size();
+  struct Domain {
+    Eigen::VectorXd c;                       // eigenvalues
+    double tau = 0;
+    std::vector<Eigen::MatrixXd> squared;    // [domain of the rows]: z^2, rows x D
+  };
+  std::vector<Domain> fitted(E);
+  for (std::size_t e = 0; e < E; ++e) {
+    const MatrixXdRow& A = stats.domains[e].A[static_cast<std::size_t>(layer)];
+    const double n = A(D, D);
+    const Eigen::VectorXd mean = A.col(D).head(D) / n;
+    const Eigen::MatrixXd covariance = A.topLeftCorner(D, D) / n - mean * mean.transpose();
+    const Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eigen(covariance);
+    if (eigen.info() != Eigen::Success)
+      throw Error("layer " + std::to_string(layer) + ", domain '" + stats.domains[e].name + "': eigendecomposition failed");
+    fitted[e].c = eigen.eigenvalues();
+    fitted[e].tau = covariance.trace() / static_cast<double>(D);
+    for (const auto& domain : stats.domains) {
+      const Eigen::MatrixXd centered =
+          domain.heldout[static_cast<std::size_t>(layer)].cast<double>().rowwise() - mean.transpose();
+      fitted[e].squared.push_back((centered * eigen.eigenvectors()).array().square().matrix());
+    }
+  }
+  LambdaSweep sweep;
+  sweep.lambdas = grid(1.0, -16, 0);
+  double best = -1;
+  for (double shrinkage : sweep.lambdas) {
+    std::vector<Eigen::MatrixXd> logits;
+    for (std::size_t r = 0; r < E; ++r) logits.emplace_back(stats.domains[r].heldout[static_cast<std::size_t>(layer)].rows(), E);
+    bool definite = true;
+    for (std::size_t e = 0; e < E; ++e) {
+      const Eigen::VectorXd variance = fitted[e].c.array() + shrinkage * fitted[e].tau;
+      definite = definite && variance.minCoeff() > 0;
+      const double log_det = variance.array().log().sum();
+      for (std::size_t r = 0; r < E; ++r)
+        logits[r].col(static_cast<Eigen::Index>(e)) =
+            -0.5 * (fitted[e].squared[r] * variance.cwiseInverse()).array() - 0.5 * log_det;
+    }
+    sweep.accuracy.push_back(definite ? accuracy(logits) : 0.0);
+    if (sweep.accuracy.back() >= best) {
+      best = sweep.accuracy.back();
+      sweep.best = shrinkage;
+    }
+  }
+  return sweep;
+}
+
+}  // namespace
+
+void require_heldout(const Statistics& stats) {
+  for (const auto& d : stats.domains)
+    if (d.heldout.empty() || d.heldout[0].rows() == 0)
+      throw Error("domain '" + d.name + "' has no held-out tokens to choose router settings on: calibrate it with "
+                  "calibration.heldout_fraction > 0 (for example 0.1)");
+}
+
+LambdaSweep sweep_lambda(const RouterSettings& settings, const Statistics& stats, std::int64_t layer) {
+  require_heldout(stats);
+  if (settings.method == "dume") return sweep_ridge(settings, stats, layer);
+  if (settings.method == "gaussian") return sweep_gaussian(stats, layer);
+  throw Error("router.lambda: auto applies to the dume and gaussian routers, not '" + settings.method + "'");
+}
+
+Eigen::MatrixXd router_logits(const RouterSolution& router, const MatrixXfRow& X) {
+  const Eigen::MatrixXd x = X.cast<double>();
+  const Eigen::Index E = router.weight.rows(), D = router.weight.cols();
+  if (router.quadratic.size() == 0) return (x * router.weight.transpose()).rowwise() + router.bias.transpose();
+  Eigen::MatrixXd logits(x.rows(), E);
+  for (Eigen::Index e = 0; e < E; ++e)
+    logits.col(e) = router.bias(e) - 0.5 * ((x.rowwise() - router.weight.row(e)) * router.quadratic.middleRows(e * D, D).transpose())
+                                               .rowwise()
+                                               .squaredNorm()
+                                               .array();
+  return logits;
+}
+
+double choose_temperature(const std::vector<RouterSolution>& routers, const Statistics& stats) {
+  require_heldout(stats);
+  std::vector<std::pair<Eigen::MatrixXd, Eigen::Index>> held;  // (logits, domain) per layer and domain
+  for (std::size_t l = 0; l < routers.size(); ++l)
+    for (std::size_t e = 0; e < stats.domains.size(); ++e)
+      held.emplace_back(router_logits(routers[l], stats.domains[e].heldout[l]), static_cast<Eigen::Index>(e));
+  const auto cross_entropy = [&](double log_t) {
+    const double t = std::exp(log_t);
+    double sum = 0;
+    std::int64_t count = 0;
+    for (const auto& [logits, e] : held)
+      for (Eigen::Index r = 0; r < logits.rows(); ++r) {
+        const Eigen::RowVectorXd z = logits.row(r) / t;
+        const double top = z.maxCoeff();
+        sum += top + std::log((z.array() - top).exp().sum()) - z(e);
+        ++count;
+      }
+    return sum / static_cast<double>(std::max<std::int64_t>(1, count));
+  };
+  double lo = std::log(1e-4), hi = std::log(1e4);
+  const double golden = (std::sqrt(5.0) - 1) / 2;
+  double a = hi - golden * (hi - lo), b = lo + golden * (hi - lo);
+  double fa = cross_entropy(a), fb = cross_entropy(b);
+  for (int i = 0; i < 60; ++i) {
+    if (fa <= fb) {
+      hi = b, b = a, fb = fa;
+      a = hi - golden * (hi - lo), fa = cross_entropy(a);
+    } else {
+      lo = a, a = b, fa = fb;
+      b = lo + golden * (hi - lo), fb = cross_entropy(b);
+    }
+  }
+  return std::exp((lo + hi) / 2);
+}
+
+std::vector<RouterSolution> build_routers(RouterSettings& settings, const Statistics& stats) {
+  std::vector<RouterSolution> routers;
+  settings.layer_lambda.clear();
+  for (std::int64_t l = 0; l < stats.layers(); ++l) {
+    RouterSettings layer = settings;
+    if (settings.auto_lambda) layer.lambda = sweep_lambda(settings, stats, l).best;
+    if (settings.auto_lambda) settings.layer_lambda.push_back(layer.lambda);
+    routers.push_back(build_router(layer, stats, l));
+  }
+  if (settings.auto_temperature) settings.temperature = choose_temperature(routers, stats);
+  return routers;
+}
+
+}  // namespace dume
