@@ -209,16 +209,20 @@ std::vector<float> Forward::run(std::span<const std::uint32_t> tokens, std::int6
   for (std::size_t l = 0; l < L; ++l) {
     const LayerBuffers& w = layers_[l];
     be.rms_norm(x, w.input_norm.data(), T, D, eps, h);
+    const auto layer = static_cast<std::int64_t>(l);
+    if (options.on_shared_input) options.on_shared_input(ForwardOptions::SharedInput::attention, layer, h, T);
     be.linear(h, w.q.data(), w.q_bias.data(), T, D, c.q_dim(), ws_.q.data());
     be.linear(h, w.k.data(), w.k_bias.data(), T, D, c.kv_dim(), ws_.k.data());
     be.linear(h, w.v.data(), w.v_bias.data(), T, D, c.kv_dim(), ws_.v.data());
     be.rope(ws_.q.data(), B, S, H, hd, ws_.cos.data(), ws_.sin.data());
     be.rope(ws_.k.data(), B, S, Hkv, hd, ws_.cos.data(), ws_.sin.data());
     be.attention(ws_.q.data(), ws_.k.data(), ws_.v.data(), B, S, H, Hkv, hd, ws_.attention.data());
+    if (options.on_shared_input)
+      options.on_shared_input(ForwardOptions::SharedInput::attention_output, layer, ws_.attention.data(), T);
     be.linear(ws_.attention.data(), w.o.data(), w.o_bias.data(), T, c.q_dim(), D, x, /*accumulate=*/true);
 
     be.rms_norm(x, w.post_attention_norm.data(), T, D, eps, h);
-    if (options.on_mlp_input) options.on_mlp_input(static_cast<std::int64_t>(l), h, T);
+    if (options.on_mlp_input) options.on_mlp_input(layer, h, T);
     if (!options.logits && l + 1 == L) return {};
     const auto& experts = experts_[l];
     if (options.forced_expert >= 0) {
@@ -235,6 +239,7 @@ std::vector<float> Forward::run(std::span<const std::uint32_t> tokens, std::int6
   }
   if (!options.logits) return {};
   be.rms_norm(x, norm_.data(), T, D, eps, h);
+  if (options.on_shared_input) options.on_shared_input(ForwardOptions::SharedInput::lm_head, -1, h, T);
   be.linear(h, lm_head_.data(), nullptr, T, D, c.vocab_size, ws_.logits.data());
   std::vector<float> logits(static_cast<std::size_t>(T * c.vocab_size));
   be.download(ws_.logits.data(), logits);

@@ -24,6 +24,11 @@ struct ForwardOptions {
   // Called with each layer's MLP input, the output of post_attention_layernorm: x (T, D) in the
   // backend's memory, T = B * S rows ordered by sequence, then position.
   std::function<void(std::int64_t layer, const float* x, std::int64_t T)> on_mlp_input;
+  // Called with the inputs of the shared linear layers (RegMean's Gram matrices): x (T, width) in
+  // the backend's memory, for which = attention (the input norm's output, into q, k and v),
+  // attention_output (into o; width q_dim) and lm_head (the final norm's output; layer -1).
+  enum class SharedInput { attention, attention_output, lm_head };
+  std::function<void(SharedInput which, std::int64_t layer, const float* x, std::int64_t T)> on_shared_input;
   // Routed MoE layers: called with the router logits (T, E) on the host, already divided by the
   // temperature, before top-k. It may read them (routing statistics) or overwrite them (random
   // routing).

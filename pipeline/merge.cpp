@@ -13,6 +13,7 @@
 
 #include "comm.hpp"
 #include "hdf5_util.hpp"
+#include "regmean.hpp"
 #include "router_tuning.hpp"
 #include "statistics.hpp"
 
@@ -419,9 +420,15 @@ void write_moe_directory(const fs::path& output, bool force, const MergePlan& pl
   });
 }
 
-SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const Checkpoint*>& experts, DType dtype) {
+SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const Checkpoint*>& experts, DType dtype,
+                                 std::span<const CorpusWindows> calibration) {
   const ModelConfig& mc = experts.at(0)->config();
   std::string difference;
+  const auto combined = [&] {
+    if (!config.shared_regmean) return average_shared_weights(experts, dtype);
+    DUME_ASSERT(calibration.size() == experts.size());
+    return regmean_shared_weights(config, experts, calibration, dtype);
+  };
   if (config.shared_checkpoint) {
     const Checkpoint base(*config.shared_checkpoint);
     if (!same_architecture(mc, base.config(), &difference))
@@ -429,7 +436,7 @@ SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<co
     SharedWeights w = average_shared_weights({&base}, dtype);
     if (config.shared_scale == 0.0) return w;
     // Task arithmetic: base + s * (average - base), rounded once to the stored dtype.
-    const SharedWeights average = average_shared_weights(experts, dtype);
+    const SharedWeights average = combined();
     std::vector<const float*> averaged;
     for_each_shared_tensor(mc, average, [&](const std::string&, const std::string&, const std::vector<std::int64_t>&,
                                             const auto& values) { averaged.push_back(values.data()); });
@@ -455,7 +462,7 @@ SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<co
     });
     return w;
   }
-  return average_shared_weights(experts, dtype);
+  return combined();
 }
 
 void run_merge(const MergeConfig& config, bool force, bool resume) {
@@ -489,16 +496,17 @@ void run_merge(const MergeConfig& config, bool force, bool resume) {
   std::vector<const Checkpoint*> experts;
   for (const auto& c : in.experts) experts.push_back(&c);
   plan.model.config = in.experts[0].config();
-  collective_phase([&] { plan.model.shared = shared_weights_for(config, experts, in.dtype); });
+  collective_phase([&] { plan.model.shared = shared_weights_for(config, experts, in.dtype, in.calibration); });
   plan.info.config = plan.model.config;
   plan.info.router = config.router;
   plan.info.dtype = in.dtype;
+  const std::string combined = config.shared_regmean ? "regmean" : "average";
   plan.info.shared = config.shared_checkpoint ? config.shared_checkpoint->string() +
                                                     (config.shared_scale != 0.0 ? " + " + std::to_string(config.shared_scale) +
-                                                                                      " x (average - base)"
+                                                                                      " x (" + combined + " - base)"
                                                                                 : "")
                      : config.shared_moe      ? "moe " + config.shared_moe->string()
-                                              : "average";
+                                              : combined;
   plan.info.shared_hash = shared_weights_hash(plan.model.config, plan.model.shared, in.dtype);
   plan.stats.hidden_size = plan.model.config.hidden_size;
   plan.stats.context_tokens = config.router.context_tokens;

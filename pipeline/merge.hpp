@@ -54,9 +54,11 @@ std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedWeight
                                    const std::vector<RouterSolution>& routers);
 std::string shared_weights_hash(const ModelConfig& config, const SharedWeights& shared, DType dtype);
 
-// The shared weights a merge config asks for: averaged over `experts`, a base checkpoint's, or
-// an existing MoE's; rounded to dtype.
-SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const Checkpoint*>& experts, DType dtype);
+// The shared weights a merge config asks for: averaged over `experts` (or RegMean's merge on
+// their `calibration` windows), a base checkpoint's, task arithmetic between the two, or an
+// existing MoE's; rounded to dtype. Collective.
+SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const Checkpoint*>& experts, DType dtype,
+                                 std::span<const CorpusWindows> calibration = {});
 
 // Before any work: `output` must not exist (unless force) and must be creatable: its nearest
 // existing ancestor is a writable directory. Throws Error naming the path otherwise, so a job

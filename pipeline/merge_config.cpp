@@ -185,8 +185,9 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
   if (top.has("shared")) {
     const YAML::Node shared = top.node("shared");
     if (shared.IsScalar()) {
-      if (shared.Scalar() != "average")
-        top.fail(shared, "shared must be 'average', {checkpoint: path} or {moe: path}");
+      if (shared.Scalar() != "average" && shared.Scalar() != "regmean")
+        top.fail(shared, "shared must be 'average', 'regmean', {checkpoint: path} or {moe: path}");
+      c.shared_regmean = shared.Scalar() == "regmean";
     } else {
       const Section s(shared, "shared", source);
       if (s.has("checkpoint") == s.has("moe")) s.fail(shared, "shared needs exactly one of checkpoint or moe");
@@ -197,7 +198,14 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
         c.shared_scale = s.get<double>("scale", "a number", 0.0);
         if (!std::isfinite(c.shared_scale)) s.fail(s.node("scale"), "shared.scale must be finite");
       }
-      s.finish({"checkpoint", "moe", "scale"});
+      if (s.has("combine")) {
+        if (!s.has("scale")) s.fail(s.node("combine"), "shared.combine needs shared.scale (base + scale x (combined - base))");
+        const auto combine = s.get<std::string>("combine", "average or regmean");
+        if (combine != "average" && combine != "regmean")
+          s.fail(s.node("combine"), "shared.combine must be average or regmean, got '" + combine + "'");
+        c.shared_regmean = combine == "regmean";
+      }
+      s.finish({"checkpoint", "moe", "scale", "combine"});
     }
   }
 
@@ -391,11 +399,12 @@ std::string MergeConfig::resolved_yaml() const {
   out << YAML::EndSeq << YAML::Key << "shared" << YAML::Value;
   if (shared_checkpoint)
     out << YAML::Flow << YAML::BeginMap << YAML::Key << "checkpoint" << YAML::Value << shared_checkpoint->string()
-        << YAML::Key << "scale" << YAML::Value << shared_scale << YAML::EndMap;
+        << YAML::Key << "scale" << YAML::Value << shared_scale << YAML::Key << "combine" << YAML::Value
+        << (shared_regmean ? "regmean" : "average") << YAML::EndMap;
   else if (shared_moe)
     out << YAML::Flow << YAML::BeginMap << YAML::Key << "moe" << YAML::Value << shared_moe->string() << YAML::EndMap;
   else
-    out << "average";
+    out << (shared_regmean ? "regmean" : "average");
   if (fold_into) out << YAML::Key << "moe" << YAML::Value << fold_into->string();
   out << YAML::Key << "router" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "method"
       << YAML::Value << router.method << YAML::Key << "lambda" << YAML::Value;

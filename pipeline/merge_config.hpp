@@ -79,6 +79,9 @@ struct MergeConfig {
   // shared: {checkpoint: base, scale: s}: task arithmetic, base + s * mean(expert - base)
   // = base + s * (average - base); s = 0 is the base itself, s = 1 the average.
   double shared_scale = 0.0;
+  // shared: regmean, or {checkpoint: base, scale: s, combine: regmean}: RegMean (regmean.hpp)
+  // in place of the average.
+  bool shared_regmean = false;
   std::optional<std::filesystem::path> shared_moe;         // shared: {moe: path}, an existing MoE's
   std::optional<std::filesystem::path> fold_into;          // moe: path, the MoE `dume fold-in` extends
   RouterSettings router;

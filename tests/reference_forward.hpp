@@ -17,6 +17,10 @@ using Vec = std::vector<double>;
 struct ReferenceRun {
   std::vector<std::vector<Vec>> mlp_inputs;  // [L][S] rows of D
   std::vector<Vec> logits;                   // [S] rows of V
+  // The shared linear layers' inputs (RegMean): q/k/v's [L][S] rows of D, o's rows of H*hd,
+  // the LM head's [S] rows of D.
+  std::vector<std::vector<Vec>> attention_inputs, attention_outputs;
+  std::vector<Vec> head_inputs;
 };
 
 // y = W x (+ b), W [out, in] row-major.
@@ -59,8 +63,10 @@ inline ReferenceRun reference_forward(const Model& m, const std::vector<std::uin
   for (std::int64_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = m.shared.layers[static_cast<std::size_t>(l)];
     std::vector<Vec> q(S), k(S), v(S);
+    auto& attention_inputs = run.attention_inputs.emplace_back();
     for (std::size_t t = 0; t < S; ++t) {
       const Vec h = rms_norm(x[t], w.input_norm, c.rms_norm_eps);
+      attention_inputs.push_back(h);
       q[t] = matvec(w.attention.q, h, &w.attention.q_bias);
       k[t] = matvec(w.attention.k, h, &w.attention.k_bias);
       v[t] = matvec(w.attention.v, h, &w.attention.v_bias);
@@ -92,6 +98,7 @@ inline ReferenceRun reference_forward(const Model& m, const std::vector<std::uin
           for (std::int64_t i = 0; i < hd; ++i)
             attended[t][qo + static_cast<std::size_t>(i)] += p[j] / sum * v[j][ko + static_cast<std::size_t>(i)];
       }
+    run.attention_outputs.push_back(attended);
     auto& inputs = run.mlp_inputs.emplace_back();
     for (std::size_t t = 0; t < S; ++t) {
       const Vec o = matvec(w.attention.o, attended[t], &w.attention.o_bias);
@@ -121,7 +128,10 @@ inline ReferenceRun reference_forward(const Model& m, const std::vector<std::uin
     }
   }
   const Matrix& out = m.shared.output_embedding();
-  for (std::size_t t = 0; t < S; ++t) run.logits.push_back(matvec(out, rms_norm(x[t], m.shared.norm, c.rms_norm_eps)));
+  for (std::size_t t = 0; t < S; ++t) {
+    run.head_inputs.push_back(rms_norm(x[t], m.shared.norm, c.rms_norm_eps));
+    run.logits.push_back(matvec(out, run.head_inputs.back()));
+  }
   return run;
 }
 

@@ -1,6 +1,6 @@
-// Beyond per-token routing: the running mean / moving average of router logits along a
-// sequence (causal), one layer deciding for the later ones, Gaussian routers and
-// task-arithmetic shared weights.
+// Beyond the paper: the running mean / moving average of router logits along a sequence
+// (causal), one layer deciding for the later ones, Gaussian routers, settings chosen on a
+// held-out split, and the shared-weight strategies (task arithmetic, RegMean).
 #include <gtest/gtest.h>
 
 #include <Eigen/LU>
@@ -8,9 +8,12 @@
 #include <limits>
 #include <random>
 
+#include "corpus.hpp"
 #include "forward.hpp"
 #include "merge.hpp"
 #include "merge_inputs.hpp"
+#include "reference_forward.hpp"
+#include "regmean.hpp"
 #include "ridge.hpp"
 #include "router_tuning.hpp"
 #include "test_util.hpp"
@@ -331,6 +334,106 @@ TEST_F(SharedStrategies, TaskArithmeticScalesFromTheBaseTowardTheAverage) {
     const Matrix expected = base.layers[1].attention.q + static_cast<float>(s) * (average.layers[1].attention.q - base.layers[1].attention.q);
     EXPECT_LT((w.layers[1].attention.q - expected).cwiseAbs().maxCoeff(), 1e-6) << s;
   }
+}
+
+// RegMean's closed form: the normal equations sum_i (W - W_i) G~_i = 0 (G~ with off-diagonals
+// scaled by 0.9) hold, identical experts merge to themselves, and a degenerate input is named.
+TEST(Regmean, MergeSolvesTheNormalEquations) {
+  std::mt19937_64 rng(7);
+  std::normal_distribution<double> normal;
+  const auto random = [&](Eigen::Index rows, Eigen::Index cols) {
+    Eigen::MatrixXd m(rows, cols);
+    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = normal(rng);
+    return m;
+  };
+  std::vector<Eigen::MatrixXd> weights, grams;
+  for (int i = 0; i < 3; ++i) {
+    weights.push_back(random(4, 6));
+    const Eigen::MatrixXd x = random(50, 6);
+    grams.push_back(x.transpose() * x);
+  }
+  const Eigen::MatrixXd merged = regmean_merge(weights, grams, "test");
+  Eigen::MatrixXd residual = Eigen::MatrixXd::Zero(4, 6);
+  for (int i = 0; i < 3; ++i) {
+    Eigen::MatrixXd g = 0.9 * grams[static_cast<std::size_t>(i)];
+    g.diagonal() /= 0.9;
+    residual += (merged - weights[static_cast<std::size_t>(i)]) * g;
+  }
+  EXPECT_LT(residual.cwiseAbs().maxCoeff(), 1e-9 * grams[0].cwiseAbs().maxCoeff());
+  const std::vector<Eigen::MatrixXd> same(3, weights[0]);
+  EXPECT_LT((regmean_merge(same, grams, "test") - weights[0]).cwiseAbs().maxCoeff(), 1e-12);
+  grams[0].setZero();
+  grams[1].setZero();
+  grams[2].row(2).setZero();
+  grams[2].col(2).setZero();
+  expect_error_with([&] { regmean_merge(weights, grams, "layer 1 q_proj"); }, {"layer 1 q_proj", "singular", "shared: average"});
+}
+
+// A whole merge with shared: regmean: every q/k/v/o and LM head equals the merge of the experts'
+// weights with Grams of their inputs from the independent float64 forward (each expert on its own
+// calibration windows, truncated to context_tokens), to the f32 forward's rounding.
+TEST_F(SharedStrategies, RegmeanMergeEqualsAFloat64Reference) {
+  const std::string yaml = write_merge_inputs(dir_, 3, DType::F32, "regmean");
+  MergeConfig config = merge_config_parse(yaml + "shared: regmean\n", dir_ / "c.yaml");
+  run_merge(config, true);
+  const Model moe = read_moe_model(dir_ / "regmean");
+  const ModelConfig& c = moe.config;
+  const auto L = static_cast<std::size_t>(c.num_layers);
+  std::vector<Model> experts;
+  std::vector<std::vector<Eigen::MatrixXd>> attention(L), output(L);
+  std::vector<Eigen::MatrixXd> head;
+  for (int e = 0; e < 3; ++e) {
+    experts.push_back(load_dense_model(Checkpoint(dir_ / ("d" + std::to_string(e)))));
+    const auto& spec = config.experts[static_cast<std::size_t>(e)].calibration;
+    const CorpusWindows windows(corpus_read(spec), 32, 0, spec.path);
+    const auto gram = [](const std::vector<Vec>& rows) {
+      Eigen::MatrixXd g = Eigen::MatrixXd::Zero(static_cast<Eigen::Index>(rows[0].size()), static_cast<Eigen::Index>(rows[0].size()));
+      for (const Vec& r : rows) {
+        const Eigen::Map<const Eigen::VectorXd> v(r.data(), static_cast<Eigen::Index>(r.size()));
+        g += v * v.transpose();
+      }
+      return g;
+    };
+    for (std::size_t l = 0; l < L; ++l) {
+      attention[l].push_back(Eigen::MatrixXd::Zero(c.hidden_size, c.hidden_size));
+      output[l].push_back(Eigen::MatrixXd::Zero(c.q_dim(), c.q_dim()));
+    }
+    head.push_back(Eigen::MatrixXd::Zero(c.hidden_size, c.hidden_size));
+    for (std::size_t w = 0; w < windows.count(); ++w) {
+      const auto window = windows.window(w);
+      const ReferenceRun run = reference_forward(experts.back(), std::vector<std::uint32_t>(window.begin(), window.begin() + 24), 0);
+      for (std::size_t l = 0; l < L; ++l) {
+        attention[l].back() += gram(run.attention_inputs[l]);
+        output[l].back() += gram(run.attention_outputs[l]);
+      }
+      head.back() += gram(run.head_inputs);
+    }
+  }
+  const auto expect_merged = [&](const Matrix& stored, const std::function<const Matrix&(const Model&)>& tensor,
+                                 const std::vector<Eigen::MatrixXd>& grams, const std::string& name) {
+    std::vector<Eigen::MatrixXd> weights;
+    for (const Model& m : experts) weights.push_back(tensor(m).cast<double>());
+    const Eigen::MatrixXd expected = regmean_merge(weights, grams, name);
+    EXPECT_LE((stored.cast<double>() - expected).cwiseAbs().maxCoeff() / expected.cwiseAbs().maxCoeff(), 1e-5) << name;
+    EXPECT_GT((stored.cast<double>() - (weights[0] + weights[1] + weights[2]) / 3).cwiseAbs().maxCoeff(),
+              1e-3 * expected.cwiseAbs().maxCoeff()) << name << " is not the average";
+  };
+  for (std::size_t l = 0; l < L; ++l) {
+    const auto& a = moe.shared.layers[l].attention;
+    expect_merged(a.q, [l](const Model& m) -> const Matrix& { return m.shared.layers[l].attention.q; }, attention[l], "q");
+    expect_merged(a.k, [l](const Model& m) -> const Matrix& { return m.shared.layers[l].attention.k; }, attention[l], "k");
+    expect_merged(a.v, [l](const Model& m) -> const Matrix& { return m.shared.layers[l].attention.v; }, attention[l], "v");
+    expect_merged(a.o, [l](const Model& m) -> const Matrix& { return m.shared.layers[l].attention.o; }, output[l], "o");
+  }
+  if (moe.shared.lm_head.size())
+    expect_merged(moe.shared.lm_head, [](const Model& m) -> const Matrix& { return m.shared.lm_head; }, head, "lm_head");
+  // The rest is the average, exactly as shared: average stores it.
+  std::vector<Checkpoint> checkpoints;
+  for (int e = 0; e < 3; ++e) checkpoints.emplace_back(dir_ / ("d" + std::to_string(e)));
+  const SharedWeights average = average_shared_weights({&checkpoints[0], &checkpoints[1], &checkpoints[2]}, DType::F32);
+  EXPECT_EQ(moe.shared.embed, average.embed);
+  EXPECT_EQ(moe.shared.layers[1].input_norm, average.layers[1].input_norm);
+  EXPECT_EQ(read_moe_info(dir_ / "regmean").shared, "regmean");
 }
 
 TEST_F(SharedStrategies, ConfigKeys) {
