@@ -88,9 +88,10 @@ void run_fold_in(const MergeConfig& config, bool force, bool reaverage) {
   std::vector<CorpusWindows> windows;
   MergeConfig resolved = config;  // what the new MoE's merge.yaml records
   collective_phase([&] {
-    if (std::count(config.keys.begin(), config.keys.end(), "router") || std::count(config.keys.begin(), config.keys.end(), "shared"))
-      throw Error(config.source.string() + ": fold-in keeps the MoE's shared weights and router settings; remove the "
-                  "router/shared sections (dume resolve changes router settings)");
+    for (const char* key : {"router", "shared", "recipe"})
+      if (std::count(config.keys.begin(), config.keys.end(), key))
+        throw Error(config.source.string() + ": fold-in keeps the MoE's shared weights and router settings; remove the "
+                    "router/shared/recipe sections (dume resolve changes router settings)");
     check_output(moe, config.output.path, force);
     plan = plan_from_moe(moe, file);
     const std::int64_t C = plan.stats.context_tokens;

@@ -182,6 +182,21 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
     c.experts.push_back(std::move(spec));
   }
 
+  // A recipe sets defaults; the sections below override any of them.
+  if (top.has("recipe")) {
+    const auto recipe = top.get<std::string>("recipe", "paper or recommended");
+    if (recipe == "recommended") {
+      c.shared_regmean = true;
+      c.router.method = "gaussian";
+      c.router.auto_lambda = c.router.auto_temperature = true;
+      c.router.routing = Routing::parse("mean+layer:0");
+      c.router.top_k = std::min<int>(2, static_cast<int>(c.experts.size()));
+      c.calibration.heldout_fraction = 0.1;
+    } else if (recipe != "paper") {
+      top.fail(top.node("recipe"), "recipe must be paper or recommended, got '" + recipe + "'");
+    }
+  }
+
   if (top.has("shared")) {
     const YAML::Node shared = top.node("shared");
     if (shared.IsScalar()) {
@@ -263,6 +278,9 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
     if (cs.heldout_tokens < 1) s.fail(s.node("heldout_tokens"), "calibration.heldout_tokens must be >= 1");
     s.finish({"sequence_length", "max_sequences", "batch_sequences", "checkpoint_every", "heldout_fraction", "heldout_tokens"});
   }
+  if (c.router.auto_lambda && c.router.method != "dume" && c.router.method != "gaussian")
+    throw Error(source.string() + ": router.lambda: auto applies to the dume and gaussian routers, not '" +
+                c.router.method + "'");
   if ((c.router.auto_lambda || c.router.auto_temperature) && c.calibration.heldout_fraction == 0)
     throw Error(source.string() + ": router.lambda or router.temperature 'auto' is chosen on a held-out split: set "
                 "calibration.heldout_fraction (for example 0.1)");
@@ -345,7 +363,7 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
     if (c.threads < 0) s.fail(s.node("threads"), "compute.threads must be >= 0");
     s.finish({"threads"});
   }
-  top.finish({"experts", "shared", "router", "calibration", "output", "eval", "compute", "moe"});
+  top.finish({"experts", "recipe", "shared", "router", "calibration", "output", "eval", "compute", "moe"});
   for (const auto& item : root) c.keys.push_back(item.first.as<std::string>());
   return c;
 }

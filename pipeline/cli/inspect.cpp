@@ -67,10 +67,22 @@ void inspect_moe(const std::string& dir) {
               static_cast<long long>(c.num_layers), static_cast<long long>(c.hidden_size),
               static_cast<long long>(c.intermediate_size), static_cast<long long>(c.vocab_size));
   std::printf("experts         %zu: %s\n", info.experts.size(), names.c_str());
-  std::printf("router          %s: lambda %g, temperature %g, top_k %d, context_tokens %lld, bias %s\n",
-              info.router.method.c_str(), info.router.lambda,
-              info.router.temperature, info.router.top_k, static_cast<long long>(info.router.context_tokens),
-              info.router.bias ? "yes" : "no");
+  const auto number = [](double v) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%g", v);
+    return std::string(text);
+  };
+  std::string lambda = number(info.router.lambda);
+  if (info.router.auto_lambda) {
+    lambda = "auto (per layer:";
+    for (double v : info.router.layer_lambda) lambda += " " + number(v);
+    lambda += ")";
+  }
+  std::printf("router          %s: lambda %s, temperature %g%s, top_k %d, context_tokens %lld, bias %s, routing %s\n",
+              info.router.method.c_str(), lambda.c_str(), info.router.temperature,
+              info.router.auto_temperature ? " (auto)" : "", info.router.top_k,
+              static_cast<long long>(info.router.context_tokens), info.router.bias ? "yes" : "no",
+              info.router.routing.to_string().c_str());
   std::printf("weights         %s; shared weights: %s (hash %s)\n", h5::dtype_attribute(info.dtype).c_str(),
               info.shared.c_str(), info.shared_hash.c_str());
   std::uintmax_t total = 0;
@@ -83,7 +95,11 @@ void inspect_moe(const std::string& dir) {
   if (std::filesystem::exists(stats_path)) {
     const Statistics stats = read_statistics(stats_path);
     std::printf("statistics      stats.h5:");
-    for (const auto& d : stats.domains) std::printf(" %s %s tokens;", d.name.c_str(), thousands(d.tokens).c_str());
+    for (const auto& d : stats.domains) {
+      std::printf(" %s %s tokens", d.name.c_str(), thousands(d.tokens).c_str());
+      if (!d.heldout.empty()) std::printf(" (+%lld held out)", static_cast<long long>(d.heldout[0].rows()));
+      std::printf(";");
+    }
     std::printf("\n");
   }
 }
