@@ -278,12 +278,12 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
     if (cs.heldout_tokens < 1) s.fail(s.node("heldout_tokens"), "calibration.heldout_tokens must be >= 1");
     s.finish({"sequence_length", "max_sequences", "batch_sequences", "checkpoint_every", "heldout_fraction", "heldout_tokens"});
   }
+  const YAML::Node router = top.has("router") ? top.node("router") : root;
   if (c.router.auto_lambda && c.router.method != "dume" && c.router.method != "gaussian")
-    throw Error(source.string() + ": router.lambda: auto applies to the dume and gaussian routers, not '" +
-                c.router.method + "'");
+    top.fail(router, "router.lambda: auto applies to the dume and gaussian routers, not '" + c.router.method + "'");
   if ((c.router.auto_lambda || c.router.auto_temperature) && c.calibration.heldout_fraction == 0)
-    throw Error(source.string() + ": router.lambda or router.temperature 'auto' is chosen on a held-out split: set "
-                "calibration.heldout_fraction (for example 0.1)");
+    top.fail(router, "router.lambda or router.temperature 'auto' is chosen on a held-out split: set "
+                     "calibration.heldout_fraction (for example 0.1)");
   // Only the first C positions are ever used: a window shorter than C just uses all of it.
   c.router.context_tokens = std::min(c.router.context_tokens, c.calibration.sequence_length);
 

@@ -311,6 +311,11 @@ std::vector<BadInput> cases() {
                }, {"d1.idx", "magic"}});
 
   // --- the YAML configuration ---
+  c.push_back({"yaml-auto-without-heldout", [](const fs::path& d) {
+                 set_yaml(d, replace(merge_inputs(d), "lambda: 0.01", "lambda: auto"));
+                 return kMerge;
+               }, {"merge.yaml:4:", "router.lambda or router.temperature 'auto' is chosen on a held-out split",
+                   "calibration.heldout_fraction"}});
   c.push_back({"yaml-unknown-key", [](const fs::path& d) {
                  set_yaml(d, replace(merge_inputs(d), "lambda: 0.01", "lamda: 0.01"));
                  return kMerge;
@@ -318,7 +323,7 @@ std::vector<BadInput> cases() {
   c.push_back({"yaml-wrong-type", [](const fs::path& d) {
                  set_yaml(d, replace(merge_inputs(d), "lambda: 0.01", "lambda: lots"));
                  return kMerge;
-               }, {"merge.yaml:4:", "router.lambda must be a number, got 'lots'"}});
+               }, {"merge.yaml:4:", "router.lambda must be a number or auto, got 'lots'"}});
   c.push_back({"yaml-wrong-shape", [](const fs::path& d) {
                  set_yaml(d, replace(merge_inputs(d), "calibration: {sequence_length", "calibration: [sequence_length"));
                  return kMerge;
@@ -414,6 +419,16 @@ std::vector<BadInput> cases() {
                  fs::copy_file(d / "other" / "out" / "stats.h5", moe / "stats.h5", fs::copy_options::overwrite_existing);
                  return std::vector<std::string>{"resolve", "moe", "--output", "out"};
                }, {"moe/stats.h5 was made with other shared weights (hash", ", the MoE's is"}});
+  c.push_back({"stats-heldout-shape", [](const fs::path& d) {
+                 const fs::path moe = good_moe(d);
+                 {  // held-out rows 5 wide where the model is 48
+                   H5Id file(H5Fopen((moe / "stats.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+                   const std::vector<float> rows(15, 1.0f);
+                   const std::int64_t shape[] = {3, 5};
+                   h5::write_dataset(file.get(), "/layers/0/heldout/d0", DType::F32, shape, rows.data());
+                 }
+                 return std::vector<std::string>{"resolve", "moe", "--output", "out"};
+               }, {"moe/stats.h5: dataset '/layers/0/heldout/d0' is not (tokens, 48)"}});
   c.push_back({"moe-not-a-moe", [](const fs::path& d) {
                  merge_inputs(d);
                  return std::vector<std::string>{"resolve", "d0", "--output", "out"};

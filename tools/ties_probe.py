@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Does TIES-style trimming earn a place among dume's shared-weight strategies?
+
+TIES-Merging (Yadav et al., 2023) merges task vectors t_i = expert_i - base by keeping each
+vector's top-k fraction of entries by magnitude, electing a sign per entry (the sign of the sum
+of the trimmed vectors) and averaging only the entries that agree with it: base + lam * merged.
+This script applies it to the non-MLP weights of the bundled experts and measures, against the
+plain average, the oracle retention (each domain's own MLPs forced: the ceiling any router can
+reach with those shared weights), ppl(own expert) / ppl(shared + own MLPs), on the first 64 test
+windows of 256 bytes per domain. It is the measurement behind the README's verdict; CI does not
+run it (it needs torch and transformers from PyPI).
+
+Usage: python3 tools/ties_probe.py [--experts experts]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+
+import numpy as np
+import torch
+from transformers import LlamaForCausalLM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOMAINS = ["c", "python", "prose", "roff"]
+
+
+def windows(path: str, count: int) -> torch.Tensor:
+    data = np.frombuffer(open(path, "rb").read(), dtype=np.uint8)
+    return torch.tensor(data[: len(data) // 256 * 256].reshape(-1, 256)[:count].astype(np.int64))
+
+
+def perplexity(model, tokens: torch.Tensor) -> float:
+    with torch.no_grad():
+        logits = model(tokens).logits[:, :-1]
+    return float(torch.exp(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))))
+
+
+def ties(experts: dict, base: dict, keep: float, scale: float) -> dict:
+    merged = {}
+    for name, b in base.items():
+        if ".mlp." in name:
+            continue
+        vectors = torch.stack([experts[d][name] - b for d in DOMAINS]).reshape(len(DOMAINS), -1)
+        threshold = vectors.abs().quantile(1 - keep, dim=1, keepdim=True)
+        trimmed = torch.where(vectors.abs() >= threshold, vectors, torch.zeros_like(vectors))
+        sign = torch.sign(trimmed.sum(0))
+        agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
+        mean = (trimmed * agree).sum(0) / agree.sum(0).clamp(min=1)
+        merged[name] = b + scale * mean.reshape(b.shape)
+    return merged
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experts", default=os.path.join(ROOT, "experts"))
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    load = lambda d: LlamaForCausalLM.from_pretrained(os.path.join(args.experts, d), dtype=torch.float32).eval()
+    models = {d: load(d) for d in DOMAINS}
+    weights = {d: models[d].state_dict() for d in DOMAINS}
+    base = load("base").state_dict()
+    tests = {d: windows(os.path.join(args.experts, "data", f"{d}.test.bin"), 64) for d in DOMAINS}
+    own = {d: perplexity(models[d], tests[d]) for d in DOMAINS}
+
+    def oracle(shared: dict) -> str:
+        cells = []
+        for d in DOMAINS:
+            model = copy.deepcopy(models[d])
+            state = model.state_dict()
+            state.update(shared)
+            model.load_state_dict(state)
+            cells.append(f"{100 * own[d] / perplexity(model, tests[d]):.1f}%")
+        return " | ".join(cells)
+
+    average = {n: sum(weights[d][n] for d in DOMAINS) / len(DOMAINS) for n in base if ".mlp." not in n}
+    print("| shared weights | " + " | ".join(DOMAINS) + " |")
+    print("|---" * (len(DOMAINS) + 1) + "|")
+    print(f"| average | {oracle(average)} |")
+    for keep, scale in [(0.2, 1.0), (0.2, 0.7), (0.5, 1.0)]:
+        print(f"| TIES, top {int(100 * keep)}%, lambda {scale} | {oracle(ties(weights, base, keep, scale))} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
