@@ -1,6 +1,7 @@
 // The bundled tiny experts end to end, fast: merge (a subset of the calibration windows) and
 // eval (a subset of the test windows), then the bars of the demo: DUME routes better than
-// random on every domain for k = 1 and 2, and each expert is best on its own domain.
+// random on every domain for k = 1 and 2, and each expert is best on its own domain; and the
+// recommended recipe beats the paper's on every domain.
 #include <gtest/gtest.h>
 
 #include "evaluate.hpp"
@@ -16,13 +17,18 @@ const fs::path kExperts = fs::path(DUME_SOURCE_DIR) / "experts";
 
 using Bundled = dume::test::TempDirTest;
 
-TEST_F(Bundled, DumeBeatsRandomRoutingOnEveryDomain) {
+std::string bundled_experts() {
   std::string yaml = "experts:\n";
   for (const char* d : {"c", "python", "prose", "roff"}) {
     const std::string data = (kExperts / "data" / d).string();
     yaml += std::string("  - {name: ") + d + ", checkpoint: " + (kExperts / d).string() + ", calibration: {path: " +
             data + ".calib.bin, format: text-bytes}, test: {path: " + data + ".test.bin, format: text-bytes}}\n";
   }
+  return yaml;
+}
+
+TEST_F(Bundled, DumeBeatsRandomRoutingOnEveryDomain) {
+  std::string yaml = bundled_experts();
   yaml += "router: {context_tokens: 256}\n"
           "calibration: {sequence_length: 256, max_sequences: 96, batch_sequences: 8}\n"
           "output: moe\n"
@@ -42,6 +48,18 @@ TEST_F(Bundled, DumeBeatsRandomRoutingOnEveryDomain) {
       }
     }
   }
+}
+
+TEST_F(Bundled, RecommendedRecipeBeatsThePapersOnEveryDomain) {
+  const std::string rest = "calibration: {sequence_length: 256, max_sequences: 96, batch_sequences: 8}\n"
+                           "eval: {methods: [dume], max_sequences: 24}\ncompute: {threads: 1}\n";
+  const MergeConfig paper = merge_config_parse(bundled_experts() + "output: paper\n" + rest, dir_ / "paper.yaml");
+  const MergeConfig recommended =
+      merge_config_parse(bundled_experts() + "recipe: recommended\noutput: recommended\n" + rest, dir_ / "recommended.yaml");
+  run_merge(paper, false);
+  run_merge(recommended, false);
+  const EvalResult a = run_eval(paper), b = run_eval(recommended);
+  for (const auto& d : a.domains) EXPECT_LT(b.perplexity.at(d).at("dume"), a.perplexity.at(d).at("dume")) << d;
 }
 
 }  // namespace
