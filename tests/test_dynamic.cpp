@@ -175,6 +175,17 @@ TEST_F(Dynamic, AutoSettingsFromTheHeldOutSplit) {
   EXPECT_EQ(read_moe_info(dir_ / "auto4").router.layer_lambda.size(), 3u);
   EXPECT_EQ(read_statistics(dir_ / "auto4" / "stats.h5").domains[3].heldout[0].rows(), 40);
 
+  // The same for a Gaussian router: resolved to one, then a domain folded into it.
+  ResolveOverrides gaussian;
+  gaussian.method = "gaussian";
+  run_resolve(dir_ / "auto3", gaussian, dir_ / "auto3-gaussian", false);
+  run_fold_in(config("moe: auto3-gaussian\n" + experts({3}) +
+                     "calibration: {sequence_length: 32}\ncompute: {threads: 1}\noutput: auto4-gaussian\n"),
+              false, false);
+  const Model folded = read_moe_model(dir_ / "auto4-gaussian");
+  EXPECT_EQ(folded.routers[1].quadratic.rows(), 4 * 48);
+  EXPECT_EQ(read_moe_info(dir_ / "auto4-gaussian").router.layer_lambda.size(), 3u);
+
   // Without a held-out split, auto is refused before any work.
   expect_error_with([&] { config(experts({0, 1}) + "router: {lambda: auto}\noutput: o\n"); },
                     {"router.lambda or router.temperature 'auto'", "heldout_fraction"});
