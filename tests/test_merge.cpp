@@ -263,7 +263,7 @@ TEST_F(MergeChecks, LambdaNonNegative) {
 
 TEST_F(MergeChecks, UnknownKeysAndWrongTypesNameTheLine) {
   expect_refused(replace(yaml_, "lambda: 0.01", "lamda: 0.01"), {"merge.yaml:4:", "unknown key 'lamda' in router"});
-  expect_refused(replace(yaml_, "lambda: 0.01", "lambda: lots"), {"merge.yaml:4:", "router.lambda must be a number, got 'lots'"});
+  expect_refused(replace(yaml_, "lambda: 0.01", "lambda: lots"), {"merge.yaml:4:", "router.lambda must be a number or auto, got 'lots'"});
   expect_refused(yaml_ + "extra: 1\n", {"merge.yaml:8:", "unknown key 'extra'"});
 }
 
