@@ -34,6 +34,7 @@ Forward::Forward(const Model& model, Backend& backend) : model_(model), backend_
     for (const MlpWeights& m : layer)
       resident.push_back({upload(backend, m.gate), upload(backend, m.up), upload(backend, m.down)});
   }
+  routers_.reserve(model.routers.size());  // never reallocated: the CPU backend aliases quadratic_bias_host
   for (const Router& r : model.routers) {
     RouterBuffers& buffers = routers_.emplace_back();
     buffers.weight = upload(backend, r.weight);

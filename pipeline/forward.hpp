@@ -62,7 +62,7 @@ class Forward {
   struct RouterBuffers {
     Buffer weight, bias;
     Buffer quadratic, quadratic_bias;  // Gaussian routers: Q [E*D, D] and -Q_e W_e stacked [E*D]
-    Vector quadratic_bias_host;        // behind quadratic_bias (the CPU backend aliases it; moves keep its heap)
+    Vector quadratic_bias_host;        // behind quadratic_bias (the CPU backend aliases it)
   };
   struct Workspace {
     std::int64_t rows = 0;
