@@ -3,8 +3,6 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
-
-#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <fstream>
@@ -426,11 +424,16 @@ std::string MergeConfig::resolved_yaml() const {
   if (fold_into) out << YAML::Key << "moe" << YAML::Value << fold_into->string();
   out << YAML::Key << "router" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "method"
       << YAML::Value << router.method << YAML::Key << "lambda" << YAML::Value;
-  router.auto_lambda ? out << "auto" : out << router.lambda;
+  if (router.auto_lambda)
+    out << "auto";
+  else
+    out << router.lambda;
   out << YAML::Key << "temperature" << YAML::Value;
-  router.auto_temperature ? out << "auto" : out << router.temperature;
-  out
-      << YAML::Key << "top_k" << YAML::Value << router.top_k << YAML::Key << "context_tokens" << YAML::Value
+  if (router.auto_temperature)
+    out << "auto";
+  else
+    out << router.temperature;
+  out << YAML::Key << "top_k" << YAML::Value << router.top_k << YAML::Key << "context_tokens" << YAML::Value
       << router.context_tokens << YAML::Key << "bias" << YAML::Value << router.bias << YAML::Key << "balance"
       << YAML::Value << router.balance << YAML::Key << "routing" << YAML::Value << router.routing.to_string()
       << YAML::EndMap;

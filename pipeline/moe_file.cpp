@@ -1,7 +1,6 @@
 #include "moe_file.hpp"
 
 #include <algorithm>
-
 #include <cstdio>
 #include <cstring>
 

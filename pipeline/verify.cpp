@@ -139,6 +139,21 @@ void verify_statistics(Verifier& v, const fs::path& path, const MoeInfo& info) {
           v.problem(Verifier::where(f, B_path) + ": column " + std::to_string(e) + " differs from " + A_path + "'s last column");
       }
     }
+    // Held-out MLP inputs (a held-out split): rows of `hidden` finite values.
+    for (const std::string& domain : domains) {
+      const std::string heldout = moe_path::layer(l, "heldout/" + domain);
+      bool present = false;
+      v.guarded([&] { present = h5::exists(f, heldout); });
+      if (!present) continue;
+      expected.insert(heldout);
+      v.guarded([&] {
+        const auto shape = h5::dataset_info(f, heldout).shape;
+        if (shape.size() != 2 || shape[1] != hidden)
+          v.problem(Verifier::where(f, heldout) + " is not (tokens, " + std::to_string(hidden) + ")");
+        else
+          v.floats(f, heldout, DType::F32, shape);
+      });
+    }
   }
   v.guarded([&] {
     for (const std::string& p : h5::list_datasets(f))
@@ -204,7 +219,20 @@ VerifyReport verify_moe(const fs::path& dir) {
     const std::string weight_path = moe_path::layer(l, "router/weight"), bias_path = moe_path::layer(l, "router/bias");
     expected.insert(weight_path);
     expected.insert(bias_path);
-    if (const auto weight = v.floats(f, weight_path, DType::F32, {E, D}))
+    const auto weight = v.floats(f, weight_path, DType::F32, {E, D});
+    if (info.router.method == "gaussian") {  // rows are the domains' means; the factors are triangular
+      const std::string quadratic_path = moe_path::layer(l, "router/quadratic");
+      expected.insert(quadratic_path);
+      if (const auto q = v.floats(f, quadratic_path, DType::F32, {E, D, D}))
+        for (std::int64_t e = 0; e < E; ++e)
+          for (std::int64_t i = 0; i < D; ++i)
+            for (std::int64_t j = i + 1; j < D; ++j)
+              if ((*q)[static_cast<std::size_t>((e * D + i) * D + j)] != 0.0f) {
+                v.problem(Verifier::where(f, quadratic_path) + ": expert " + std::to_string(e) +
+                          "'s factor is not lower-triangular");
+                i = j = D;
+              }
+    } else if (weight) {
       for (std::int64_t e = 0; e < E; ++e) {  // every router row is unit-normalized (zero when its norm was 0)
         double norm = 0;
         for (std::int64_t i = 0; i < D; ++i) norm += std::pow((*weight)[static_cast<std::size_t>(e * D + i)], 2);
@@ -213,7 +241,12 @@ VerifyReport verify_moe(const fs::path& dir) {
           v.problem(Verifier::where(f, weight_path) + ": row " + std::to_string(e) + " has norm " + std::to_string(norm) +
                     ", expected 1");
       }
+    }
     v.floats(f, bias_path, DType::F32, {E});
+  }
+  if (info.router.auto_lambda) {  // the per-layer choice
+    expected.insert("/layer_lambda");
+    v.doubles(f, "/layer_lambda", {c.num_layers});
   }
   v.guarded([&] {
     for (const std::string& p : h5::list_datasets(f))

@@ -9,6 +9,7 @@
 #include "merge.hpp"
 #include "merge_inputs.hpp"
 #include "test_util.hpp"
+#include "verify.hpp"
 
 namespace {
 
@@ -185,6 +186,11 @@ TEST_F(Dynamic, AutoSettingsFromTheHeldOutSplit) {
   const Model folded = read_moe_model(dir_ / "auto4-gaussian");
   EXPECT_EQ(folded.routers[1].quadratic.rows(), 4 * 48);
   EXPECT_EQ(read_moe_info(dir_ / "auto4-gaussian").router.layer_lambda.size(), 3u);
+  // dume verify knows the quadratic factors, the held-out rows and the chosen lambdas.
+  for (const char* moe : {"auto3", "auto4-gaussian"}) {
+    const VerifyReport report = verify_moe(dir_ / moe);
+    EXPECT_TRUE(report.problems.empty()) << moe << ": " << (report.problems.empty() ? "" : report.problems[0]);
+  }
 
   // Without a held-out split, auto is refused before any work.
   expect_error_with([&] { config(experts({0, 1}) + "router: {lambda: auto}\noutput: o\n"); },
