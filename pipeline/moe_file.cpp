@@ -278,6 +278,9 @@ Statistics read_statistics(const fs::path& path) {
         const std::vector<std::int64_t> rows_shape = h5::dataset_info(f, heldout).shape;
         if (rows_shape.size() != 2 || rows_shape[1] != s.hidden_size)
           throw Error(path.string() + ": dataset '" + heldout + "' is not (tokens, " + std::to_string(s.hidden_size) + ")");
+        if (rows_shape[0] > (std::int64_t{1} << 24))  // a dume merge keeps heldout_tokens, a few thousand
+          throw Error(path.string() + ": dataset '" + heldout + "' claims " + std::to_string(rows_shape[0]) +
+                      " held-out tokens, absurdly many");
         const auto rows = h5::read_f32(f, heldout, rows_shape);
         d.heldout.emplace_back(Eigen::Map<const MatrixXfRow>(rows.data(), rows_shape[0], rows_shape[1]));
       }
