@@ -51,7 +51,6 @@ LambdaSweep sweep_ridge(const RouterSettings& settings, const Statistics& stats,
   }
   LambdaSweep sweep;
   sweep.lambdas = grid(s.sum() / static_cast<double>(m), -24, 2);
-  double best = -1;
   for (double lambda : sweep.lambdas) {
     const Eigen::VectorXd shifted = s.array() + lambda;
     // Well inside what ridge_solve accepts (positive definite, condition number < 1e15).
@@ -65,10 +64,6 @@ LambdaSweep sweep_ridge(const RouterSettings& settings, const Statistics& stats,
     for (const auto& rows : projected)
       logits.push_back((rows * coefficients) * norms.cwiseMax(1e-300).cwiseInverse().asDiagonal());
     sweep.accuracy.push_back(accuracy(logits));
-    if (sweep.accuracy.back() >= best) {
-      best = sweep.accuracy.back();
-      sweep.best = lambda;
-    }
   }
   return sweep;
 }
@@ -102,7 +97,6 @@ LambdaSweep sweep_gaussian(const Statistics& stats, std::int64_t layer) {
   }
   LambdaSweep sweep;
   sweep.lambdas = grid(1.0, -16, 0);
-  double best = -1;
   for (double shrinkage : sweep.lambdas) {
     std::vector<Eigen::MatrixXd> logits;
     for (std::size_t r = 0; r < E; ++r) logits.emplace_back(stats.domains[r].heldout[static_cast<std::size_t>(layer)].rows(), E);
@@ -116,10 +110,6 @@ LambdaSweep sweep_gaussian(const Statistics& stats, std::int64_t layer) {
             -0.5 * (fitted[e].squared[r] * variance.cwiseInverse()).array() - 0.5 * log_det;
     }
     sweep.accuracy.push_back(definite ? accuracy(logits) : 0.0);
-    if (sweep.accuracy.back() >= best) {
-      best = sweep.accuracy.back();
-      sweep.best = shrinkage;
-    }
   }
   return sweep;
 }
@@ -135,9 +125,16 @@ void require_heldout(const Statistics& stats) {
 
 LambdaSweep sweep_lambda(const RouterSettings& settings, const Statistics& stats, std::int64_t layer) {
   require_heldout(stats);
-  if (settings.method == "dume") return sweep_ridge(settings, stats, layer);
-  if (settings.method == "gaussian") return sweep_gaussian(stats, layer);
-  throw Error("router.lambda: auto applies to the dume and gaussian routers, not '" + settings.method + "'");
+  if (settings.method != "dume" && settings.method != "gaussian")
+    throw Error("router.lambda: auto applies to the dume and gaussian routers, not '" + settings.method + "'");
+  LambdaSweep sweep = settings.method == "dume" ? sweep_ridge(settings, stats, layer) : sweep_gaussian(stats, layer);
+  double best = -1;  // the most accurate; ties go to the largest lambda (the most regularized)
+  for (std::size_t i = 0; i < sweep.lambdas.size(); ++i)
+    if (sweep.accuracy[i] >= best) {
+      best = sweep.accuracy[i];
+      sweep.best = sweep.lambdas[i];
+    }
+  return sweep;
 }
 
 Eigen::MatrixXd router_logits(const RouterSolution& router, const MatrixXfRow& X) {
