@@ -69,11 +69,13 @@ std::size_t mpi_chunk_elements() {
   return chunk;
 }
 
+std::size_t mpi_reduce_segment_elements() { return std::min<std::size_t>(mpi_chunk_elements(), std::size_t{1} << 16); }
+
 namespace {
 
 template <class T, class Call>
-void chunked(std::span<T> data, Call&& call) {
-  const std::size_t chunk = std::clamp<std::size_t>(mpi_chunk_elements(), 1, INT_MAX);
+void chunked(std::span<T> data, Call&& call, std::size_t limit = mpi_chunk_elements()) {
+  const std::size_t chunk = std::clamp<std::size_t>(limit, 1, INT_MAX);
   for (std::size_t begin = 0; begin < data.size(); begin += chunk)
     call(data.data() + begin, static_cast<int>(std::min(chunk, data.size() - begin)));
 }
@@ -82,16 +84,19 @@ void chunked(std::span<T> data, Call&& call) {
 
 void reduce_sum(std::span<double> data, int root) {
   const bool is_root = mpi_rank() == root;
-  chunked(data, [&](double* p, int n) {
-    MPI_CHECK(MPI_Reduce(is_root ? MPI_IN_PLACE : p, is_root ? p : nullptr, n, MPI_DOUBLE, MPI_SUM, root,
-                         MPI_COMM_WORLD));
-  });
+  chunked(
+      data,
+      [&](double* p, int n) {
+        MPI_CHECK(MPI_Reduce(is_root ? MPI_IN_PLACE : p, is_root ? p : nullptr, n, MPI_DOUBLE, MPI_SUM, root,
+                             MPI_COMM_WORLD));
+      },
+      mpi_reduce_segment_elements());
 }
 
-void allreduce_sum(std::span<double> data) {
-  chunked(data, [](double* p, int n) {
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
-  });
+void allreduce_sum(std::span<double> data, std::size_t segment) {
+  chunked(
+      data, [](double* p, int n) { MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD)); },
+      segment);
 }
 
 void broadcast(std::span<double> data, int root) {

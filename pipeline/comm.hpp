@@ -41,11 +41,16 @@ std::string host_name();
 // Largest message of one MPI call, in elements: 2^23 (64 MiB of f64), or the environment's
 // DUME_MPI_CHUNK_ELEMENTS (tests lower it to exercise the chunking).
 std::size_t mpi_chunk_elements();
+// Largest message of one reduction call: 2^16 elements (512 KiB of f64), or a smaller
+// mpi_chunk_elements(). MPI's reductions of one large buffer measured 2-3x slower here than the
+// same bytes in cache-sized segments (its temporaries leave the cache); broadcasts are not.
+std::size_t mpi_reduce_segment_elements();
 
 // Sums `data` over all ranks into rank `root`'s `data` (other ranks' data is left as it was).
 void reduce_sum(std::span<double> data, int root = 0);
-// Sums `data` over all ranks into every rank's `data`.
-void allreduce_sum(std::span<double> data);
+// Sums `data` over all ranks into every rank's `data`, at most `segment` elements per MPI call
+// (the benchmark's reference).
+void allreduce_sum(std::span<double> data, std::size_t segment);
 void broadcast(std::span<double> data, int root = 0);
 void broadcast(std::span<float> data, int root = 0);
 void broadcast(std::string& text, int root = 0);

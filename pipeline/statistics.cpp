@@ -190,38 +190,53 @@ std::vector<double> pack_upper(const DomainStatistics& domain) {
 void unpack_upper(std::span<const double> packed, DomainStatistics& domain) {
   const Eigen::Index n = domain.A.empty() ? 0 : domain.A[0].rows();
   DUME_ASSERT(packed.size() == packed_size(domain));
-  const std::size_t triangle = static_cast<std::size_t>(n * (n + 1) / 2);
-  // Copy and mirror in one pass, in tiles: the mirrored writes walk down columns, and a tile's
-  // columns stay in cache where whole columns of a large matrix would not (a plain copy followed
-  // by symmetrize() cost more than the reduction itself).
-  constexpr Eigen::Index kTile = 64;
-  for (std::size_t l = 0; l < domain.A.size(); ++l) {
-    double* A = domain.A[l].data();
-    const double* layer = packed.data() + l * triangle;
-    for (Eigen::Index bi = 0; bi < n; bi += kTile)
-      for (Eigen::Index bj = bi; bj < n; bj += kTile)
-        for (Eigen::Index i = bi; i < std::min(bi + kTile, n); ++i) {
-          const double* row = layer + (i * n - i * (i - 1) / 2) - i;  // row[j] is (i, j) for j >= i
-          for (Eigen::Index j = std::max(i, bj); j < std::min(bj + kTile, n); ++j) A[i * n + j] = A[j * n + i] = row[j];
-        }
+  std::size_t k = 0;
+  for (auto& A : domain.A) {
+    for (Eigen::Index i = 0; i < n; ++i) {
+      std::copy(packed.data() + k, packed.data() + k + (n - i), A.data() + i * n + i);
+      k += static_cast<std::size_t>(n - i);
+    }
+    symmetrize(A);
   }
-  domain.tokens = static_cast<std::int64_t>(packed[domain.A.size() * triangle]);
+  domain.tokens = static_cast<std::int64_t>(packed[k]);
 }
 
 void reduce_domain(DomainStatistics& domain, CalibrationTiming& timing, std::span<const double> base) {
   const auto t0 = Clock::now();
-  // One buffer for every domain of the job (they have the same size): a fresh 100 MB allocation
-  // per domain spends longer in page faults than the reduction spends communicating.
-  static std::vector<double> packed;
-  packed.resize(packed_size(domain));
-  pack_into(domain, packed.data());
   const bool root = mpi_rank() == 0;
-  if (root && !base.empty()) {
-    DUME_ASSERT(base.size() == packed.size());
-    for (std::size_t i = 0; i < packed.size(); ++i) packed[i] += base[i];
+  const Eigen::Index n = domain.A.empty() ? 0 : domain.A[0].rows();
+  DUME_ASSERT(base.empty() || base.size() == packed_size(domain));
+  // Band by band: pack a band of rows' upper parts, reduce it in one MPI call, and on rank 0
+  // write it back and mirror it while it is still in cache. Whole-matrix passes (pack all,
+  // reduce all, unpack all) spent twice as long moving memory as communicating.
+  const auto segment = static_cast<Eigen::Index>(mpi_reduce_segment_elements());
+  std::vector<double> band(static_cast<std::size_t>(std::max(segment, n)));
+  std::size_t offset = 0;  // of the band in pack_upper's layout, where `base` is
+  for (auto& matrix : domain.A) {
+    double* A = matrix.data();
+    for (Eigen::Index r0 = 0, r1 = 0; r0 < n; r0 = r1) {
+      std::size_t k = 0;
+      for (; r1 < n && (r1 == r0 || static_cast<Eigen::Index>(k) + n - r1 <= segment); ++r1) {
+        std::copy(A + r1 * n + r1, A + (r1 + 1) * n, band.data() + k);  // row r1, columns r1..n-1
+        k += static_cast<std::size_t>(n - r1);
+      }
+      if (root && !base.empty())
+        for (std::size_t i = 0; i < k; ++i) band[i] += base[offset + i];
+      reduce_sum({band.data(), k});
+      offset += k;
+      if (!root) continue;
+      k = 0;
+      for (Eigen::Index i = r0; i < r1; ++i) {
+        std::copy(band.data() + k, band.data() + k + (n - i), A + i * n + i);
+        k += static_cast<std::size_t>(n - i);
+      }
+      for (Eigen::Index j = r0 + 1; j < n; ++j)  // mirror: row j's columns r0..min(r1, j) - 1
+        for (Eigen::Index i = r0; i < std::min(r1, j); ++i) A[j * n + i] = A[i * n + j];
+    }
   }
-  reduce_sum(packed);
-  if (root) unpack_upper(packed, domain);
+  double tokens = static_cast<double>(domain.tokens) + (root && !base.empty() ? base.back() : 0.0);
+  reduce_sum({&tokens, 1});
+  if (root) domain.tokens = static_cast<std::int64_t>(tokens);  // exact: counts stay far below 2^53
   timing.reduce += since(t0);
 }
 

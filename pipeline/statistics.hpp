@@ -85,8 +85,8 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, Backend& backend, con
                                          int ranks);
 
 // Sums every rank's partial statistics of one domain into rank 0's (upper triangles are sent
-// packed, half the bytes), plus `base` (packed, from pack_upper) on rank 0 when given, then
-// mirrors them into full symmetric matrices on rank 0.
+// packed, half the bytes, in bands of rows), plus `base` (packed, from pack_upper) on rank 0 when
+// given, and mirrors them into full symmetric matrices on rank 0.
 void reduce_domain(DomainStatistics& domain, CalibrationTiming& timing, std::span<const double> base = {});
 
 // Every layer's upper triangle, row by row, then the token count: (L * n(n+1)/2 + 1) values.
