@@ -36,6 +36,10 @@ class Backend {
   virtual ~Backend() = default;
   // What runs, for logs and benchmarks: e.g. "cpu: OpenBLAS 0.3.21 (SkylakeX), 2 threads".
   virtual std::string describe() const = 0;
+  virtual BackendKind kind() const = 0;
+  // Waits for the work issued so far (for timing: a GPU backend's kernels run asynchronously;
+  // every download waits anyway).
+  virtual void synchronize() {}
 
   virtual Buffer alloc(std::size_t n) = 0;                   // n floats, uninitialized
   virtual Buffer upload(std::span<const float> host) = 0;    // read-only data (weights); CPU aliases it
@@ -76,7 +80,12 @@ class Backend {
   virtual void stats_accumulate(const float* x, std::int64_t T, std::int64_t D, double* A) = 0;
 };
 
-// threads = 0: all cores. Asking for a backend this build lacks throws, saying so.
-std::unique_ptr<Backend> make_backend(BackendKind kind, int threads = 0);
+// threads (CPU) = 0: all cores; device (CUDA): the GPU's index, modulo the visible count (the
+// caller passes the rank's local rank). Asking for a backend this build lacks throws, saying so.
+std::unique_ptr<Backend> make_backend(BackendKind kind, int threads = 0, int device = 0);
+// "cpu", "cuda", or "auto": cuda where this build has it and a GPU is visible, else cpu.
+BackendKind parse_backend(const std::string& name);
+bool cuda_built();
+int cuda_device_count();  // 0 without a driver or a device
 
 }  // namespace dume

@@ -87,6 +87,26 @@ std::vector<std::uint32_t> random_tokens(std::size_t n, std::int64_t vocab) {
   return tokens;
 }
 
+// The backend's own f32 GEMM (its linear() on square matrices), for backends other than the CPU.
+GemmRate backend_gemm_rate(Backend& backend, std::int64_t n) {
+  const auto elements = static_cast<std::size_t>(n * n);
+  const std::vector<float> host(elements, 1.0f / static_cast<float>(n));
+  const Buffer a = backend.upload(host), w = backend.upload(host), y = backend.alloc(elements);
+  const auto product = [&] { backend.linear(a.data(), w.data(), nullptr, n, n, n, y.data()); };
+  product();
+  backend.synchronize();
+  int runs = 0;
+  const auto t0 = Clock::now();
+  double seconds = 0;
+  while (seconds < 0.5) {
+    product();
+    backend.synchronize();
+    ++runs;
+    seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  }
+  return {"backend sgemm", n, 2.0 * std::pow(static_cast<double>(n), 3) * runs / seconds / 1e9};
+}
+
 // FLOPs of the calibration pass: every layer but the last MLP, no final norm or lm_head.
 double calibration_flops(const ModelConfig& c, std::int64_t B, std::int64_t S) {
   return Forward::flops(c, B, S, false) -
@@ -99,8 +119,14 @@ std::vector<PhaseResult> run_benchmark(const BenchSettings& s, Backend& backend)
   const ModelConfig& c = s.config;
   const std::int64_t D = c.hidden_size, n = D + 1, T = s.batch * s.sequence_length;
   const std::int64_t sizes[] = {1024, 2048, 4096};
-  const auto rates = measure_gemm_rates(sizes, 0.5);
-  const GemmRate f32 = best_rate(rates, "sgemm"), f64 = best_rate(rates, "dgemm");
+  auto rates = measure_gemm_rates(sizes, 0.5);
+  if (backend.kind() != BackendKind::cpu)
+    for (const std::int64_t size : sizes) rates.push_back(backend_gemm_rate(backend, size));
+  // A GPU's forward and statistics run against its own f32 GEMM (the statistics' f64 SYRK too, as
+  // the tensor cores set the pace); the solve runs on the host against the host's f64 GEMM.
+  const GemmRate f32 = best_rate(rates, backend.kind() == BackendKind::cpu ? "sgemm" : "backend sgemm");
+  const GemmRate stats_limit = backend.kind() == BackendKind::cpu ? best_rate(rates, "dgemm") : f32;
+  const GemmRate f64 = best_rate(rates, "dgemm");
   const std::string f32_name = f32.kernel + " n=" + std::to_string(f32.n);
   const std::string f64_name = f64.kernel + " n=" + std::to_string(f64.n);
   std::vector<PhaseResult> phases;
@@ -131,7 +157,10 @@ std::vector<PhaseResult> run_benchmark(const BenchSettings& s, Backend& backend)
     options.on_mlp_input = [&](std::int64_t l, const float* x, std::int64_t rows) {
       backend.stats_accumulate(x, rows, D, A[static_cast<std::size_t>(l)].data());
     };
-    const auto seconds = time_runs(s.repeat, [&] { forward.run(tokens, s.batch, s.sequence_length, options); });
+    const auto seconds = time_runs(s.repeat, [&] {
+      forward.run(tokens, s.batch, s.sequence_length, options);
+      backend.synchronize();
+    });
     std::vector<double> corner(static_cast<std::size_t>(n * n));
     backend.download(A.back().data(), corner);  // the row count, exactly
     const long wrong = corner.back() == static_cast<double>(T * (s.repeat + 1)) ? 0 : 1;
@@ -147,12 +176,17 @@ std::vector<PhaseResult> run_benchmark(const BenchSettings& s, Backend& backend)
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
     for (auto& v : x) v = u(rng);
     Buffer64 A = backend.alloc64(static_cast<std::size_t>(n * n));
-    const auto seconds = time_runs(s.repeat, [&] { backend.stats_accumulate(x.data(), T, D, A.data()); });
+    const Buffer xs = backend.upload(x);
+    const auto seconds = time_runs(s.repeat, [&] {
+      backend.stats_accumulate(xs.data(), T, D, A.data());
+      backend.synchronize();
+    });
     std::vector<double> host(static_cast<std::size_t>(n * n));
     backend.download(A.data(), host);
     const long wrong = host.back() == static_cast<double>(T * (s.repeat + 1)) ? 0 : 1;
     const double flops = static_cast<double>(T) * static_cast<double>(n * (n + 1));  // 2 per multiply-add
-    phases.push_back({"statistics (f64)", "GFLOP/s", flops / median(seconds) / 1e9, f64.gflops, f64_name, seconds, wrong});
+    phases.push_back({"statistics (f64)", "GFLOP/s", flops / median(seconds) / 1e9, stats_limit.gflops,
+                      stats_limit.kernel + " n=" + std::to_string(stats_limit.n), seconds, wrong});
   }
   {  // reduction of one domain's statistics to rank 0 vs a plain MPI_Allreduce of the same bytes
     DomainStatistics domain;
@@ -181,6 +215,7 @@ std::vector<PhaseResult> run_benchmark(const BenchSettings& s, Backend& backend)
         "MPI_Allreduce, same bytes in " + std::to_string(mpi_reduce_segment_elements() * 8 / 1024) + " KiB calls";
     // On one rank there is nothing to communicate: no limit to compare with.
     for (const bool segmented : {false, true}) {
+      if (segmented && ranks == 1) break;
       PhaseResult r{segmented ? "reduce, vs segmented" : "reduce (packed, to rank 0)", "GB/s", algbw,
                     ranks > 1 ? bytes / median(segmented ? segmented_seconds : plain_seconds) / 1e9 : 0.0,
                     ranks > 1 ? (segmented ? segment_name : "MPI_Allreduce, same bytes in one call")

@@ -52,6 +52,15 @@ int mpi_local_size() {
   return size;
 }
 
+int mpi_local_rank() {
+  MPI_Comm local;
+  MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
+  int rank = 0;
+  MPI_Comm_rank(local, &rank);
+  MPI_Comm_free(&local);
+  return rank;
+}
+
 void barrier() { MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }
 
 std::string host_name() {

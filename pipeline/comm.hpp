@@ -35,6 +35,7 @@ int mpi_rank();
 int mpi_size();
 // Ranks sharing this node (they share its cores).
 int mpi_local_size();
+int mpi_local_rank();  // this rank's index among them
 void barrier();
 std::string host_name();
 

@@ -91,7 +91,7 @@ EvalResult run_eval(const MergeConfig& config) {
     }
   });
   const ModelConfig& mc = info.config;
-  auto backend = make_backend(BackendKind::cpu, threads_per_rank(config.threads));
+  auto backend = rank_backend(config.backend, config.threads);
 
   EvalResult result;
   for (const auto& e : config.experts) result.domains.push_back(e.name);

@@ -262,6 +262,10 @@ int threads_per_rank(int configured) {
                         : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / mpi_local_size());
 }
 
+std::unique_ptr<Backend> rank_backend(const std::string& name, int configured_threads) {
+  return make_backend(parse_backend(name), threads_per_rank(configured_threads), mpi_local_rank());
+}
+
 namespace {
 
 // Domain k of plan.calibrate: what a checkpoint holds of it (rank 0 reads, every rank learns
@@ -283,7 +287,7 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
   const bool root = rank == 0;
   const ModelConfig& mc = plan.model.config;
   const int threads = threads_per_rank(config.threads);
-  auto backend = make_backend(BackendKind::cpu, threads);
+  auto backend = rank_backend(config.backend, config.threads);
   const StopSignals signals;
   if (root) {
     std::printf("# dume: %zu new domain%s to calibrate, %d rank%s x %d thread%s; %s\n", plan.calibrate.size(),

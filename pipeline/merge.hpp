@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "backend.hpp"
 #include "checkpoint.hpp"
 #include "merge_config.hpp"
 #include "moe_file.hpp"
@@ -104,6 +105,9 @@ void write_moe_directory(const std::filesystem::path& output, bool force, const 
 
 void print_phase_table(const PhaseTimes& phases);
 int threads_per_rank(int configured);
+// This rank's compute backend: `name` is cpu, cuda or auto; a CUDA rank takes the GPU of its
+// local rank (ranks on one node share its GPUs round-robin).
+std::unique_ptr<Backend> rank_backend(const std::string& name, int configured_threads);
 
 // The whole merge; call on every rank. `resume`: continue from the checkpoint an interrupted
 // merge of this config left (see resume.hpp); without it an existing checkpoint is an error,

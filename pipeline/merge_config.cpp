@@ -359,7 +359,10 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
     const Section s(top.node("compute"), "compute", source);
     c.threads = s.get<int>("threads", "an integer", 0);
     if (c.threads < 0) s.fail(s.node("threads"), "compute.threads must be >= 0");
-    s.finish({"threads"});
+    c.backend = s.get<std::string>("backend", "a string", c.backend);
+    if (c.backend != "cpu" && c.backend != "cuda" && c.backend != "auto")
+      s.fail(s.node("backend"), "compute.backend must be cpu, cuda or auto, not '" + c.backend + "'");
+    s.finish({"threads", "backend"});
   }
   top.finish({"experts", "recipe", "shared", "router", "calibration", "output", "eval", "compute", "moe"});
   for (const auto& item : root) c.keys.push_back(item.first.as<std::string>());
@@ -452,7 +455,7 @@ std::string MergeConfig::resolved_yaml() const {
       << "output" << YAML::Value << eval.output.string() << YAML::Key << "max_sequences" << YAML::Value
       << eval.max_sequences << YAML::Key << "seed" << YAML::Value << eval.seed << YAML::EndMap;
   out << YAML::Key << "compute" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "threads"
-      << YAML::Value << threads << YAML::EndMap << YAML::EndMap;
+      << YAML::Value << threads << YAML::Key << "backend" << YAML::Value << backend << YAML::EndMap << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
 }
 

@@ -93,6 +93,7 @@ struct MergeConfig {
   OutputSettings output;
   EvalSettings eval;
   int threads = 0;  // compute threads per rank; 0 = all cores / ranks on this node
+  std::string backend = "cpu";  // compute.backend: cpu, cuda or auto (cuda where a GPU is visible)
   std::vector<std::string> keys;  // the top-level keys the YAML gave
 
   // The configuration with every default filled in and paths resolved, as YAML.

@@ -106,7 +106,7 @@ SharedWeights regmean_shared_weights(const MergeConfig& config, const std::vecto
   SharedWeights merged = average_shared_weights(experts, dtype);  // embeddings, norms, biases
   const ModelConfig& c = experts.at(0)->config();
   const bool head = merged.lm_head.size() > 0;
-  auto backend = make_backend(BackendKind::cpu, threads_per_rank(config.threads));
+  auto backend = rank_backend(config.backend, config.threads);
   std::vector<Grams> grams;
   for (std::size_t i = 0; i < experts.size(); ++i)
     grams.push_back(expert_grams(*experts[i], windows[i], config, *backend, head, config.experts.at(i).name));

@@ -43,6 +43,8 @@ class CpuBackend final : public Backend {
            std::to_string(omp_get_max_threads()) + " threads";
   }
 
+  BackendKind kind() const override { return BackendKind::cpu; }
+
   Buffer alloc(std::size_t n) override {
     // 64-byte aligned, so that a slice's alignment (and BLAS's path) never depends on malloc
     const std::size_t bytes = (std::max<std::size_t>(n, 1) * sizeof(float) + 63) / 64 * 64;

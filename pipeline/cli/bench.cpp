@@ -22,6 +22,7 @@ struct BenchOptions {
   std::string preset = "d1024";
   std::int64_t layers = 0, sequence_length = 256, batch = 4;
   int threads = 0, repeat = 3;
+  std::string backend = "cpu";
   std::string json;
   std::string write_experts;  // write synthetic experts here instead of benchmarking
   int experts = 2;
@@ -41,9 +42,9 @@ void print_table(const std::vector<PhaseResult>& phases) {
     if (!p.seconds.empty()) std::snprintf(range, sizeof range, "%.0f%%", 100 * spread(p.seconds) / m);
     std::printf("  %-27s %11.1f %11s %9s %6s %9s %7ld  %s\n", p.phase.c_str(), p.measured, limit, p.unit.c_str(), ratio,
                 range, p.wrong, p.limit_name.c_str());
-    if (p.bytes > 0)
+    if (p.bytes > 0 && p.limit_busbw > 0)
       std::printf("  %-27s %11.2f %11.2f %9s %6.2f %9s %7s  (bus bandwidth, nccl-tests' definition; %.1f MB)\n",
-                  "  reduce busbw", p.busbw, p.limit_busbw, "GB/s", p.limit_busbw > 0 ? p.busbw / p.limit_busbw : 0.0,
+                  "  reduce busbw", p.busbw, p.limit_busbw, "GB/s", p.busbw / p.limit_busbw,
                   "", "", p.bytes / 1e6);
   }
 }
@@ -116,7 +117,7 @@ void run_bench(const BenchOptions& o) {
   }
   const ModelConfig& c = s.config;
   const int threads = threads_per_rank(o.threads);
-  auto backend = make_backend(BackendKind::cpu, threads);
+  auto backend = rank_backend(o.backend, threads);
   s.scratch = std::filesystem::temp_directory_path() / ("dume-bench-" + std::to_string(getpid()));
   std::filesystem::create_directories(s.scratch);
   if (mpi_rank() == 0) {
@@ -179,6 +180,9 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--batch", o->batch, "Sequences per forward pass")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--threads", o->threads, "Compute threads per rank (0: this node's cores / ranks)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--backend", o->backend, "cpu | cuda | auto (cuda where a GPU is visible); a CUDA rank uses the GPU of its local rank")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
+      ->capture_default_str();
   cmd->add_option("--repeat", o->repeat, "Timed runs per phase (median and spread are reported)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

@@ -18,6 +18,7 @@ struct PplOptions {
   CorpusSpec source;  // --field, --documents, --on-bad (path and format are set when it runs)
   std::int64_t sequence_length = 256, max_sequences = 0, batch = 0;
   int threads = 0;
+  std::string backend = "cpu";
 };
 
 void run_ppl(const PplOptions& o) {
@@ -35,7 +36,7 @@ void run_ppl(const PplOptions& o) {
   if (const auto line = describe(corpus.report); !line.empty()) std::printf("# corpus: %s\n", line.c_str());
   const CorpusWindows& windows = corpus.windows;
   const Model model = c.num_experts ? load_mixtral_model(checkpoint) : load_dense_model(checkpoint);
-  auto backend = make_backend(BackendKind::cpu, o.threads);
+  auto backend = make_backend(parse_backend(o.backend), o.threads, mpi_local_rank());
   Forward forward(model, *backend);
   // Default batch: about 2048 tokens per forward pass, enough rows for GEMMs to run at full rate.
   const std::int64_t batch = o.batch > 0 ? o.batch : std::max<std::int64_t>(1, 2048 / o.sequence_length);
@@ -72,6 +73,9 @@ void add_ppl(CLI::App& app) {
   cmd->add_option("--batch", o->batch, "Windows per forward pass (default: about 2048 tokens)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--threads", o->threads, "Compute threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--backend", o->backend, "cpu | cuda | auto (cuda where a GPU is visible)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
+      ->capture_default_str();
   // A job (text corpora are tokenized collectively); every error is every rank's, reported once.
   cmd->callback([o] { run_job([&] { collective_phase([&] { run_ppl(*o); }); }); });
 }
