@@ -19,7 +19,11 @@ using Clock = std::chrono::steady_clock;
 // Expert e's MLP tensors copied from an existing MoE's file.
 ExpertSource expert_from_moe(std::shared_ptr<H5Id> file, std::int64_t e) {
   return [file, e](std::int64_t layer, const std::string& hf_suffix, const std::vector<std::int64_t>& shape) {
-    const std::string name = hf_suffix.substr(4, hf_suffix.size() - 4 - 7);  // "mlp.gate_proj.weight" -> "gate_proj"
+    // "mlp.gate_proj.weight" -> "gate_proj", "self_attn.q_proj.weight" -> "self_attn/q_proj",
+    // "self_attn.q_proj.bias" -> "self_attn/q_proj_bias" (moe_path's names)
+    const bool mlp = hf_suffix.starts_with("mlp."), bias = hf_suffix.ends_with(".bias");
+    const std::string proj = hf_suffix.substr(hf_suffix.find('.') + 1, hf_suffix.rfind('.') - hf_suffix.find('.') - 1);
+    const std::string name = mlp ? proj : "self_attn/" + proj + (bias ? "_bias" : "");
     const std::string path = moe_path::expert(layer, e, name);
     if (h5::dataset_info(file->get(), path).shape != shape) throw Error("dataset '" + path + "' has the wrong shape");
     return h5::read_raw(file->get(), path);
@@ -187,6 +191,12 @@ void run_resolve(const fs::path& moe, const ResolveOverrides& o, const fs::path&
     r.balance = o.balance.value_or(r.balance);
     r.bias = o.bias.value_or(r.bias);
     r.routing = o.routing.value_or(r.routing);
+    if (o.expert_attention && *o.expert_attention && !r.expert_attention)
+      throw Error("--expert-attention true: this MoE stores no per-expert attention (merge with router.expert_attention)");
+    r.expert_attention = o.expert_attention.value_or(r.expert_attention);
+    if (r.expert_attention && r.routing.from_layer != 0)
+      throw Error("routing '" + r.routing.to_string() + "': this MoE's experts keep their own attention, which needs one "
+                  "routing decision taken at layer 0 (e.g. mean+layer:0); --expert-attention false drops it");
     if (!(r.lambda >= 0)) throw Error("--lambda must be >= 0");
     if (!(r.temperature > 0)) throw Error("--temperature must be > 0");
     if (r.top_k < 1 || static_cast<std::size_t>(r.top_k) > plan.info.experts.size())

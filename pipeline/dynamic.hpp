@@ -26,7 +26,7 @@ struct ResolveOverrides {
   std::optional<double> lambda, temperature;
   std::optional<int> top_k;
   std::optional<std::string> method;
-  std::optional<bool> balance, bias;
+  std::optional<bool> balance, bias, expert_attention;
   std::optional<Routing> routing;
   bool auto_lambda = false, auto_temperature = false;  // chosen on the stored held-out split
 };

@@ -23,11 +23,16 @@ Forward::Forward(const Model& model, Backend& backend) : model_(model), backend_
   embed_ = upload(backend, w.embed);
   norm_ = upload(backend, w.norm);
   lm_head_ = upload(backend, w.output_embedding());
-  for (const LayerWeights& l : w.layers) {
-    const AttentionWeights& a = l.attention;
-    layers_.push_back({upload(backend, l.input_norm), upload(backend, l.post_attention_norm), upload(backend, a.q),
-                       upload(backend, a.k), upload(backend, a.v), upload(backend, a.o), upload(backend, a.q_bias),
-                       upload(backend, a.k_bias), upload(backend, a.v_bias), upload(backend, a.o_bias)});
+  const auto attention = [&backend](const AttentionWeights& a) {
+    return AttentionBuffers{upload(backend, a.q),      upload(backend, a.k),      upload(backend, a.v),
+                            upload(backend, a.o),      upload(backend, a.q_bias), upload(backend, a.k_bias),
+                            upload(backend, a.v_bias), upload(backend, a.o_bias)};
+  };
+  for (const LayerWeights& l : w.layers)
+    layers_.push_back({upload(backend, l.input_norm), upload(backend, l.post_attention_norm), attention(l.attention)});
+  for (const auto& layer : model.expert_attention) {
+    auto& resident = expert_attention_.emplace_back();
+    for (const AttentionWeights& a : layer) resident.push_back(attention(a));
   }
   for (const auto& layer : model.experts) {
     auto& resident = experts_.emplace_back();
@@ -52,6 +57,7 @@ Forward::Forward(const Model& model, Backend& backend) : model_(model), backend_
   }
   DUME_ASSERT(layers_.size() == experts_.size());
   DUME_ASSERT(routers_.empty() || routers_.size() == layers_.size());
+  DUME_ASSERT(expert_attention_.empty() || expert_attention_.size() == layers_.size());
 }
 
 void route_top_k(std::span<const float> logits, int k, std::span<std::int64_t> experts, std::span<float> weights) {
@@ -121,59 +127,99 @@ void Forward::mlp(const MlpBuffers& w, const float* h, std::int64_t T, float* ou
   backend_.linear(ws_.gate.data(), w.down.data(), nullptr, T, F, D, out, accumulate);
 }
 
-void Forward::routed_mlp(std::size_t layer, std::int64_t T, const ForwardOptions& options) {
+void Forward::attention(const AttentionBuffers& w, const float* h, std::int64_t B, std::int64_t S, float* out,
+                        bool accumulate, const ForwardOptions* hooks, std::int64_t layer) {
+  const ModelConfig& c = model_.config;
+  const std::int64_t T = B * S, D = c.hidden_size;
+  Backend& be = backend_;
+  if (hooks && hooks->on_shared_input) hooks->on_shared_input(ForwardOptions::SharedInput::attention, layer, h, T);
+  be.linear(h, w.q.data(), w.q_bias.data(), T, D, c.q_dim(), ws_.q.data());
+  be.linear(h, w.k.data(), w.k_bias.data(), T, D, c.kv_dim(), ws_.k.data());
+  be.linear(h, w.v.data(), w.v_bias.data(), T, D, c.kv_dim(), ws_.v.data());
+  be.rope(ws_.q.data(), B, S, c.num_heads, c.head_dim, ws_.cos.data(), ws_.sin.data());
+  be.rope(ws_.k.data(), B, S, c.num_kv_heads, c.head_dim, ws_.cos.data(), ws_.sin.data());
+  be.attention(ws_.q.data(), ws_.k.data(), ws_.v.data(), B, S, c.num_heads, c.num_kv_heads, c.head_dim,
+               ws_.attention.data());
+  if (hooks && hooks->on_shared_input)
+    hooks->on_shared_input(ForwardOptions::SharedInput::attention_output, layer, ws_.attention.data(), T);
+  be.linear(ws_.attention.data(), w.o.data(), w.o_bias.data(), T, c.q_dim(), D, out, accumulate);
+}
+
+Forward::Dispatch Forward::route(std::size_t layer, std::int64_t T, const ForwardOptions& options) {
   const std::int64_t D = model_.config.hidden_size;
-  const auto& experts = experts_[layer];
-  const auto E = static_cast<std::int64_t>(experts.size());
+  const auto E = static_cast<std::int64_t>(experts_[layer].size());
   const int k = model_.top_k;
-  const RouterBuffers& router = routers_[layer];
-  std::vector<float> logits(static_cast<std::size_t>(T * E));
-  if (router.quadratic.size()) {
-    backend_.linear(ws_.h.data(), router.quadratic.data(), router.quadratic_bias.data(), T, D, E * D, ws_.whitened.data());
-    std::vector<float> whitened(static_cast<std::size_t>(T * E * D));
-    backend_.download(ws_.whitened.data(), whitened);
-    const Vector& bias = model_.routers[layer].bias;
-    for (std::int64_t t = 0; t < T; ++t)
-      for (std::int64_t e = 0; e < E; ++e) {
-        const Eigen::Map<const Eigen::VectorXf> z(whitened.data() + (t * E + e) * D, D);
-        logits[static_cast<std::size_t>(t * E + e)] = bias(e) - 0.5f * z.squaredNorm();
-      }
-  } else {
-    backend_.linear(ws_.h.data(), router.weight.data(), router.bias.data(), T, D, E, ws_.router_logits.data());
-    backend_.download(ws_.router_logits.data(), logits);
-  }
-  for (float& v : logits) v /= model_.temperature;
   const Routing& routing = model_.routing;
-  if (routing.from_layer >= 0 && static_cast<std::int64_t>(layer) > routing.from_layer) {
+  std::vector<float> logits;
+  if (decided_ || (routing.from_layer >= 0 && static_cast<std::int64_t>(layer) > routing.from_layer)) {
     logits = decision_logits_;
   } else {
+    const RouterBuffers& router = routers_[layer];
+    logits.resize(static_cast<std::size_t>(T * E));
+    if (router.quadratic.size()) {
+      backend_.linear(ws_.h.data(), router.quadratic.data(), router.quadratic_bias.data(), T, D, E * D,
+                      ws_.whitened.data());
+      std::vector<float> whitened(static_cast<std::size_t>(T * E * D));
+      backend_.download(ws_.whitened.data(), whitened);
+      const Vector& bias = model_.routers[layer].bias;
+      for (std::int64_t t = 0; t < T; ++t)
+        for (std::int64_t e = 0; e < E; ++e) {
+          const Eigen::Map<const Eigen::VectorXf> z(whitened.data() + (t * E + e) * D, D);
+          logits[static_cast<std::size_t>(t * E + e)] = bias(e) - 0.5f * z.squaredNorm();
+        }
+    } else {
+      backend_.linear(ws_.h.data(), router.weight.data(), router.bias.data(), T, D, E, ws_.router_logits.data());
+      backend_.download(ws_.router_logits.data(), logits);
+    }
+    for (float& v : logits) v /= model_.temperature;
     smooth_router_logits(routing, logits, sequence_length_, E);
     if (static_cast<std::int64_t>(layer) == routing.from_layer) decision_logits_ = logits;
   }
   if (options.on_router_logits) options.on_router_logits(static_cast<std::int64_t>(layer), logits);
 
-  // Dispatch: each expert's tokens and weights, in token order.
-  std::vector<std::vector<std::int64_t>> rows(static_cast<std::size_t>(E));
-  std::vector<std::vector<float>> weights(static_cast<std::size_t>(E));
+  Dispatch dispatch{std::vector<std::vector<std::int64_t>>(static_cast<std::size_t>(E)),
+                    std::vector<std::vector<float>>(static_cast<std::size_t>(E))};
   std::vector<std::int64_t> chosen(static_cast<std::size_t>(k));
   std::vector<float> p(static_cast<std::size_t>(k));
   for (std::int64_t t = 0; t < T; ++t) {
     route_top_k(std::span<const float>(logits).subspan(static_cast<std::size_t>(t * E), static_cast<std::size_t>(E)), k,
                 chosen, p);
     for (int i = 0; i < k; ++i) {
-      rows[static_cast<std::size_t>(chosen[static_cast<std::size_t>(i)])].push_back(t);
-      weights[static_cast<std::size_t>(chosen[static_cast<std::size_t>(i)])].push_back(p[static_cast<std::size_t>(i)]);
+      const auto e = static_cast<std::size_t>(chosen[static_cast<std::size_t>(i)]);
+      dispatch.rows[e].push_back(t);
+      dispatch.weights[e].push_back(p[static_cast<std::size_t>(i)]);
     }
   }
-  for (std::int64_t e = 0; e < E; ++e) {
-    const auto& r = rows[static_cast<std::size_t>(e)];
-    if (r.empty()) continue;
-    const auto n = static_cast<std::int64_t>(r.size());
-    const MlpBuffers& w = experts[static_cast<std::size_t>(e)];
-    backend_.gather_rows(ws_.h.data(), D, r, ws_.expert_in.data());
-    mlp(w, ws_.expert_in.data(), n, ws_.expert_out.data(), /*accumulate=*/false);
-    backend_.scatter_add_rows(ws_.expert_out.data(), D, r, weights[static_cast<std::size_t>(e)], ws_.x.data());
+  return dispatch;
+}
+
+template <class Apply>
+void Forward::mix_experts(const Dispatch& dispatch, const float* h, Apply&& apply) {
+  const std::int64_t D = model_.config.hidden_size;
+  for (std::size_t e = 0; e < dispatch.rows.size(); ++e) {
+    const auto& rows = dispatch.rows[e];
+    if (rows.empty()) continue;
+    const auto n = static_cast<std::int64_t>(rows.size());
+    apply(e, h, rows, n, ws_.expert_out.data());
+    backend_.scatter_add_rows(ws_.expert_out.data(), D, rows, dispatch.weights[e], ws_.x.data());
   }
+}
+
+void Forward::decide(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S,
+                     const ForwardOptions& options) {
+  const ModelConfig& c = model_.config;
+  const std::int64_t T = B * S, D = c.hidden_size;
+  const auto eps = static_cast<float>(c.rms_norm_eps);
+  DUME_ASSERT(model_.routing.from_layer == 0);  // the configs and resolve allow no other
+  backend_.embed(tokens, embed_.data(), D, ws_.x.data());
+  const LayerBuffers& w = layers_[0];
+  backend_.rms_norm(ws_.x.data(), w.input_norm.data(), T, D, eps, ws_.h.data());
+  attention(w.attention, ws_.h.data(), B, S, ws_.x.data(), /*accumulate=*/true, nullptr, 0);
+  backend_.rms_norm(ws_.x.data(), w.post_attention_norm.data(), T, D, eps, ws_.h.data());
+  ForwardOptions quiet = options;  // the hooks see the real pass, not this one
+  quiet.on_router_logits = nullptr;
+  route(0, T, quiet);  // sets decision_logits_
+  decided_ = true;
 }
 
 std::vector<float> Forward::run(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S,
@@ -193,8 +239,7 @@ std::vector<float> Forward::run(std::span<const std::uint32_t> tokens, std::int6
   if (c.sliding_window && S > *c.sliding_window)
     throw Error("sequences of " + std::to_string(S) + " tokens exceed the model's sliding_window of " +
                 std::to_string(*c.sliding_window) + ", which dume does not implement; use shorter sequences");
-  const std::int64_t T = B * S, D = c.hidden_size, H = c.num_heads, Hkv = c.num_kv_heads,
-                     hd = c.head_dim;
+  const std::int64_t T = B * S, D = c.hidden_size;
   const auto eps = static_cast<float>(c.rms_norm_eps);
   ensure_workspace(T, S, options.logits);
   sequence_length_ = S;
@@ -204,35 +249,51 @@ std::vector<float> Forward::run(std::span<const std::uint32_t> tokens, std::int6
   Backend& be = backend_;
   float* x = ws_.x.data();
   float* h = ws_.h.data();
+  decided_ = false;
+  const bool mixed_attention = !expert_attention_.empty() && options.forced_expert < 0;
+  if (mixed_attention) decide(tokens, B, S, options);
 
   be.embed(tokens, embed_.data(), D, x);
   const auto L = static_cast<std::size_t>(c.num_layers);
   for (std::size_t l = 0; l < L; ++l) {
     const LayerBuffers& w = layers_[l];
-    be.rms_norm(x, w.input_norm.data(), T, D, eps, h);
+    const auto& experts = experts_[l];
     const auto layer = static_cast<std::int64_t>(l);
-    if (options.on_shared_input) options.on_shared_input(ForwardOptions::SharedInput::attention, layer, h, T);
-    be.linear(h, w.q.data(), w.q_bias.data(), T, D, c.q_dim(), ws_.q.data());
-    be.linear(h, w.k.data(), w.k_bias.data(), T, D, c.kv_dim(), ws_.k.data());
-    be.linear(h, w.v.data(), w.v_bias.data(), T, D, c.kv_dim(), ws_.v.data());
-    be.rope(ws_.q.data(), B, S, H, hd, ws_.cos.data(), ws_.sin.data());
-    be.rope(ws_.k.data(), B, S, Hkv, hd, ws_.cos.data(), ws_.sin.data());
-    be.attention(ws_.q.data(), ws_.k.data(), ws_.v.data(), B, S, H, Hkv, hd, ws_.attention.data());
-    if (options.on_shared_input)
-      options.on_shared_input(ForwardOptions::SharedInput::attention_output, layer, ws_.attention.data(), T);
-    be.linear(ws_.attention.data(), w.o.data(), w.o_bias.data(), T, c.q_dim(), D, x, /*accumulate=*/true);
+    const auto forced = static_cast<std::size_t>(options.forced_expert);
+    const auto check_forced = [&](std::size_t resident) {
+      if (forced >= resident)
+        throw Error("forced expert " + std::to_string(options.forced_expert) + " but layer " + std::to_string(l) +
+                    " has " + std::to_string(resident) + " resident experts");
+    };
+    be.rms_norm(x, w.input_norm.data(), T, D, eps, h);
+    Dispatch dispatch;
+    if (mixed_attention) {  // each routed token: the weighted sum of its experts' attention
+      dispatch = route(l, T, options);
+      mix_experts(dispatch, h, [&](std::size_t e, const float* in, const std::vector<std::int64_t>& rows, std::int64_t,
+                                   float* out) {
+        attention(expert_attention_[l][e], in, B, S, ws_.expert_in.data(), /*accumulate=*/false, nullptr, layer);
+        be.gather_rows(ws_.expert_in.data(), D, rows, out);
+      });
+    } else if (options.forced_expert >= 0 && !expert_attention_.empty()) {
+      check_forced(expert_attention_[l].size());
+      attention(expert_attention_[l][forced], h, B, S, x, /*accumulate=*/true, nullptr, layer);
+    } else {
+      attention(w.attention, h, B, S, x, /*accumulate=*/true, &options, layer);
+    }
 
     be.rms_norm(x, w.post_attention_norm.data(), T, D, eps, h);
     if (options.on_mlp_input) options.on_mlp_input(layer, h, T);
     if (!options.logits && l + 1 == L) return {};
-    const auto& experts = experts_[l];
     if (options.forced_expert >= 0) {
-      if (static_cast<std::size_t>(options.forced_expert) >= experts.size())
-        throw Error("forced expert " + std::to_string(options.forced_expert) + " but layer " + std::to_string(l) +
-                    " has " + std::to_string(experts.size()) + " resident MLPs");
-      mlp(experts[static_cast<std::size_t>(options.forced_expert)], h, T, x, /*accumulate=*/true);
+      check_forced(experts.size());
+      mlp(experts[forced], h, T, x, /*accumulate=*/true);
     } else if (!routers_.empty()) {
-      routed_mlp(l, T, options);
+      if (!mixed_attention) dispatch = route(l, T, options);
+      mix_experts(dispatch, h, [&](std::size_t e, const float* in, const std::vector<std::int64_t>& rows, std::int64_t n,
+                                   float* out) {
+        be.gather_rows(in, D, rows, ws_.expert_in.data());
+        mlp(experts[e], ws_.expert_in.data(), n, out, /*accumulate=*/false);
+      });
     } else {
       if (experts.size() != 1) throw Error("an MoE without routers needs a forced expert");
       mlp(experts[0], h, T, x, /*accumulate=*/true);

@@ -53,8 +53,12 @@ class Forward {
   static double flops(const ModelConfig& config, std::int64_t B, std::int64_t S, bool logits = true);
 
  private:
+  struct AttentionBuffers {
+    Buffer q, k, v, o, q_bias, k_bias, v_bias, o_bias;
+  };
   struct LayerBuffers {
-    Buffer input_norm, post_attention_norm, q, k, v, o, q_bias, k_bias, v_bias, o_bias;
+    Buffer input_norm, post_attention_norm;
+    AttentionBuffers attention;
   };
   struct MlpBuffers {
     Buffer gate, up, down;
@@ -69,22 +73,41 @@ class Forward {
     Buffer x, h, q, k, v, attention, gate, up, logits, cos, sin, expert_in, expert_out, router_logits, whitened;
   };
 
+  // One layer's routing: each expert's tokens (in token order) and their weights.
+  struct Dispatch {
+    std::vector<std::vector<std::int64_t>> rows;
+    std::vector<std::vector<float>> weights;
+  };
+
   void ensure_workspace(std::int64_t T, std::int64_t S, bool logits);
+  // out (T, D) = attention block of h (projections, rotary, causal attention, o), or += with
+  // accumulate; `hooks` (the shared attention's) see its inputs.
+  void attention(const AttentionBuffers& w, const float* h, std::int64_t B, std::int64_t S, float* out, bool accumulate,
+                 const ForwardOptions* hooks, std::int64_t layer);
   // out (T, D) = MLP(h), or += with accumulate (the residual stream).
   void mlp(const MlpBuffers& w, const float* h, std::int64_t T, float* out, bool accumulate);
-  void routed_mlp(std::size_t layer, std::int64_t T, const ForwardOptions& options);
+  // Layer `layer`'s router logits from ws_.h (or the decision taken before), the hook, top-k.
+  Dispatch route(std::size_t layer, std::int64_t T, const ForwardOptions& options);
+  // x += sum over experts of weight x f_e(h) for each routed token, f_e = `apply`(e, in, n, out).
+  template <class Apply>
+  void mix_experts(const Dispatch& dispatch, const float* h, Apply&& apply);
+  // With expert attention: the routing pass, layers up to the decision with the shared
+  // attention, whose logits then decide every layer (decided_).
+  void decide(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S, const ForwardOptions& options);
 
   const Model& model_;
   Backend& backend_;
   Buffer embed_, norm_, lm_head_;
   std::vector<LayerBuffers> layers_;
   std::vector<std::vector<MlpBuffers>> experts_;
+  std::vector<std::vector<AttentionBuffers>> expert_attention_;  // [L][E]; empty: shared attention
   std::vector<RouterBuffers> routers_;
   Workspace ws_;
   std::vector<float> rope_cos_, rope_sin_;  // (S, hd/2) host tables behind ws_.cos / ws_.sin
   std::int64_t rope_positions_ = 0;
   std::int64_t sequence_length_ = 0;     // S of the current run: routing averages along sequences
   std::vector<float> decision_logits_;   // Routing::from_layer's logits, reused by later layers
+  bool decided_ = false;                 // decision_logits_ hold decide()'s decision for every layer
 };
 
 }  // namespace dume

@@ -153,7 +153,7 @@ ExpertSource expert_from_checkpoint(const Checkpoint& checkpoint, DType dtype) {
 
 std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedWeights& shared, DType dtype,
                                    const std::vector<ExpertSource>& experts,
-                                   const std::vector<RouterSolution>& routers) {
+                                   const std::vector<RouterSolution>& routers, bool expert_attention) {
   std::vector<MoeTensor> tensors;
   for_each_shared_tensor(config, shared, [&](const std::string&, const std::string& path,
                                              const std::vector<std::int64_t>& shape, const auto& storage) {
@@ -170,6 +170,14 @@ std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedWeight
         const ExpertSource& source = experts[static_cast<std::size_t>(e)];
         tensors.push_back({moe_path::expert(l, e, moe_name), dtype, shape, [=, &source] { return source(l, suffix, shape); }});
       });
+    const AttentionWeights attention_layout;
+    if (expert_attention)
+      for (std::int64_t e = 0; e < E; ++e)
+        for_each_attention_tensor(config, attention_layout, [&](const std::string& suffix, const std::string& moe_name,
+                                                                const std::vector<std::int64_t>& shape, const auto&) {
+          const ExpertSource& source = experts[static_cast<std::size_t>(e)];
+          tensors.push_back({moe_path::expert(l, e, moe_name), dtype, shape, [=, &source] { return source(l, suffix, shape); }});
+        });
     const RouterSolution& r = routers[static_cast<std::size_t>(l)];
     const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> weight = r.weight.cast<float>();
     const Eigen::VectorXf bias = r.bias.cast<float>();
@@ -417,7 +425,10 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
 void write_moe_directory(const fs::path& output, bool force, const MergePlan& plan,
                          const std::vector<RouterSolution>& routers, std::uint64_t shard_bytes, const std::string& yaml) {
   write_output_atomically(output, force, [&](const fs::path& dir) {
-    write_moe(dir, moe_tensors(plan.model.config, plan.model.shared, plan.info.dtype, plan.sources, routers), plan.info,
+    write_moe(dir,
+              moe_tensors(plan.model.config, plan.model.shared, plan.info.dtype, plan.sources, routers,
+                          plan.info.router.expert_attention),
+              plan.info,
               shard_bytes);
     write_statistics(dir / "stats.h5", plan.stats);
     std::ofstream(dir / "merge.yaml") << yaml;

@@ -42,17 +42,18 @@ SharedWeights average_shared_weights(const std::vector<const Checkpoint*>& check
 // Expert `e`'s MLP of each layer but the last (which statistics never need), rounded to dtype.
 std::vector<std::vector<MlpWeights>> calibration_mlps(const Checkpoint& expert, DType dtype);
 
-// Where an expert's MLP tensors come from when the MoE is written: (layer, Hugging Face suffix
-// "mlp.gate_proj.weight", shape) -> the bytes to store.
+// Where an expert's tensors come from when the MoE is written: (layer, Hugging Face suffix
+// "mlp.gate_proj.weight" or "self_attn.q_proj.weight", shape) -> the bytes to store.
 using ExpertSource = std::function<std::vector<std::byte>(std::int64_t layer, const std::string& hf_suffix,
                                                           const std::vector<std::int64_t>& shape)>;
 // From a checkpoint (kept alive by the caller): checked, copied exactly when the dtype matches.
 ExpertSource expert_from_checkpoint(const Checkpoint& checkpoint, DType dtype);
 
-// The tensors of the MoE file: shared weights (dtype), every expert's MLPs, routers (f32).
+// The tensors of the MoE file: shared weights (dtype), every expert's MLPs (and attention, with
+// expert_attention), routers (f32).
 std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedWeights& shared, DType dtype,
                                    const std::vector<ExpertSource>& experts,
-                                   const std::vector<RouterSolution>& routers);
+                                   const std::vector<RouterSolution>& routers, bool expert_attention);
 std::string shared_weights_hash(const ModelConfig& config, const SharedWeights& shared, DType dtype);
 
 // The shared weights a merge config asks for: averaged over `experts` (or RegMean's merge on

@@ -190,6 +190,7 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
       c.router.routing = Routing::parse("mean+layer:0");
       c.router.top_k = std::min<int>(2, static_cast<int>(c.experts.size()));
       c.calibration.heldout_fraction = 0.1;
+      c.router.expert_attention = true;
     } else if (recipe != "paper") {
       top.fail(top.node("recipe"), "recipe must be paper or recommended, got '" + recipe + "'");
     }
@@ -254,7 +255,16 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
         r.fail(r.node("routing"), std::string("router.") + e.what());
       }
     }
-    r.finish({"method", "lambda", "temperature", "top_k", "context_tokens", "bias", "balance", "routing"});
+    rs.expert_attention = r.get<bool>("expert_attention", "true or false", rs.expert_attention);
+    r.finish({"method", "lambda", "temperature", "top_k", "context_tokens", "bias", "balance", "routing",
+              "expert_attention"});
+  }
+  if (c.router.expert_attention && c.router.routing.from_layer != 0) {
+    const std::string message = "router.expert_attention needs one routing decision taken at layer 0 (routing '" +
+                                c.router.routing.to_string() + "' is not; try 'mean+layer:0')";
+    if (top.has("router") && top.node("router")["routing"]) top.fail(top.node("router")["routing"], message);
+    if (top.has("router") && top.node("router")["expert_attention"]) top.fail(top.node("router")["expert_attention"], message);
+    top.fail(top.node("recipe"), message);
   }
 
   if (top.has("calibration")) {
@@ -439,7 +449,7 @@ std::string MergeConfig::resolved_yaml() const {
   out << YAML::Key << "top_k" << YAML::Value << router.top_k << YAML::Key << "context_tokens" << YAML::Value
       << router.context_tokens << YAML::Key << "bias" << YAML::Value << router.bias << YAML::Key << "balance"
       << YAML::Value << router.balance << YAML::Key << "routing" << YAML::Value << router.routing.to_string()
-      << YAML::EndMap;
+      << YAML::Key << "expert_attention" << YAML::Value << router.expert_attention << YAML::EndMap;
   out << YAML::Key << "calibration" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key
       << "sequence_length" << YAML::Value << calibration.sequence_length << YAML::Key << "max_sequences"
       << YAML::Value << calibration.max_sequences << YAML::Key << "batch_sequences" << YAML::Value

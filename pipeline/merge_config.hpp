@@ -41,6 +41,9 @@ struct RouterSettings {
   // Weight every domain equally: each domain's A and B divided by its token count before the sum.
   bool balance = false;
   Routing routing;              // how the logits become decisions at inference (routing.hpp)
+  // Each expert keeps its own attention too, mixed per token by the routing decision (which
+  // must be one decision taken at layer 0, where a pass with the shared attention takes it).
+  bool expert_attention = false;
 };
 
 struct CalibrationSettings {

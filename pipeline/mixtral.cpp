@@ -151,6 +151,10 @@ void check_exportable(const fs::path& moe, const MoeInfo& info, hid_t f) {
   if (c.qkv_bias || c.o_bias)
     throw Error(moe.string() + ": the experts (" + c.architecture_name +
                 ") have attention biases, which Mixtral's attention lacks; export to Qwen2-MoE is not implemented");
+  if (info.router.expert_attention)
+    throw Error(moe.string() + ": each expert keeps its own attention (router.expert_attention), which Mixtral's one "
+                "attention per layer cannot hold; drop it first (dume resolve " + moe.string() +
+                " --expert-attention false --method dume --bias false --routing token --output NEW_DIR)");
   if (!info.router.routing.per_token())
     throw Error(moe.string() + ": routing '" + info.router.routing.to_string() +
                 "' looks beyond the token (or across layers), which Mixtral's router cannot; export it with "

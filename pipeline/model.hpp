@@ -55,6 +55,9 @@ struct Model {
   SharedWeights shared;
   std::vector<std::vector<MlpWeights>> experts;  // [L][E]; a dense model has E = 1
   std::vector<Router> routers;                   // [L]; empty for a dense model
+  // router.expert_attention: each expert's own attention [L][E], mixed per token by the routing
+  // decision like the MLPs; empty when the attention is shared.
+  std::vector<std::vector<AttentionWeights>> expert_attention;
   float temperature = 1.0f;
   int top_k = 1;
   Routing routing;  // how router logits become decisions (routing.hpp)
@@ -70,6 +73,9 @@ void for_each_shared_tensor(const ModelConfig& c, Weights& w, Fn&& fn);
 // The same for one MLP: fn(hf_suffix "mlp.gate_proj.weight", moe_name "gate_proj", shape, storage).
 template <class Weights, class Fn>
 void for_each_mlp_tensor(const ModelConfig& c, Weights& w, Fn&& fn);
+// And for one attention: fn(hf_suffix "self_attn.q_proj.weight", moe_name "self_attn/q_proj", ...).
+template <class Weights, class Fn>
+void for_each_attention_tensor(const ModelConfig& c, Weights& a, Fn&& fn);
 
 SharedWeights load_shared_weights(const Checkpoint& checkpoint);
 MlpWeights load_mlp(const Checkpoint& checkpoint, std::int64_t layer);
@@ -107,21 +113,13 @@ void for_each_shared_tensor(const ModelConfig& c, Weights& w, Fn&& fn) {
         if (static_cast<std::size_t>(l) >= w.layers.size()) return no_layer;
       return w.layers[static_cast<std::size_t>(l)];
     }();
-    auto& a = layer.attention;
-    const auto h = [l](const char* rest) { return hf::layer(l, rest); };
-    const auto m = [l](const char* rest) { return "/layers/" + std::to_string(l) + "/" + rest; };
-    detail::visit(fn, h("input_layernorm.weight"), m("input_layernorm"), {D}, layer.input_norm);
-    detail::visit(fn, h("post_attention_layernorm.weight"), m("post_attention_layernorm"), {D}, layer.post_attention_norm);
-    detail::visit(fn, h("self_attn.q_proj.weight"), m("self_attn/q_proj"), {c.q_dim(), D}, a.q);
-    detail::visit(fn, h("self_attn.k_proj.weight"), m("self_attn/k_proj"), {c.kv_dim(), D}, a.k);
-    detail::visit(fn, h("self_attn.v_proj.weight"), m("self_attn/v_proj"), {c.kv_dim(), D}, a.v);
-    detail::visit(fn, h("self_attn.o_proj.weight"), m("self_attn/o_proj"), {D, c.q_dim()}, a.o);
-    if (c.qkv_bias) {
-      detail::visit(fn, h("self_attn.q_proj.bias"), m("self_attn/q_proj_bias"), {c.q_dim()}, a.q_bias);
-      detail::visit(fn, h("self_attn.k_proj.bias"), m("self_attn/k_proj_bias"), {c.kv_dim()}, a.k_bias);
-      detail::visit(fn, h("self_attn.v_proj.bias"), m("self_attn/v_proj_bias"), {c.kv_dim()}, a.v_bias);
-    }
-    if (c.o_bias) detail::visit(fn, h("self_attn.o_proj.bias"), m("self_attn/o_proj_bias"), {D}, a.o_bias);
+    const std::string h = hf::layer(l, ""), m = "/layers/" + std::to_string(l) + "/";
+    detail::visit(fn, h + "input_layernorm.weight", m + "input_layernorm", {D}, layer.input_norm);
+    detail::visit(fn, h + "post_attention_layernorm.weight", m + "post_attention_layernorm", {D}, layer.post_attention_norm);
+    for_each_attention_tensor(c, layer.attention, [&](const std::string& suffix, const std::string& name,
+                                                      const std::vector<std::int64_t>& shape, auto& storage) {
+      fn(h + suffix, m + name, shape, storage);
+    });
   }
   detail::visit(fn, std::string(hf::norm), "/norm", {D}, w.norm);
   if (!c.tie_word_embeddings) detail::visit(fn, std::string(hf::lm_head), "/lm_head", {V, D}, w.lm_head);
@@ -133,6 +131,21 @@ void for_each_mlp_tensor(const ModelConfig& c, Weights& w, Fn&& fn) {
   detail::visit(fn, "mlp.gate_proj.weight", "gate_proj", {F, D}, w.gate);
   detail::visit(fn, "mlp.up_proj.weight", "up_proj", {F, D}, w.up);
   detail::visit(fn, "mlp.down_proj.weight", "down_proj", {D, F}, w.down);
+}
+
+template <class Weights, class Fn>
+void for_each_attention_tensor(const ModelConfig& c, Weights& a, Fn&& fn) {
+  const std::int64_t D = c.hidden_size;
+  detail::visit(fn, "self_attn.q_proj.weight", "self_attn/q_proj", {c.q_dim(), D}, a.q);
+  detail::visit(fn, "self_attn.k_proj.weight", "self_attn/k_proj", {c.kv_dim(), D}, a.k);
+  detail::visit(fn, "self_attn.v_proj.weight", "self_attn/v_proj", {c.kv_dim(), D}, a.v);
+  detail::visit(fn, "self_attn.o_proj.weight", "self_attn/o_proj", {D, c.q_dim()}, a.o);
+  if (c.qkv_bias) {
+    detail::visit(fn, "self_attn.q_proj.bias", "self_attn/q_proj_bias", {c.q_dim()}, a.q_bias);
+    detail::visit(fn, "self_attn.k_proj.bias", "self_attn/k_proj_bias", {c.kv_dim()}, a.k_bias);
+    detail::visit(fn, "self_attn.v_proj.bias", "self_attn/v_proj_bias", {c.kv_dim()}, a.v_bias);
+  }
+  if (c.o_bias) detail::visit(fn, "self_attn.o_proj.bias", "self_attn/o_proj_bias", {D}, a.o_bias);
 }
 
 }  // namespace dume

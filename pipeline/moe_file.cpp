@@ -109,6 +109,7 @@ void write_moe(const fs::path& dir, const std::vector<MoeTensor>& tensors, const
   h5::write_attribute(root, "routing", info.router.routing.to_string());
   h5::write_attribute(root, "auto_lambda", std::int64_t{info.router.auto_lambda});
   h5::write_attribute(root, "auto_temperature", std::int64_t{info.router.auto_temperature});
+  h5::write_attribute(root, "expert_attention", std::int64_t{info.router.expert_attention});
   if (!info.router.layer_lambda.empty()) {  // what auto chose
     const std::int64_t shape[] = {static_cast<std::int64_t>(info.router.layer_lambda.size())};
     h5::write_dataset(root, "/layer_lambda", DType::F64, shape, info.router.layer_lambda.data());
@@ -148,6 +149,8 @@ MoeInfo read_moe_info(const fs::path& dir) {
   info.router.auto_lambda = h5::has_attribute(root, "auto_lambda") && h5::read_int_attribute(root, "auto_lambda") != 0;
   info.router.auto_temperature =
       h5::has_attribute(root, "auto_temperature") && h5::read_int_attribute(root, "auto_temperature") != 0;
+  info.router.expert_attention =
+      h5::has_attribute(root, "expert_attention") && h5::read_int_attribute(root, "expert_attention") != 0;
   if (info.router.auto_lambda && h5::exists(root, "/layer_lambda")) {
     const std::int64_t shape[] = {info.config.num_layers};
     info.router.layer_lambda = h5::read_f64(root, "/layer_lambda", shape);
@@ -191,6 +194,13 @@ Model read_moe_model(const fs::path& dir) {
                                                                         const std::vector<std::int64_t>& shape, auto& storage) {
         read_into(moe_path::expert(l, e, name), shape, storage);
       });
+    if (info.router.expert_attention) {
+      auto& attention = m.expert_attention.emplace_back(static_cast<std::size_t>(E));
+      for (std::int64_t e = 0; e < E; ++e)
+        for_each_attention_tensor(c, attention[static_cast<std::size_t>(e)],
+                                  [&](const std::string&, const std::string& name, const std::vector<std::int64_t>& shape,
+                                      auto& storage) { read_into(moe_path::expert(l, e, name), shape, storage); });
+    }
     Router& router = m.routers.emplace_back();
     router.weight.resize(E, D);
     router.bias.resize(E);

@@ -208,14 +208,19 @@ VerifyReport verify_moe(const fs::path& dir) {
   shared = {};
 
   const MlpWeights layout;  // only names and shapes are visited
+  const AttentionWeights attention_layout;
   for (std::int64_t l = 0; l < c.num_layers; ++l) {
-    for (std::int64_t e = 0; e < E; ++e)
-      for_each_mlp_tensor(c, layout, [&](const std::string&, const std::string& name, const std::vector<std::int64_t>& shape,
-                                         const auto&) {
+    const auto expert_tensor = [&](std::int64_t e) {
+      return [&, e](const std::string&, const std::string& name, const std::vector<std::int64_t>& shape, const auto&) {
         const std::string path = moe_path::expert(l, e, name);
         expected.insert(path);
         v.floats(f, path, info.dtype, shape);
-      });
+      };
+    };
+    for (std::int64_t e = 0; e < E; ++e) {
+      for_each_mlp_tensor(c, layout, expert_tensor(e));
+      if (info.router.expert_attention) for_each_attention_tensor(c, attention_layout, expert_tensor(e));
+    }
     const std::string weight_path = moe_path::layer(l, "router/weight"), bias_path = moe_path::layer(l, "router/bias");
     expected.insert(weight_path);
     expected.insert(bias_path);

@@ -51,77 +51,131 @@ inline Vec mlp(const MlpWeights& w, const Vec& h) {
   return matvec(w.down, a);
 }
 
-// forced_expert >= 0: that expert's MLP everywhere; otherwise the model's routers, top-k.
+// The attention block at layer l over one sequence: the attended values (before o) and o's output.
+inline std::pair<std::vector<Vec>, std::vector<Vec>> attention_block(const ModelConfig& c, const AttentionWeights& a,
+                                                                      const std::vector<Vec>& hs) {
+  const std::size_t S = hs.size();
+  const std::int64_t hd = c.head_dim, H = c.num_heads, group = c.num_heads / c.num_kv_heads;
+  std::vector<Vec> q(S), k(S), v(S);
+  for (std::size_t t = 0; t < S; ++t) {
+    q[t] = matvec(a.q, hs[t], &a.q_bias);
+    k[t] = matvec(a.k, hs[t], &a.k_bias);
+    v[t] = matvec(a.v, hs[t], &a.v_bias);
+    for (Vec* z : {&q[t], &k[t]})  // rotate_half rotary embedding at position t
+      for (std::size_t head = 0; head < z->size() / static_cast<std::size_t>(hd); ++head)
+        for (std::int64_t i = 0; i < hd / 2; ++i) {
+          const double angle = static_cast<double>(t) / std::pow(c.rope_theta, 2.0 * static_cast<double>(i) / static_cast<double>(hd));
+          double& x = (*z)[head * static_cast<std::size_t>(hd) + static_cast<std::size_t>(i)];
+          double& y = (*z)[head * static_cast<std::size_t>(hd) + static_cast<std::size_t>(i + hd / 2)];
+          const double x0 = x, y0 = y;
+          x = x0 * std::cos(angle) - y0 * std::sin(angle);
+          y = y0 * std::cos(angle) + x0 * std::sin(angle);
+        }
+  }
+  std::vector<Vec> attended(S, Vec(static_cast<std::size_t>(H * hd))), out;
+  for (std::size_t t = 0; t < S; ++t) {
+    for (std::int64_t head = 0; head < H; ++head) {
+      const std::size_t qo = static_cast<std::size_t>(head * hd), ko = static_cast<std::size_t>((head / group) * hd);
+      Vec p(t + 1);
+      for (std::size_t j = 0; j <= t; ++j) {
+        double s = 0;
+        for (std::int64_t i = 0; i < hd; ++i) s += q[t][qo + static_cast<std::size_t>(i)] * k[j][ko + static_cast<std::size_t>(i)];
+        p[j] = s / std::sqrt(static_cast<double>(hd));
+      }
+      const double top = *std::max_element(p.begin(), p.end());
+      double sum = 0;
+      for (double& z : p) sum += z = std::exp(z - top);
+      for (std::size_t j = 0; j <= t; ++j)
+        for (std::int64_t i = 0; i < hd; ++i)
+          attended[t][qo + static_cast<std::size_t>(i)] += p[j] / sum * v[j][ko + static_cast<std::size_t>(i)];
+    }
+    out.push_back(matvec(a.o, attended[t], &a.o_bias));
+  }
+  return {attended, out};
+}
+
+// Top-k of one token's logits (ties to the lower index) and the softmax over those k.
+inline std::vector<std::pair<std::size_t, double>> top_k(const Vec& logits, int k) {
+  std::vector<std::size_t> order(logits.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return logits[a] > logits[b]; });
+  double sum = 0;
+  for (int i = 0; i < k; ++i) sum += std::exp(logits[order[static_cast<std::size_t>(i)]] - logits[order[0]]);
+  std::vector<std::pair<std::size_t, double>> chosen;
+  for (int i = 0; i < k; ++i) {
+    const std::size_t e = order[static_cast<std::size_t>(i)];
+    chosen.emplace_back(e, std::exp(logits[e] - logits[order[0]]) / sum);
+  }
+  return chosen;
+}
+
+// forced_expert >= 0: that expert's MLP (and attention, with expert attention) everywhere;
+// otherwise the model's linear routers, top-k, per token. With expert attention (routing
+// mean+layer:0): a pass with the shared attention through layer 0 takes one decision per token
+// from the running mean of its router logits, which mixes every layer's attention and MLPs.
 inline ReferenceRun reference_forward(const Model& m, const std::vector<std::uint32_t>& tokens, int forced_expert) {
   const ModelConfig& c = m.config;
   const auto S = tokens.size();
-  const std::int64_t D = c.hidden_size, hd = c.head_dim, H = c.num_heads, group = c.num_heads / c.num_kv_heads;
-  std::vector<Vec> x(S, Vec(static_cast<std::size_t>(D)));
-  for (std::size_t t = 0; t < S; ++t)
-    for (std::int64_t i = 0; i < D; ++i) x[t][static_cast<std::size_t>(i)] = m.shared.embed(tokens[t], i);
+  const std::int64_t D = c.hidden_size;
+  const auto embed = [&] {
+    std::vector<Vec> x(S, Vec(static_cast<std::size_t>(D)));
+    for (std::size_t t = 0; t < S; ++t)
+      for (std::int64_t i = 0; i < D; ++i) x[t][static_cast<std::size_t>(i)] = m.shared.embed(tokens[t], i);
+    return x;
+  };
+  const auto router_logits = [&](std::int64_t l, const Vec& h) {
+    const Router& r = m.routers[static_cast<std::size_t>(l)];
+    Vec logits = matvec(r.weight, h, &r.bias);
+    for (double& z : logits) z /= m.temperature;
+    return logits;
+  };
+  const bool mixed = !m.expert_attention.empty() && forced_expert < 0;
+  std::vector<std::vector<std::pair<std::size_t, double>>> decision;  // per token
+  if (mixed) {
+    std::vector<Vec> x = embed(), hs;
+    const LayerWeights& w = m.shared.layers[0];
+    for (std::size_t t = 0; t < S; ++t) hs.push_back(rms_norm(x[t], w.input_norm, c.rms_norm_eps));
+    const auto o = attention_block(c, w.attention, hs).second;
+    Vec mean;
+    for (std::size_t t = 0; t < S; ++t) {
+      for (std::size_t i = 0; i < x[t].size(); ++i) x[t][i] += o[t][i];
+      const Vec logits = router_logits(0, rms_norm(x[t], w.post_attention_norm, c.rms_norm_eps));
+      if (mean.empty()) mean.assign(logits.size(), 0.0);
+      for (std::size_t e = 0; e < logits.size(); ++e) mean[e] += (logits[e] - mean[e]) / static_cast<double>(t + 1);
+      decision.push_back(top_k(mean, m.top_k));
+    }
+  }
+  std::vector<Vec> x = embed();
   ReferenceRun run;
   for (std::int64_t l = 0; l < c.num_layers; ++l) {
-    const LayerWeights& w = m.shared.layers[static_cast<std::size_t>(l)];
-    std::vector<Vec> q(S), k(S), v(S);
+    const auto L = static_cast<std::size_t>(l);
+    const LayerWeights& w = m.shared.layers[L];
     auto& attention_inputs = run.attention_inputs.emplace_back();
-    for (std::size_t t = 0; t < S; ++t) {
-      const Vec h = rms_norm(x[t], w.input_norm, c.rms_norm_eps);
-      attention_inputs.push_back(h);
-      q[t] = matvec(w.attention.q, h, &w.attention.q_bias);
-      k[t] = matvec(w.attention.k, h, &w.attention.k_bias);
-      v[t] = matvec(w.attention.v, h, &w.attention.v_bias);
-      for (Vec* z : {&q[t], &k[t]})  // rotate_half rotary embedding at position t
-        for (std::size_t head = 0; head < z->size() / static_cast<std::size_t>(hd); ++head)
-          for (std::int64_t i = 0; i < hd / 2; ++i) {
-            const double angle = static_cast<double>(t) / std::pow(c.rope_theta, 2.0 * static_cast<double>(i) / static_cast<double>(hd));
-            double& a = (*z)[head * static_cast<std::size_t>(hd) + static_cast<std::size_t>(i)];
-            double& b = (*z)[head * static_cast<std::size_t>(hd) + static_cast<std::size_t>(i + hd / 2)];
-            const double a0 = a, b0 = b;
-            a = a0 * std::cos(angle) - b0 * std::sin(angle);
-            b = b0 * std::cos(angle) + a0 * std::sin(angle);
-          }
+    for (std::size_t t = 0; t < S; ++t) attention_inputs.push_back(rms_norm(x[t], w.input_norm, c.rms_norm_eps));
+    if (mixed) {
+      std::vector<std::vector<Vec>> outputs;  // each expert's attention over the whole sequence
+      for (const AttentionWeights& a : m.expert_attention[L]) outputs.push_back(attention_block(c, a, attention_inputs).second);
+      for (std::size_t t = 0; t < S; ++t)
+        for (const auto& [e, weight] : decision[t])
+          for (std::size_t i = 0; i < x[t].size(); ++i) x[t][i] += weight * outputs[e][t][i];
+    } else {
+      const AttentionWeights& a = forced_expert >= 0 && !m.expert_attention.empty()
+                                      ? m.expert_attention[L][static_cast<std::size_t>(forced_expert)]
+                                      : w.attention;
+      auto [attended, o] = attention_block(c, a, attention_inputs);
+      run.attention_outputs.push_back(attended);
+      for (std::size_t t = 0; t < S; ++t)
+        for (std::size_t i = 0; i < x[t].size(); ++i) x[t][i] += o[t][i];
     }
-    std::vector<Vec> attended(S, Vec(static_cast<std::size_t>(H * hd)));
-    for (std::size_t t = 0; t < S; ++t)
-      for (std::int64_t head = 0; head < H; ++head) {
-        const std::size_t qo = static_cast<std::size_t>(head * hd), ko = static_cast<std::size_t>((head / group) * hd);
-        Vec p(t + 1);
-        for (std::size_t j = 0; j <= t; ++j) {
-          double s = 0;
-          for (std::int64_t i = 0; i < hd; ++i) s += q[t][qo + static_cast<std::size_t>(i)] * k[j][ko + static_cast<std::size_t>(i)];
-          p[j] = s / std::sqrt(static_cast<double>(hd));
-        }
-        const double top = *std::max_element(p.begin(), p.end());
-        double sum = 0;
-        for (double& z : p) sum += z = std::exp(z - top);
-        for (std::size_t j = 0; j <= t; ++j)
-          for (std::int64_t i = 0; i < hd; ++i)
-            attended[t][qo + static_cast<std::size_t>(i)] += p[j] / sum * v[j][ko + static_cast<std::size_t>(i)];
-      }
-    run.attention_outputs.push_back(attended);
     auto& inputs = run.mlp_inputs.emplace_back();
     for (std::size_t t = 0; t < S; ++t) {
-      const Vec o = matvec(w.attention.o, attended[t], &w.attention.o_bias);
-      for (std::size_t i = 0; i < o.size(); ++i) x[t][i] += o[i];
       const Vec h = rms_norm(x[t], w.post_attention_norm, c.rms_norm_eps);
       inputs.push_back(h);
-      const auto& experts = m.experts[static_cast<std::size_t>(l)];
-      if (forced_expert >= 0) {
-        const Vec y = mlp(experts[static_cast<std::size_t>(forced_expert)], h);
-        for (std::size_t i = 0; i < y.size(); ++i) x[t][i] += y[i];
-        continue;
-      }
-      const Router& r = m.routers[static_cast<std::size_t>(l)];
-      Vec logits = matvec(r.weight, h, &r.bias);
-      for (double& z : logits) z /= m.temperature;
-      std::vector<std::size_t> order(logits.size());
-      std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return logits[a] > logits[b]; });
-      double sum = 0;
-      for (int i = 0; i < m.top_k; ++i) sum += std::exp(logits[order[static_cast<std::size_t>(i)]] - logits[order[0]]);
-      for (int i = 0; i < m.top_k; ++i) {
-        const std::size_t e = order[static_cast<std::size_t>(i)];
-        const double weight = std::exp(logits[e] - logits[order[0]]) / sum;
+      const auto& experts = m.experts[L];
+      const auto chosen = forced_expert >= 0 ? std::vector<std::pair<std::size_t, double>>{{static_cast<std::size_t>(forced_expert), 1.0}}
+                          : mixed            ? decision[t]
+                                             : top_k(router_logits(l, h), m.top_k);
+      for (const auto& [e, weight] : chosen) {
         const Vec y = mlp(experts[e], h);
         for (std::size_t j = 0; j < y.size(); ++j) x[t][j] += weight * y[j];
       }

@@ -8,6 +8,7 @@
 #include "hdf5_util.hpp"
 #include "merge.hpp"
 #include "merge_inputs.hpp"
+#include "mixtral.hpp"
 #include "test_util.hpp"
 #include "verify.hpp"
 
@@ -201,6 +202,52 @@ TEST_F(Dynamic, AutoSettingsFromTheHeldOutSplit) {
   expect_error_with([&] { run_resolve(dir_ / "plain2", tuned, dir_ / "plain2-auto", false); },
                     {"domain 'd0' has no held-out tokens"});
   EXPECT_FALSE(fs::exists(dir_ / "plain2-auto"));
+}
+
+// router.expert_attention end to end: the MoE stores each expert's own attention (its
+// checkpoint's bytes), dume verify accepts it, fold-in adds the new expert's, resolve keeps or
+// drops it, and what needs one attention per layer refuses it.
+TEST_F(Dynamic, ExpertAttentionThroughMergeFoldInAndResolve) {
+  const std::string attention = "router: {lambda: 0.01, context_tokens: 24, routing: mean+layer:0, expert_attention: true}\n"
+                                "calibration: {sequence_length: 32, batch_sequences: 3}\ncompute: {threads: 1}\n";
+  merge(experts({0, 1, 2}) + attention + "output: att3\n");
+  const auto stored_equals_checkpoint = [&](const std::string& moe, std::int64_t e) {
+    const Checkpoint expert(dir_ / ("d" + std::to_string(e)));
+    const H5Id file = h5::open_file(dir_ / moe / "moe.h5");
+    for (std::int64_t l = 0; l < 3; ++l)
+      for (const char* proj : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
+        const std::string name = hf::layer(l, std::string("self_attn.") + proj + ".weight");
+        const SafetensorsFile* shard = nullptr;
+        const TensorInfo& info = expert.info(name, &shard);
+        const auto original = shard->data(info);
+        const auto stored = h5::read_raw(file.get(), moe_path::expert(l, e, std::string("self_attn/") + proj));
+        EXPECT_TRUE(std::equal(stored.begin(), stored.end(), original.begin(), original.end())) << moe << " " << name;
+      }
+  };
+  for (std::int64_t e = 0; e < 3; ++e) stored_equals_checkpoint("att3", e);
+  EXPECT_TRUE(read_moe_info(dir_ / "att3").router.expert_attention);
+  EXPECT_TRUE(merge_config_read(dir_ / "att3" / "merge.yaml").router.expert_attention);
+  EXPECT_EQ(read_moe_model(dir_ / "att3").expert_attention.at(2).size(), 3u);
+  EXPECT_TRUE(verify_moe(dir_ / "att3").problems.empty());
+
+  run_fold_in(config("moe: att3\n" + experts({3}) + "calibration: {sequence_length: 32}\ncompute: {threads: 1}\noutput: att4\n"),
+              false, false);
+  for (std::int64_t e = 0; e < 4; ++e) stored_equals_checkpoint("att4", e);
+  EXPECT_TRUE(verify_moe(dir_ / "att4").problems.empty());
+
+  ResolveOverrides token;
+  token.routing = Routing::parse("token");
+  expect_error_with([&] { run_resolve(dir_ / "att3", token, dir_ / "att3-token", false); },
+                    {"routing 'token'", "one routing decision taken at layer 0", "--expert-attention false"});
+  token.expert_attention = false;
+  run_resolve(dir_ / "att3", token, dir_ / "att3-shared", false);
+  EXPECT_FALSE(read_moe_info(dir_ / "att3-shared").router.expert_attention);
+  EXPECT_FALSE(h5::exists(h5::open_file(dir_ / "att3-shared" / "moe.h5").get(), moe_path::expert(0, 0, "self_attn")));
+  EXPECT_TRUE(verify_moe(dir_ / "att3-shared").problems.empty());
+  expect_error_with([&] { export_mixtral(dir_ / "att3", dir_ / "att3-mixtral", ExportOptions{}, false); },
+                    {"its own attention", "--expert-attention false"});
+  expect_error_with([&] { config(experts({0, 1}) + "router: {expert_attention: true}\noutput: o\n"); },
+                    {"router.expert_attention needs one routing decision taken at layer 0", "mean+layer:0"});
 }
 
 TEST_F(Dynamic, FoldInRefusals) {

@@ -208,6 +208,49 @@ TEST_F(Merge, MoeForwardMatchesAnIndependentFloat64Forward) {
   }
 }
 
+// Expert attention (router.expert_attention): every layer's attention is the routed experts' own,
+// weighted by one decision per token taken at layer 0 with the shared attention; against the
+// independent float64 forward, causal, and a forced expert runs its own attention.
+TEST_F(Merge, ExpertAttentionMatchesAnIndependentFloat64Forward) {
+  Model moe = read_moe_model(dir_ / "out");
+  moe.routing = Routing::parse("mean+layer:0");
+  std::srand(3);
+  for (const LayerWeights& layer : moe.shared.layers) {
+    auto& experts = moe.expert_attention.emplace_back();
+    for (int e = 0; e < kExperts; ++e) {  // the shared attention, perturbed differently per expert
+      AttentionWeights a = layer.attention;
+      for (Matrix* m : {&a.q, &a.k, &a.v, &a.o}) *m += 0.05f * Matrix::Random(m->rows(), m->cols());
+      experts.push_back(a);
+    }
+  }
+  const std::string corpus = tiny_corpus(1, 64);
+  std::vector<std::uint32_t> tokens(corpus.begin(), corpus.begin() + 20);
+  auto backend = make_backend(BackendKind::cpu, 1);
+  const auto max_relative = [](const std::vector<float>& logits, const ReferenceRun& reference) {
+    double diff = 0, scale = 0;
+    for (std::size_t t = 0; t < reference.logits.size(); ++t)
+      for (std::size_t v = 0; v < 64; ++v) {
+        diff = std::max(diff, std::abs(logits[t * 64 + v] - reference.logits[t][v]));
+        scale = std::max(scale, std::abs(reference.logits[t][v]));
+      }
+    return diff / scale;
+  };
+  for (int k : {1, 2}) {
+    moe.top_k = k;
+    Forward forward(moe, *backend);
+    const std::vector<float> logits = forward.run(tokens, 1, 20);
+    EXPECT_LE(max_relative(logits, reference_forward(moe, tokens, -1)), 1e-5) << "top_k " << k;
+    std::vector<std::uint32_t> changed = tokens;  // later tokens change neither earlier routes nor logits
+    for (std::size_t t = 12; t < 20; ++t) changed[t] = (changed[t] + 7) % 64;
+    const std::vector<float> again = forward.run(changed, 1, 20);
+    EXPECT_TRUE(std::equal(logits.begin(), logits.begin() + 12 * 64, again.begin())) << "top_k " << k;
+  }
+  Forward forward(moe, *backend);
+  ForwardOptions forced;
+  forced.forced_expert = 1;
+  EXPECT_LE(max_relative(forward.run(tokens, 1, 20, forced), reference_forward(moe, tokens, 1)), 1e-5);
+}
+
 TEST(RidgeSolve, SingularSystemNamesTheLayer) {
   EXPECT_ERROR_WITH(ridge_solve(MatrixXdRow::Zero(5, 5), Eigen::MatrixXd::Ones(5, 2), 0.0, true, 7), "layer 7",
                     "not positive definite", "larger router.lambda");

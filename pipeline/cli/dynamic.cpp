@@ -63,6 +63,9 @@ void add_dynamic(CLI::App& app) {
     auto* b = cmd->add_option("--bias", *bias, "Routers with a bias: true | false (false for a Mixtral export)");
     auto routing = std::make_shared<std::string>();
     auto* r = cmd->add_option("--routing", *routing, "token | mean | ema:RATE, optionally +layer:L (see README)");
+    auto expert_attention = std::make_shared<bool>();
+    auto* a = cmd->add_option("--expert-attention", *expert_attention,
+                              "false: keep only the shared attention (the experts' own attention is dropped)");
     cmd->add_flag("--force", *force, "Replace the output directory if it exists");
     cmd->callback([=] {
       if (*l) o->lambda = *lambda;
@@ -72,6 +75,7 @@ void add_dynamic(CLI::App& app) {
       if (*balance) o->balance = true;
       if (*b) o->bias = *bias;
       if (*r) o->routing = Routing::parse(*routing);
+      if (*a) o->expert_attention = *expert_attention;
       run_job([&] { run_resolve(*moe, *o, *output, *force); });
     });
   }

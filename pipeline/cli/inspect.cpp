@@ -83,8 +83,9 @@ void inspect_moe(const std::string& dir) {
               info.router.auto_temperature ? " (auto)" : "", info.router.top_k,
               static_cast<long long>(info.router.context_tokens), info.router.bias ? "yes" : "no",
               info.router.routing.to_string().c_str());
-  std::printf("weights         %s; shared weights: %s (hash %s)\n", h5::dtype_attribute(info.dtype).c_str(),
-              info.shared.c_str(), info.shared_hash.c_str());
+  std::printf("weights         %s; shared weights: %s (hash %s)%s\n", h5::dtype_attribute(info.dtype).c_str(),
+              info.shared.c_str(), info.shared_hash.c_str(),
+              info.router.expert_attention ? "; each expert's own attention, mixed by the routing decision" : "");
   std::uintmax_t total = 0;
   for (const auto& f : info.shard_files) total += std::filesystem::file_size(std::filesystem::path(dir) / f);
   std::printf("shards          %zu files, %.1f MB\n", info.shard_files.size(), static_cast<double>(total) / 1e6);
