@@ -89,6 +89,11 @@ EvalResult run_eval(const MergeConfig& config) {
         std::printf("# test '%s': %s\n", e.name.c_str(), line.c_str());
       tests.push_back(std::move(corpus.windows));
     }
+    if (info.router.expert_attention)
+      for (const Routing& routing : config.eval.routing)
+        if (routing.from_layer != 0)
+          throw Error("eval.routing '" + routing.to_string() + "': the MoE's experts keep their own attention, which "
+                      "needs one routing decision taken at layer 0 (e.g. mean+layer:0)");
   });
   const ModelConfig& mc = info.config;
   auto backend = rank_backend(config.backend, config.threads);

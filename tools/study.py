@@ -8,6 +8,7 @@ those shared weights). The paper's recipe (averaged shared weights, the ridge ro
 1e-2, token routing, k = 1) is the first row. The routers other than the paper's choose lambda and
 the temperature on a 10 % held-out split (`lambda: auto`, `temperature: auto`). It writes one table
 (retention = ppl(own expert) / ppl(configuration), per domain) as Markdown and one PNG heatmap.
+Three more runs keep each expert's own attention (router.expert_attention, routing mean+layer:0).
 
 Usage (after building dume; about 10 minutes on 2 cores):
     python3 tools/study.py [--dume build/pipeline/dume] [--out build/study] [--test-sequences 64]
@@ -41,11 +42,15 @@ ROUTERS = {
     "gaussian": (f"{{method: gaussian, {TUNED}}}", ", heldout_fraction: 0.1"),
 }
 PAPER = ("average", "paper", "{method: dume, lambda: 1.0e-2, temperature: 1.0, context_tokens: 256}", "")
+# Each expert's own attention too (router.expert_attention), mixed by one decision at layer 0.
+ATTENTION_ROUTING = "mean+layer:0"
+EXPERT_ATTENTION = [(strategy, "gaussian") for strategy in ("average", "regmean", "task-regmean 0.75")]
 ROUTING = ["token", "mean", "ema:0.1", "mean+layer:0"]
 TOP_K = [1, 2]
 
 
-def config_for(strategy: str, router: str, calibration: str, out: str, test_sequences: int) -> str:
+def config_for(strategy: str, router: str, calibration: str, out: str, test_sequences: int,
+               routings: list[str] = ROUTING) -> str:
     with open(os.path.join(ROOT, "configs", "demo.yaml")) as f:
         text = f.read()
     experts = os.path.join(ROOT, "experts")
@@ -55,14 +60,14 @@ def config_for(strategy: str, router: str, calibration: str, out: str, test_sequ
     text = re.sub(r"^router: .*$", f"router: {router}", text, flags=re.M)
     text = re.sub(r"^(calibration: \{.*)\}$", lambda m: m.group(1) + calibration + "}", text, flags=re.M)
     text = re.sub(r"^output: .*$", f"output: {out}/moe", text, flags=re.M)
-    routing = ", ".join(f'"{r}"' for r in ROUTING)
+    routing = ", ".join(f'"{r}"' for r in routings)
     text = re.sub(r"^eval: .*$", f"eval: {{methods: [dume, experts, oracle], top_k: {TOP_K}, routing: [{routing}], "
                   f"output: {out}/eval, max_sequences: {test_sequences}}}", text, flags=re.M)
     return text
 
 
-def method_name(routing: str, k: int) -> str:
-    return "dume" + ("" if routing == ROUTING[0] else f"[{routing}]") + ("" if k == TOP_K[0] else f"@k={k}")
+def method_name(routing: str, k: int, first_routing: str = ROUTING[0]) -> str:
+    return "dume" + ("" if routing == first_routing else f"[{routing}]") + ("" if k == TOP_K[0] else f"@k={k}")
 
 
 def main() -> int:
@@ -75,12 +80,17 @@ def main() -> int:
     rows = []  # (label, {domain: retention})
     domains = None
     runs = [PAPER] + [(strategy, router, *ROUTERS[router]) for strategy in STRATEGIES for router in ROUTERS]
+    runs += [(strategy, router + " + expert attention",
+              ROUTERS[router][0][:-1] + f", routing: {ATTENTION_ROUTING}, expert_attention: true}}", ROUTERS[router][1])
+             for strategy, router in EXPERT_ATTENTION]
     for strategy, router, router_yaml, calibration in runs:
+        attention = router.endswith("expert attention")
+        routings = [ATTENTION_ROUTING] if attention else ROUTING
         out = os.path.join(args.out, f"{strategy}-{router}".replace(" ", "-"))
         os.makedirs(out, exist_ok=True)
         config = os.path.join(out, "study.yaml")
         with open(config, "w") as f:
-            f.write(config_for(strategy, router_yaml, calibration, out, args.test_sequences))
+            f.write(config_for(strategy, router_yaml, calibration, out, args.test_sequences, routings))
         print(f"# {strategy} / {router}", flush=True)
         subprocess.run([args.dume, "merge", config, "--force"], check=True, stdout=subprocess.DEVNULL)
         subprocess.run([args.dume, "eval", config], check=True, stdout=subprocess.DEVNULL)
@@ -92,11 +102,13 @@ def main() -> int:
             rows.append(("average / ridge 1e-2 / token / k=1 (the paper)", retention[method_name("token", 1)]))
             rows.append(("average / oracle", retention["oracle"]))
             continue
-        if router == list(ROUTERS)[0] and strategy != PAPER[0]:  # the paper's run gave average's oracle
+        if attention:  # its oracle: each domain's own attention and MLPs
+            rows.append((f"{strategy} + expert attention / oracle", retention["oracle"]))
+        elif router == list(ROUTERS)[0] and strategy != PAPER[0]:  # the paper's run gave average's oracle
             rows.append((f"{strategy} / oracle", retention["oracle"]))
-        for routing in ROUTING:
+        for routing in routings:
             for k in TOP_K:
-                rows.append((f"{strategy} / {router} / {routing} / k={k}", retention[method_name(routing, k)]))
+                rows.append((f"{strategy} / {router} / {routing} / k={k}", retention[method_name(routing, k, routings[0])]))
 
     lines = ["| shared / router / routing / k | " + " | ".join(domains) + " | min |", "|---" * (len(domains) + 2) + "|"]
     for label, values in rows:
