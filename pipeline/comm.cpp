@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 #include <vector>
 
 namespace dume {
@@ -43,23 +44,21 @@ int mpi_size() {
   return size;
 }
 
-int mpi_local_size() {
+namespace {
+// This rank's index among the ranks that share its node, and their count.
+std::pair<int, int> local_rank_and_size() {
   MPI_Comm local;
   MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
-  int size = 1;
+  int rank = 0, size = 1;
+  MPI_Comm_rank(local, &rank);
   MPI_Comm_size(local, &size);
   MPI_Comm_free(&local);
-  return size;
+  return {rank, size};
 }
+}  // namespace
 
-int mpi_local_rank() {
-  MPI_Comm local;
-  MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
-  int rank = 0;
-  MPI_Comm_rank(local, &rank);
-  MPI_Comm_free(&local);
-  return rank;
-}
+int mpi_local_size() { return local_rank_and_size().second; }
+int mpi_local_rank() { return local_rank_and_size().first; }
 
 void barrier() { MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }
 

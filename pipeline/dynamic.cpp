@@ -18,13 +18,9 @@ using Clock = std::chrono::steady_clock;
 
 // Expert e's MLP tensors copied from an existing MoE's file.
 ExpertSource expert_from_moe(std::shared_ptr<H5Id> file, std::int64_t e) {
-  return [file, e](std::int64_t layer, const std::string& hf_suffix, const std::vector<std::int64_t>& shape) {
-    // "mlp.gate_proj.weight" -> "gate_proj", "self_attn.q_proj.weight" -> "self_attn/q_proj",
-    // "self_attn.q_proj.bias" -> "self_attn/q_proj_bias" (moe_path's names)
-    const bool mlp = hf_suffix.starts_with("mlp."), bias = hf_suffix.ends_with(".bias");
-    const std::string proj = hf_suffix.substr(hf_suffix.find('.') + 1, hf_suffix.rfind('.') - hf_suffix.find('.') - 1);
-    const std::string name = mlp ? proj : "self_attn/" + proj + (bias ? "_bias" : "");
-    const std::string path = moe_path::expert(layer, e, name);
+  return [file, e](std::int64_t layer, const std::string&, const std::string& moe_name,
+                   const std::vector<std::int64_t>& shape) {
+    const std::string path = moe_path::expert(layer, e, moe_name);
     if (h5::dataset_info(file->get(), path).shape != shape) throw Error("dataset '" + path + "' has the wrong shape");
     return h5::read_raw(file->get(), path);
   };

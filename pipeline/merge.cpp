@@ -137,7 +137,8 @@ std::vector<std::vector<MlpWeights>> calibration_mlps(const Checkpoint& expert, 
 }
 
 ExpertSource expert_from_checkpoint(const Checkpoint& checkpoint, DType dtype) {
-  return [&checkpoint, dtype](std::int64_t layer, const std::string& hf_suffix, const std::vector<std::int64_t>& shape) {
+  return [&checkpoint, dtype](std::int64_t layer, const std::string& hf_suffix, const std::string&,
+                              const std::vector<std::int64_t>& shape) {
     const std::string name = hf::layer(layer, hf_suffix);
     std::vector<float> values(numel(shape));
     checkpoint.read(name, shape, values);  // checks shape and finiteness
@@ -162,22 +163,19 @@ std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedWeight
     tensors.push_back({path, dtype, shape, [=] { return encode(dtype, {data, n}); }});
   });
   const auto E = static_cast<std::int64_t>(experts.size());
-  const MlpWeights layout;  // only names and shapes are visited
+  const MlpWeights mlp_layout;  // only names and shapes are visited
+  const AttentionWeights attention_layout;
   for (std::int64_t l = 0; l < config.num_layers; ++l) {
-    for (std::int64_t e = 0; e < E; ++e)
-      for_each_mlp_tensor(config, layout, [&](const std::string& suffix, const std::string& moe_name,
-                                              const std::vector<std::int64_t>& shape, const auto&) {
-        const ExpertSource& source = experts[static_cast<std::size_t>(e)];
-        tensors.push_back({moe_path::expert(l, e, moe_name), dtype, shape, [=, &source] { return source(l, suffix, shape); }});
-      });
-    const AttentionWeights attention_layout;
-    if (expert_attention)
-      for (std::int64_t e = 0; e < E; ++e)
-        for_each_attention_tensor(config, attention_layout, [&](const std::string& suffix, const std::string& moe_name,
-                                                                const std::vector<std::int64_t>& shape, const auto&) {
-          const ExpertSource& source = experts[static_cast<std::size_t>(e)];
-          tensors.push_back({moe_path::expert(l, e, moe_name), dtype, shape, [=, &source] { return source(l, suffix, shape); }});
-        });
+    for (std::int64_t e = 0; e < E; ++e) {
+      const ExpertSource& source = experts[static_cast<std::size_t>(e)];
+      const auto add = [&, l, e](const std::string& suffix, const std::string& moe_name,
+                                 const std::vector<std::int64_t>& shape, const auto&) {
+        tensors.push_back({moe_path::expert(l, e, moe_name), dtype, shape,
+                           [=, &source] { return source(l, suffix, moe_name, shape); }});
+      };
+      for_each_mlp_tensor(config, mlp_layout, add);
+      if (expert_attention) for_each_attention_tensor(config, attention_layout, add);
+    }
     const RouterSolution& r = routers[static_cast<std::size_t>(l)];
     const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> weight = r.weight.cast<float>();
     const Eigen::VectorXf bias = r.bias.cast<float>();

@@ -43,8 +43,10 @@ SharedWeights average_shared_weights(const std::vector<const Checkpoint*>& check
 std::vector<std::vector<MlpWeights>> calibration_mlps(const Checkpoint& expert, DType dtype);
 
 // Where an expert's tensors come from when the MoE is written: (layer, Hugging Face suffix
-// "mlp.gate_proj.weight" or "self_attn.q_proj.weight", shape) -> the bytes to store.
+// "mlp.gate_proj.weight" or "self_attn.q_proj.weight", its name in the MoE "gate_proj" or
+// "self_attn/q_proj", shape) -> the bytes to store.
 using ExpertSource = std::function<std::vector<std::byte>(std::int64_t layer, const std::string& hf_suffix,
+                                                          const std::string& moe_name,
                                                           const std::vector<std::int64_t>& shape)>;
 // From a checkpoint (kept alive by the caller): checked, copied exactly when the dtype matches.
 ExpertSource expert_from_checkpoint(const Checkpoint& checkpoint, DType dtype);

@@ -17,9 +17,10 @@ import argparse
 import copy
 import os
 
-import numpy as np
 import torch
 from transformers import LlamaForCausalLM
+
+from ties_probe import perplexity, windows  # the same test windows and perplexity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOMAINS = ["c", "python", "prose", "roff"]
@@ -33,17 +34,6 @@ GROUPS = {  # name -> which non-MLP tensors come from the own expert
     "attention (q, k, v, o)": lambda n: "self_attn" in n,
     "attention + LM head": lambda n: "self_attn" in n or "lm_head" in n,
 }
-
-
-def windows(path: str, count: int) -> torch.Tensor:
-    data = np.frombuffer(open(path, "rb").read(), dtype=np.uint8)
-    return torch.tensor(data[: len(data) // 256 * 256].reshape(-1, 256)[:count].astype(np.int64))
-
-
-def perplexity(model, tokens: torch.Tensor) -> float:
-    with torch.no_grad():
-        logits = model(tokens).logits[:, :-1]
-    return float(torch.exp(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))))
 
 
 def main() -> None:
