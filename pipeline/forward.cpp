@@ -205,8 +205,7 @@ void Forward::mix_experts(const Dispatch& dispatch, const float* h, Apply&& appl
   }
 }
 
-void Forward::decide(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S,
-                     const ForwardOptions& options) {
+void Forward::decide(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S) {
   const ModelConfig& c = model_.config;
   const std::int64_t T = B * S, D = c.hidden_size;
   const auto eps = static_cast<float>(c.rms_norm_eps);
@@ -216,9 +215,7 @@ void Forward::decide(std::span<const std::uint32_t> tokens, std::int64_t B, std:
   backend_.rms_norm(ws_.x.data(), w.input_norm.data(), T, D, eps, ws_.h.data());
   attention(w.attention, ws_.h.data(), B, S, ws_.x.data(), /*accumulate=*/true, nullptr, 0);
   backend_.rms_norm(ws_.x.data(), w.post_attention_norm.data(), T, D, eps, ws_.h.data());
-  ForwardOptions quiet = options;  // the hooks see the real pass, not this one
-  quiet.on_router_logits = nullptr;
-  route(0, T, quiet);  // sets decision_logits_
+  route(0, T, {});  // sets decision_logits_; no hooks: they see the real pass, not this one
   decided_ = true;
 }
 
@@ -251,7 +248,7 @@ std::vector<float> Forward::run(std::span<const std::uint32_t> tokens, std::int6
   float* h = ws_.h.data();
   decided_ = false;
   const bool mixed_attention = !expert_attention_.empty() && options.forced_expert < 0;
-  if (mixed_attention) decide(tokens, B, S, options);
+  if (mixed_attention) decide(tokens, B, S);
 
   be.embed(tokens, embed_.data(), D, x);
   const auto L = static_cast<std::size_t>(c.num_layers);

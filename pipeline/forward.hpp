@@ -14,7 +14,8 @@
 namespace dume {
 
 struct ForwardOptions {
-  // Run every layer with this expert's MLP; -1 routes (an MoE) or uses the only MLP (dense).
+  // Run every layer with this expert's MLP (and its attention, with expert attention); -1 routes
+  // (an MoE) or uses the only MLP (dense).
   int forced_expert = -1;
   // Use only the first C positions of each sequence (0: all). Attention is causal, so the
   // hidden states of those positions are exactly those of the full sequence.
@@ -93,7 +94,7 @@ class Forward {
   void mix_experts(const Dispatch& dispatch, const float* h, Apply&& apply);
   // With expert attention: the routing pass, layers up to the decision with the shared
   // attention, whose logits then decide every layer (decided_).
-  void decide(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S, const ForwardOptions& options);
+  void decide(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S);
 
   const Model& model_;
   Backend& backend_;

@@ -164,6 +164,9 @@ MoeInfo read_moe_info(const fs::path& dir) {
   info.shared = h5::read_string_attribute(root, "shared");
   info.shared_hash = h5::read_string_attribute(root, "shared_hash");
   info.shard_files = h5::read_strings_attribute(root, "shards");
+  if (info.router.expert_attention && info.router.routing.from_layer != 0)
+    throw Error(path.string() + ": expert_attention with routing '" + info.router.routing.to_string() +
+                "', which takes no decision at layer 0");
   const auto E = static_cast<int>(info.experts.size());
   if (E < 1 || info.router.top_k < 1 || info.router.top_k > E || !(info.router.temperature > 0))
     throw Error(path.string() + ": inconsistent router settings (experts " + std::to_string(E) + ", top_k " +

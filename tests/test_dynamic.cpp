@@ -248,6 +248,15 @@ TEST_F(Dynamic, ExpertAttentionThroughMergeFoldInAndResolve) {
                     {"its own attention", "--expert-attention false"});
   expect_error_with([&] { config(experts({0, 1}) + "router: {expert_attention: true}\noutput: o\n"); },
                     {"router.expert_attention needs one routing decision taken at layer 0", "mean+layer:0"});
+  // An index that keeps expert attention but routes per token is refused when read.
+  fs::copy(dir_ / "att3", dir_ / "att3-tampered", fs::copy_options::recursive);
+  {
+    const H5Id index(H5Fopen((dir_ / "att3-tampered" / "moe.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+    ASSERT_GE(H5Adelete(index.get(), "routing"), 0);
+    h5::write_attribute(index.get(), "routing", std::string("token"));
+  }
+  expect_error_with([&] { read_moe_info(dir_ / "att3-tampered"); },
+                    {"att3-tampered/moe.h5: expert_attention with routing 'token'", "no decision at layer 0"});
 }
 
 TEST_F(Dynamic, FoldInRefusals) {

@@ -14,16 +14,11 @@ Usage: python3 tools/shared_parts_probe.py [--experts experts]
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 
-import torch
-from transformers import LlamaForCausalLM
-
-from ties_probe import perplexity, windows  # the same test windows and perplexity
+from ties_probe import DOMAINS, Experts  # the same experts, test windows and oracle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOMAINS = ["c", "python", "prose", "roff"]
 GROUPS = {  # name -> which non-MLP tensors come from the own expert
     "none (average, the paper)": lambda n: False,
     "norms": lambda n: "norm" in n,
@@ -40,25 +35,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experts", default=os.path.join(ROOT, "experts"))
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
-    load = lambda d: LlamaForCausalLM.from_pretrained(os.path.join(args.experts, d), dtype=torch.float32).eval()
-    models = {d: load(d) for d in DOMAINS}
-    weights = {d: models[d].state_dict() for d in DOMAINS}
-    tests = {d: windows(os.path.join(args.experts, "data", f"{d}.test.bin"), 64) for d in DOMAINS}
-    own = {d: perplexity(models[d], tests[d]) for d in DOMAINS}
-    shared = [n for n in weights[DOMAINS[0]] if ".mlp." not in n]
-    average = {n: sum(weights[d][n] for d in DOMAINS) / len(DOMAINS) for n in shared}
+    experts = Experts(args.experts)
     print("| from the own expert | " + " | ".join(DOMAINS) + " |")
     print("|---" * (len(DOMAINS) + 1) + "|")
     for group, own_part in GROUPS.items():
-        cells = []
-        for d in DOMAINS:
-            model = copy.deepcopy(models[d])
-            state = model.state_dict()
-            state.update({n: weights[d][n] if own_part(n) else average[n] for n in shared})
-            model.load_state_dict(state)
-            cells.append(f"{100 * own[d] / perplexity(model, tests[d]):.1f}%")
-        print(f"| {group} | " + " | ".join(cells) + " |", flush=True)
+        mixed = lambda d: {n: experts.weights[d][n] if own_part(n) else experts.average[n] for n in experts.shared_names}
+        print(f"| {group} | {experts.oracle(mixed)} |", flush=True)
 
 
 if __name__ == "__main__":

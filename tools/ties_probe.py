@@ -53,34 +53,45 @@ def ties(experts: dict, base: dict, keep: float, scale: float) -> dict:
     return merged
 
 
+class Experts:
+    """The bundled experts in f32: their weights, each domain's first 64 test windows of 256 bytes,
+    its own expert's perplexity on them, and the plain average of the non-MLP weights."""
+
+    def __init__(self, directory: str):
+        torch.set_num_threads(os.cpu_count() or 1)
+        self.load = lambda d: LlamaForCausalLM.from_pretrained(os.path.join(directory, d), dtype=torch.float32).eval()
+        self.models = {d: self.load(d) for d in DOMAINS}
+        self.weights = {d: self.models[d].state_dict() for d in DOMAINS}
+        self.tests = {d: windows(os.path.join(directory, "data", f"{d}.test.bin"), 64) for d in DOMAINS}
+        self.own = {d: perplexity(self.models[d], self.tests[d]) for d in DOMAINS}
+        self.shared_names = [n for n in self.weights[DOMAINS[0]] if ".mlp." not in n]
+        self.average = {n: sum(self.weights[d][n] for d in DOMAINS) / len(DOMAINS) for n in self.shared_names}
+
+    def oracle(self, shared_for) -> str:
+        """Each domain's oracle retention (its own expert with shared_for(domain) in place of the
+        non-MLP weights), as Markdown table cells."""
+        cells = []
+        for d in DOMAINS:
+            model = copy.deepcopy(self.models[d])
+            state = model.state_dict()
+            state.update(shared_for(d))
+            model.load_state_dict(state)
+            cells.append(f"{100 * self.own[d] / perplexity(model, self.tests[d]):.1f}%")
+        return " | ".join(cells)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experts", default=os.path.join(ROOT, "experts"))
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
-    load = lambda d: LlamaForCausalLM.from_pretrained(os.path.join(args.experts, d), dtype=torch.float32).eval()
-    models = {d: load(d) for d in DOMAINS}
-    weights = {d: models[d].state_dict() for d in DOMAINS}
-    base = load("base").state_dict()
-    tests = {d: windows(os.path.join(args.experts, "data", f"{d}.test.bin"), 64) for d in DOMAINS}
-    own = {d: perplexity(models[d], tests[d]) for d in DOMAINS}
-
-    def oracle(shared: dict) -> str:
-        cells = []
-        for d in DOMAINS:
-            model = copy.deepcopy(models[d])
-            state = model.state_dict()
-            state.update(shared)
-            model.load_state_dict(state)
-            cells.append(f"{100 * own[d] / perplexity(model, tests[d]):.1f}%")
-        return " | ".join(cells)
-
-    average = {n: sum(weights[d][n] for d in DOMAINS) / len(DOMAINS) for n in base if ".mlp." not in n}
+    experts = Experts(args.experts)
+    base = experts.load("base").state_dict()
     print("| shared weights | " + " | ".join(DOMAINS) + " |")
     print("|---" * (len(DOMAINS) + 1) + "|")
-    print(f"| average | {oracle(average)} |")
+    print(f"| average | {experts.oracle(lambda d: experts.average)} |")
     for keep, scale in [(0.2, 1.0), (0.2, 0.7), (0.5, 1.0)]:
-        print(f"| TIES, top {int(100 * keep)}%, lambda {scale} | {oracle(ties(weights, base, keep, scale))} |", flush=True)
+        merged = ties(experts.weights, base, keep, scale)
+        print(f"| TIES, top {int(100 * keep)}%, lambda {scale} | {experts.oracle(lambda d: merged)} |", flush=True)
 
 
 if __name__ == "__main__":
