@@ -295,7 +295,7 @@ void write_synthetic_experts(const ModelConfig& c, int experts, std::int64_t tok
   }
   yaml += "router: {context_tokens: " + std::to_string(sequence_length) + "}\ncalibration: {sequence_length: " +
           std::to_string(sequence_length) + ", batch_sequences: " + std::to_string(batch) + "}\noutput: moe\n";
-  std::ofstream(dir / "merge.yaml") << yaml;
+  write_text_file(dir / "merge.yaml", yaml);
 }
 
 }  // namespace dume

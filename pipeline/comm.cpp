@@ -146,7 +146,16 @@ int max_over_ranks(int value) {
 
 namespace {
 volatile std::sig_atomic_t caught_signal = 0;
-extern "C" void record_signal(int signal) { caught_signal = signal; }
+// The first stop signal is recorded. A second SIGINT ends the process as if uncaught: a user who
+// presses Ctrl-C twice wants out now (a repeated SIGTERM does not: Slurm and mpirun may both send
+// one for the same cancel).
+extern "C" void record_signal(int signal) {
+  if (signal == SIGINT && caught_signal == SIGINT) {
+    std::signal(signal, SIG_DFL);
+    std::raise(signal);
+  }
+  caught_signal = signal;
+}
 int guards = 0;  // StopSignals alive
 }  // namespace
 
@@ -157,12 +166,14 @@ StopSignals::StopSignals() {
   sigemptyset(&action.sa_mask);
   action.sa_flags = SA_RESTART;  // a signal must not fail a read or write in progress
   sigaction(SIGTERM, &action, &old_term_);
+  sigaction(SIGINT, &action, &old_int_);
   sigaction(SIGUSR1, &action, &old_usr1_);
 }
 
 StopSignals::~StopSignals() {
   --guards;
   sigaction(SIGTERM, &old_term_, nullptr);
+  sigaction(SIGINT, &old_int_, nullptr);
   sigaction(SIGUSR1, &old_usr1_, nullptr);
 }
 
@@ -173,6 +184,7 @@ int stop_signal_anywhere() { return max_over_ranks(stop_signal()); }
 std::string signal_name(int signal) {
   switch (signal) {
     case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
     case SIGUSR1: return "SIGUSR1";
     default: return "signal " + std::to_string(signal);
   }

@@ -75,8 +75,9 @@ class JobStopped : public CollectiveError {
 // EX_TEMPFAIL: the job did not finish but can be resumed (`dume merge --resume`).
 inline constexpr int kStoppedExitCode = 75;
 
-// While alive, SIGTERM and SIGUSR1 (Slurm's warnings before a time limit or a cancel) are
-// caught instead of ending the process: the handler only records the signal, and the work loop
+// While alive, SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 (Slurm's warnings before a time limit or a
+// cancel; the README's signal table) are caught instead of ending the process: the handler only
+// records the signal (a second SIGINT ends the process at once), and the work loop
 // asks stop_signal_anywhere() at points where all ranks can stop together. The previous
 // handlers are restored afterwards. Nested guards are fine.
 class StopSignals {
@@ -87,7 +88,7 @@ class StopSignals {
   StopSignals& operator=(const StopSignals&) = delete;
 
  private:
-  struct sigaction old_term_ {}, old_usr1_ {};
+  struct sigaction old_term_ {}, old_int_ {}, old_usr1_ {};
 };
 // The stop signal this process caught (0: none).
 int stop_signal();

@@ -33,12 +33,6 @@ std::optional<MergeConfig> original_config(const fs::path& moe) {
   return merge_config_read(path);
 }
 
-void check_output(const fs::path& moe, const fs::path& output, bool force) {
-  if (fs::exists(output) && fs::equivalent(moe, output))
-    throw Error("output " + output.string() + " is the input MoE; dume never modifies an MoE in place");
-  check_new_output(output, force);
-}
-
 // A plan that starts from an existing MoE: its shared weights (checked against its hash), its
 // statistics and its experts.
 MergePlan plan_from_moe(const fs::path& moe, std::shared_ptr<H5Id>& file) {
@@ -64,7 +58,7 @@ MergePlan plan_from_moe(const fs::path& moe, std::shared_ptr<H5Id>& file) {
 
 }  // namespace
 
-void run_fold_in(const MergeConfig& config, bool force, bool reaverage) {
+void run_fold_in(const MergeConfig& config, bool force, bool reaverage, bool resume) {
   if (!config.fold_into) throw CollectiveError("a fold-in config names the MoE to extend: moe: path/to/moe");
   const fs::path moe = *config.fold_into;
   if (reaverage) {
@@ -77,9 +71,10 @@ void run_fold_in(const MergeConfig& config, bool force, bool reaverage) {
       all.output = config.output;
       all.fold_into.reset();
     });
-    return run_merge(all, force);
+    return run_merge(all, force, resume, input_paths(config));
   }
 
+  const auto lock = claim_moe_output(config.output.path, input_paths(config), force, resume);
   PhaseTimes phases;
   auto t = Clock::now();
   MergePlan plan;
@@ -92,7 +87,6 @@ void run_fold_in(const MergeConfig& config, bool force, bool reaverage) {
       if (std::count(config.keys.begin(), config.keys.end(), key))
         throw Error(config.source.string() + ": fold-in keeps the MoE's shared weights and router settings; remove the "
                     "router/shared/recipe sections (dume resolve changes router settings)");
-    check_output(moe, config.output.path, force);
     plan = plan_from_moe(moe, file);
     const std::int64_t C = plan.stats.context_tokens;
     if (config.calibration.sequence_length < C)
@@ -132,7 +126,9 @@ void run_fold_in(const MergeConfig& config, bool force, bool reaverage) {
     std::fflush(stdout);
   }
   phases.emplace_back("load + checks", std::chrono::duration<double>(Clock::now() - t).count());
-  run_plan(plan, resolved, force, phases);
+  plan.command = "dume fold-in";
+  const auto store = open_resume_store(resolved, plan, resume);
+  run_plan(plan, resolved, force, phases, store.get());
 }
 
 namespace {
@@ -151,11 +147,12 @@ void rewrite(MergePlan& plan, const fs::path& moe, const fs::path& output, bool 
 
 }  // namespace
 
-void run_remove(const fs::path& moe, const std::string& name, const fs::path& output, bool force) {
+void run_remove(const fs::path& moe, const std::string& name, const fs::path& given, bool force) {
+  const fs::path output = output_path(given);
+  const auto lock = claim_moe_output(output, {{"the MoE", moe}}, force, /*resume=*/false);
   MergePlan plan;
   std::shared_ptr<H5Id> file;
   collective_phase([&] {
-    check_output(moe, output, force);
     plan = plan_from_moe(moe, file);
     const auto it = std::find(plan.info.experts.begin(), plan.info.experts.end(), name);
     if (it == plan.info.experts.end()) throw Error("no domain '" + name + "' in " + moe.string());
@@ -169,11 +166,12 @@ void run_remove(const fs::path& moe, const std::string& name, const fs::path& ou
   rewrite(plan, moe, output, force);
 }
 
-void run_resolve(const fs::path& moe, const ResolveOverrides& o, const fs::path& output, bool force) {
+void run_resolve(const fs::path& moe, const ResolveOverrides& o, const fs::path& given, bool force) {
+  const fs::path output = output_path(given);
+  const auto lock = claim_moe_output(output, {{"the MoE", moe}}, force, /*resume=*/false);
   MergePlan plan;
   std::shared_ptr<H5Id> file;
   collective_phase([&] {
-    check_output(moe, output, force);
     plan = plan_from_moe(moe, file);
     RouterSettings& r = plan.info.router;
     r.lambda = o.lambda.value_or(r.lambda);

@@ -14,8 +14,9 @@ namespace dume {
 // Adds config.experts (new domains) to the MoE at config.fold_into: statistics only for the new
 // domains, with the MoE's stored shared weights and router settings, then every layer re-solved.
 // With reaverage, merges everything again from the original experts (the MoE's merge.yaml) plus
-// the new ones instead. Call on every rank.
-void run_fold_in(const MergeConfig& config, bool force, bool reaverage);
+// the new ones instead. `resume`: continue from the checkpoint an interrupted fold-in of this
+// config left (as `dume merge --resume`). Call on every rank.
+void run_fold_in(const MergeConfig& config, bool force, bool reaverage, bool resume = false);
 
 // Drops domain `name` (its expert and statistics) from the MoE at `moe` and re-solves.
 void run_remove(const std::filesystem::path& moe, const std::string& name, const std::filesystem::path& output,

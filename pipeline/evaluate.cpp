@@ -8,6 +8,7 @@
 #include "comm.hpp"
 #include "merge.hpp"
 #include "moe_file.hpp"
+#include "outputs.hpp"
 #include "perplexity.hpp"
 #include "plot.hpp"
 
@@ -74,6 +75,10 @@ EvalResult run_eval(const MergeConfig& config) {
   std::vector<Checkpoint> checkpoints;
   std::vector<CorpusWindows> tests;
   collective_phase([&] {
+    // The results replace an earlier eval's (eval.output is inside the MoE by default), but
+    // never an input.
+    for (const char* file : {"eval.json", "routing.png"})
+      check_output(config.eval.output / file, input_paths(config), /*force=*/true, {.directory = false});
     info = read_moe_info(config.output.path);
     std::vector<std::string> names;
     for (const auto& e : config.experts) names.push_back(e.name);
@@ -293,18 +298,12 @@ void write_eval_outputs(const EvalResult& r, const MergeConfig& config) {
   }
   j["experts"] = r.domains;
   j["config"] = config.resolved_yaml();
-  const auto write_atomically = [&](const std::string& name, const std::function<void(const fs::path&)>& write) {
-    const fs::path tmp = dir / ("." + name + ".tmp");
-    write(tmp);
-    fs::rename(tmp, dir / name);
-  };
-  write_atomically("eval.json", [&](const fs::path& p) {
-    std::ofstream out(p);
-    out << j.dump(2) << "\n";
-    if (!out) throw Error(p.string() + ": cannot write");
-  });
-  if (!r.routing.empty())
-    write_atomically("routing.png", [&](const fs::path& p) { write_routing_heatmap(p, r.domains, r.routing); });
+  write_text_file(dir / "eval.json", j.dump(2) + "\n");
+  if (!r.routing.empty()) {
+    TemporaryFile png(dir / "routing.png");
+    write_routing_heatmap(png.path(), r.domains, r.routing);
+    png.commit();
+  }
 }
 
 }  // namespace dume

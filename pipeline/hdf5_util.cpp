@@ -263,6 +263,11 @@ void check_link(hid_t file, const std::string& path, const std::string& where) {
   const auto file_end = std::find(value.begin() + 1, value.end(), '\0');  // flags byte, file name, object path
   if (file_end == value.end() || std::find(file_end + 1, value.end(), '\0') == value.end())
     throw Error(where + ": damaged external link '" + path + "' (unterminated names)");
+  // dume links only to shards beside the index: a link that leaves the directory would make a
+  // copy, a removal or a verification silently depend on (or copy) files that are not the MoE's.
+  const std::string target(value.begin() + 1, file_end);
+  if (target.empty() || target == "." || target == ".." || target.find('/') != std::string::npos)
+    throw Error(where + " links to '" + target + "', outside the MoE's directory (dume links only to shard files beside moe.h5)");
 }
 
 // check_link for every component of an absolute path, outermost first.

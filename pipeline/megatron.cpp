@@ -17,6 +17,7 @@
 
 #include "error.hpp"
 #include "mapped_file.hpp"
+#include "outputs.hpp"
 
 namespace dume {
 namespace {
@@ -94,12 +95,6 @@ bool checked_mul(std::uint64_t a, std::uint64_t b, std::uint64_t& product) {
 
 [[noreturn]] void fail_in(const fs::path& path, const std::string& problem) {
   throw Error(path.string() + ": " + problem);
-}
-
-void rename_into_place(const fs::path& from, const fs::path& to) {
-  std::error_code ec;
-  fs::rename(from, to, ec);
-  if (ec) throw Error(from.string() + ": cannot rename to " + to.string() + ": " + ec.message());
 }
 
 }  // namespace
@@ -219,7 +214,9 @@ void write_megatron(const fs::path& prefix, std::span<const std::span<const std:
                 " ids does not fit Megatron's int32 token dtype");
 
   // The .bin is written a document at a time (it may be GBs); the .idx is small and built whole.
-  const fs::path bin_tmp = with_suffix(bin_path, ".tmp"), idx_tmp = with_suffix(idx_path, ".tmp");
+  TemporaryFile bin_file(bin_path), idx_file(idx_path);  // removed unless both land
+  const fs::path& bin_tmp = bin_file.path();
+  const fs::path& idx_tmp = idx_file.path();
   std::ofstream bin(bin_tmp, std::ios::binary | std::ios::trunc);
   if (!bin) throw Error(bin_tmp.string() + ": cannot create: " + std::strerror(errno));
   std::string lengths, pointers, document_index, buffer;
@@ -266,8 +263,8 @@ void write_megatron(const fs::path& prefix, std::span<const std::span<const std:
   if (!idx_out) throw Error(idx_tmp.string() + ": cannot write: " + std::strerror(errno));
 
   // The .idx lands last, so a complete index never sits next to a partial .bin.
-  rename_into_place(bin_tmp, bin_path);
-  rename_into_place(idx_tmp, idx_path);
+  bin_file.commit();
+  idx_file.commit();
 }
 
 }  // namespace dume

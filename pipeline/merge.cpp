@@ -42,8 +42,7 @@ LoadedCorpus load_calibration(const MergeConfig& config, const CorpusSpec& spec,
                      static_cast<std::size_t>(config.calibration.max_sequences));
 }
 
-MergeInputs merge_prepare(const MergeConfig& config, bool force) {
-  check_new_output(config.output.path, force);
+MergeInputs merge_prepare(const MergeConfig& config) {
   MergeInputs in;
   for (const auto& e : config.experts) in.experts.emplace_back(e.checkpoint);
   const ModelConfig& first = in.experts[0].config();
@@ -209,48 +208,45 @@ std::string shared_weights_hash(const ModelConfig& config, const SharedWeights& 
   return hash_hex(hash);
 }
 
-void check_new_output(const fs::path& output, bool force) {
-  if (fs::exists(output) && !force) throw Error("output " + output.string() + " exists; pass --force to replace it");
-  fs::path dir = fs::absolute(output).parent_path();
-  while (!fs::exists(dir) && dir.has_parent_path() && dir != dir.parent_path()) dir = dir.parent_path();
-  if (!fs::is_directory(dir))
-    throw Error("output " + output.string() + " cannot be created: " + dir.string() + " is not a directory");
-  if (::access(dir.c_str(), W_OK) != 0)
-    throw Error("output " + output.string() + " cannot be created: " + dir.string() + " is not writable (" +
-                std::strerror(errno) + ")");
+std::unique_ptr<OutputLock> claim_moe_output(const fs::path& output, const std::vector<InputPath>& inputs, bool force,
+                                             bool resume) {
+  std::unique_ptr<OutputLock> lock;
+  collective_phase([&] {
+    check_output(output, inputs, force, {.directory = true, .marker = "moe.h5"});
+    if (mpi_rank() == 0) lock = std::make_unique<OutputLock>(output);
+  });
+  const fs::path checkpoint = checkpoint_dir(output);
+  collective_phase([&] {
+    if (!resume && fs::exists(checkpoint)) {
+      if (!force)
+        throw Error(checkpoint.string() + " holds the checkpoint of an interrupted job: pass --resume to continue "
+                    "it, or --force to discard it");
+      if (mpi_rank() == 0) fs::remove_all(checkpoint);
+    }
+  });
+  return lock;
 }
 
-void write_output_atomically(const fs::path& output, bool force, const std::function<void(const fs::path&)>& fill) {
-  const fs::path parent = output.parent_path().empty() ? fs::path(".") : output.parent_path();
-  fs::create_directories(parent);
-  // built with append(): GCC 12 warns falsely (-Wrestrict) on "." + string
-  const std::string tag =
-      std::string(".").append(output.filename().string()).append(".tmp-").append(std::to_string(getpid()));
-  const fs::path tmp = parent / tag;
-  // Temporaries of this output left by jobs that were killed while writing (any pid).
-  const std::string stale = std::string(".").append(output.filename().string()).append(".tmp-");
-  for (const auto& entry : fs::directory_iterator(parent))
-    if (entry.path().filename().string().starts_with(stale)) {
-      std::fprintf(stderr, "dume: removing %s, left by an interrupted job\n", entry.path().c_str());
-      fs::remove_all(entry.path());
-    }
-  fs::create_directory(tmp);
-  try {
-    fill(tmp);
-    if (fs::exists(output)) {
-      if (!force) throw Error("output " + output.string() + " appeared while the job ran; not replacing it");
-      const fs::path old = parent / (tag + ".old");
-      fs::rename(output, old);
-      fs::rename(tmp, output);
-      fs::remove_all(old);
-    } else {
-      fs::rename(tmp, output);
-    }
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    throw;
+std::unique_ptr<ResumeStore> open_resume_store(const MergeConfig& config, const MergePlan& plan, bool resume) {
+  std::vector<const CorpusWindows*> windows;
+  std::vector<std::int64_t> batches;
+  std::vector<std::string> names;
+  for (const NewDomain& d : plan.calibrate) {
+    windows.push_back(d.windows);
+    batches.push_back(batch_count(*d.windows, config.calibration.batch_sequences));
+    names.push_back(d.name);
   }
+  const fs::path checkpoint = checkpoint_dir(config.output.path);
+  auto store = std::make_unique<ResumeStore>(
+      checkpoint,
+      resume_identity(config, plan.info.shared_hash, plan.model.config.hidden_size, plan.model.config.num_layers, windows),
+      names, batches);
+  if (resume && mpi_rank() == 0) {
+    std::printf(fs::exists(checkpoint) ? "# dume: resuming from %s\n" : "# dume: no checkpoint at %s: starting from the beginning\n",
+                checkpoint.c_str());
+    std::fflush(stdout);
+  }
+  return store;
 }
 
 void print_phase_table(const std::vector<std::pair<std::string, double>>& phases) {
@@ -337,6 +333,7 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
     CalibrationControl control;
     if (store) {
       control.checkpoint_every = config.calibration.checkpoint_every;
+      control.checkpoint_seconds = 60 * config.calibration.checkpoint_minutes;
       control.save = [&, k](const std::vector<std::int64_t>& done, const DomainStatistics& partial) {
         store->save_partial(k, rank, done, partial);
       };
@@ -367,12 +364,13 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
       throw JobStopped(
           "stopped by " + signal_name(control.stopped_by) + " while calibrating domain '" + d.name + "'" +
           (store ? "; checkpoint saved in " + store->dir().string() +
-                       ": run the same `dume merge` with --resume to continue (on any number of ranks)"
+                       ": run the same `" + plan.command + "` with --resume to continue (on any number of ranks)"
                  : "; nothing saved (this command cannot resume)"));
     }
     reduce_domain(domain, timing, root ? std::span<const double>(saved.packed) : std::span<const double>());
     domain.heldout = std::move(heldout_inputs);
-    if (store && root && config.calibration.checkpoint_every > 0 && !saved_whole[k]) {
+    const bool periodic = config.calibration.checkpoint_every > 0 || config.calibration.checkpoint_minutes > 0;
+    if (store && root && periodic && !saved_whole[k]) {
       store->save_complete(k, domain);
       saved_whole[k] = true;
     }
@@ -429,7 +427,7 @@ void write_moe_directory(const fs::path& output, bool force, const MergePlan& pl
               plan.info,
               shard_bytes);
     write_statistics(dir / "stats.h5", plan.stats);
-    std::ofstream(dir / "merge.yaml") << yaml;
+    write_text_file(dir / "merge.yaml", yaml);
   });
 }
 
@@ -478,22 +476,16 @@ SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<co
   return combined();
 }
 
-void run_merge(const MergeConfig& config, bool force, bool resume) {
+void run_merge(const MergeConfig& config, bool force, bool resume, const std::vector<InputPath>& also_read) {
   if (config.fold_into) throw CollectiveError("'moe:' names the MoE to extend: that is `dume fold-in`, not merge");
   const StopSignals signals;  // caught from the start, acted on once calibration runs
   PhaseTimes phases;
   auto t = Clock::now();
+  std::vector<InputPath> inputs = input_paths(config);
+  inputs.insert(inputs.end(), also_read.begin(), also_read.end());
+  const auto lock = claim_moe_output(config.output.path, inputs, force, resume);
   MergeInputs in;
-  collective_phase([&] { in = merge_prepare(config, force); });
-  const fs::path checkpoint = checkpoint_dir(config.output.path);
-  collective_phase([&] {
-    if (!resume && fs::exists(checkpoint)) {
-      if (!force)
-        throw Error(checkpoint.string() + " holds the checkpoint of an interrupted merge: pass --resume to continue "
-                    "it, or --force to discard it");
-      if (mpi_rank() == 0) fs::remove_all(checkpoint);
-    }
-  });
+  collective_phase([&] { in = merge_prepare(config); });
   if (mpi_rank() == 0) {
     std::printf("# dume merge: %zu experts\n# resolved configuration:\n%s", config.experts.size(),
                 config.resolved_yaml().c_str());
@@ -530,22 +522,8 @@ void run_merge(const MergeConfig& config, bool force, bool resume) {
     plan.calibrate.push_back({config.experts[e].name, experts[e], &in.calibration[e]});
   }
   phases.emplace_back("shared weights", std::chrono::duration<double>(Clock::now() - t).count());
-  std::vector<const CorpusWindows*> windows;
-  std::vector<std::int64_t> batches;
-  for (const auto& w : in.calibration) {
-    windows.push_back(&w);
-    batches.push_back(batch_count(w, config.calibration.batch_sequences));
-  }
-  ResumeStore store(checkpoint,
-                    resume_identity(config, plan.info.shared_hash, plan.model.config.hidden_size,
-                                    plan.model.config.num_layers, windows),
-                    plan.info.experts, batches);
-  if (resume && mpi_rank() == 0) {
-    std::printf(fs::exists(checkpoint) ? "# dume: resuming from %s\n" : "# dume: no checkpoint at %s: starting from the beginning\n",
-                checkpoint.c_str());
-    std::fflush(stdout);
-  }
-  run_plan(plan, config, force, phases, &store);
+  const auto store = open_resume_store(config, plan, resume);
+  run_plan(plan, config, force, phases, store.get());
 }
 
 }  // namespace dume

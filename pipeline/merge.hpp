@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "checkpoint.hpp"
 #include "merge_config.hpp"
 #include "moe_file.hpp"
+#include "outputs.hpp"
 #include "resume.hpp"
 #include "ridge.hpp"
 #include "text_corpus.hpp"
@@ -30,9 +32,9 @@ struct MergeInputs {
 // with packing: truncate, each document's first min(sequence_length, context_tokens).
 LoadedCorpus load_calibration(const MergeConfig& config, const CorpusSpec& spec, std::size_t vocab);
 
-// Every check that can fail before any work (architectures, corpora, vocab, output): throws
-// the first problem found, naming the file or key.
-MergeInputs merge_prepare(const MergeConfig& config, bool force);
+// Every check of the inputs that can fail before any work (architectures, corpora, vocab):
+// throws the first problem found, naming the file or key.
+MergeInputs merge_prepare(const MergeConfig& config);
 
 // Shared weights: the element-wise mean of the checkpoints' (accumulated in f64; one checkpoint:
 // its own), rounded to `dtype` so calibration sees exactly what is stored. Under MPI the tensors
@@ -64,16 +66,13 @@ std::string shared_weights_hash(const ModelConfig& config, const SharedWeights& 
 SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const Checkpoint*>& experts, DType dtype,
                                  std::span<const CorpusWindows> calibration = {});
 
-// Before any work: `output` must not exist (unless force) and must be creatable: its nearest
-// existing ancestor is a writable directory. Throws Error naming the path otherwise, so a job
-// that cannot write its result fails at once instead of after hours of calibration.
-void check_new_output(const std::filesystem::path& output, bool force);
-
-// Writes `fill`'s files into a temporary sibling of `output` (.NAME.tmp-PID), then renames it
-// into place (replacing an existing output only with force). Temporaries of the same output
-// that killed jobs left are removed first.
-void write_output_atomically(const std::filesystem::path& output, bool force,
-                             const std::function<void(const std::filesystem::path& dir)>& fill);
+// Collective, before any work of a command that writes an MoE directory: the output rule
+// (check_output) on every rank, then rank 0 takes the output's lock, held while the result
+// lives (null on the other ranks).
+// Then the output's calibration checkpoint (resume.hpp): one left by an interrupted job is an
+// error unless `resume` continues it or `force` discards it.
+std::unique_ptr<OutputLock> claim_moe_output(const std::filesystem::path& output, const std::vector<InputPath>& inputs,
+                                             bool force, bool resume);
 
 // A domain whose statistics a job computes: its expert and calibration windows.
 struct NewDomain {
@@ -90,7 +89,12 @@ struct MergePlan {
   Statistics stats;                  // carried over; calibrated domains are appended
   std::vector<NewDomain> calibrate;  // in order, after the carried-over ones
   std::vector<ExpertSource> sources; // every expert of the output, in order
+  std::string command = "dume merge"; // what the user runs again, with --resume, after a stop
 };
+
+// The checkpoint store of a plan's calibration, beside config.output (`resume`: says whether it
+// continues from one, on rank 0).
+std::unique_ptr<ResumeStore> open_resume_store(const MergeConfig& config, const MergePlan& plan, bool resume);
 
 using PhaseTimes = std::vector<std::pair<std::string, double>>;
 
@@ -114,7 +118,8 @@ std::unique_ptr<Backend> rank_backend(const std::string& name, int configured_th
 
 // The whole merge; call on every rank. `resume`: continue from the checkpoint an interrupted
 // merge of this config left (see resume.hpp); without it an existing checkpoint is an error,
-// or discarded with `force`.
-void run_merge(const MergeConfig& config, bool force, bool resume = false);
+// or discarded with `force`. `also_read`: inputs besides the config's, which the output may not
+// touch either (the MoE a `fold-in --reaverage` re-merges).
+void run_merge(const MergeConfig& config, bool force, bool resume = false, const std::vector<InputPath>& also_read = {});
 
 }  // namespace dume

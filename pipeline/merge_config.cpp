@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "documents.hpp"
 #include "error.hpp"
 
 namespace dume {
@@ -279,12 +280,16 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
     if (cs.batch_sequences < 1) s.fail(s.node("batch_sequences"), "calibration.batch_sequences must be >= 1");
     if (cs.checkpoint_every < 0)
       s.fail(s.node("checkpoint_every"), "calibration.checkpoint_every must be >= 0 (sequences; 0 = no periodic checkpoints)");
+    cs.checkpoint_minutes = s.get<double>("checkpoint_minutes", "a number", cs.checkpoint_minutes);
+    if (!(cs.checkpoint_minutes >= 0 && cs.checkpoint_minutes <= 1e6))
+      s.fail(s.node("checkpoint_minutes"), "calibration.checkpoint_minutes must be >= 0 (0 = no timed checkpoints)");
     cs.heldout_fraction = s.get<double>("heldout_fraction", "a number", cs.heldout_fraction);
     if (!(cs.heldout_fraction >= 0 && cs.heldout_fraction < 1))
       s.fail(s.node("heldout_fraction"), "calibration.heldout_fraction must be in [0, 1)");
     cs.heldout_tokens = s.get<std::int64_t>("heldout_tokens", "an integer", cs.heldout_tokens);
     if (cs.heldout_tokens < 1) s.fail(s.node("heldout_tokens"), "calibration.heldout_tokens must be >= 1");
-    s.finish({"sequence_length", "max_sequences", "batch_sequences", "checkpoint_every", "heldout_fraction", "heldout_tokens"});
+    s.finish({"sequence_length", "max_sequences", "batch_sequences", "checkpoint_every", "checkpoint_minutes",
+              "heldout_fraction", "heldout_tokens"});
   }
   const YAML::Node router = top.has("router") ? top.node("router") : root;
   if (c.router.auto_lambda && c.router.method != "dume" && c.router.method != "gaussian")
@@ -298,10 +303,10 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
   const YAML::Node output = top.node("output");
   if (!output) top.fail(root, "missing required key 'output'");
   if (output.IsScalar()) {
-    c.output.path = resolve(base, output.Scalar());
+    c.output.path = output_path(resolve(base, output.Scalar()));
   } else {
     const Section o(output, "output", source);
-    c.output.path = resolve(base, o.get<std::string>("path", "a path"));
+    c.output.path = output_path(resolve(base, o.get<std::string>("path", "a path")));
     c.output.dtype = parse_dtype(o, "dtype");
     if (o.has("shard_size")) {
       try {
@@ -356,7 +361,7 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
         }
       }
     }
-    if (s.has("output")) es.output = resolve(base, s.get<std::string>("output", "a path"));
+    if (s.has("output")) es.output = output_path(resolve(base, s.get<std::string>("output", "a path")));
     es.max_sequences = s.get<std::int64_t>("max_sequences", "an integer", es.max_sequences);
     if (es.max_sequences < 0) s.fail(s.node("max_sequences"), "eval.max_sequences must be >= 0");
     es.seed = s.get<std::uint64_t>("seed", "a non-negative integer", es.seed);
@@ -395,6 +400,40 @@ MergeConfig merge_config_read(const fs::path& path) {
   std::stringstream text;
   text << in.rdbuf();
   return merge_config_parse(text.str(), fs::absolute(path));
+}
+
+namespace {
+
+void add_corpus(std::vector<InputPath>& inputs, const std::string& role, const CorpusSpec& spec) {
+  if (spec.path.empty()) return;
+  if (spec.format == CorpusFormat::megatron) {
+    inputs.push_back({role, spec.path.string() + ".bin"});
+    inputs.push_back({role, spec.path.string() + ".idx"});
+  } else if (spec.format == CorpusFormat::text || spec.format == CorpusFormat::jsonl) {
+    try {
+      for (const auto& file : expand_glob(spec.path.string())) inputs.push_back({role, file});
+    } catch (const Error&) {  // nothing matches: nothing to protect, and the reader says so
+    }
+  } else {
+    inputs.push_back({role, spec.path});
+  }
+  if (!spec.tokenizer.empty()) inputs.push_back({role + "'s tokenizer", spec.tokenizer});
+}
+
+}  // namespace
+
+std::vector<InputPath> input_paths(const MergeConfig& config) {
+  std::vector<InputPath> inputs;
+  if (!config.source.empty()) inputs.push_back({"the configuration", config.source});
+  for (const auto& e : config.experts) {
+    inputs.push_back({"expert '" + e.name + "'", e.checkpoint});
+    add_corpus(inputs, "the calibration corpus of '" + e.name + "'", e.calibration);
+    if (e.test) add_corpus(inputs, "the test corpus of '" + e.name + "'", *e.test);
+  }
+  if (config.shared_checkpoint) inputs.push_back({"the shared checkpoint", *config.shared_checkpoint});
+  if (config.shared_moe) inputs.push_back({"the shared MoE", *config.shared_moe});
+  if (config.fold_into) inputs.push_back({"the MoE", *config.fold_into});
+  return inputs;
 }
 
 std::string MergeConfig::resolved_yaml() const {
@@ -454,6 +493,7 @@ std::string MergeConfig::resolved_yaml() const {
       << "sequence_length" << YAML::Value << calibration.sequence_length << YAML::Key << "max_sequences"
       << YAML::Value << calibration.max_sequences << YAML::Key << "batch_sequences" << YAML::Value
       << calibration.batch_sequences << YAML::Key << "checkpoint_every" << YAML::Value << calibration.checkpoint_every
+      << YAML::Key << "checkpoint_minutes" << YAML::Value << calibration.checkpoint_minutes
       << YAML::Key << "heldout_fraction" << YAML::Value << calibration.heldout_fraction << YAML::Key << "heldout_tokens"
       << YAML::Value << calibration.heldout_tokens << YAML::EndMap;
   out << YAML::Key << "output" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "path" << YAML::Value

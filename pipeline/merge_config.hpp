@@ -11,6 +11,7 @@
 
 #include "corpus.hpp"
 #include "dtype.hpp"
+#include "outputs.hpp"
 #include "routing.hpp"
 
 namespace dume {
@@ -50,7 +51,11 @@ struct CalibrationSettings {
   std::int64_t sequence_length = 256;
   std::int64_t max_sequences = 0;    // per domain; 0 = every window
   std::int64_t batch_sequences = 8;  // sequences per forward pass: fixed, so results do not depend on ranks
-  std::int64_t checkpoint_every = 0; // sequences a rank calibrates between checkpoint saves; 0 = only on a stop signal
+  std::int64_t checkpoint_every = 0; // sequences a rank calibrates between checkpoint saves; 0 = none by count
+  // Minutes of calibration after which a rank saves its partial statistics (and rank 0 each
+  // finished domain), so that a hard kill (SIGKILL, a node lost) costs at most this much work;
+  // 0 = none by time. A stop signal always saves.
+  double checkpoint_minutes = 10;
   // Share of each domain's batches kept out of the statistics, for choosing router settings;
   // of their tokens at most heldout_tokens (evenly spaced) are kept, per domain and layer.
   double heldout_fraction = 0.0;
@@ -104,6 +109,11 @@ struct MergeConfig {
 };
 
 MergeConfig merge_config_read(const std::filesystem::path& path);
+
+// Every file and directory a job of this config reads (the config itself, checkpoints, corpora,
+// tokenizers, a base model or MoE), for the output rule (outputs.hpp). Globs are expanded; a
+// glob that matches nothing adds nothing (the corpus reader reports it).
+std::vector<InputPath> input_paths(const MergeConfig& config);
 MergeConfig merge_config_parse(const std::string& text, const std::filesystem::path& source);
 
 // "2GB", "512MiB", "1e9", "100000" -> bytes.

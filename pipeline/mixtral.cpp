@@ -14,6 +14,7 @@
 #include "merge.hpp"
 #include "merge_config.hpp"
 #include "moe_file.hpp"
+#include "outputs.hpp"
 #include "progress.hpp"
 
 namespace dume {
@@ -21,6 +22,9 @@ namespace dume {
 namespace fs = std::filesystem;
 
 namespace {
+
+// The file an export adds beside the checkpoint: its source and options (dume_export.json).
+constexpr const char* kExportRecord = "dume_export.json";
 
 // Tensor names of the layout, written and read from this one place.
 std::string router_name(std::int64_t l, MixtralLayout layout) {
@@ -83,9 +87,7 @@ void write_safetensors_shards(const fs::path& dir, const std::vector<MoeTensor>&
   progress.finish();
   if (shards > 1) {
     const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    std::ofstream out(dir / "model.safetensors.index.json");
-    out << index.dump(2) << "\n";
-    if (!out.flush()) throw Error((dir / "model.safetensors.index.json").string() + ": cannot write (disk full?)");
+    write_text_file(dir / "model.safetensors.index.json", index.dump(2) + "\n");
   }
 }
 
@@ -198,12 +200,8 @@ ModelConfig mixtral_config(const ModelConfig& source, std::int64_t experts, int 
   return c;
 }
 
-void export_mixtral(const fs::path& moe, const fs::path& output, const ExportOptions& options, bool force) {
-  const MoeInfo info = read_moe_info(moe);
-  auto file = std::make_shared<H5Id>(h5::open_file(moe / "moe.h5"));
-  check_exportable(moe, info, file->get());
-  check_new_output(output, force);
-  const DType dtype = options.dtype.value_or(info.dtype);
+void export_mixtral(const fs::path& moe, const fs::path& given, const ExportOptions& options, bool force) {
+  const fs::path output = output_path(given);
   fs::path tokenizer_source;
   if (options.tokenizer) {
     tokenizer_source = *options.tokenizer;
@@ -211,15 +209,28 @@ void export_mixtral(const fs::path& moe, const fs::path& output, const ExportOpt
   } else if (fs::exists(moe / "merge.yaml")) {
     tokenizer_source = merge_config_read(moe / "merge.yaml").experts.at(0).checkpoint;
   }
+  const std::vector<InputPath> inputs{{"the MoE", moe}, {"the tokenizer source", tokenizer_source}};
+  check_output(output, inputs, force, {.directory = true, .marker = kExportRecord});
+  const OutputLock lock(output);
+  const MoeInfo info = read_moe_info(moe);
+  auto file = std::make_shared<H5Id>(h5::open_file(moe / "moe.h5"));
+  check_exportable(moe, info, file->get());
+  const DType dtype = options.dtype.value_or(info.dtype);
 
   const ModelConfig config =
       mixtral_config(info.config, static_cast<std::int64_t>(info.experts.size()), info.router.top_k, dtype);
   const std::vector<MoeTensor> tensors = mixtral_tensors(file, info, dtype, options.layout);
   std::vector<std::string> tokenizer_files;
   write_output_atomically(output, force, [&](const fs::path& dir) {
-    std::ofstream(dir / "config.json") << config.json_text;
+    write_text_file(dir / "config.json", config.json_text);
     write_safetensors_shards(dir, tensors, options.shard_bytes);
     if (!tokenizer_source.empty()) tokenizer_files = copy_tokenizer(tokenizer_source, dir);
+    // What made this checkpoint: also how a later `--force` knows it may replace it.
+    const nlohmann::json record = {{"dume_export", {{"moe", fs::absolute(moe).string()},
+                                                    {"format", "hf-mixtral"},
+                                                    {"dtype", std::string(to_string(dtype))},
+                                                    {"layout", options.layout == MixtralLayout::fused ? "fused" : "per-expert"}}}};
+    write_text_file(dir / kExportRecord, record.dump(2) + "\n");
   });
 
   std::uint64_t bytes = 0;

@@ -34,8 +34,9 @@ struct ExportOptions {
 };
 
 // Writes `moe` (a DUME MoE directory) as a Mixtral checkpoint in `output` (temporary name,
-// then rename; an existing output is replaced only with `force`). Refuses, before writing
-// anything, an MoE that Mixtral cannot express.
+// then rename; an existing export is replaced only with `force`, outputs.hpp's rule), with a
+// dume_export.json that records its source. Refuses, before writing anything, an MoE that
+// Mixtral cannot express.
 void export_mixtral(const std::filesystem::path& moe, const std::filesystem::path& output,
                     const ExportOptions& options, bool force);
 

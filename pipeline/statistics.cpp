@@ -119,11 +119,13 @@ DomainStatistics calibrate_domain(Forward& forward, Backend& backend, const Mode
   };
   std::vector<std::int64_t> done;  // global batch indices in this rank's sums
   std::int64_t unsaved = 0;        // sequences run since the last save
+  auto last_save = Clock::now();
   const auto save = [&] {
     if (!control.save || unsaved == 0) return;
     download();
     control.save(done, stats);
     unsaved = 0;
+    last_save = Clock::now();
   };
 
   ForwardOptions options;
@@ -151,7 +153,10 @@ DomainStatistics calibrate_domain(Forward& forward, Backend& backend, const Mode
     unsaved += B;
     progress.advance(B * C);
     if (control.after_batch) control.after_batch();
-    if (control.checkpoint_every > 0 && unsaved >= control.checkpoint_every) save();
+    // Each rank saves its own file, so ranks need not agree on when.
+    if ((control.checkpoint_every > 0 && unsaved >= control.checkpoint_every) ||
+        (control.checkpoint_seconds > 0 && since(last_save) >= control.checkpoint_seconds))
+      save();
   }
   if (control.stopped_by != 0) save();
   progress.finish();

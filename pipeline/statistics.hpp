@@ -49,7 +49,8 @@ struct CalibrationTiming {
 
 // How a calibration may be interrupted and resumed (see resume.hpp). All members optional.
 struct CalibrationControl {
-  std::int64_t checkpoint_every = 0;  // sequences this rank runs between saves; 0: save only when stopping
+  std::int64_t checkpoint_every = 0;  // sequences this rank runs between saves; 0: none by count
+  double checkpoint_seconds = 0;      // seconds of calibration between this rank's saves; 0: none by time
   // Saves this rank's partial statistics: the global batch indices they hold, and their sums.
   std::function<void(const std::vector<std::int64_t>& batches, const DomainStatistics& partial)> save;
   // Collective, before each round of batches: a stop signal caught on any rank (0: none).

@@ -183,6 +183,14 @@ VerifyReport verify_moe(const fs::path& dir) {
       v.guarded([&] { h5::open_file(dir / shard); });
   }
 
+  // Shard files the index does not list: left by another merge, or a sign of a damaged index.
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name.starts_with("moe-") && name.ends_with(".h5") &&
+        std::find(info.shard_files.begin(), info.shard_files.end(), name) == info.shard_files.end())
+      v.problem(entry.path().string() + ": a shard file that moe.h5 does not list");
+  }
+
   H5Id file;
   if (!v.guarded([&] { file = h5::open_file(index); })) return report;
   const hid_t f = file.get();

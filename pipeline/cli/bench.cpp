@@ -11,6 +11,7 @@
 #include "comm.hpp"
 #include "commands.hpp"
 #include "merge.hpp"
+#include "outputs.hpp"
 
 namespace dume::cli {
 
@@ -109,7 +110,15 @@ void run_bench(const BenchOptions& o) {
   }
   if (!o.write_experts.empty()) {
     if (mpi_rank() == 0) {
-      write_synthetic_experts(s.config, o.experts, o.tokens, o.sequence_length, o.batch, o.write_experts);
+      // Only into a new directory: it never replaces a file it did not write.
+      const std::filesystem::path dir = output_path(o.write_experts);
+      if (std::filesystem::exists(std::filesystem::symlink_status(dir)))
+        throw Error("--write-experts " + dir.string() + " exists; dume bench writes synthetic experts only into a new directory");
+      check_output(dir, {}, /*force=*/false, {.directory = true});
+      const OutputLock lock(dir);
+      write_output_atomically(dir, /*force=*/false, [&](const std::filesystem::path& tmp) {
+        write_synthetic_experts(s.config, o.experts, o.tokens, o.sequence_length, o.batch, tmp);
+      });
       std::printf("wrote %d synthetic experts (%s) and %s/merge.yaml\n", o.experts, o.preset.c_str(),
                   o.write_experts.c_str());
     }
@@ -153,7 +162,7 @@ void run_bench(const BenchOptions& o) {
                                {"seconds", p.seconds}, {"median_seconds", median(p.seconds)},
                                {"spread_seconds", spread(p.seconds)}, {"wrong", p.wrong}, {"bytes", p.bytes},
                                {"busbw", p.busbw}, {"limit_busbw", p.limit_busbw}});
-      std::ofstream(o.json) << j.dump(2) << "\n";
+      write_text_file(o.json, j.dump(2) + "\n");
     }
   }
   if (wrong) throw CollectiveError("benchmark produced " + std::to_string(wrong) + " wrong results (see #wrong)");

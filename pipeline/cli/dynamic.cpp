@@ -12,15 +12,17 @@ void add_dynamic(CLI::App& app) {
     auto config = std::make_shared<std::string>();
     auto force = std::make_shared<bool>(false);
     auto reaverage = std::make_shared<bool>(false);
+    auto resume = std::make_shared<bool>(false);
     cmd->add_option("config", *config, "YAML: moe (the MoE to extend), experts (the new ones), output")->required();
-    cmd->add_flag("--force", *force, "Replace the output directory if it exists");
+    cmd->add_flag("--force", *force, "Replace the output directory if it exists (and discard a checkpoint)");
+    cmd->add_flag("--resume", *resume, "Continue from the checkpoint an interrupted fold-in of this config left");
     cmd->add_flag("--reaverage", *reaverage,
                   "Re-average the shared weights over all experts and recompute everything (a full merge)");
     cmd->callback([=] {
       run_job([&] {
         MergeConfig c;
         collective_phase([&] { c = merge_config_read(*config); });
-        run_fold_in(c, *force, *reaverage);
+        run_fold_in(c, *force, *reaverage, *resume);
       });
     });
   }

@@ -9,7 +9,9 @@
 
 #include "comm.hpp"
 #include "commands.hpp"
+#include "documents.hpp"
 #include "megatron.hpp"
+#include "outputs.hpp"
 #include "text_corpus.hpp"
 
 namespace dume::cli {
@@ -26,12 +28,14 @@ struct TokenizeOptions {
 
 void run_tokenize(const TokenizeOptions& o) {
   const bool root = mpi_rank() == 0;
-  const fs::path bin = o.output + ".bin", idx = o.output + ".idx";
+  const fs::path prefix = output_path(o.output);
   Tokenizer tokenizer = [&] {
     std::optional<Tokenizer> t;
     collective_phase([&] {
-      if (!o.force && (fs::exists(bin) || fs::exists(idx)))
-        throw Error((fs::exists(idx) ? idx : bin).string() + " exists; pass --force to replace it");
+      std::vector<InputPath> inputs{{"the tokenizer", o.tokenizer}};
+      for (const auto& file : expand_glob(o.input)) inputs.push_back({"the input", file});
+      for (const char* suffix : {".bin", ".idx"})
+        check_output(prefix.string() + suffix, inputs, o.force, {.directory = false});
       t = load_tokenizer(o.tokenizer);
     });
     return std::move(*t);
@@ -51,7 +55,7 @@ void run_tokenize(const TokenizeOptions& o) {
     if (!root) return;
     std::vector<std::span<const std::uint32_t>> per_document;
     for (std::size_t d = 0; d < tokens.documents(); ++d) per_document.push_back(tokens.document(d));
-    write_megatron(o.output, per_document, tokenizer.vocab_size());
+    write_megatron(prefix, per_document, tokenizer.vocab_size());
   });
   if (!root) return;
   const double mb = static_cast<double>(bytes) / 1e6;
@@ -64,7 +68,7 @@ void run_tokenize(const TokenizeOptions& o) {
   if (documents.skipped)
     std::printf("skipped %zu bad document%s (first: %s)\n", documents.skipped, documents.skipped == 1 ? "" : "s",
                 documents.first_skip.c_str());
-  std::printf("wrote %s and %s\n", bin.c_str(), idx.c_str());
+  std::printf("wrote %s.bin and %s.idx\n", prefix.c_str(), prefix.c_str());
 }
 
 }  // namespace

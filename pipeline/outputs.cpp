@@ -1,0 +1,214 @@
+#include "outputs.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+
+#include "comm.hpp"
+#include "error.hpp"
+
+namespace dume {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Absolute, symlinks resolved as far as the path exists, `.` and `..` folded.
+fs::path resolved(const fs::path& p) {
+  std::error_code ec;
+  fs::path r = fs::weakly_canonical(fs::absolute(p), ec);
+  if (ec) r = fs::absolute(p).lexically_normal();
+  if (!r.has_filename() && r != r.root_path()) r = r.parent_path();
+  return r;
+}
+
+// `inner` is `outer` or lies below it (both resolved).
+bool within(const fs::path& inner, const fs::path& outer) {
+  auto i = inner.begin();
+  for (auto o = outer.begin(); o != outer.end(); ++o, ++i)
+    if (i == inner.end() || *i != *o) return false;
+  return true;
+}
+
+std::string quoted(const fs::path& p) { return p.string(); }
+
+// Whether a directory may be replaced by a command whose output holds `marker`.
+bool replaceable(const fs::path& dir, const std::string& marker) {
+  if (fs::is_empty(dir)) return true;
+  return !marker.empty() && fs::is_regular_file(dir / marker);
+}
+
+void sync_path(const fs::path& path, int flags) {
+  const int fd = ::open(path.c_str(), flags);
+  if (fd < 0) throw Error(path.string() + ": cannot open to sync: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) throw Error(path.string() + ": cannot write to disk (disk full?): " + std::strerror(errno));
+}
+
+}  // namespace
+
+fs::path output_path(const fs::path& given) {
+  fs::path p = given.lexically_normal();
+  if (!p.has_filename() && p.has_parent_path() && p != p.root_path()) p = p.parent_path();
+  return p.empty() ? fs::path(".") : p;
+}
+
+void check_output(const fs::path& output, std::span<const InputPath> inputs, bool force, const OutputShape& shape) {
+  const std::string name = "output " + quoted(output);
+  const fs::path out = resolved(output);
+  // Places whose loss no flag may cause: the root, where the job runs, the user's home.
+  std::vector<InputPath> places{{"the file system root", "/"}, {"the working directory", fs::current_path()}};
+  if (const char* home = std::getenv("HOME"); home && *home) places.push_back({"the home directory", home});
+  for (const auto& [role, path] : places)
+    if (within(resolved(path), out))
+      throw Error(name + (resolved(path) == out ? " is " : " contains ") + role + " (" + path.string() +
+                  "); name a new directory for it");
+  for (const auto& [role, path] : inputs) {
+    if (path.empty()) continue;
+    const fs::path in = resolved(path);
+    std::error_code ec;
+    const bool same = in == out || fs::equivalent(in, out, ec);
+    const char* relation = same ? " is " : within(in, out) ? " contains " : within(out, in) ? " lies inside " : nullptr;
+    if (relation)
+      throw Error(name + relation + role + " (" + path.string() + "); dume never writes over its inputs, --force or not");
+  }
+
+  const fs::file_status status = fs::symlink_status(output);
+  if (fs::is_symlink(status))
+    throw Error(name + " is a symbolic link; name the directory itself (" + resolved(output).string() + ")");
+  if (fs::exists(status)) {
+    if (shape.directory && !fs::is_directory(status))
+      throw Error(name + " exists and is not a directory (not a dume output); remove it or choose another path");
+    if (!shape.directory && fs::is_directory(status))
+      throw Error(name + " is a directory; name a file");
+    if (!force) throw Error(name + " exists; pass --force to replace it");
+    if (shape.directory && !replaceable(output, shape.marker))
+      throw Error(name + " exists and holds no " + shape.marker +
+                  " (not this command's output); --force replaces only an earlier output, so remove it or choose "
+                  "another directory");
+  }
+  fs::path dir = out.parent_path();
+  while (!fs::exists(dir) && dir.has_parent_path() && dir != dir.parent_path()) dir = dir.parent_path();
+  if (!fs::is_directory(dir))
+    throw Error(name + " cannot be created: " + dir.string() + " is not a directory");
+  if (::access(dir.c_str(), W_OK) != 0)
+    throw Error(name + " cannot be created: " + dir.string() + " is not writable (" + std::strerror(errno) + ")");
+}
+
+OutputLock::OutputLock(const fs::path& output) {
+  const fs::path parent = output.parent_path().empty() ? fs::path(".") : output.parent_path();
+  for (fs::path p = parent; !p.empty() && !fs::exists(p); p = p.parent_path()) created_.insert(created_.begin(), p);
+  fs::create_directories(parent);
+  lock_ = parent / ("." + output.filename().string() + ".lock");
+  const std::string host = host_name();
+  std::ostringstream mine;
+  mine << host << " " << ::getpid() << " " << std::time(nullptr) << "\n";
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const int fd = ::open(lock_.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (fd >= 0) {
+      const std::string text = mine.str();
+      const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+      ::close(fd);
+      if (!written) {
+        fs::remove(lock_);
+        throw Error(lock_.string() + ": cannot write the output's lock (disk full?)");
+      }
+      return;
+    }
+    if (errno != EEXIST) throw Error(lock_.string() + ": cannot create the output's lock: " + std::strerror(errno));
+    std::ifstream in(lock_);
+    std::string holder;
+    long long pid = 0, since = 0;
+    in >> holder >> pid >> since;
+    const bool dead = holder == host && pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+    if (!dead || attempt > 0) {
+      const std::string who = holder.empty() ? std::string("an unknown job")
+                                             : "pid " + std::to_string(pid) + " on host " + holder;
+      throw Error("output " + output.string() + " is being written by another job (" + who + ", lock " +
+                  lock_.string() + "); wait for it, or remove the lock if that job is gone");
+    }
+    std::fprintf(stderr, "dume: taking over %s, left by pid %lld, which is gone\n", lock_.c_str(), pid);
+    fs::remove(lock_);
+  }
+}
+
+OutputLock::~OutputLock() {
+  std::error_code ec;
+  fs::remove(lock_, ec);
+  for (auto it = created_.rbegin(); it != created_.rend(); ++it)
+    if (fs::is_directory(*it, ec) && fs::is_empty(*it, ec)) fs::remove(*it, ec);
+}
+
+fs::path temporary_name(const fs::path& target) {
+  // built with append(): GCC 12 warns falsely (-Wrestrict) on "." + string
+  return target.parent_path() / std::string(".").append(target.filename().string()).append(".tmp-")
+                                    .append(host_name()).append("-").append(std::to_string(::getpid()));
+}
+
+TemporaryFile::TemporaryFile(fs::path target) : target_(std::move(target)), tmp_(temporary_name(target_)) {}
+
+TemporaryFile::~TemporaryFile() {
+  std::error_code ec;
+  if (!committed_) fs::remove(tmp_, ec);
+}
+
+void TemporaryFile::commit() {
+  sync_path(tmp_, O_RDONLY);
+  std::error_code ec;
+  fs::rename(tmp_, target_, ec);
+  if (ec) throw Error(tmp_.string() + ": cannot rename to " + target_.string() + ": " + ec.message());
+  committed_ = true;
+}
+
+void write_text_file(const fs::path& path, const std::string& text) {
+  TemporaryFile file(path);
+  {
+    std::ofstream out(file.path(), std::ios::binary | std::ios::trunc);
+    out << text;
+    out.close();
+    if (!out) throw Error(path.string() + ": cannot write (disk full?)");
+  }
+  file.commit();
+}
+
+void write_output_atomically(const fs::path& output, bool force, const std::function<void(const fs::path&)>& fill) {
+  const fs::path parent = output.parent_path().empty() ? fs::path(".") : output.parent_path();
+  fs::create_directories(parent);
+  const fs::path tmp = temporary_name(output);
+  // Temporaries of this output left by jobs that were killed while writing (any host, any pid):
+  // the caller holds the output's lock, so no live job is writing one.
+  const std::string stale = std::string(".").append(output.filename().string()).append(".tmp-");
+  for (const auto& entry : fs::directory_iterator(parent))
+    if (entry.path().filename().string().starts_with(stale)) {
+      std::fprintf(stderr, "dume: removing %s, left by an interrupted job\n", entry.path().c_str());
+      fs::remove_all(entry.path());
+    }
+  fs::create_directory(tmp);
+  try {
+    fill(tmp);
+    if (fs::exists(fs::symlink_status(output))) {
+      if (!force) throw Error("output " + output.string() + " appeared while the job ran; not replacing it");
+      const fs::path old = tmp.string() + ".old";
+      fs::rename(output, old);
+      fs::rename(tmp, output);
+      fs::remove_all(old);
+    } else {
+      fs::rename(tmp, output);
+    }
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+}  // namespace dume
