@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "outputs.hpp"
+
 namespace dume {
 
 std::string mpi_error_string(int code) {
@@ -206,6 +208,7 @@ void collective_phase(const std::function<void()>& phase) {
 }
 
 void abort_job(const std::string& message, int code) {
+  release_output_locks();
   std::fprintf(stderr, "dume: error: [rank %d on %s] %s\n", mpi_rank(), host_name().c_str(), message.c_str());
   std::fflush(stderr);
   MPI_Abort(MPI_COMM_WORLD, code);

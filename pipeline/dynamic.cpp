@@ -112,6 +112,9 @@ void run_fold_in(const MergeConfig& config, bool force, bool reaverage, bool res
       resolved.experts.insert(resolved.experts.end(), config.experts.begin(), config.experts.end());
       resolved.output = config.output;
     }
+    // This job's own checkpoint settings (the MoE's merge.yaml records the merge's).
+    resolved.calibration.checkpoint_every = config.calibration.checkpoint_every;
+    resolved.calibration.checkpoint_minutes = config.calibration.checkpoint_minutes;
     resolved.router = plan.info.router;
     if (plan.info.router.auto_lambda || plan.info.router.auto_temperature) require_heldout(plan.stats);
   });

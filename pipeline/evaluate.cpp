@@ -284,7 +284,8 @@ std::string eval_table(const EvalResult& r) {
 
 void write_eval_outputs(const EvalResult& r, const MergeConfig& config) {
   const fs::path dir = config.eval.output;
-  fs::create_directories(dir);
+  // One eval writes here at a time; the folder is made, and removed again if nothing lands.
+  const OutputLock lock(dir / "eval.json");
   nlohmann::json j;
   j["perplexity"] = r.perplexity;
   j["tokens"] = r.tokens;

@@ -215,10 +215,8 @@ void write_megatron(const fs::path& prefix, std::span<const std::span<const std:
 
   // The .bin is written a document at a time (it may be GBs); the .idx is small and built whole.
   TemporaryFile bin_file(bin_path), idx_file(idx_path);  // removed unless both land
-  const fs::path& bin_tmp = bin_file.path();
-  const fs::path& idx_tmp = idx_file.path();
-  std::ofstream bin(bin_tmp, std::ios::binary | std::ios::trunc);
-  if (!bin) throw Error(bin_tmp.string() + ": cannot create: " + std::strerror(errno));
+  std::ofstream bin(bin_file.path(), std::ios::binary | std::ios::trunc);
+  if (!bin) throw Error(bin_path.string() + ": cannot create: " + std::strerror(errno));
   std::string lengths, pointers, document_index, buffer;
   std::uint64_t pointer = 0;
   for (std::size_t d = 0; d < documents.size(); ++d) {
@@ -239,13 +237,13 @@ void write_megatron(const fs::path& prefix, std::span<const std::span<const std:
         store_le(buffer, static_cast<std::int32_t>(document[t]));
     }
     bin.write(buffer.data(), static_cast<std::streamsize>(buffer.size()));
-    if (!bin) throw Error(bin_tmp.string() + ": cannot write: " + std::strerror(errno));
+    if (!bin) throw Error(bin_path.string() + ": cannot write: " + std::strerror(errno));
     store_le(lengths, static_cast<std::int32_t>(document.size()));
     store_le(pointers, static_cast<std::int64_t>(pointer));
     pointer += document.size() * width;
   }
   bin.close();
-  if (!bin) throw Error(bin_tmp.string() + ": cannot write: " + std::strerror(errno));
+  if (!bin) throw Error(bin_path.string() + ": cannot write: " + std::strerror(errno));
   for (std::size_t d = 0; d <= documents.size(); ++d) store_le(document_index, static_cast<std::int64_t>(d));
 
   std::string idx(kMagic, sizeof kMagic);
@@ -256,11 +254,11 @@ void write_megatron(const fs::path& prefix, std::span<const std::span<const std:
   idx += lengths;
   idx += pointers;
   idx += document_index;
-  std::ofstream idx_out(idx_tmp, std::ios::binary | std::ios::trunc);
-  if (!idx_out) throw Error(idx_tmp.string() + ": cannot create: " + std::strerror(errno));
+  std::ofstream idx_out(idx_file.path(), std::ios::binary | std::ios::trunc);
+  if (!idx_out) throw Error(idx_path.string() + ": cannot create: " + std::strerror(errno));
   idx_out.write(idx.data(), static_cast<std::streamsize>(idx.size()));
   idx_out.close();
-  if (!idx_out) throw Error(idx_tmp.string() + ": cannot write: " + std::strerror(errno));
+  if (!idx_out) throw Error(idx_path.string() + ": cannot write: " + std::strerror(errno));
 
   // The .idx lands last, so a complete index never sits next to a partial .bin.
   bin_file.commit();

@@ -311,6 +311,7 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
   const std::size_t carried = plan.stats.domains.size();
   std::vector<bool> saved_whole(plan.calibrate.size(), false);  // a complete-domain file exists
   std::int64_t batches_run = 0;
+  auto last_kept = t0;
   for (std::size_t k = 0; k < plan.calibrate.size(); ++k) {
     const NewDomain& d = plan.calibrate[k];
     const std::int64_t batches = batch_count(*d.windows, config.calibration.batch_sequences);
@@ -369,8 +370,13 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
     }
     reduce_domain(domain, timing, root ? std::span<const double>(saved.packed) : std::span<const double>());
     domain.heldout = std::move(heldout_inputs);
-    const bool periodic = config.calibration.checkpoint_every > 0 || config.calibration.checkpoint_minutes > 0;
-    if (store && root && periodic && !saved_whole[k]) {
+    // A finished domain is kept when checkpoints are counted, or when the time since the last
+    // kept domain (or the start) reaches checkpoint_minutes: a short merge leaves none behind.
+    const double minutes = config.calibration.checkpoint_minutes;
+    const bool due = config.calibration.checkpoint_every > 0 ||
+                     (minutes > 0 && std::chrono::duration<double>(Clock::now() - last_kept).count() >= 60 * minutes);
+    if (store && root && due && !saved_whole[k]) {
+      last_kept = Clock::now();
       store->save_complete(k, domain);
       saved_whole[k] = true;
     }
@@ -481,8 +487,9 @@ void run_merge(const MergeConfig& config, bool force, bool resume, const std::ve
   const StopSignals signals;  // caught from the start, acted on once calibration runs
   PhaseTimes phases;
   auto t = Clock::now();
-  std::vector<InputPath> inputs = input_paths(config);
-  inputs.insert(inputs.end(), also_read.begin(), also_read.end());
+  std::vector<InputPath> inputs = also_read;
+  const std::vector<InputPath> own = input_paths(config);
+  inputs.insert(inputs.end(), own.begin(), own.end());
   const auto lock = claim_moe_output(config.output.path, inputs, force, resume);
   MergeInputs in;
   collective_phase([&] { in = merge_prepare(config); });

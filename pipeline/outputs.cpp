@@ -46,6 +46,12 @@ bool replaceable(const fs::path& dir, const std::string& marker) {
   return !marker.empty() && fs::is_regular_file(dir / marker);
 }
 
+// The locks this process holds (for release_output_locks).
+std::vector<fs::path>& held_locks() {
+  static std::vector<fs::path> locks;
+  return locks;
+}
+
 void sync_path(const fs::path& path, int flags) {
   const int fd = ::open(path.c_str(), flags);
   if (fd < 0) throw Error(path.string() + ": cannot open to sync: " + std::strerror(errno));
@@ -122,6 +128,7 @@ OutputLock::OutputLock(const fs::path& output) {
         fs::remove(lock_);
         throw Error(lock_.string() + ": cannot write the output's lock (disk full?)");
       }
+      held_locks().push_back(lock_);
       return;
     }
     if (errno != EEXIST) throw Error(lock_.string() + ": cannot create the output's lock: " + std::strerror(errno));
@@ -144,8 +151,14 @@ OutputLock::OutputLock(const fs::path& output) {
 OutputLock::~OutputLock() {
   std::error_code ec;
   fs::remove(lock_, ec);
+  std::erase(held_locks(), lock_);
   for (auto it = created_.rbegin(); it != created_.rend(); ++it)
     if (fs::is_directory(*it, ec) && fs::is_empty(*it, ec)) fs::remove(*it, ec);
+}
+
+void release_output_locks() noexcept {
+  std::error_code ec;
+  for (const fs::path& lock : held_locks()) fs::remove(lock, ec);
 }
 
 fs::path temporary_name(const fs::path& target) {

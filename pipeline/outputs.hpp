@@ -59,6 +59,9 @@ class OutputLock {
   std::vector<std::filesystem::path> created_;  // parent directories this lock made, deepest last
 };
 
+// Removes the locks this process holds: for abort_job, since MPI_Abort runs no destructors.
+void release_output_locks() noexcept;
+
 // A temporary name for `target` in its own directory, unique across hosts and processes:
 // `.NAME.tmp-HOST-PID`.
 std::filesystem::path temporary_name(const std::filesystem::path& target);

@@ -22,7 +22,9 @@ fs::path resume_dir() {
   return dir;
 }
 
-const char* const kScenarios[] = {"throw", "kill9", "kill_root", "sigterm_job", "sigterm_ranks", "usr1_job"};
+const char* const kScenarios[] = {"throw",        "kill9",       "kill_root",      "sigterm_job",
+                                   "sigterm_ranks", "usr1_job",   "sigint_ranks",   "sigint_driver",
+                                   "sigterm_driver", "usr1_driver"};
 
 TEST(ResumeInputs, Write) {
   const fs::path dir = resume_dir();
@@ -38,6 +40,16 @@ TEST(ResumeInputs, Write) {
   };
   write("reference", false);
   for (const char* s : kScenarios) write(s, true);
+  // Fold-in: d2 into a merge of d0 and d1 (out_fold_base), interrupted (fold_in_usr1) or not.
+  std::string two = base;
+  two.erase(two.find("  - {name: d2"), two.find("router:") - two.find("  - {name: d2"));
+  two.replace(two.find("OUT"), 3, "out_fold_base");
+  std::ofstream(dir / "fold_base.yaml") << two;
+  const std::string d2 = base.substr(base.find("  - {name: d2"), base.find("router:") - base.find("  - {name: d2"));
+  for (const std::string name : {"fold_reference", "fold_in_usr1"})
+    std::ofstream(dir / (name + ".yaml")) << "moe: out_fold_base\nexperts:\n" << d2 << "output: out_" << name
+                                          << "\ncalibration: {sequence_length: 32, batch_sequences: 3"
+                                          << (name == "fold_in_usr1" ? ", checkpoint_every: 6" : "") << "}\n";
 }
 
 TEST(ResumeResults, EqualUninterrupted) {
@@ -50,6 +62,11 @@ TEST(ResumeResults, EqualUninterrupted) {
     SCOPED_TRACE(scenario);
     ++compared;
     worst = std::max(worst, test::expect_same_merge(out, dir / "out_reference"));
+  }
+  if (fs::exists(dir / "out_fold_in_usr1")) {
+    SCOPED_TRACE("fold_in_usr1");
+    ++compared;
+    worst = std::max(worst, test::expect_same_merge(dir / "out_fold_in_usr1", dir / "out_fold_reference"));
   }
   EXPECT_GT(compared, 0);
   std::printf("# %d resumed merges compared with the uninterrupted one: max relative difference of A %.3g\n", compared,

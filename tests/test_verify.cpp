@@ -165,6 +165,26 @@ TEST_F(Verify, StatisticsFromOtherSharedWeights) {
   EXPECT_THAT(problems(), HasSubstr("stats.h5: made with other shared weights"));
 }
 
+// A link out of the directory (here by absolute path, to a copy of its own shard) would make
+// the MoE depend on files that are not its own: refused, where every other check passes.
+TEST_F(Verify, ALinkThatLeavesTheDirectoryIsAProblem) {
+  const std::string path = moe_path::expert(0, 1, "down_proj");
+  const fs::path shard = first_chunk(path).first, outside = dir_.string() + "-foreign.h5";
+  fs::copy_file(shard, outside, fs::copy_options::overwrite_existing);
+  {
+    const H5Id index(H5Fopen((dir_ / "moe.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+    ASSERT_GE(H5Ldelete(index.get(), path.c_str(), H5P_DEFAULT), 0);
+    ASSERT_GE(H5Lcreate_external(outside.c_str(), path.c_str(), index.get(), path.c_str(), H5P_DEFAULT, H5P_DEFAULT), 0);
+  }
+  EXPECT_THAT(problems(), HasSubstr("links to '" + outside.string() + "', outside the MoE's directory"));
+  fs::remove(outside);
+}
+
+TEST_F(Verify, AShardThatTheIndexDoesNotListIsAProblem) {
+  fs::copy_file(dir_ / read_moe_info(dir_).shard_files.at(0), dir_ / "moe-99999-of-99999.h5");
+  EXPECT_THAT(problems(), HasSubstr("moe-99999-of-99999.h5: a shard file that moe.h5 does not list"));
+}
+
 TEST_F(Verify, MissingFiles) {
   fs::remove(dir_ / "stats.h5");
   EXPECT_THAT(problems(), HasSubstr("stats.h5: missing"));

@@ -13,6 +13,7 @@ packages=(
   libpcre2-dev   # Unicode pre-tokenizer regexes (pipeline/tokenizer.cpp)
   libicu-dev   # NFC normalization for tokenizers that ship it (pipeline/tokenizer.cpp)
   clang-14 libclang-rt-14-dev libomp-14-dev   # libFuzzer + sanitizer runtimes, OpenMP for clang (tools/fuzz.sh)
+  ccache   # CI keeps compilations between clones (.ci/run)
   slurmctld slurmd slurm-client munge   # a one-node Slurm for the slurm tests (slurm/local/up.sh)
 )
 apt-get update -qq

@@ -7,9 +7,15 @@
 #   sigterm_job    SIGTERM to mpirun                                  2 ranks, resumed on 3
 #   sigterm_ranks  SIGTERM to every rank (what Slurm does at a limit) 3 ranks, resumed on 2
 #   usr1_job       SIGUSR1 to mpirun (forwarded to the ranks)         2 ranks, resumed on 1
+#   sigint_ranks   SIGINT to every rank (Ctrl-C)                      2 ranks, resumed on 3
+#   {sigint,sigterm,usr1}_driver  the signal to the job driver (jobs/launch.sh, which passes
+#                  each on to mpirun as SIGUSR1)                      2 ranks, resumed on 1
+#   fold_in_usr1   a fold-in (a third domain into out_fold_base), SIGUSR1 to mpirun
+#                                                                     2 ranks, resumed on 3
 # Checks: a non-zero exit (75 for a clean stop) within seconds, the expected message, no output
-# and no temporary beside it (only OUT.checkpoint), then a --resume that completes and removes
-# the checkpoint. ResumeResults compares the outputs with the uninterrupted merge.
+# and no temporary or lock beside it (only OUT.checkpoint), then a --resume that completes and
+# removes the checkpoint. ResumeResults compares the outputs with the uninterrupted merge (and
+# fold_in_usr1's with the uninterrupted fold-in).
 # Environment (from ctest): DUME (the binary), DUME_RESUME_DIR, MPIEXEC.
 set -uo pipefail
 scenario=${1:?usage: faults.sh SCENARIO}
@@ -21,12 +27,25 @@ fail() { echo "FAILED ($scenario): $*"; echo "--- log:"; cat "$scenario.log"; ex
 now() { date +%s%3N; }  # ms
 # Not a function: a background function would be a subshell, and $! its pid, not mpirun's.
 mpirun=("$mpiexec" --oversubscribe --bind-to none -np)
+command=merge
+case $scenario in fold_in_*) command=fold-in ;; esac
+launcher=$(cd "$(dirname "$0")/../../jobs" && pwd)/launch.sh
 
 # Starts the merge in the background on $1 ranks, slowed down so that it runs for seconds, and
 # returns once a first checkpoint is on disk (job=mpirun's pid).
+# With `driver` as $2, through jobs/launch.sh (job = the driver's shell; job control on, since
+# a background job of a script would otherwise ignore SIGINT).
 start_slow() {
-  DUME_TEST_BATCH_DELAY_MS=25 "${mpirun[@]}" "$1" "$dume" merge "$scenario.yaml" >"$scenario.log" 2>&1 &
-  job=$!
+  if [ "${2:-}" = driver ]; then
+    set -m
+    DUME_TEST_BATCH_DELAY_MS=25 bash -c 'source "$0"; launch "$@"' "$launcher" "$1" "$command" "$scenario.yaml" \
+      >"$scenario.log" 2>&1 &
+    job=$!
+    set +m
+  else
+    DUME_TEST_BATCH_DELAY_MS=25 "${mpirun[@]}" "$1" "$dume" "$command" "$scenario.yaml" >"$scenario.log" 2>&1 &
+    job=$!
+  fi
   for _ in $(seq 600); do
     compgen -G "$out.checkpoint/domain-*.h5" >/dev/null && return
     kill -0 "$job" 2>/dev/null || fail "the merge ended before its first checkpoint"
@@ -65,18 +84,27 @@ case $scenario in
     kill -9 "$victim"
     finish "$t0"
     ;;
-  sigterm_job|usr1_job)
-    if [ "$scenario" = sigterm_job ]; then signal=TERM np=2 again=3; else signal=USR1 np=2 again=1; fi
+  sigterm_job|usr1_job|fold_in_usr1)
+    case $scenario in sigterm_job) signal=TERM np=2 again=3 ;; usr1_job) signal=USR1 np=2 again=1 ;;
+                      *) signal=USR1 np=2 again=3 ;; esac
     start_slow "$np"
     t0=$(now)
     kill -"$signal" "$job"
     finish "$t0"
     ;;
-  sigterm_ranks)
-    np=3 again=2
+  sigterm_ranks|sigint_ranks)
+    if [ "$scenario" = sigterm_ranks ]; then signal=TERM np=3 again=2; else signal=INT np=2 again=3; fi
     start_slow "$np"
     t0=$(now)
-    kill -TERM $(ranks)
+    kill -"$signal" $(ranks)
+    finish "$t0"
+    ;;
+  sigint_driver|sigterm_driver|usr1_driver)
+    signal=${scenario%_driver} np=2 again=1
+    signal=${signal#sig}
+    start_slow "$np" driver
+    t0=$(now)
+    kill -"${signal^^}" "$job"
     finish "$t0"
     ;;
   *) echo "unknown scenario $scenario"; exit 2 ;;
@@ -94,17 +122,23 @@ case $scenario in
   kill9|kill_root) expected="exited on signal 9" ;;
   sigterm_job) expected="." ;;  # mpirun's own way (see the README): only the exit code is checked
   sigterm_ranks) expected="^dume: stopped by SIGTERM while calibrating domain '.*'; checkpoint saved in .*--resume" ;;
-  usr1_job) expected="^dume: stopped by SIGUSR1 while calibrating domain '.*'; checkpoint saved in .*--resume" ;;
+  sigint_ranks) expected="^dume: stopped by SIGINT while calibrating domain '.*'; checkpoint saved in .*--resume" ;;
+  usr1_job|*_driver) expected="^dume: stopped by SIGUSR1 while calibrating domain '.*'; checkpoint saved in .*dume merge. with --resume" ;;
+  fold_in_usr1) expected="^dume: stopped by SIGUSR1 while calibrating domain 'd2'; checkpoint saved in .*dume fold-in. with --resume" ;;
 esac
 grep -qE "$expected" "$scenario.log" || fail "no line matching '$expected'"
-case $scenario in sigterm_ranks|usr1_job) [ "$rc" = 75 ] || fail "exit code $rc, expected 75 (stopped, resumable)" ;; esac
+case $scenario in
+  sigterm_ranks|sigint_ranks|usr1_job|*_driver|fold_in_usr1)
+    [ "$rc" = 75 ] || fail "exit code $rc, expected 75 (stopped, resumable)"
+    [ "$(grep -c '^dume' "$scenario.log")" = 1 ] || fail "not exactly one dume line" ;;
+esac
 [ ! -e "$out" ] || fail "$out exists after the failure"
-leftovers=$(compgen -G ".$out.tmp-*")
+leftovers=$(compgen -G ".$out.tmp-*"; [ "$rc" != 75 ] || compgen -G ".$out.lock")  # a killed job's lock stays
 [ -z "$leftovers" ] || fail "temporaries left: $leftovers"
 [ -d "$out.checkpoint" ] || fail "no checkpoint $out.checkpoint"
 echo "# $scenario: checkpoint files: $(ls "$out.checkpoint" | xargs)"
 
-"${mpirun[@]}" "$again" "$dume" merge "$scenario.yaml" --resume >>"$scenario.log" 2>&1 || fail "--resume on $again ranks failed"
+"${mpirun[@]}" "$again" "$dume" "$command" "$scenario.yaml" --resume >>"$scenario.log" 2>&1 || fail "--resume on $again ranks failed"
 grep -q "^# dume: resuming from .*$out.checkpoint" "$scenario.log" || fail "the resumed merge did not say it resumed"
 [ -f "$out/moe.h5" ] && [ -f "$out/stats.h5" ] || fail "no output after --resume"
 [ ! -e "$out.checkpoint" ] || fail "the checkpoint is left after the resumed merge"
