@@ -52,6 +52,17 @@ std::vector<fs::path>& held_locks() {
   return locks;
 }
 
+// Whether process `pid` of this host still runs: a zombie (exited, not yet reaped: under a
+// container's init it may never be) holds no lock.
+bool process_alive(long long pid) {
+  if (pid <= 0 || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)) return false;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return true;  // no /proc: kill's word
+  const auto paren = line.rfind(')');
+  return paren == std::string::npos || paren + 2 >= line.size() || line[paren + 2] != 'Z';
+}
+
 void sync_path(const fs::path& path, int flags) {
   const int fd = ::open(path.c_str(), flags);
   if (fd < 0) throw Error(path.string() + ": cannot open to sync: " + std::strerror(errno));
@@ -136,7 +147,7 @@ OutputLock::OutputLock(const fs::path& output) {
     std::string holder;
     long long pid = 0, since = 0;
     in >> holder >> pid >> since;
-    const bool dead = holder == host && pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+    const bool dead = holder == host && pid > 0 && !process_alive(pid);
     if (!dead || attempt > 0) {
       const std::string who = holder.empty() ? std::string("an unknown job")
                                              : "pid " + std::to_string(pid) + " on host " + holder;

@@ -272,7 +272,7 @@ TEST_F(Dynamic, FoldInRefusals) {
   refused(fold + "router: {lambda: 1}\n", "o2", {"fold-in keeps the MoE's shared weights and router settings"});
   refused("moe: two\n" + experts({3}) + "calibration: {sequence_length: 16}\n", "o3",
           {"sequence_length 16 is shorter than the MoE's context_tokens 24"});
-  refused(fold, "two", {"is the input MoE", "never modifies"});
+  refused(fold, "two", {"is the MoE", "never writes over its inputs"});
   ModelConfig wide = tiny_config();
   wide.intermediate_size = 80;
   wide.json_text = model_config_to_json(wide);

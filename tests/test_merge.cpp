@@ -315,8 +315,14 @@ TEST_F(MergeChecks, OutputIsNeverReplacedWithoutForce) {
   std::ofstream(dir_ / "out" / "keep") << "precious";
   expect_refused(yaml_, {"output", "exists", "--force"});
   EXPECT_TRUE(fs::exists(dir_ / "out" / "keep"));
+  // --force replaces only an earlier MoE, not a folder of other files.
+  EXPECT_THROW(run_merge(merge_config_parse(yaml_, dir_ / "merge.yaml"), /*force=*/true), Error);
+  EXPECT_TRUE(fs::exists(dir_ / "out" / "keep"));
+  fs::remove_all(dir_ / "out");
+  run_merge(merge_config_parse(yaml_, dir_ / "merge.yaml"), false);
+  std::ofstream(dir_ / "out" / "notes") << "about the earlier merge";
   run_merge(merge_config_parse(yaml_, dir_ / "merge.yaml"), /*force=*/true);
-  EXPECT_FALSE(fs::exists(dir_ / "out" / "keep"));
+  EXPECT_FALSE(fs::exists(dir_ / "out" / "notes"));
   EXPECT_TRUE(fs::exists(dir_ / "out" / "moe.h5"));
 }
 

@@ -194,7 +194,7 @@ TEST_F(ResumeMergeTest, StoppedTwiceThenResumedEqualsUninterrupted) {
   const MergeConfig c = config("out");
   // 2 domains x 21 batches of 3 sequences; the first stop is in domain 0, the second in domain 1.
   stopped_merge(c, 5);
-  EXPECT_ERROR_WITH(run_merge(c, false), "holds the checkpoint of an interrupted merge", "--resume", "--force");
+  EXPECT_ERROR_WITH(run_merge(c, false), "holds the checkpoint of an interrupted job", "--resume", "--force");
   stopped_merge(c, 20, /*resume=*/true);
   EXPECT_TRUE(fs::exists(checkpoint_dir(c.output.path) / "domain-0.h5"));
   // Another merge's settings are refused, naming what differs.
