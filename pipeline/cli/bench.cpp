@@ -86,6 +86,11 @@ void run_bench(const BenchOptions& o) {
   s.repeat = o.repeat;
   std::optional<Model> model;
   std::string shape_name = o.preset;
+  if (!o.json.empty())  // before any work: the report replaces an earlier one, never an input
+    collective_phase([&] {
+      const std::vector<InputPath> inputs{{"the configuration", o.config}};
+      check_output(output_path(o.json), inputs, /*force=*/true, {.directory = false});
+    });
   if (!o.config.empty()) {  // the config's first expert and the first windows of its calibration corpus
     collective_phase([&] {
       const MergeConfig config = merge_config_read(o.config);
