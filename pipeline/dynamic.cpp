@@ -38,6 +38,7 @@ std::optional<MergeConfig> original_config(const fs::path& moe) {
 MergePlan plan_from_moe(const fs::path& moe, std::shared_ptr<H5Id>& file) {
   MergePlan plan;
   plan.info = read_moe_info(moe);
+  check_moe_datasets(moe, plan.info);
   plan.stats = read_statistics(moe / "stats.h5");
   if (plan.stats.shared_hash != plan.info.shared_hash)
     throw Error((moe / "stats.h5").string() + " was made with other shared weights (hash " + plan.stats.shared_hash +

@@ -1,12 +1,7 @@
 #include "merge.hpp"
 
-#include <unistd.h>
-
-#include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
-#include <fstream>
 #include <numeric>
 #include <ranges>
 #include <thread>

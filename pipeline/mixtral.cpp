@@ -213,6 +213,7 @@ void export_mixtral(const fs::path& moe, const fs::path& given, const ExportOpti
   check_output(output, inputs, force, {.directory = true, .marker = kExportRecord});
   const OutputLock lock(output);
   const MoeInfo info = read_moe_info(moe);
+  check_moe_datasets(moe, info);
   auto file = std::make_shared<H5Id>(h5::open_file(moe / "moe.h5"));
   check_exportable(moe, info, file->get());
   const DType dtype = options.dtype.value_or(info.dtype);

@@ -127,6 +127,42 @@ void write_moe(const fs::path& dir, const std::vector<MoeTensor>& tensors, const
   h5_check(H5Fclose(index.release()), (dir / "moe.h5").string() + ": cannot close (disk full?)");
 }
 
+std::set<std::string> moe_dataset_paths(const MoeInfo& info) {
+  const ModelConfig& c = info.config;
+  std::set<std::string> paths;
+  const auto add = [&](const std::string&, const std::string& path, const auto&, const auto&) { paths.insert(path); };
+  SharedWeights names_only;  // the walk visits names and shapes; the const walk indexes layers
+  names_only.layers.resize(static_cast<std::size_t>(c.num_layers));
+  for_each_shared_tensor(c, static_cast<const SharedWeights&>(names_only), add);
+  const MlpWeights mlp;
+  const AttentionWeights attention;
+  for (std::int64_t l = 0; l < c.num_layers; ++l) {
+    for (std::int64_t e = 0; e < static_cast<std::int64_t>(info.experts.size()); ++e) {
+      const auto add_expert = [&](const std::string&, const std::string& name, const auto&, const auto&) {
+        paths.insert(moe_path::expert(l, e, name));
+      };
+      for_each_mlp_tensor(c, mlp, add_expert);
+      if (info.router.expert_attention) for_each_attention_tensor(c, attention, add_expert);
+    }
+    paths.insert(moe_path::layer(l, "router/weight"));
+    paths.insert(moe_path::layer(l, "router/bias"));
+    if (info.router.method == "gaussian") paths.insert(moe_path::layer(l, "router/quadratic"));
+  }
+  if (info.router.auto_lambda) paths.insert("/layer_lambda");
+  return paths;
+}
+
+void check_moe_datasets(const fs::path& dir, const MoeInfo& info) {
+  const fs::path path = dir / "moe.h5";
+  const H5Id file = h5::open_file(path);
+  const std::set<std::string> expected = moe_dataset_paths(info);
+  for (const std::string& p : h5::list_datasets(file.get()))
+    if (!expected.contains(p))
+      throw Error(path.string() + ": dataset '" + p + "' is not part of an MoE of " +
+                  std::to_string(info.config.num_layers) + " layers and " + std::to_string(info.experts.size()) +
+                  " experts (dume verify lists every problem)");
+}
+
 MoeInfo read_moe_info(const fs::path& dir) {
   const fs::path path = dir / "moe.h5";
   const H5Id file = h5::open_file(path);

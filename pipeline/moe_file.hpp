@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,12 @@ void write_moe(const std::filesystem::path& dir, const std::vector<MoeTensor>& t
                std::uint64_t shard_bytes);
 
 MoeInfo read_moe_info(const std::filesystem::path& dir);
+// Every dataset path an MoE with this index holds (shared weights, each expert's tensors,
+// routers, the per-layer lambdas of lambda: auto), no more and no less.
+std::set<std::string> moe_dataset_paths(const MoeInfo& info);
+// Refuses (Error naming `dir`/moe.h5 and the path) a dataset that the MoE's layers and experts
+// do not account for: a copy, removal or export would drop it without a word.
+void check_moe_datasets(const std::filesystem::path& dir, const MoeInfo& info);
 // Reads the whole MoE (shared weights, every expert's MLPs, routers) widened to f32.
 Model read_moe_model(const std::filesystem::path& dir);
 // Only its shared weights, widened to f32.

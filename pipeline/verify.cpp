@@ -196,13 +196,11 @@ VerifyReport verify_moe(const fs::path& dir) {
   const hid_t f = file.get();
   const ModelConfig& c = info.config;
   const std::int64_t D = c.hidden_size, E = static_cast<std::int64_t>(info.experts.size());
-  std::set<std::string> expected;
 
   SharedWeights shared;
   bool shared_ok = true;
   for_each_shared_tensor(c, shared, [&](const std::string&, const std::string& path, const std::vector<std::int64_t>& shape,
                                         auto& storage) {
-    expected.insert(path);
     const auto values = v.floats(f, path, info.dtype, shape);
     if (values) std::copy(values->begin(), values->end(), storage.data());
     shared_ok = shared_ok && values.has_value();
@@ -220,9 +218,7 @@ VerifyReport verify_moe(const fs::path& dir) {
   for (std::int64_t l = 0; l < c.num_layers; ++l) {
     const auto expert_tensor = [&](std::int64_t e) {
       return [&, e](const std::string&, const std::string& name, const std::vector<std::int64_t>& shape, const auto&) {
-        const std::string path = moe_path::expert(l, e, name);
-        expected.insert(path);
-        v.floats(f, path, info.dtype, shape);
+        v.floats(f, moe_path::expert(l, e, name), info.dtype, shape);
       };
     };
     for (std::int64_t e = 0; e < E; ++e) {
@@ -230,12 +226,9 @@ VerifyReport verify_moe(const fs::path& dir) {
       if (info.router.expert_attention) for_each_attention_tensor(c, attention_layout, expert_tensor(e));
     }
     const std::string weight_path = moe_path::layer(l, "router/weight"), bias_path = moe_path::layer(l, "router/bias");
-    expected.insert(weight_path);
-    expected.insert(bias_path);
     const auto weight = v.floats(f, weight_path, DType::F32, {E, D});
     if (info.router.method == "gaussian") {  // rows are the domains' means; the factors are triangular
       const std::string quadratic_path = moe_path::layer(l, "router/quadratic");
-      expected.insert(quadratic_path);
       if (const auto q = v.floats(f, quadratic_path, DType::F32, {E, D, D}))
         for (std::int64_t e = 0; e < E; ++e)
           for (std::int64_t i = 0; i < D; ++i)
@@ -257,11 +250,9 @@ VerifyReport verify_moe(const fs::path& dir) {
     }
     v.floats(f, bias_path, DType::F32, {E});
   }
-  if (info.router.auto_lambda) {  // the per-layer choice
-    expected.insert("/layer_lambda");
-    v.doubles(f, "/layer_lambda", {c.num_layers});
-  }
+  if (info.router.auto_lambda) v.doubles(f, "/layer_lambda", {c.num_layers});  // the per-layer choice
   v.guarded([&] {
+    const std::set<std::string> expected = moe_dataset_paths(info);
     for (const std::string& p : h5::list_datasets(f))
       if (!expected.contains(p)) v.problem(index.string() + ": unexpected dataset '" + p + "'");
   });

@@ -532,6 +532,16 @@ std::vector<BadInput> cases() {
                  }
                  return std::vector<std::string>{"remove", "moe", "--domain", "d1", "--output", "out"};
                }, {"moe/moe.h5", "links to '<dir>/foreign.h5', outside the MoE's directory"}});
+  c.push_back({"moe-unaccounted-dataset", [](const fs::path& d) {  // a 4th layer's router in a 3-layer MoE
+                 const fs::path moe = good_moe(d);
+                 {
+                   H5Id file(H5Fopen((moe / "moe.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+                   const std::vector<float> bias(2, 0.0f);
+                   const std::int64_t shape[] = {2};
+                   h5::write_dataset(file.get(), "/layers/3/router/bias", DType::F32, shape, bias.data());
+                 }
+                 return std::vector<std::string>{"export", "moe", "--output", "hf"};
+               }, {"moe/moe.h5: dataset '/layers/3/router/bias' is not part of an MoE of 3 layers and 2 experts"}});
   c.push_back({"moe-not-a-moe", [](const fs::path& d) {
                  merge_inputs(d);
                  return std::vector<std::string>{"resolve", "d0", "--output", "out"};
