@@ -69,7 +69,7 @@ class Backend {
   virtual void add(float* x, const float* y, std::int64_t n) = 0;
 
   // MoE dispatch: out (rows, D) = x[rows[i]]; and x[rows[i]] += weights[i] * y[i] for y (rows, D).
-  // Row indices and weights are host memory.
+  // Row indices and weights are host memory; scatter_add_rows' rows are distinct (no atomics).
   virtual void gather_rows(const float* x, std::int64_t D, std::span<const std::int64_t> rows, float* out) = 0;
   virtual void scatter_add_rows(const float* y, std::int64_t D, std::span<const std::int64_t> rows,
                                 std::span<const float> weights, float* x) = 0;

@@ -501,8 +501,10 @@ std::string MergeConfig::resolved_yaml() const {
   if (output.dtype) out << YAML::Key << "dtype" << YAML::Value << std::string(to_string(*output.dtype));
   out << YAML::Key << "shard_size" << YAML::Value << std::to_string(output.shard_bytes) << YAML::EndMap;
   out << YAML::Key << "eval" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "methods" << YAML::Value
-      << YAML::Flow << eval.methods << YAML::Key << "top_k" << YAML::Value << YAML::Flow << eval.top_k << YAML::Key
-      << "output" << YAML::Value << eval.output.string() << YAML::Key << "max_sequences" << YAML::Value
+      << YAML::Flow << eval.methods << YAML::Key << "top_k" << YAML::Value << YAML::Flow << eval.top_k;
+  std::vector<std::string> routing;
+  for (const Routing& r : eval.routing) routing.push_back(r.to_string());
+  out << YAML::Key << "routing" << YAML::Value << YAML::Flow << routing << YAML::Key << "output" << YAML::Value << eval.output.string() << YAML::Key << "max_sequences" << YAML::Value
       << eval.max_sequences << YAML::Key << "seed" << YAML::Value << eval.seed << YAML::EndMap;
   out << YAML::Key << "compute" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "threads"
       << YAML::Value << threads << YAML::Key << "backend" << YAML::Value << backend << YAML::EndMap << YAML::EndMap;

@@ -1,4 +1,4 @@
-// The DUME MoE on disk (DESIGN.md section 3): a directory with moe.h5 (the index: attributes
+// The DUME MoE on disk (the README's "The output"): a directory with moe.h5 (the index: attributes
 // and HDF5 external links to every dataset) and shards moe-0000i-of-0000N.h5, plus the
 // statistics file stats.h5. Writers fill a directory that the caller renames into place.
 #pragma once

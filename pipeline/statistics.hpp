@@ -1,4 +1,4 @@
-// DUME's calibration statistics (DESIGN.md section 1): per domain e and layer l,
+// DUME's calibration statistics (the method as the README states it): per domain e and layer l,
 // A^(e)_l = sum over calibration rows of [x 1]^T [x 1] in f64, and the row count n_e.
 // B_l[:, e] = X^T 1 over domain e's rows is A^(e)_l's last column, so it is derived, not stored twice.
 #pragma once
