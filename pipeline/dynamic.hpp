@@ -26,7 +26,7 @@ void run_remove(const std::filesystem::path& moe, const std::string& name, const
 struct ResolveOverrides {
   std::optional<double> lambda, temperature;
   std::optional<int> top_k;
-  std::optional<std::string> method;
+  std::optional<RouterMethod> method;
   std::optional<bool> balance, bias, expert_attention;
   std::optional<Routing> routing;
   bool auto_lambda = false, auto_temperature = false;  // chosen on the stored held-out split

@@ -186,7 +186,7 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
     const auto recipe = top.get<std::string>("recipe", "paper or recommended");
     if (recipe == "recommended") {
       c.shared_regmean = true;
-      c.router.method = "gaussian";
+      c.router.method = RouterMethod::gaussian;
       c.router.auto_lambda = c.router.auto_temperature = true;
       c.router.routing = Routing::parse("mean+layer:0");
       c.router.top_k = std::min<int>(2, static_cast<int>(c.experts.size()));
@@ -227,9 +227,11 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
   if (top.has("router")) {
     const Section r(top.node("router"), "router", source);
     RouterSettings& rs = c.router;
-    rs.method = r.get<std::string>("method", "dume, gaussian, hidden or random", rs.method);
-    if (std::find(kRouterMethods.begin(), kRouterMethods.end(), rs.method) == kRouterMethods.end())
-      r.fail(r.node("method"), "router.method must be dume, gaussian, hidden or random, got '" + rs.method + "'");
+    const auto method = r.get<std::string>("method", "dume, gaussian, hidden or random", to_string(rs.method));
+    if (const auto known = router_method_from_string(method))
+      rs.method = *known;
+    else
+      r.fail(r.node("method"), "router.method must be dume, gaussian, hidden or random, got '" + method + "'");
     // A number, or `auto`: chosen on the held-out split.
     const auto number_or_auto = [&](const char* key, double& value, bool& automatic) {
       if (!r.has(key)) return;
@@ -292,8 +294,8 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
               "heldout_fraction", "heldout_tokens"});
   }
   const YAML::Node router = top.has("router") ? top.node("router") : root;
-  if (c.router.auto_lambda && c.router.method != "dume" && c.router.method != "gaussian")
-    top.fail(router, "router.lambda: auto applies to the dume and gaussian routers, not '" + c.router.method + "'");
+  if (c.router.auto_lambda && c.router.method != RouterMethod::dume && c.router.method != RouterMethod::gaussian)
+    top.fail(router, "router.lambda: auto applies to the dume and gaussian routers, not '" + to_string(c.router.method) + "'");
   if ((c.router.auto_lambda || c.router.auto_temperature) && c.calibration.heldout_fraction == 0)
     top.fail(router, "router.lambda or router.temperature 'auto' is chosen on a held-out split: set "
                      "calibration.heldout_fraction (for example 0.1)");
@@ -422,6 +424,14 @@ void add_corpus(std::vector<InputPath>& inputs, const std::string& role, const C
 
 }  // namespace
 
+std::string to_string(RouterMethod method) { return kRouterMethods.at(static_cast<std::size_t>(method)); }
+
+std::optional<RouterMethod> router_method_from_string(const std::string& name) {
+  const auto it = std::find(kRouterMethods.begin(), kRouterMethods.end(), name);
+  if (it == kRouterMethods.end()) return std::nullopt;
+  return static_cast<RouterMethod>(it - kRouterMethods.begin());
+}
+
 std::vector<InputPath> input_paths(const MergeConfig& config) {
   std::vector<InputPath> inputs;
   if (!config.source.empty()) inputs.push_back({"the configuration", config.source});
@@ -475,7 +485,7 @@ std::string MergeConfig::resolved_yaml() const {
     out << (shared_regmean ? "regmean" : "average");
   if (fold_into) out << YAML::Key << "moe" << YAML::Value << fold_into->string();
   out << YAML::Key << "router" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "method"
-      << YAML::Value << router.method << YAML::Key << "lambda" << YAML::Value;
+      << YAML::Value << to_string(router.method) << YAML::Key << "lambda" << YAML::Value;
   if (router.auto_lambda)
     out << "auto";
   else

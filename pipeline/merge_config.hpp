@@ -23,14 +23,17 @@ struct ExpertSpec {
   std::optional<CorpusSpec> test;  // used by eval
 };
 
-// router.method's values. "dume": the closed-form ridge router; "gaussian": each domain's MLP
-// inputs as a Gaussian, routing on log-densities (ridge.hpp; not exportable to Mixtral);
-// "hidden": each domain's mean MLP input, unit-normalized, no bias (mergekit-moe's
-// prompt-average gate); "random": seeded Gaussian directions, no bias.
-inline const std::vector<std::string> kRouterMethods = {"dume", "gaussian", "hidden", "random"};
+// router.method. dume: the closed-form ridge router; gaussian: each domain's MLP inputs as a
+// Gaussian, routing on log-densities (ridge.hpp; not exportable to Mixtral); hidden: each
+// domain's mean MLP input, unit-normalized, no bias (mergekit-moe's prompt-average gate);
+// random: seeded Gaussian directions, no bias.
+enum class RouterMethod { dume, gaussian, hidden, random };
+inline const std::vector<std::string> kRouterMethods = {"dume", "gaussian", "hidden", "random"};  // enum order
+std::string to_string(RouterMethod method);
+std::optional<RouterMethod> router_method_from_string(const std::string& name);
 
 struct RouterSettings {
-  std::string method = "dume";  // one of kRouterMethods
+  RouterMethod method = RouterMethod::dume;
   double lambda = 1e-2;         // ridge strength; for "gaussian" the covariance shrinkage
   double temperature = 1.0;     // logits are divided by it
   // `lambda: auto` / `temperature: auto`: chosen from the held-out split (router_tuning.hpp).

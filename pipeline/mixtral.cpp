@@ -161,7 +161,7 @@ void check_exportable(const fs::path& moe, const MoeInfo& info, hid_t f) {
     throw Error(moe.string() + ": routing '" + info.router.routing.to_string() +
                 "' looks beyond the token (or across layers), which Mixtral's router cannot; export it with "
                 "per-token routing (dume resolve " + moe.string() + " --routing token --output NEW_DIR)");
-  if (info.router.method == "gaussian")
+  if (info.router.method == RouterMethod::gaussian)
     throw Error(moe.string() + ": its Gaussian routers are quadratic in the hidden state, which Mixtral's linear gate "
                 "cannot express; export a ridge router (dume resolve " + moe.string() +
                 " --method dume --bias false --routing token --output NEW_DIR)");

@@ -99,7 +99,7 @@ void write_moe(const fs::path& dir, const std::vector<MoeTensor>& tensors, const
   h5::write_attribute(root, "format_version", std::int64_t{1});
   h5::write_attribute(root, "config", info.config.json_text);
   h5::write_attribute(root, "experts", info.experts);
-  h5::write_attribute(root, "router_method", info.router.method);
+  h5::write_attribute(root, "router_method", to_string(info.router.method));
   h5::write_attribute(root, "lambda", info.router.lambda);
   h5::write_attribute(root, "temperature", info.router.temperature);
   h5::write_attribute(root, "top_k", std::int64_t{info.router.top_k});
@@ -146,7 +146,7 @@ std::set<std::string> moe_dataset_paths(const MoeInfo& info) {
     }
     paths.insert(moe_path::layer(l, "router/weight"));
     paths.insert(moe_path::layer(l, "router/bias"));
-    if (info.router.method == "gaussian") paths.insert(moe_path::layer(l, "router/quadratic"));
+    if (info.router.method == RouterMethod::gaussian) paths.insert(moe_path::layer(l, "router/quadratic"));
   }
   if (info.router.auto_lambda) paths.insert("/layer_lambda");
   return paths;
@@ -172,9 +172,10 @@ MoeInfo read_moe_info(const fs::path& dir) {
   MoeInfo info;
   info.config = model_config_parse(h5::read_string_attribute(root, "config"), path.string() + ": attribute 'config'");
   info.experts = h5::read_strings_attribute(root, "experts");
-  info.router.method = h5::read_string_attribute(root, "router_method");
-  if (std::find(kRouterMethods.begin(), kRouterMethods.end(), info.router.method) == kRouterMethods.end())
-    throw Error(path.string() + ": unknown router_method '" + info.router.method + "'");
+  const std::string method = h5::read_string_attribute(root, "router_method");
+  const auto known = router_method_from_string(method);
+  if (!known) throw Error(path.string() + ": unknown router_method '" + method + "'");
+  info.router.method = *known;
   info.router.lambda = h5::read_double_attribute(root, "lambda");
   info.router.temperature = h5::read_double_attribute(root, "temperature");
   info.router.top_k = static_cast<int>(h5::read_int_attribute(root, "top_k"));
@@ -245,7 +246,7 @@ Model read_moe_model(const fs::path& dir) {
     router.bias.resize(E);
     read_into(moe_path::layer(l, "router/weight"), {E, D}, router.weight);
     read_into(moe_path::layer(l, "router/bias"), {E}, router.bias);
-    if (info.router.method == "gaussian") {
+    if (info.router.method == RouterMethod::gaussian) {
       router.quadratic.resize(E * D, D);
       read_into(moe_path::layer(l, "router/quadratic"), {E, D, D}, router.quadratic);
     }

@@ -108,26 +108,24 @@ RidgeSystem ridge_system(const RouterSettings& settings, const Statistics& stats
 }
 
 RouterSolution build_router(const RouterSettings& settings, const Statistics& stats, std::int64_t layer) {
-  if (settings.method == "dume") {
+  if (settings.method == RouterMethod::dume) {
     const RidgeSystem system = ridge_system(settings, stats, layer);
     return ridge_solve(system.A, system.B, settings.lambda, settings.bias, layer);
   }
-  if (settings.method == "gaussian") return gaussian_solve(stats, settings.lambda, layer);
+  if (settings.method == RouterMethod::gaussian) return gaussian_solve(stats, settings.lambda, layer);
   const auto E = static_cast<Eigen::Index>(stats.domains.size());
   const Eigen::Index D = stats.hidden_size;
   RouterSolution r;
   r.weight.resize(E, D);
   r.bias = Eigen::VectorXd::Zero(E);
-  if (settings.method == "hidden") {
+  if (settings.method == RouterMethod::hidden) {
     const Eigen::MatrixXd B = stats.B(layer);  // column e: sum of domain e's [x 1]
     for (Eigen::Index e = 0; e < E; ++e)
       r.weight.row(e) = B.col(e).head(D).transpose() / B(D, e);
-  } else if (settings.method == "random") {
+  } else {  // random
     std::mt19937_64 rng(0x5eed + static_cast<std::uint64_t>(layer));
     std::normal_distribution<double> normal;
     for (Eigen::Index i = 0; i < r.weight.size(); ++i) r.weight.data()[i] = normal(rng);
-  } else {
-    throw Error("unknown router.method '" + settings.method + "'");
   }
   normalize(r);
   return r;

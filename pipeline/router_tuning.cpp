@@ -125,9 +125,9 @@ void require_heldout(const Statistics& stats) {
 
 LambdaSweep sweep_lambda(const RouterSettings& settings, const Statistics& stats, std::int64_t layer) {
   require_heldout(stats);
-  if (settings.method != "dume" && settings.method != "gaussian")
-    throw Error("router.lambda: auto applies to the dume and gaussian routers, not '" + settings.method + "'");
-  LambdaSweep sweep = settings.method == "dume" ? sweep_ridge(settings, stats, layer) : sweep_gaussian(stats, layer);
+  if (settings.method != RouterMethod::dume && settings.method != RouterMethod::gaussian)
+    throw Error("router.lambda: auto applies to the dume and gaussian routers, not '" + to_string(settings.method) + "'");
+  LambdaSweep sweep = settings.method == RouterMethod::dume ? sweep_ridge(settings, stats, layer) : sweep_gaussian(stats, layer);
   double best = -1;  // the most accurate; ties go to the largest lambda (the most regularized)
   for (std::size_t i = 0; i < sweep.lambdas.size(); ++i)
     if (sweep.accuracy[i] >= best) {

@@ -227,7 +227,7 @@ VerifyReport verify_moe(const fs::path& dir) {
     }
     const std::string weight_path = moe_path::layer(l, "router/weight"), bias_path = moe_path::layer(l, "router/bias");
     const auto weight = v.floats(f, weight_path, DType::F32, {E, D});
-    if (info.router.method == "gaussian") {  // rows are the domains' means; the factors are triangular
+    if (info.router.method == RouterMethod::gaussian) {  // rows are the domains' means; the factors are triangular
       const std::string quadratic_path = moe_path::layer(l, "router/quadratic");
       if (const auto q = v.floats(f, quadratic_path, DType::F32, {E, D, D}))
         for (std::int64_t e = 0; e < E; ++e)

@@ -126,7 +126,7 @@ TEST_F(Dynamic, ResolveReproducesTheRoutersAndSolvesNewSettings) {
 
   // A Gaussian router: means, constants and stacked factors stored in f32 and read back.
   ResolveOverrides gaussian;
-  gaussian.method = "gaussian";
+  gaussian.method = RouterMethod::gaussian;
   run_resolve(dir_ / "base", gaussian, dir_ / "gaussian", false);
   const Model g = read_moe_model(dir_ / "gaussian");
   for (std::int64_t l = 0; l < 3; ++l) {
@@ -136,7 +136,7 @@ TEST_F(Dynamic, ResolveReproducesTheRoutersAndSolvesNewSettings) {
     EXPECT_EQ(r.bias, expected.bias.cast<float>());
     EXPECT_EQ(r.quadratic, expected.quadratic.cast<float>());
   }
-  EXPECT_EQ(read_moe_info(dir_ / "gaussian").router.method, "gaussian");
+  EXPECT_EQ(read_moe_info(dir_ / "gaussian").router.method, RouterMethod::gaussian);
 }
 
 // lambda and temperature `auto`: the held-out batches stay out of A, their sampled MLP inputs
@@ -179,7 +179,7 @@ TEST_F(Dynamic, AutoSettingsFromTheHeldOutSplit) {
 
   // The same for a Gaussian router: resolved to one, then a domain folded into it.
   ResolveOverrides gaussian;
-  gaussian.method = "gaussian";
+  gaussian.method = RouterMethod::gaussian;
   run_resolve(dir_ / "auto3", gaussian, dir_ / "auto3-gaussian", false);
   run_fold_in(config("moe: auto3-gaussian\n" + experts({3}) +
                      "calibration: {sequence_length: 32}\ncompute: {threads: 1}\noutput: auto4-gaussian\n"),

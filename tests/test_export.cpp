@@ -162,7 +162,7 @@ TEST_F(Export, RefusesWhatMixtralCannotExpress) {
 
   // A Gaussian router: quadratic in the hidden state.
   ResolveOverrides gaussian;
-  gaussian.method = "gaussian";
+  gaussian.method = RouterMethod::gaussian;
   run_resolve(dir_ / "moe", gaussian, dir_ / "gaussian", false);
   expect_error_with([&] { export_mixtral(dir_ / "gaussian", dir_ / "v", {}, false); },
                     {"Gaussian routers are quadratic", "--method dume"});

@@ -257,7 +257,7 @@ TEST(HeldoutSplit, BatchesAreSpreadEvenly) {
 // the Gaussian router.
 TEST(AutoLambda, SweepEqualsDirectSolves) {
   const GaussianDomains g = gaussian_domains(3, 6, 300, 200);
-  for (const char* method : {"dume", "gaussian"})
+  for (const RouterMethod method : {RouterMethod::dume, RouterMethod::gaussian})
     for (bool bias : {true, false}) {
       RouterSettings settings;
       settings.method = method;
@@ -278,12 +278,12 @@ TEST(AutoLambda, SweepEqualsDirectSolves) {
             accuracy += (top == static_cast<Eigen::Index>(e)) / 600.0;
           }
         }
-        EXPECT_NEAR(sweep.accuracy[i], accuracy, 1e-12) << method << " lambda " << sweep.lambdas[i];
+        EXPECT_NEAR(sweep.accuracy[i], accuracy, 1e-12) << to_string(method) << " lambda " << sweep.lambdas[i];
         best = std::max(best, accuracy);
       }
       const auto chosen = std::find(sweep.lambdas.begin(), sweep.lambdas.end(), sweep.best) - sweep.lambdas.begin();
-      EXPECT_NEAR(sweep.accuracy[static_cast<std::size_t>(chosen)], best, 1e-12) << method;
-      EXPECT_GT(best, 0.5) << method;  // well above chance (1/3) on these separated domains
+      EXPECT_NEAR(sweep.accuracy[static_cast<std::size_t>(chosen)], best, 1e-12) << to_string(method);
+      EXPECT_GT(best, 0.5) << to_string(method);  // well above chance (1/3) on these separated domains
     }
 }
 

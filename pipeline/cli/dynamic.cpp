@@ -73,7 +73,7 @@ void add_dynamic(CLI::App& app) {
       if (*l) o->lambda = *lambda;
       if (*t) o->temperature = *temperature;
       if (*k) o->top_k = *top_k;
-      if (*m) o->method = *method;
+      if (*m) o->method = router_method_from_string(*method);
       if (*balance) o->balance = true;
       if (*b) o->bias = *bias;
       if (*r) o->routing = Routing::parse(*routing);

@@ -79,7 +79,7 @@ void inspect_moe(const std::string& dir) {
     lambda += ")";
   }
   std::printf("router          %s: lambda %s, temperature %g%s, top_k %d, context_tokens %lld, bias %s, routing %s\n",
-              info.router.method.c_str(), lambda.c_str(), info.router.temperature,
+              to_string(info.router.method).c_str(), lambda.c_str(), info.router.temperature,
               info.router.auto_temperature ? " (auto)" : "", info.router.top_k,
               static_cast<long long>(info.router.context_tokens), info.router.bias ? "yes" : "no",
               info.router.routing.to_string().c_str());
