@@ -277,13 +277,144 @@ SavedDomain load_saved(const ResumeStore* store, std::size_t k) {
   return saved;
 }
 
-}  // namespace
+// The batches of a domain still to run: every one that is neither held out nor saved.
+std::vector<std::int64_t> batches_to_run(std::int64_t batches, const std::vector<std::int64_t>& heldout,
+                                         const std::vector<std::int64_t>& saved) {
+  std::vector<std::int64_t> skipped, todo;
+  std::set_union(heldout.begin(), heldout.end(), saved.begin(), saved.end(), std::back_inserter(skipped));
+  const auto all = std::views::iota(std::int64_t{0}, batches);
+  std::set_difference(all.begin(), all.end(), skipped.begin(), skipped.end(), std::back_inserter(todo));
+  return todo;
+}
 
-void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes& phases, ResumeStore* store) {
+// Ends a calibration stopped by `signal` in domain k of plan.calibrate, on every rank: each rank
+// has saved its part of domain k; rank 0 saves the domains completed before it.
+[[noreturn]] void stop_calibration(const MergePlan& plan, const ResumeStore* store, std::size_t k,
+                                   const std::vector<bool>& saved_whole, int signal) {
+  const std::size_t carried = plan.stats.domains.size() - k;
+  if (store && mpi_rank() == 0)
+    for (std::size_t j = 0; j < k; ++j)
+      if (!saved_whole[j]) store->save_complete(j, plan.stats.domains[carried + j]);
+  barrier();
+  throw JobStopped("stopped by " + signal_name(signal) + " while calibrating domain '" + plan.calibrate[k].name + "'" +
+                   (store ? "; checkpoint saved in " + store->dir().string() + ": run the same `" + plan.command +
+                                "` with --resume to continue (on any number of ranks)"
+                          : "; nothing saved (this command cannot resume)"));
+}
+
+// Calibrates plan.calibrate in order, appending each domain's reduced statistics to plan.stats;
+// saves checkpoints into `store` (if any) and throws JobStopped on a stop signal.
+void calibrate_plan(MergePlan& plan, const MergeConfig& config, Backend& backend, ResumeStore* store,
+                    CalibrationTiming& timing) {
   const int rank = mpi_rank(), ranks = mpi_size();
   const bool root = rank == 0;
   const ModelConfig& mc = plan.model.config;
-  const int threads = threads_per_rank(config.threads);
+  const CalibrationSettings& cs = config.calibration;
+  std::vector<bool> saved_whole(plan.calibrate.size(), false);  // a complete-domain file exists
+  std::int64_t batches_run = 0;
+  auto last_kept = Clock::now();
+  for (std::size_t k = 0; k < plan.calibrate.size(); ++k) {
+    const NewDomain& d = plan.calibrate[k];
+    const std::int64_t batches = batch_count(*d.windows, cs.batch_sequences);
+    const SavedDomain saved = load_saved(store, k);
+    saved_whole[k] = saved.complete;
+    const std::vector<std::int64_t> heldout = heldout_batches(batches, cs.heldout_fraction);
+    if ((plan.info.router.auto_lambda || plan.info.router.auto_temperature) && heldout.empty())
+      throw CollectiveError("domain '" + d.name + "': router settings 'auto' need held-out tokens, but " +
+                            std::to_string(batches) + " batches at calibration.heldout_fraction " +
+                            std::to_string(cs.heldout_fraction) + " hold none out; raise it");
+    const std::vector<std::int64_t> todo = batches_to_run(batches, heldout, saved.batches);
+    if (root && !saved.batches.empty())
+      std::printf("# dume: domain '%s': %zu of %lld batches from the checkpoint, %zu to run\n", d.name.c_str(),
+                  saved.batches.size(), static_cast<long long>(batches), todo.size());
+    CalibrationControl control;
+    if (store) {
+      control.checkpoint_every = cs.checkpoint_every;
+      control.checkpoint_seconds = 60 * cs.checkpoint_minutes;
+      control.save = [&, k](const std::vector<std::int64_t>& done, const DomainStatistics& partial) {
+        store->save_partial(k, rank, done, partial);
+      };
+    }
+    control.stop_requested = stop_signal_anywhere;
+    control.after_batch = [rank, &batches_run] { test_fault_after_batch(rank, ++batches_run); };
+    DomainStatistics domain;
+    std::vector<MatrixXfRow> heldout_inputs;
+    if (todo.empty() && heldout.empty()) {  // all saved: only the sums are needed, not the expert
+      domain.name = d.name;
+      domain.A.assign(static_cast<std::size_t>(mc.num_layers), MatrixXdRow::Zero(mc.hidden_size + 1, mc.hidden_size + 1));
+    } else {
+      plan.model.experts = calibration_mlps(*d.checkpoint, plan.info.dtype);
+      Forward forward(plan.model, backend);
+      domain = calibrate_domain(forward, backend, mc, *d.windows, plan.stats.context_tokens, cs.batch_sequences, todo,
+                                rank, ranks, d.name, timing, root, control);
+      if (control.stopped_by == 0 && !heldout.empty())
+        heldout_inputs = collect_heldout(forward, backend, mc, *d.windows, plan.stats.context_tokens,
+                                         cs.batch_sequences, heldout, cs.heldout_tokens, rank, ranks);
+    }
+    if (control.stopped_by != 0) stop_calibration(plan, store, k, saved_whole, control.stopped_by);
+    reduce_domain(domain, timing, root ? std::span<const double>(saved.packed) : std::span<const double>());
+    domain.heldout = std::move(heldout_inputs);
+    // A finished domain is kept when checkpoints are counted, or when the time since the last
+    // kept domain (or the start) reaches checkpoint_minutes: a short merge leaves none behind.
+    const bool due = cs.checkpoint_every > 0 ||
+                     (cs.checkpoint_minutes > 0 &&
+                      std::chrono::duration<double>(Clock::now() - last_kept).count() >= 60 * cs.checkpoint_minutes);
+    if (store && root && due && !saved_whole[k]) {
+      last_kept = Clock::now();
+      store->save_complete(k, domain);
+      saved_whole[k] = true;
+    }
+    plan.stats.domains.push_back(std::move(domain));
+  }
+  plan.model.experts.clear();
+}
+
+// Rank 0: solves every layer's router (auto settings are recorded in plan.info) and writes the
+// MoE directory; a failure aborts the job.
+void solve_and_write(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes& phases,
+                     ResumeStore* store) {
+  try {
+    auto t = Clock::now();
+    const std::vector<RouterSolution> routers = build_routers(plan.info.router, plan.stats);
+    for (std::size_t l = 0; l < routers.size(); ++l) {
+      for (int e : routers[l].zero_norm)
+        std::fprintf(stderr, "dume: warning: layer %zu: router column of expert '%s' has zero norm (replaced by 1e-6)\n",
+                     l, plan.info.experts[static_cast<std::size_t>(e)].c_str());
+      if (plan.info.router.auto_lambda)
+        std::printf("# router: layer %zu: lambda %.3g (chosen on the held-out split)\n", l, plan.info.router.layer_lambda[l]);
+    }
+    if (plan.info.router.auto_temperature)
+      std::printf("# router: temperature %.4g (chosen on the held-out split)\n", plan.info.router.temperature);
+    phases.emplace_back("solve", std::chrono::duration<double>(Clock::now() - t).count());
+    t = Clock::now();
+    write_moe_directory(config.output.path, force, plan, routers, config.output.shard_bytes, config.resolved_yaml());
+    if (store) store->remove();  // the output is complete: the checkpoint has served
+    phases.emplace_back("write", std::chrono::duration<double>(Clock::now() - t).count());
+  } catch (const std::exception& e) {
+    abort_job(e.what());
+  }
+}
+
+// Rank 0: the phase table and what the calibration processed.
+void report_plan(const MergePlan& plan, const MergeConfig& config, const PhaseTimes& phases,
+                 const CalibrationTiming& timing) {
+  print_phase_table(phases);
+  std::int64_t tokens = 0;
+  for (const NewDomain& d : plan.calibrate)
+    for (const auto& domain : plan.stats.domains)
+      if (domain.name == d.name) tokens += domain.tokens;
+  const double rate = timing.accumulate > 0 ? timing.multiply_adds / timing.accumulate : 0.0;
+  std::printf("# statistics: %lld calibration tokens processed (%zu of %zu domains); A update on rank 0 at %.2f G "
+              "multiply-adds/s (f64)\n",
+              static_cast<long long>(tokens), plan.calibrate.size(), plan.stats.domains.size(), rate / 1e9);
+  std::printf("# wrote %s\n", config.output.path.c_str());
+}
+
+}  // namespace
+
+void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes& phases, ResumeStore* store) {
+  const bool root = mpi_rank() == 0;
+  const int threads = threads_per_rank(config.threads), ranks = mpi_size();
   auto backend = rank_backend(config.backend, config.threads);
   const StopSignals signals;
   if (root) {
@@ -303,120 +434,15 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
 
   CalibrationTiming timing;
   const auto t0 = Clock::now();
-  const std::size_t carried = plan.stats.domains.size();
-  std::vector<bool> saved_whole(plan.calibrate.size(), false);  // a complete-domain file exists
-  std::int64_t batches_run = 0;
-  auto last_kept = t0;
-  for (std::size_t k = 0; k < plan.calibrate.size(); ++k) {
-    const NewDomain& d = plan.calibrate[k];
-    const std::int64_t batches = batch_count(*d.windows, config.calibration.batch_sequences);
-    const SavedDomain saved = load_saved(store, k);
-    saved_whole[k] = saved.complete;
-    // Every batch that is neither held out nor saved by a checkpoint.
-    const std::vector<std::int64_t> heldout = heldout_batches(batches, config.calibration.heldout_fraction);
-    const bool tuned = plan.info.router.auto_lambda || plan.info.router.auto_temperature;
-    if (tuned && heldout.empty())
-      throw CollectiveError("domain '" + d.name + "': router settings 'auto' need held-out tokens, but " +
-                            std::to_string(batches) + " batches at calibration.heldout_fraction " +
-                            std::to_string(config.calibration.heldout_fraction) + " hold none out; raise it");
-    std::vector<std::int64_t> skipped, todo;
-    std::set_union(heldout.begin(), heldout.end(), saved.batches.begin(), saved.batches.end(), std::back_inserter(skipped));
-    std::set_difference(std::views::iota(std::int64_t{0}, batches).begin(), std::views::iota(std::int64_t{0}, batches).end(),
-                        skipped.begin(), skipped.end(), std::back_inserter(todo));
-    if (root && !saved.batches.empty())
-      std::printf("# dume: domain '%s': %zu of %lld batches from the checkpoint, %zu to run\n", d.name.c_str(),
-                  saved.batches.size(), static_cast<long long>(batches), todo.size());
-    CalibrationControl control;
-    if (store) {
-      control.checkpoint_every = config.calibration.checkpoint_every;
-      control.checkpoint_seconds = 60 * config.calibration.checkpoint_minutes;
-      control.save = [&, k](const std::vector<std::int64_t>& done, const DomainStatistics& partial) {
-        store->save_partial(k, rank, done, partial);
-      };
-    }
-    control.stop_requested = stop_signal_anywhere;
-    control.after_batch = [rank, &batches_run] { test_fault_after_batch(rank, ++batches_run); };
-    DomainStatistics domain;
-    std::vector<MatrixXfRow> heldout_inputs;
-    if (todo.empty() && heldout.empty()) {  // all saved: only the sums are needed, not the expert
-      domain.name = d.name;
-      domain.A.assign(static_cast<std::size_t>(mc.num_layers), MatrixXdRow::Zero(mc.hidden_size + 1, mc.hidden_size + 1));
-    } else {
-      plan.model.experts = calibration_mlps(*d.checkpoint, plan.info.dtype);
-      Forward forward(plan.model, *backend);
-      domain = calibrate_domain(forward, *backend, mc, *d.windows, plan.stats.context_tokens,
-                                config.calibration.batch_sequences, todo, rank, ranks, d.name, timing, root, control);
-      if (control.stopped_by == 0 && !heldout.empty())
-        heldout_inputs = collect_heldout(forward, *backend, mc, *d.windows, plan.stats.context_tokens,
-                                         config.calibration.batch_sequences, heldout, config.calibration.heldout_tokens,
-                                         rank, ranks);
-    }
-    if (control.stopped_by != 0) {
-      // Every rank has saved its part of this domain; rank 0 saves the domains completed before.
-      if (store && root)
-        for (std::size_t j = 0; j < k; ++j)
-          if (!saved_whole[j]) store->save_complete(j, plan.stats.domains[carried + j]);
-      barrier();
-      throw JobStopped(
-          "stopped by " + signal_name(control.stopped_by) + " while calibrating domain '" + d.name + "'" +
-          (store ? "; checkpoint saved in " + store->dir().string() +
-                       ": run the same `" + plan.command + "` with --resume to continue (on any number of ranks)"
-                 : "; nothing saved (this command cannot resume)"));
-    }
-    reduce_domain(domain, timing, root ? std::span<const double>(saved.packed) : std::span<const double>());
-    domain.heldout = std::move(heldout_inputs);
-    // A finished domain is kept when checkpoints are counted, or when the time since the last
-    // kept domain (or the start) reaches checkpoint_minutes: a short merge leaves none behind.
-    const double minutes = config.calibration.checkpoint_minutes;
-    const bool due = config.calibration.checkpoint_every > 0 ||
-                     (minutes > 0 && std::chrono::duration<double>(Clock::now() - last_kept).count() >= 60 * minutes);
-    if (store && root && due && !saved_whole[k]) {
-      last_kept = Clock::now();
-      store->save_complete(k, domain);
-      saved_whole[k] = true;
-    }
-    plan.stats.domains.push_back(std::move(domain));
-  }
-  plan.model.experts.clear();
+  calibrate_plan(plan, config, *backend, store, timing);
   const double calibration = std::chrono::duration<double>(Clock::now() - t0).count();
   phases.emplace_back("forward (calibration)", calibration - timing.accumulate - timing.reduce);
   phases.emplace_back("statistics (A update)", timing.accumulate);
   phases.emplace_back("reduce", timing.reduce);
 
-  if (root) {
-    try {
-      auto t = Clock::now();
-      const std::vector<RouterSolution> routers = build_routers(plan.info.router, plan.stats);
-      for (std::size_t l = 0; l < routers.size(); ++l) {
-        for (int e : routers[l].zero_norm)
-          std::fprintf(stderr, "dume: warning: layer %zu: router column of expert '%s' has zero norm (replaced by 1e-6)\n",
-                       l, plan.info.experts[static_cast<std::size_t>(e)].c_str());
-        if (plan.info.router.auto_lambda)
-          std::printf("# router: layer %zu: lambda %.3g (chosen on the held-out split)\n", l, plan.info.router.layer_lambda[l]);
-      }
-      if (plan.info.router.auto_temperature)
-        std::printf("# router: temperature %.4g (chosen on the held-out split)\n", plan.info.router.temperature);
-      phases.emplace_back("solve", std::chrono::duration<double>(Clock::now() - t).count());
-      t = Clock::now();
-      write_moe_directory(config.output.path, force, plan, routers, config.output.shard_bytes, config.resolved_yaml());
-      if (store) store->remove();  // the output is complete: the checkpoint has served
-      phases.emplace_back("write", std::chrono::duration<double>(Clock::now() - t).count());
-    } catch (const std::exception& e) {
-      abort_job(e.what());
-    }
-  }
+  if (root) solve_and_write(plan, config, force, phases, store);
   barrier();
-  if (!root) return;
-  print_phase_table(phases);
-  std::int64_t tokens = 0;
-  for (const NewDomain& d : plan.calibrate)
-    for (const auto& domain : plan.stats.domains)
-      if (domain.name == d.name) tokens += domain.tokens;
-  const double rate = timing.accumulate > 0 ? timing.multiply_adds / timing.accumulate : 0.0;
-  std::printf("# statistics: %lld calibration tokens processed (%zu of %zu domains); A update on rank 0 at %.2f G "
-              "multiply-adds/s (f64)\n",
-              static_cast<long long>(tokens), plan.calibrate.size(), plan.stats.domains.size(), rate / 1e9);
-  std::printf("# wrote %s\n", config.output.path.c_str());
+  if (root) report_plan(plan, config, phases, timing);
 }
 
 void write_moe_directory(const fs::path& output, bool force, const MergePlan& plan,
