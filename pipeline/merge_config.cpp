@@ -149,19 +149,10 @@ std::uint64_t parse_size(const std::string& text) {
 
 namespace {
 
-MergeConfig parse_config(const std::string& text, const fs::path& source) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(text);
-  } catch (const YAML::Exception& e) {
-    throw Error(source.filename().string() + ":" + std::to_string(e.mark.line + 1) + ": invalid YAML: " + e.msg);
-  }
-  if (!root || root.IsNull()) throw Error(source.string() + ": empty configuration");
+// experts: each one's name, checkpoint and corpora.
+void parse_experts(const Section& top, const YAML::Node& root, MergeConfig& c) {
+  const fs::path& source = c.source;
   const fs::path base = source.parent_path();
-  MergeConfig c;
-  c.source = source;
-  const Section top(root, "", source);
-
   const YAML::Node experts = top.node("experts");
   if (!experts) top.fail(root, "missing required key 'experts'");
   if (!experts.IsSequence() || experts.size() == 0) top.fail(experts, "experts must be a non-empty list");
@@ -180,8 +171,10 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
     e.finish({"name", "checkpoint", "calibration", "test"});
     c.experts.push_back(std::move(spec));
   }
+}
 
-  // A recipe sets defaults; the sections below override any of them.
+// recipe: defaults that the sections after it override.
+void parse_recipe(const Section& top, MergeConfig& c) {
   if (top.has("recipe")) {
     const auto recipe = top.get<std::string>("recipe", "paper or recommended");
     if (recipe == "recommended") {
@@ -196,7 +189,12 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
       top.fail(top.node("recipe"), "recipe must be paper or recommended, got '" + recipe + "'");
     }
   }
+}
 
+// shared: how the non-MLP weights are made.
+void parse_shared(const Section& top, MergeConfig& c) {
+  const fs::path& source = c.source;
+  const fs::path base = source.parent_path();
   if (top.has("shared")) {
     const YAML::Node shared = top.node("shared");
     if (shared.IsScalar()) {
@@ -223,7 +221,11 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
       s.finish({"checkpoint", "moe", "scale", "combine"});
     }
   }
+}
 
+// router: the method, its settings and the routing mode.
+void parse_router(const Section& top, MergeConfig& c) {
+  const fs::path& source = c.source;
   if (top.has("router")) {
     const Section r(top.node("router"), "router", source);
     RouterSettings& rs = c.router;
@@ -269,7 +271,11 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
     if (top.has("router") && top.node("router")["expert_attention"]) top.fail(top.node("router")["expert_attention"], message);
     top.fail(top.node("recipe"), message);
   }
+}
 
+// calibration: windows, batches, checkpoints and the held-out split.
+void parse_calibration(const Section& top, MergeConfig& c) {
+  const fs::path& source = c.source;
   if (top.has("calibration")) {
     const Section s(top.node("calibration"), "calibration", source);
     CalibrationSettings& cs = c.calibration;
@@ -293,6 +299,10 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
     s.finish({"sequence_length", "max_sequences", "batch_sequences", "checkpoint_every", "checkpoint_minutes",
               "heldout_fraction", "heldout_tokens"});
   }
+}
+
+// Checks across sections: auto settings need a held-out split; C is at most the window.
+void check_router_settings(const Section& top, const YAML::Node& root, MergeConfig& c) {
   const YAML::Node router = top.has("router") ? top.node("router") : root;
   if (c.router.auto_lambda && c.router.method != RouterMethod::dume && c.router.method != RouterMethod::gaussian)
     top.fail(router, "router.lambda: auto applies to the dume and gaussian routers, not '" + to_string(c.router.method) + "'");
@@ -301,7 +311,12 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
                      "calibration.heldout_fraction (for example 0.1)");
   // Only the first C positions are ever used: a window shorter than C just uses all of it.
   c.router.context_tokens = std::min(c.router.context_tokens, c.calibration.sequence_length);
+}
 
+// output: a path, or {path, dtype, shard_size}.
+void parse_output(const Section& top, const YAML::Node& root, MergeConfig& c) {
+  const fs::path& source = c.source;
+  const fs::path base = source.parent_path();
   const YAML::Node output = top.node("output");
   if (!output) top.fail(root, "missing required key 'output'");
   if (output.IsScalar()) {
@@ -319,8 +334,12 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
     }
     o.finish({"path", "dtype", "shard_size"});
   }
+}
 
-  if (top.has("moe")) c.fold_into = resolve(base, top.get<std::string>("moe", "a path"));
+// eval: methods, k values and routing modes compared, where results go.
+void parse_eval(const Section& top, MergeConfig& c) {
+  const fs::path& source = c.source;
+  const fs::path base = source.parent_path();
   c.eval.output = c.output.path / "eval";
   if (top.has("eval")) {
     const Section s(top.node("eval"), "eval", source);
@@ -371,7 +390,11 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
   }
   if (c.eval.top_k.empty()) c.eval.top_k = {c.router.top_k};
   if (c.eval.routing.empty()) c.eval.routing = {c.router.routing};
+}
 
+// compute: threads and backend.
+void parse_compute(const Section& top, MergeConfig& c) {
+  const fs::path& source = c.source;
   if (top.has("compute")) {
     const Section s(top.node("compute"), "compute", source);
     c.threads = s.get<int>("threads", "an integer", 0);
@@ -381,6 +404,31 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
       s.fail(s.node("backend"), "compute.backend must be cpu, cuda or auto, not '" + c.backend + "'");
     s.finish({"threads", "backend"});
   }
+}
+
+MergeConfig parse_config(const std::string& text, const fs::path& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    throw Error(source.filename().string() + ":" + std::to_string(e.mark.line + 1) + ": invalid YAML: " + e.msg);
+  }
+  if (!root || root.IsNull()) throw Error(source.string() + ": empty configuration");
+  MergeConfig c;
+  c.source = source;
+  const Section top(root, "", source);
+  // In this order: the recipe's defaults need the experts; checks and eval's defaults need the
+  // router and calibration.
+  parse_experts(top, root, c);
+  parse_recipe(top, c);
+  parse_shared(top, c);
+  parse_router(top, c);
+  parse_calibration(top, c);
+  check_router_settings(top, root, c);
+  parse_output(top, root, c);
+  if (top.has("moe")) c.fold_into = resolve(source.parent_path(), top.get<std::string>("moe", "a path"));
+  parse_eval(top, c);
+  parse_compute(top, c);
   top.finish({"experts", "recipe", "shared", "router", "calibration", "output", "eval", "compute", "moe"});
   for (const auto& item : root) c.keys.push_back(item.first.as<std::string>());
   return c;
