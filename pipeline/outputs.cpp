@@ -38,7 +38,11 @@ bool within(const fs::path& inner, const fs::path& outer) {
   return true;
 }
 
-std::string quoted(const fs::path& p) { return p.string(); }
+// `.NAME` + suffix beside `target` (NAME its file name): its lock and temporaries. Built with
+// append(): GCC 12 warns falsely (-Wrestrict) on "." + string.
+fs::path hidden_sibling(const fs::path& target, const std::string& suffix) {
+  return target.parent_path() / std::string(".").append(target.filename().string()).append(suffix);
+}
 
 // Whether a directory may be replaced by a command whose output holds `marker`.
 bool replaceable(const fs::path& dir, const std::string& marker) {
@@ -80,14 +84,14 @@ fs::path output_path(const fs::path& given) {
 }
 
 void check_output(const fs::path& output, std::span<const InputPath> inputs, bool force, const OutputShape& shape) {
-  const std::string name = "output " + quoted(output);
+  const std::string name = "output " + output.string();
   const fs::path out = resolved(output);
   // Places whose loss no flag may cause: the root, where the job runs, the user's home.
   std::vector<InputPath> places{{"the file system root", "/"}, {"the working directory", fs::current_path()}};
   if (const char* home = std::getenv("HOME"); home && *home) places.push_back({"the home directory", home});
   for (const auto& [role, path] : places)
-    if (within(resolved(path), out))
-      throw Error(name + (resolved(path) == out ? " is " : " contains ") + role + " (" + path.string() +
+    if (const fs::path place = resolved(path); within(place, out))
+      throw Error(name + (place == out ? " is " : " contains ") + role + " (" + path.string() +
                   "); name a new directory for it");
   for (const auto& [role, path] : inputs) {
     if (path.empty()) continue;
@@ -125,7 +129,7 @@ OutputLock::OutputLock(const fs::path& output) {
   const fs::path parent = output.parent_path().empty() ? fs::path(".") : output.parent_path();
   for (fs::path p = parent; !p.empty() && !fs::exists(p); p = p.parent_path()) created_.insert(created_.begin(), p);
   fs::create_directories(parent);
-  lock_ = parent / ("." + output.filename().string() + ".lock");
+  lock_ = hidden_sibling(output, ".lock");
   const std::string host = host_name();
   std::ostringstream mine;
   mine << host << " " << ::getpid() << " " << std::time(nullptr) << "\n";
@@ -173,9 +177,7 @@ void release_output_locks() noexcept {
 }
 
 fs::path temporary_name(const fs::path& target) {
-  // built with append(): GCC 12 warns falsely (-Wrestrict) on "." + string
-  return target.parent_path() / std::string(".").append(target.filename().string()).append(".tmp-")
-                                    .append(host_name()).append("-").append(std::to_string(::getpid()));
+  return hidden_sibling(target, ".tmp-" + host_name() + "-" + std::to_string(::getpid()));
 }
 
 TemporaryFile::TemporaryFile(fs::path target) : target_(std::move(target)), tmp_(temporary_name(target_)) {}
@@ -210,7 +212,7 @@ void write_output_atomically(const fs::path& output, bool force, const std::func
   const fs::path tmp = temporary_name(output);
   // Temporaries of this output left by jobs that were killed while writing (any host, any pid):
   // the caller holds the output's lock, so no live job is writing one.
-  const std::string stale = std::string(".").append(output.filename().string()).append(".tmp-");
+  const std::string stale = hidden_sibling(output, ".tmp-").filename().string();
   for (const auto& entry : fs::directory_iterator(parent))
     if (entry.path().filename().string().starts_with(stale)) {
       std::fprintf(stderr, "dume: removing %s, left by an interrupted job\n", entry.path().c_str());
