@@ -63,6 +63,19 @@ RouterSolution ridge_solve(const MatrixXdRow& A, const Eigen::MatrixXd& B, doubl
   return r;
 }
 
+GaussianFit gaussian_fit(const DomainStatistics& domain, std::int64_t layer) {
+  const MatrixXdRow& A = domain.A.at(static_cast<std::size_t>(layer));  // sums of [x 1][x 1]^T
+  const Eigen::Index D = A.rows() - 1;
+  const std::string where = "layer " + std::to_string(layer) + ", domain '" + domain.name + "'";
+  if (!A.allFinite()) throw Error(where + ": the statistics hold non-finite values (the forward pass overflowed)");
+  const double n = A(D, D);
+  if (!(n >= 2)) throw Error(where + ": a Gaussian router needs at least 2 calibration tokens per domain");
+  GaussianFit fit;
+  fit.mean = A.col(D).head(D) / n;
+  fit.covariance = A.topLeftCorner(D, D) / n - fit.mean * fit.mean.transpose();
+  return fit;
+}
+
 RouterSolution gaussian_solve(const Statistics& stats, double shrinkage, std::int64_t layer) {
   const Eigen::Index D = stats.hidden_size, E = static_cast<Eigen::Index>(stats.domains.size());
   if (!std::isfinite(shrinkage) || shrinkage < 0)
@@ -73,17 +86,11 @@ RouterSolution gaussian_solve(const Statistics& stats, double shrinkage, std::in
   r.quadratic.resize(E * D, D);
   for (Eigen::Index e = 0; e < E; ++e) {
     const DomainStatistics& domain = stats.domains[static_cast<std::size_t>(e)];
-    const MatrixXdRow& A = domain.A[static_cast<std::size_t>(layer)];  // sums of [x 1][x 1]^T
-    const std::string where = "layer " + std::to_string(layer) + ", domain '" + domain.name + "'";
-    if (!A.allFinite()) throw Error(where + ": the statistics hold non-finite values (the forward pass overflowed)");
-    const double n = A(D, D);
-    if (!(n >= 2)) throw Error(where + ": a Gaussian router needs at least 2 calibration tokens per domain");
-    const Eigen::VectorXd mean = A.col(D).head(D) / n;
-    Eigen::MatrixXd covariance = A.topLeftCorner(D, D) / n - mean * mean.transpose();
+    auto [mean, covariance] = gaussian_fit(domain, layer);
     covariance.diagonal().array() += shrinkage * covariance.trace() / static_cast<double>(D);
     const Eigen::LLT<Eigen::MatrixXd> cholesky(covariance);
     if (cholesky.info() != Eigen::Success || !(cholesky.matrixLLT().diagonal().minCoeff() > 0))
-      throw Error(where + ": the covariance of the MLP inputs is singular (Cholesky failed at shrinkage " +
+      throw Error("layer " + std::to_string(layer) + ", domain '" + domain.name + "': the covariance of the MLP inputs is singular (Cholesky failed at shrinkage " +
                   std::to_string(shrinkage) + "); set a larger router.lambda");
     // L^{-1}: (x - mu)^T C^{-1} (x - mu) = |L^{-1} (x - mu)|^2.
     const Eigen::MatrixXd inverse_factor =

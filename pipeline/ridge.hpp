@@ -25,6 +25,15 @@ struct RouterSolution {
 RouterSolution ridge_solve(const MatrixXdRow& A, const Eigen::MatrixXd& B, double lambda, bool bias,
                            std::int64_t layer);
 
+// A domain's MLP inputs at `layer` as a Gaussian, from its statistics (the 1/n estimates): mean
+// (D) and covariance (D x D). Throws naming the layer and domain when the statistics are not
+// finite or hold fewer than 2 tokens.
+struct GaussianFit {
+  Eigen::VectorXd mean;
+  Eigen::MatrixXd covariance;
+};
+GaussianFit gaussian_fit(const DomainStatistics& domain, std::int64_t layer);
+
 // Each domain's MLP inputs as a Gaussian: mean mu_e and covariance C_e from its own statistics,
 // C_e shrunk toward (tr C_e / D) I by `shrinkage`, so logit_e(x) is its log-density up to a
 // constant shared by all e: -1/2 (x - mu_e)^T C_e^{-1} (x - mu_e) - 1/2 log det C_e (equal priors).

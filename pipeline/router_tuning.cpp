@@ -80,10 +80,7 @@ LambdaSweep sweep_gaussian(const Statistics& stats, std::int64_t layer) {
   };
   std::vector<Domain> fitted(E);
   for (std::size_t e = 0; e < E; ++e) {
-    const MatrixXdRow& A = stats.domains[e].A[static_cast<std::size_t>(layer)];
-    const double n = A(D, D);
-    const Eigen::VectorXd mean = A.col(D).head(D) / n;
-    const Eigen::MatrixXd covariance = A.topLeftCorner(D, D) / n - mean * mean.transpose();
+    const auto [mean, covariance] = gaussian_fit(stats.domains[e], layer);
     const Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eigen(covariance);
     if (eigen.info() != Eigen::Success)
       throw Error("layer " + std::to_string(layer) + ", domain '" + stats.domains[e].name + "': eigendecomposition failed");
