@@ -33,15 +33,16 @@ launch() {
   # mpirun forwards SIGUSR1 to every rank but answers SIGINT and SIGTERM with SIGTERM and, one
   # second later, SIGKILL (Open MPI's odls_base_sigkill_timeout): too soon to save a checkpoint.
   # So mpirun runs in a session of its own (Ctrl-C reaches this script, not it) and each of the
-  # three stop signals is passed on as SIGUSR1: a merge or fold-in saves and exits 75.
+  # three stop signals, and a hang-up (the terminal closed), is passed on as SIGUSR1: a merge or
+  # fold-in saves and exits 75.
   setsid mpirun --quiet "${flags[@]}" -np "$ranks" "$DUME" "$@" &
   local job=$! rc
-  trap 'kill -USR1 "$job" 2>/dev/null' INT TERM USR1
+  trap 'kill -USR1 "$job" 2>/dev/null' INT TERM USR1 HUP
   while :; do
     rc=0
     wait "$job" || rc=$?  # (the drivers run under set -e)
     kill -0 "$job" 2>/dev/null || break  # a trapped signal ended the wait, not the job
   done
-  trap - INT TERM USR1
+  trap - INT TERM USR1 HUP
   return "$rc"
 }
