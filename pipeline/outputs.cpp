@@ -83,9 +83,10 @@ fs::path output_path(const fs::path& given) {
   return p.empty() ? fs::path(".") : p;
 }
 
-void check_output(const fs::path& output, std::span<const InputPath> inputs, bool force, const OutputShape& shape) {
-  const std::string name = "output " + output.string();
-  const fs::path out = resolved(output);
+namespace {
+
+// The output (resolved: `out`) is none of the places no flag may touch, nor any input.
+void refuse_inputs(const std::string& name, const fs::path& out, std::span<const InputPath> inputs) {
   // Places whose loss no flag may cause: the root, where the job runs, the user's home.
   std::vector<InputPath> places{{"the file system root", "/"}, {"the working directory", fs::current_path()}};
   if (const char* home = std::getenv("HOME"); home && *home) places.push_back({"the home directory", home});
@@ -102,21 +103,31 @@ void check_output(const fs::path& output, std::span<const InputPath> inputs, boo
     if (relation)
       throw Error(name + relation + role + " (" + path.string() + "); dume never writes over its inputs, --force or not");
   }
+}
 
+// What is at the output already may be replaced: nothing, or (with force) an earlier output.
+void refuse_existing(const std::string& name, const fs::path& output, bool force, const OutputShape& shape) {
   const fs::file_status status = fs::symlink_status(output);
   if (fs::is_symlink(status))
     throw Error(name + " is a symbolic link; name the directory itself (" + resolved(output).string() + ")");
-  if (fs::exists(status)) {
-    if (shape.directory && !fs::is_directory(status))
-      throw Error(name + " exists and is not a directory (not a dume output); remove it or choose another path");
-    if (!shape.directory && fs::is_directory(status))
-      throw Error(name + " is a directory; name a file");
-    if (!force) throw Error(name + " exists; pass --force to replace it");
-    if (shape.directory && !replaceable(output, shape.marker))
-      throw Error(name + " exists and holds no " + shape.marker +
-                  " (not this command's output); --force replaces only an earlier output, so remove it or choose "
-                  "another directory");
-  }
+  if (!fs::exists(status)) return;
+  if (shape.directory && !fs::is_directory(status))
+    throw Error(name + " exists and is not a directory (not a dume output); remove it or choose another path");
+  if (!shape.directory && fs::is_directory(status)) throw Error(name + " is a directory; name a file");
+  if (!force) throw Error(name + " exists; pass --force to replace it");
+  if (shape.directory && !replaceable(output, shape.marker))
+    throw Error(name + " exists and holds no " + shape.marker +
+                " (not this command's output); --force replaces only an earlier output, so remove it or choose "
+                "another directory");
+}
+
+}  // namespace
+
+void check_output(const fs::path& output, std::span<const InputPath> inputs, bool force, const OutputShape& shape) {
+  const std::string name = "output " + output.string();
+  const fs::path out = resolved(output);
+  refuse_inputs(name, out, inputs);
+  refuse_existing(name, output, force, shape);
   fs::path dir = out.parent_path();
   while (!fs::exists(dir) && dir.has_parent_path() && dir != dir.parent_path()) dir = dir.parent_path();
   if (!fs::is_directory(dir))
