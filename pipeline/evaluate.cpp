@@ -77,8 +77,9 @@ EvalResult run_eval(const MergeConfig& config) {
   collective_phase([&] {
     // The results replace an earlier eval's (eval.output is inside the MoE by default), but
     // never an input.
+    const std::vector<InputPath> inputs = input_paths(config);
     for (const char* file : {"eval.json", "routing.png"})
-      check_output(config.eval.output / file, input_paths(config), /*force=*/true, {.directory = false});
+      check_output(config.eval.output / file, inputs, /*force=*/true, {.directory = false});
     info = read_moe_info(config.output.path);
     std::vector<std::string> names;
     for (const auto& e : config.experts) names.push_back(e.name);

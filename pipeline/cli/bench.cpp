@@ -89,7 +89,7 @@ void run_bench(const BenchOptions& o) {
   if (!o.json.empty())  // before any work: the report replaces an earlier one, never an input
     collective_phase([&] {
       const std::vector<InputPath> inputs{{"the configuration", o.config}};
-      check_output(output_path(o.json), inputs, /*force=*/true, {.directory = false});
+      check_output(o.json, inputs, /*force=*/true, {.directory = false});
     });
   if (!o.config.empty()) {  // the config's first expert and the first windows of its calibration corpus
     collective_phase([&] {
@@ -124,8 +124,7 @@ void run_bench(const BenchOptions& o) {
       write_output_atomically(dir, /*force=*/false, [&](const std::filesystem::path& tmp) {
         write_synthetic_experts(s.config, o.experts, o.tokens, o.sequence_length, o.batch, tmp);
       });
-      std::printf("wrote %d synthetic experts (%s) and %s/merge.yaml\n", o.experts, o.preset.c_str(),
-                  o.write_experts.c_str());
+      std::printf("wrote %d synthetic experts (%s) and %s/merge.yaml\n", o.experts, o.preset.c_str(), dir.c_str());
     }
     return;
   }
