@@ -11,7 +11,7 @@
 
 #include "hdf5_util.hpp"
 #include "moe_file.hpp"
-#include "ridge.hpp"
+#include "routers.hpp"
 
 namespace dume::test {
 

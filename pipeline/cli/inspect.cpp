@@ -3,7 +3,7 @@
 #include <cstdio>
 #include <map>
 
-#include "checkpoint.hpp"
+#include "hf_checkpoint.hpp"
 #include "commands.hpp"
 #include "hdf5_util.hpp"
 #include "moe_file.hpp"

@@ -1,13 +1,13 @@
 // `dume ppl`: perplexity of a checkpoint (dense, or a Mixtral MoE) on a token corpus.
 #include <cstdio>
 
-#include "checkpoint.hpp"
+#include "hf_checkpoint.hpp"
 #include "comm.hpp"
 #include "commands.hpp"
 #include "corpus.hpp"
 #include "mixtral.hpp"
 #include "perplexity.hpp"
-#include "text_corpus.hpp"
+#include "corpus_loader.hpp"
 
 namespace dume::cli {
 

@@ -12,7 +12,7 @@
 #include "documents.hpp"
 #include "megatron.hpp"
 #include "outputs.hpp"
-#include "text_corpus.hpp"
+#include "corpus_loader.hpp"
 
 namespace dume::cli {
 

@@ -1,0 +1,479 @@
+#include "merge.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <numeric>
+#include <thread>
+
+#include "comm.hpp"
+#include "hdf5_util.hpp"
+#include "regmean.hpp"
+#include "router_tuning.hpp"
+#include "statistics.hpp"
+
+namespace dume {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::size_t numel(const std::vector<std::int64_t>& shape) {
+  std::size_t n = 1;
+  for (auto d : shape) n *= static_cast<std::size_t>(d);
+  return n;
+}
+
+}  // namespace
+
+LoadedCorpus load_calibration(const MergeConfig& config, const CorpusSpec& spec, std::size_t vocab) {
+  // One document per window needs windows no longer than the positions DUME reads.
+  const std::int64_t length = spec.packing == Packing::truncate
+                                  ? std::min(config.calibration.sequence_length, config.router.context_tokens)
+                                  : config.calibration.sequence_length;
+  return load_corpus(spec, vocab, static_cast<std::size_t>(length),
+                     static_cast<std::size_t>(config.calibration.max_sequences));
+}
+
+MergeInputs merge_prepare(const MergeConfig& config) {
+  MergeInputs in;
+  for (const auto& e : config.experts) in.experts.emplace_back(e.checkpoint);
+  const ModelConfig& first = in.experts[0].config();
+  if (first.num_experts)
+    throw Error("expert '" + config.experts[0].name + "' (" + config.experts[0].checkpoint.string() + ") is a " +
+                first.architecture_name + " mixture of experts; dume merges dense experts");
+  for (std::size_t e = 1; e < in.experts.size(); ++e) {
+    std::string difference;
+    if (!same_architecture(first, in.experts[e].config(), &difference))
+      throw Error("expert '" + config.experts[e].name + "' (" + config.experts[e].checkpoint.string() +
+                  ") does not match expert '" + config.experts[0].name + "': " + difference);
+  }
+  in.dtype = config.output.dtype.value_or(in.experts[0].dtype());
+  if (!config.output.dtype)
+    for (std::size_t e = 1; e < in.experts.size(); ++e)
+      if (in.experts[e].dtype() != in.dtype)
+        throw Error("experts are stored in different dtypes (" + std::string(to_string(in.dtype)) + ", " +
+                    std::string(to_string(in.experts[e].dtype())) + "): set output.dtype");
+  for (const auto& e : config.experts) {
+    auto corpus = load_calibration(config, e.calibration, static_cast<std::size_t>(first.vocab_size));
+    in.calibration.push_back(std::move(corpus.windows));
+    in.reports.push_back(std::move(corpus.report));
+  }
+  return in;
+}
+
+std::vector<std::vector<MlpWeights>> calibration_mlps(const Checkpoint& expert, DType dtype) {
+  const ModelConfig& c = expert.config();
+  std::vector<std::vector<MlpWeights>> mlps(static_cast<std::size_t>(c.num_layers));
+  for (std::int64_t l = 0; l + 1 < c.num_layers; ++l) {
+    MlpWeights w = load_mlp(expert, l);
+    for (Matrix* m : {&w.gate, &w.up, &w.down}) round_through(dtype, {m->data(), static_cast<std::size_t>(m->size())});
+    mlps[static_cast<std::size_t>(l)].push_back(std::move(w));
+  }
+  return mlps;
+}
+
+ExpertSource expert_from_checkpoint(const Checkpoint& checkpoint, DType dtype) {
+  return [&checkpoint, dtype](std::int64_t layer, const std::string& hf_suffix, const std::string&,
+                              const std::vector<std::int64_t>& shape) {
+    const std::string name = hf::layer(layer, hf_suffix);
+    std::vector<float> values(numel(shape));
+    checkpoint.read(name, shape, values);  // checks shape and finiteness
+    const SafetensorsFile* file = nullptr;
+    const TensorInfo& info = checkpoint.info(name, &file);
+    if (info.dtype == dtype) {  // an exact copy of the expert's bytes
+      const auto bytes = file->data(info);
+      return std::vector<std::byte>(bytes.begin(), bytes.end());
+    }
+    return encode(dtype, values);
+  };
+}
+
+std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedWeights& shared, DType dtype,
+                                   const std::vector<ExpertSource>& experts,
+                                   const std::vector<RouterSolution>& routers, bool expert_attention) {
+  std::vector<MoeTensor> tensors;
+  for_each_shared_tensor(config, shared, [&](const std::string&, const std::string& path,
+                                             const std::vector<std::int64_t>& shape, const auto& storage) {
+    const float* data = storage.data();
+    const std::size_t n = numel(shape);
+    tensors.push_back({path, dtype, shape, [=] { return encode(dtype, {data, n}); }});
+  });
+  const auto E = static_cast<std::int64_t>(experts.size());
+  const MlpWeights mlp_layout;  // only names and shapes are visited
+  const AttentionWeights attention_layout;
+  for (std::int64_t l = 0; l < config.num_layers; ++l) {
+    for (std::int64_t e = 0; e < E; ++e) {
+      const ExpertSource& source = experts[static_cast<std::size_t>(e)];
+      const auto add = [&, l, e](const std::string& suffix, const std::string& moe_name,
+                                 const std::vector<std::int64_t>& shape, const auto&) {
+        tensors.push_back({moe_path::expert(l, e, moe_name), dtype, shape,
+                           [=, &source] { return source(l, suffix, moe_name, shape); }});
+      };
+      for_each_mlp_tensor(config, mlp_layout, add);
+      if (expert_attention) for_each_attention_tensor(config, attention_layout, add);
+    }
+    const RouterSolution& r = routers[static_cast<std::size_t>(l)];
+    const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> weight = r.weight.cast<float>();
+    const Eigen::VectorXf bias = r.bias.cast<float>();
+    tensors.push_back({moe_path::layer(l, "router/weight"), DType::F32, {E, config.hidden_size}, [weight] {
+                         return encode(DType::F32, {weight.data(), static_cast<std::size_t>(weight.size())});
+                       }});
+    tensors.push_back({moe_path::layer(l, "router/bias"), DType::F32, {E}, [bias] {
+                         return encode(DType::F32, {bias.data(), static_cast<std::size_t>(bias.size())});
+                       }});
+    if (r.quadratic.size()) {
+      const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> quadratic = r.quadratic.cast<float>();
+      tensors.push_back({moe_path::layer(l, "router/quadratic"), DType::F32, {E, config.hidden_size, config.hidden_size},
+                         [quadratic] {
+                           return encode(DType::F32, {quadratic.data(), static_cast<std::size_t>(quadratic.size())});
+                         }});
+    }
+  }
+  return tensors;
+}
+
+std::unique_ptr<OutputLock> claim_moe_output(const fs::path& output, const std::vector<InputPath>& inputs, bool force,
+                                             bool resume) {
+  std::unique_ptr<OutputLock> lock;
+  collective_phase([&] {
+    check_output(output, inputs, force, {.directory = true, .marker = "moe.h5"});
+    if (mpi_rank() == 0) lock = std::make_unique<OutputLock>(output);
+  });
+  const fs::path checkpoint = checkpoint_dir(output);
+  collective_phase([&] {
+    if (!resume && fs::exists(checkpoint)) {
+      if (!force)
+        throw Error(checkpoint.string() + " holds the checkpoint of an interrupted job: pass --resume to continue "
+                    "it, or --force to discard it");
+      if (mpi_rank() == 0) fs::remove_all(checkpoint);
+    }
+  });
+  return lock;
+}
+
+std::unique_ptr<ResumeStore> open_resume_store(const MergeConfig& config, const MergePlan& plan, bool resume) {
+  std::vector<const CorpusWindows*> windows;
+  std::vector<std::int64_t> batches;
+  std::vector<std::string> names;
+  for (const NewDomain& d : plan.calibrate) {
+    windows.push_back(d.windows);
+    batches.push_back(batch_count(*d.windows, config.calibration.batch_sequences));
+    names.push_back(d.name);
+  }
+  const fs::path checkpoint = checkpoint_dir(config.output.path);
+  auto store = std::make_unique<ResumeStore>(
+      checkpoint,
+      resume_identity(config, plan.info.shared_hash, plan.model.config.hidden_size, plan.model.config.num_layers, windows),
+      names, batches);
+  if (resume && mpi_rank() == 0) {
+    std::printf(fs::exists(checkpoint) ? "# dume: resuming from %s\n" : "# dume: no checkpoint at %s: starting from the beginning\n",
+                checkpoint.c_str());
+    std::fflush(stdout);
+  }
+  return store;
+}
+
+void print_phase_table(const std::vector<std::pair<std::string, double>>& phases) {
+  std::printf("#\n# %-24s %10s\n", "phase", "seconds");
+  double total = 0;
+  for (const auto& [phase, seconds] : phases) {
+    std::printf("  %-24s %10.3f\n", phase.c_str(), seconds);
+    total += seconds;
+  }
+  std::printf("  %-24s %10.3f\n", "total", total);
+}
+
+namespace {
+
+// Domain k of plan.calibrate: what a checkpoint holds of it (rank 0 reads, every rank learns
+// which batches remain).
+SavedDomain load_saved(const ResumeStore* store, std::size_t k) {
+  SavedDomain saved;
+  if (!store) return saved;
+  collective_phase([&] {
+    if (mpi_rank() == 0) saved = store->load(k);
+  });
+  broadcast(saved.batches);
+  return saved;
+}
+
+// The batches of a domain still to run: every one that is neither held out nor saved.
+std::vector<std::int64_t> batches_to_run(std::int64_t batches, const std::vector<std::int64_t>& heldout,
+                                         const std::vector<std::int64_t>& saved) {
+  std::vector<std::int64_t> todo;
+  for (std::int64_t b = 0; b < batches; ++b)
+    if (!std::binary_search(heldout.begin(), heldout.end(), b) && !std::binary_search(saved.begin(), saved.end(), b))
+      todo.push_back(b);
+  return todo;
+}
+
+// Ends a calibration stopped by `signal` in domain k of plan.calibrate, on every rank: each rank
+// has saved its part of domain k; rank 0 saves the domains completed before it.
+[[noreturn]] void stop_calibration(const MergePlan& plan, const ResumeStore* store, std::size_t k,
+                                   const std::vector<bool>& saved_whole, int signal) {
+  const std::size_t carried = plan.stats.domains.size() - k;
+  if (store && mpi_rank() == 0)
+    for (std::size_t j = 0; j < k; ++j)
+      if (!saved_whole[j]) store->save_complete(j, plan.stats.domains[carried + j]);
+  barrier();
+  throw JobStopped("stopped by " + signal_name(signal) + " while calibrating domain '" + plan.calibrate[k].name + "'" +
+                   (store ? "; checkpoint saved in " + store->dir().string() + ": run the same `" + plan.command +
+                                "` with --resume to continue (on any number of ranks)"
+                          : "; nothing saved (this command cannot resume)"));
+}
+
+// Calibrates plan.calibrate in order, appending each domain's reduced statistics to plan.stats;
+// saves checkpoints into `store` (if any) and throws JobStopped on a stop signal.
+void calibrate_plan(MergePlan& plan, const MergeConfig& config, Backend& backend, ResumeStore* store,
+                    CalibrationTiming& timing) {
+  const int rank = mpi_rank(), ranks = mpi_size();
+  const bool root = rank == 0;
+  const ModelConfig& mc = plan.model.config;
+  const CalibrationSettings& cs = config.calibration;
+  std::vector<bool> saved_whole(plan.calibrate.size(), false);  // a complete-domain file exists
+  std::int64_t batches_run = 0;
+  auto last_kept = Clock::now();
+  for (std::size_t k = 0; k < plan.calibrate.size(); ++k) {
+    const NewDomain& d = plan.calibrate[k];
+    const std::int64_t batches = batch_count(*d.windows, cs.batch_sequences);
+    const SavedDomain saved = load_saved(store, k);
+    saved_whole[k] = saved.complete;
+    const std::vector<std::int64_t> heldout = heldout_batches(batches, cs.heldout_fraction);
+    if ((plan.info.router.auto_lambda || plan.info.router.auto_temperature) && heldout.empty())
+      throw CollectiveError("domain '" + d.name + "': router settings 'auto' need held-out tokens, but " +
+                            std::to_string(batches) + " batches at calibration.heldout_fraction " +
+                            std::to_string(cs.heldout_fraction) + " hold none out; raise it");
+    const std::vector<std::int64_t> todo = batches_to_run(batches, heldout, saved.batches);
+    if (root && !saved.batches.empty())
+      std::printf("# dume: domain '%s': %zu of %lld batches from the checkpoint, %zu to run\n", d.name.c_str(),
+                  saved.batches.size(), static_cast<long long>(batches), todo.size());
+    CalibrationControl control;
+    if (store) {
+      control.checkpoint_every = cs.checkpoint_every;
+      control.checkpoint_seconds = 60 * cs.checkpoint_minutes;
+      control.save = [&, k](const std::vector<std::int64_t>& done, const DomainStatistics& partial) {
+        store->save_partial(k, rank, done, partial);
+      };
+    }
+    control.stop_requested = stop_signal_anywhere;
+    control.after_batch = [rank, &batches_run] { test_fault_after_batch(rank, ++batches_run); };
+    DomainStatistics domain;
+    std::vector<MatrixXfRow> heldout_inputs;
+    if (todo.empty() && heldout.empty()) {  // all saved: only the sums are needed, not the expert
+      domain.name = d.name;
+      domain.A.assign(static_cast<std::size_t>(mc.num_layers), MatrixXdRow::Zero(mc.hidden_size + 1, mc.hidden_size + 1));
+    } else {
+      plan.model.experts = calibration_mlps(*d.checkpoint, plan.info.dtype);
+      Forward forward(plan.model, backend);
+      domain = calibrate_domain(forward, backend, mc, *d.windows, plan.stats.context_tokens, cs.batch_sequences, todo,
+                                rank, ranks, d.name, timing, root, control);
+      if (control.stopped_by == 0 && !heldout.empty())
+        heldout_inputs = collect_heldout(forward, backend, mc, *d.windows, plan.stats.context_tokens,
+                                         cs.batch_sequences, heldout, cs.heldout_tokens, rank, ranks);
+    }
+    if (control.stopped_by != 0) stop_calibration(plan, store, k, saved_whole, control.stopped_by);
+    reduce_domain(domain, timing, root ? std::span<const double>(saved.packed) : std::span<const double>());
+    domain.heldout = std::move(heldout_inputs);
+    // A finished domain is kept when checkpoints are counted, or when the time since the last
+    // kept domain (or the start) reaches checkpoint_minutes: a short merge leaves none behind.
+    const bool due = cs.checkpoint_every > 0 ||
+                     (cs.checkpoint_minutes > 0 &&
+                      std::chrono::duration<double>(Clock::now() - last_kept).count() >= 60 * cs.checkpoint_minutes);
+    if (store && root && due && !saved_whole[k]) {
+      last_kept = Clock::now();
+      store->save_complete(k, domain);
+      saved_whole[k] = true;
+    }
+    plan.stats.domains.push_back(std::move(domain));
+  }
+  plan.model.experts.clear();
+}
+
+// Rank 0: solves every layer's router (auto settings are recorded in plan.info) and writes the
+// MoE directory; a failure aborts the job.
+void solve_and_write(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes& phases,
+                     ResumeStore* store) {
+  try {
+    auto t = Clock::now();
+    const std::vector<RouterSolution> routers = build_routers(plan.info.router, plan.stats);
+    for (std::size_t l = 0; l < routers.size(); ++l) {
+      for (int e : routers[l].zero_norm)
+        std::fprintf(stderr, "dume: warning: layer %zu: router column of expert '%s' has zero norm (replaced by 1e-6)\n",
+                     l, plan.info.experts[static_cast<std::size_t>(e)].c_str());
+      if (plan.info.router.auto_lambda)
+        std::printf("# router: layer %zu: lambda %.3g (chosen on the held-out split)\n", l, plan.info.router.layer_lambda[l]);
+    }
+    if (plan.info.router.auto_temperature)
+      std::printf("# router: temperature %.4g (chosen on the held-out split)\n", plan.info.router.temperature);
+    phases.emplace_back("solve", std::chrono::duration<double>(Clock::now() - t).count());
+    t = Clock::now();
+    write_moe_directory(config.output.path, force, plan, routers, config.output.shard_bytes, config.resolved_yaml());
+    if (store) store->remove();  // the output is complete: the checkpoint has served
+    phases.emplace_back("write", std::chrono::duration<double>(Clock::now() - t).count());
+  } catch (const std::exception& e) {
+    abort_job(e.what());
+  }
+}
+
+// Rank 0: the phase table and what the calibration processed.
+void report_plan(const MergePlan& plan, const MergeConfig& config, const PhaseTimes& phases,
+                 const CalibrationTiming& timing) {
+  print_phase_table(phases);
+  std::int64_t tokens = 0;
+  for (const NewDomain& d : plan.calibrate)
+    for (const auto& domain : plan.stats.domains)
+      if (domain.name == d.name) tokens += domain.tokens;
+  const double rate = timing.accumulate > 0 ? timing.multiply_adds / timing.accumulate : 0.0;
+  std::printf("# statistics: %lld calibration tokens processed (%zu of %zu domains); A update on rank 0 at %.2f G "
+              "multiply-adds/s (f64)\n",
+              static_cast<long long>(tokens), plan.calibrate.size(), plan.stats.domains.size(), rate / 1e9);
+  std::printf("# wrote %s\n", config.output.path.c_str());
+}
+
+}  // namespace
+
+void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes& phases, ResumeStore* store) {
+  const bool root = mpi_rank() == 0;
+  const int threads = threads_per_rank(config.threads), ranks = mpi_size();
+  auto backend = rank_backend(config.backend, config.threads);
+  const StopSignals signals;
+  if (root) {
+    std::printf("# dume: %zu new domain%s to calibrate, %d rank%s x %d thread%s; %s\n", plan.calibrate.size(),
+                plan.calibrate.size() == 1 ? "" : "s", ranks, ranks == 1 ? "" : "s", threads, threads == 1 ? "" : "s",
+                backend->describe().c_str());
+    std::fflush(stdout);
+  }
+  if (store) {
+    std::vector<std::int64_t> generation{0};
+    collective_phase([&] {
+      if (root) generation[0] = store->next_generation();
+    });
+    broadcast(generation);
+    store->set_generation(static_cast<int>(generation[0]));
+  }
+
+  CalibrationTiming timing;
+  const auto t0 = Clock::now();
+  calibrate_plan(plan, config, *backend, store, timing);
+  const double calibration = std::chrono::duration<double>(Clock::now() - t0).count();
+  phases.emplace_back("forward (calibration)", calibration - timing.accumulate - timing.reduce);
+  phases.emplace_back("statistics (A update)", timing.accumulate);
+  phases.emplace_back("reduce", timing.reduce);
+
+  if (root) solve_and_write(plan, config, force, phases, store);
+  barrier();
+  if (root) report_plan(plan, config, phases, timing);
+}
+
+void write_moe_directory(const fs::path& output, bool force, const MergePlan& plan,
+                         const std::vector<RouterSolution>& routers, std::uint64_t shard_bytes, const std::string& yaml) {
+  write_output_atomically(output, force, [&](const fs::path& dir) {
+    write_moe(dir,
+              moe_tensors(plan.model.config, plan.model.shared, plan.info.dtype, plan.sources, routers,
+                          plan.info.router.expert_attention),
+              plan.info,
+              shard_bytes);
+    write_statistics(dir / "stats.h5", plan.stats);
+    write_text_file(dir / "merge.yaml", yaml);
+  });
+}
+
+SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const Checkpoint*>& experts, DType dtype,
+                                 std::span<const CorpusWindows> calibration) {
+  const ModelConfig& mc = experts.at(0)->config();
+  std::string difference;
+  const auto combined = [&] {
+    if (!config.shared_regmean) return average_shared_weights(experts, dtype);
+    DUME_ASSERT(calibration.size() == experts.size());
+    return regmean_shared_weights(config, experts, calibration, dtype);
+  };
+  if (config.shared_checkpoint) {
+    const Checkpoint base(*config.shared_checkpoint);
+    if (!same_architecture(mc, base.config(), &difference))
+      throw Error("shared checkpoint " + config.shared_checkpoint->string() + " does not match the experts: " + difference);
+    SharedWeights w = average_shared_weights({&base}, dtype);
+    if (config.shared_scale == 0.0) return w;
+    // Task arithmetic: base + s * (average - base), rounded once to the stored dtype.
+    const SharedWeights average = combined();
+    std::vector<const float*> averaged;
+    for_each_shared_tensor(mc, average, [&](const std::string&, const std::string&, const std::vector<std::int64_t>&,
+                                            const auto& values) { averaged.push_back(values.data()); });
+    std::size_t i = 0;
+    const double s = config.shared_scale;
+    for_each_shared_tensor(mc, w, [&](const std::string&, const std::string&, const std::vector<std::int64_t>&,
+                                      auto& values) {
+      const float* a = averaged[i++];
+      for (Eigen::Index j = 0; j < values.size(); ++j)
+        values.data()[j] = static_cast<float>(values.data()[j] + s * (static_cast<double>(a[j]) - values.data()[j]));
+      round_through(dtype, {values.data(), static_cast<std::size_t>(values.size())});
+    });
+    return w;
+  }
+  if (config.shared_moe) {
+    const MoeInfo info = read_moe_info(*config.shared_moe);
+    if (!same_architecture(mc, info.config, &difference))
+      throw Error("shared MoE " + config.shared_moe->string() + " does not match the experts: " + difference);
+    SharedWeights w = read_moe_shared(*config.shared_moe);
+    for_each_shared_tensor(mc, w, [dtype](const std::string&, const std::string&, const std::vector<std::int64_t>&,
+                                          auto& values) {
+      round_through(dtype, {values.data(), static_cast<std::size_t>(values.size())});
+    });
+    return w;
+  }
+  return combined();
+}
+
+void run_merge(const MergeConfig& config, bool force, bool resume, const std::vector<InputPath>& also_read) {
+  if (config.fold_into) throw CollectiveError("'moe:' names the MoE to extend: that is `dume fold-in`, not merge");
+  const StopSignals signals;  // caught from the start, acted on once calibration runs
+  PhaseTimes phases;
+  auto t = Clock::now();
+  std::vector<InputPath> inputs = also_read;
+  const std::vector<InputPath> own = input_paths(config);
+  inputs.insert(inputs.end(), own.begin(), own.end());
+  const auto lock = claim_moe_output(config.output.path, inputs, force, resume);
+  MergeInputs in;
+  collective_phase([&] { in = merge_prepare(config); });
+  if (mpi_rank() == 0) {
+    std::printf("# dume merge: %zu experts\n# resolved configuration:\n%s", config.experts.size(),
+                config.resolved_yaml().c_str());
+    for (std::size_t e = 0; e < in.reports.size(); ++e)
+      if (const auto line = describe(in.reports[e]); !line.empty())
+        std::printf("# calibration '%s': %s\n", config.experts[e].name.c_str(), line.c_str());
+    std::fflush(stdout);
+  }
+  phases.emplace_back("load + checks", std::chrono::duration<double>(Clock::now() - t).count());
+
+  t = Clock::now();
+  MergePlan plan;
+  std::vector<const Checkpoint*> experts;
+  for (const auto& c : in.experts) experts.push_back(&c);
+  plan.model.config = in.experts[0].config();
+  collective_phase([&] { plan.model.shared = shared_weights_for(config, experts, in.dtype, in.calibration); });
+  plan.info.config = plan.model.config;
+  plan.info.router = config.router;
+  plan.info.dtype = in.dtype;
+  const std::string combined = config.shared_regmean ? "regmean" : "average";
+  plan.info.shared = config.shared_checkpoint ? config.shared_checkpoint->string() +
+                                                    (config.shared_scale != 0.0 ? " + " + std::to_string(config.shared_scale) +
+                                                                                      " x (" + combined + " - base)"
+                                                                                : "")
+                     : config.shared_moe      ? "moe " + config.shared_moe->string()
+                                              : combined;
+  plan.info.shared_hash = shared_weights_hash(plan.model.config, plan.model.shared, in.dtype);
+  plan.stats.hidden_size = plan.model.config.hidden_size;
+  plan.stats.context_tokens = config.router.context_tokens;
+  plan.stats.shared_hash = plan.info.shared_hash;
+  for (std::size_t e = 0; e < experts.size(); ++e) {
+    plan.info.experts.push_back(config.experts[e].name);
+    plan.sources.push_back(expert_from_checkpoint(*experts[e], in.dtype));
+    plan.calibrate.push_back({config.experts[e].name, experts[e], &in.calibration[e]});
+  }
+  phases.emplace_back("shared weights", std::chrono::duration<double>(Clock::now() - t).count());
+  const auto store = open_resume_store(config, plan, resume);
+  run_plan(plan, config, force, phases, store.get());
+}
+
+}  // namespace dume

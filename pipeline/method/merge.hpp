@@ -1,0 +1,116 @@
+// `dume merge` as an MPI job: checks, shared weights, per-domain statistics with each
+// expert forced, reduction, ridge solve on rank 0, and the HDF5 MoE written atomically.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "hf_checkpoint.hpp"
+#include "merge_config.hpp"
+#include "moe_file.hpp"
+#include "outputs.hpp"
+#include "rank_backend.hpp"
+#include "resume.hpp"
+#include "routers.hpp"
+#include "shared_weights.hpp"
+#include "corpus_loader.hpp"
+
+namespace dume {
+
+// The opened and checked inputs of a merge.
+struct MergeInputs {
+  std::vector<Checkpoint> experts;
+  std::vector<CorpusWindows> calibration;  // one per expert, its domain's windows
+  std::vector<CorpusReport> reports;        // one per expert: documents read and tokenized
+  DType dtype = DType::BF16;               // of the stored MoE
+};
+
+// An expert's calibration windows (collective for text corpora): sequence_length tokens each, or
+// with packing: truncate, each document's first min(sequence_length, context_tokens).
+LoadedCorpus load_calibration(const MergeConfig& config, const CorpusSpec& spec, std::size_t vocab);
+
+// Every check of the inputs that can fail before any work (architectures, corpora, vocab):
+// throws the first problem found, naming the file or key.
+MergeInputs merge_prepare(const MergeConfig& config);
+
+// Expert `e`'s MLP of each layer but the last (which statistics never need), rounded to dtype.
+std::vector<std::vector<MlpWeights>> calibration_mlps(const Checkpoint& expert, DType dtype);
+
+// Where an expert's tensors come from when the MoE is written: (layer, Hugging Face suffix
+// "mlp.gate_proj.weight" or "self_attn.q_proj.weight", its name in the MoE "gate_proj" or
+// "self_attn/q_proj", shape) -> the bytes to store.
+using ExpertSource = std::function<std::vector<std::byte>(std::int64_t layer, const std::string& hf_suffix,
+                                                          const std::string& moe_name,
+                                                          const std::vector<std::int64_t>& shape)>;
+// From a checkpoint (kept alive by the caller): checked, copied exactly when the dtype matches.
+ExpertSource expert_from_checkpoint(const Checkpoint& checkpoint, DType dtype);
+
+// The tensors of the MoE file: shared weights (dtype), every expert's MLPs (and attention, with
+// expert_attention), routers (f32).
+std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedWeights& shared, DType dtype,
+                                   const std::vector<ExpertSource>& experts,
+                                   const std::vector<RouterSolution>& routers, bool expert_attention);
+
+// The shared weights a merge config asks for: averaged over `experts` (or RegMean's merge on
+// their `calibration` windows), a base checkpoint's, task arithmetic between the two, or an
+// existing MoE's; rounded to dtype. Collective.
+SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const Checkpoint*>& experts, DType dtype,
+                                 std::span<const CorpusWindows> calibration = {});
+
+// Collective, before any work of a command that writes an MoE directory: the output rule
+// (check_output) on every rank, then rank 0 takes the output's lock, held while the result
+// lives (null on the other ranks).
+// Then the output's calibration checkpoint (resume.hpp): one left by an interrupted job is an
+// error unless `resume` continues it or `force` discards it.
+std::unique_ptr<OutputLock> claim_moe_output(const std::filesystem::path& output, const std::vector<InputPath>& inputs,
+                                             bool force, bool resume);
+
+// A domain whose statistics a job computes: its expert and calibration windows.
+struct NewDomain {
+  std::string name;
+  const Checkpoint* checkpoint;
+  const CorpusWindows* windows;
+};
+
+// What a merge-like job produces: the shared weights, the statistics it starts from (none for
+// a merge, the MoE's for a fold-in), the domains still to calibrate, and every expert's source.
+struct MergePlan {
+  Model model;                       // config + shared weights; experts swapped per domain
+  MoeInfo info;                      // of the output: experts (all, in order), router settings, dtype, hash
+  Statistics stats;                  // carried over; calibrated domains are appended
+  std::vector<NewDomain> calibrate;  // in order, after the carried-over ones
+  std::vector<ExpertSource> sources; // every expert of the output, in order
+  std::string command = "dume merge"; // what the user runs again, with --resume, after a stop
+};
+
+// The checkpoint store of a plan's calibration, beside config.output (`resume`: says whether it
+// continues from one, on rank 0).
+std::unique_ptr<ResumeStore> open_resume_store(const MergeConfig& config, const MergePlan& plan, bool resume);
+
+using PhaseTimes = std::vector<std::pair<std::string, double>>;
+
+// Calibrates plan.calibrate, solves every layer's router, writes the MoE directory; on every
+// rank (rank 0 solves and writes), then prints the phase table. With a `store`, calibration
+// starts from what it holds, saves checkpoints into it (calibration.checkpoint_every, and on a
+// stop signal), and it is removed once the output is written. A stop signal ends calibration on
+// every rank at the same batch boundary with JobStopped.
+void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes& phases,
+              ResumeStore* store = nullptr);
+
+// The MoE files of a plan with these routers, atomically.
+void write_moe_directory(const std::filesystem::path& output, bool force, const MergePlan& plan,
+                         const std::vector<RouterSolution>& routers, std::uint64_t shard_bytes, const std::string& yaml);
+
+void print_phase_table(const PhaseTimes& phases);
+
+// The whole merge; call on every rank. `resume`: continue from the checkpoint an interrupted
+// merge of this config left (see resume.hpp); without it an existing checkpoint is an error,
+// or discarded with `force`. `also_read`: inputs besides the config's, which the output may not
+// touch either (the MoE a `fold-in --reaverage` re-merges).
+void run_merge(const MergeConfig& config, bool force, bool resume = false, const std::vector<InputPath>& also_read = {});
+
+}  // namespace dume
