@@ -1,5 +1,5 @@
 // An independent float64 forward pass for tests: naive loops over one sequence, written from
-// the Hugging Face Llama definition, sharing no code with pipeline/forward.cpp.
+// the Hugging Face Llama definition, sharing no code with pipeline/model/forward.cpp.
 #pragma once
 
 #include <algorithm>

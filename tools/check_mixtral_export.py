@@ -8,7 +8,7 @@ MixtralForCausalLM in float32 and runs it on 32 bytes from each domain's test te
 tests/fixtures/export/reference.safetensors (tokens, logits of the fused export) and prints how
 far the layouts, and transformers' own bf16 compute, are from each other.
 
-tests/test_export.cpp merges and exports the same MoE, runs dume's MoE forward pass and the
+tests/commands/test_export.cpp merges and exports the same MoE, runs dume's MoE forward pass and the
 exported checkpoint through dume, and compares both against these logits.
 
 Needs torch and transformers from PyPI; CI does not run it. Usage (after building dume):

@@ -10,8 +10,8 @@ packages=(
   libeigen3-dev libopenblas-dev
   libyaml-cpp-dev libgtest-dev libcli11-dev nlohmann-json3-dev
   libbenchmark-dev zlib1g-dev
-  libpcre2-dev   # Unicode pre-tokenizer regexes (pipeline/tokenizer.cpp)
-  libicu-dev   # NFC normalization for tokenizers that ship it (pipeline/tokenizer.cpp)
+  libpcre2-dev   # Unicode pre-tokenizer regexes (pipeline/text/tokenizer.cpp)
+  libicu-dev   # NFC normalization for tokenizers that ship it (pipeline/text/tokenizer.cpp)
   clang-14 libclang-rt-14-dev libomp-14-dev   # libFuzzer + sanitizer runtimes, OpenMP for clang (tools/fuzz.sh)
   ccache   # CI keeps compilations between clones (.ci/run)
   slurmctld slurmd slurm-client munge   # a one-node Slurm for the slurm tests (slurm/local/up.sh)

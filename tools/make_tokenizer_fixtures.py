@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerates tests/fixtures/tokenizers: small tokenizers trained with the `tokenizers` library
 in the shapes real models ship (Llama 3, Qwen2, GPT-2, Llama 2, Mistral), and the ids the library
-gives the test text, which tests/test_tokenizer.cpp compares dume's tokenizer against.
+gives the test text, which tests/text/test_tokenizer.cpp compares dume's tokenizer against.
 
 CI never runs this (it needs `pip install tokenizers`); the outputs are committed. The vocabularies
 are small (under 1000 tokens) so each tokenizer.json stays well under 100 KB. The SentencePiece-style

@@ -13,15 +13,18 @@ namespace dume {
 namespace {
 struct DTypeInfo {
   DType dtype;
-  std::string_view name;
+  std::string_view name;   // safetensors'
+  std::string_view torch;  // torch's, as config.json and dume's HDF5 files write it
+  std::string_view short_name;
   std::size_t size;
   bool is_float;
 };
 constexpr DTypeInfo kDTypes[] = {
-    {DType::F64, "F64", 8, true},  {DType::F32, "F32", 4, true},  {DType::F16, "F16", 2, true},
-    {DType::BF16, "BF16", 2, true}, {DType::I64, "I64", 8, false}, {DType::I32, "I32", 4, false},
-    {DType::I16, "I16", 2, false}, {DType::I8, "I8", 1, false},   {DType::U8, "U8", 1, false},
-    {DType::BOOL, "BOOL", 1, false},
+    {DType::F64, "F64", "float64", "f64", 8, true},     {DType::F32, "F32", "float32", "f32", 4, true},
+    {DType::F16, "F16", "float16", "f16", 2, true},     {DType::BF16, "BF16", "bfloat16", "bf16", 2, true},
+    {DType::I64, "I64", "int64", "i64", 8, false},      {DType::I32, "I32", "int32", "i32", 4, false},
+    {DType::I16, "I16", "int16", "i16", 2, false},      {DType::I8, "I8", "int8", "i8", 1, false},
+    {DType::U8, "U8", "uint8", "u8", 1, false},         {DType::BOOL, "BOOL", "bool", "bool", 1, false},
 };
 const DTypeInfo& info(DType dtype) {
   for (const auto& i : kDTypes)
@@ -40,6 +43,13 @@ bool dtype_from_safetensors(std::string_view name, DType& out) {
 }
 
 std::string_view to_string(DType dtype) { return info(dtype).name; }
+std::string_view torch_name(DType dtype) { return info(dtype).torch; }
+
+std::optional<DType> weight_dtype_from_name(std::string_view name) {
+  for (const DType d : {DType::F32, DType::F16, DType::BF16})
+    if (name == info(d).torch || name == info(d).short_name) return d;
+  return std::nullopt;
+}
 std::size_t dtype_size(DType dtype) { return info(dtype).size; }
 bool dtype_is_float(DType dtype) { return info(dtype).is_float; }
 

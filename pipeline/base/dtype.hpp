@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -17,6 +18,10 @@ enum class DType { F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL };
 // Names as safetensors writes them ("F32", "BF16", ...); an unknown name returns false.
 bool dtype_from_safetensors(std::string_view name, DType& out);
 std::string_view to_string(DType dtype);
+// torch's name ("float32", "bfloat16", ...), which config.json and dume's HDF5 files use.
+std::string_view torch_name(DType dtype);
+// A weight dtype (F32, F16, BF16) by torch's name or the short one ("bf16"); nullopt otherwise.
+std::optional<DType> weight_dtype_from_name(std::string_view name);
 std::size_t dtype_size(DType dtype);
 bool dtype_is_float(DType dtype);
 

@@ -29,8 +29,7 @@ void add_export(CLI::App& app) {
   cmd->add_flag("--force", o->force, "Replace the output directory if it exists");
   cmd->callback([o] {
     ExportOptions options;
-    if (!o->dtype.empty())
-      options.dtype = o->dtype == "bf16" ? DType::BF16 : o->dtype == "f16" ? DType::F16 : DType::F32;
+    if (!o->dtype.empty()) options.dtype = weight_dtype_from_name(o->dtype);
     options.shard_bytes = parse_size(o->shard_size);
     options.layout = o->layout == "fused" ? MixtralLayout::fused : MixtralLayout::per_expert;
     if (!o->tokenizer.empty()) options.tokenizer = o->tokenizer;

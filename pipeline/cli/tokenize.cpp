@@ -35,7 +35,7 @@ void run_tokenize(const TokenizeOptions& o) {
       std::vector<InputPath> inputs{{"the tokenizer", o.tokenizer}};
       for (const auto& file : expand_glob(o.input)) inputs.push_back({"the input", file});
       for (const char* suffix : {".bin", ".idx"})
-        check_output(prefix.string() + suffix, inputs, o.force, {.directory = false});
+        check_output(prefix.string() + suffix, inputs, o.force, {.directory = false, .marker = {}});
       t = load_tokenizer(o.tokenizer);
     });
     return std::move(*t);

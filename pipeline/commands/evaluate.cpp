@@ -6,7 +6,9 @@
 #include <nlohmann/json.hpp>
 
 #include "comm.hpp"
-#include "merge.hpp"
+#include "corpus_loader.hpp"
+#include "rank_backend.hpp"
+#include "shared_weights.hpp"
 #include "moe_file.hpp"
 #include "outputs.hpp"
 #include "perplexity.hpp"
@@ -65,159 +67,197 @@ Model average_model(const std::vector<const Checkpoint*>& experts, DType dtype) 
   return m;
 }
 
-}  // namespace
-
-EvalResult run_eval(const MergeConfig& config) {
-  const int rank = mpi_rank(), ranks = mpi_size();
-  const bool root = rank == 0;
-  const auto E = static_cast<std::int64_t>(config.experts.size());
+// What eval reads before any model runs. Every rank loads all of it: the ranks split each
+// domain's batches, not the domains.
+struct EvalInputs {
   MoeInfo info;
-  std::vector<Checkpoint> checkpoints;
-  std::vector<CorpusWindows> tests;
-  collective_phase([&] {
-    // The results replace an earlier eval's (eval.output is inside the MoE by default), but
-    // never an input.
-    const std::vector<InputPath> inputs = input_paths(config);
-    for (const char* file : {"eval.json", "routing.png"})
-      check_output(config.eval.output / file, inputs, /*force=*/true, {.directory = false});
-    info = read_moe_info(config.output.path);
-    std::vector<std::string> names;
-    for (const auto& e : config.experts) names.push_back(e.name);
-    if (names != info.experts)
-      throw Error(config.output.path.string() + " holds experts that differ from the config's (merge it first?)");
-    for (const auto& e : config.experts) {
-      if (!e.test) throw Error("expert '" + e.name + "' has no test corpus (experts[].test)");
-      checkpoints.emplace_back(e.checkpoint);
-      auto corpus = load_corpus(*e.test, static_cast<std::size_t>(info.config.vocab_size),
-                                static_cast<std::size_t>(config.calibration.sequence_length),
-                                static_cast<std::size_t>(config.eval.max_sequences));
-      if (const auto line = describe(corpus.report); !line.empty() && root)
-        std::printf("# test '%s': %s\n", e.name.c_str(), line.c_str());
-      tests.push_back(std::move(corpus.windows));
-    }
-    if (info.router.expert_attention)
-      for (const Routing& routing : config.eval.routing)
-        if (routing.from_layer != 0)
-          throw Error("eval.routing '" + routing.to_string() + "': the MoE's experts keep their own attention, which "
-                      "needs one routing decision taken at layer 0 (e.g. mean+layer:0)");
-  });
-  const ModelConfig& mc = info.config;
-  auto backend = rank_backend(config.backend, config.threads);
+  std::vector<Checkpoint> checkpoints;  // one per expert, config order
+  std::vector<CorpusWindows> tests;     // one per domain (= expert)
+};
 
-  EvalResult result;
-  for (const auto& e : config.experts) result.domains.push_back(e.name);
-  // Per (method, domain): nll and tokens, summed over ranks at the end.
-  std::vector<std::pair<std::string, std::size_t>> keys;
-  std::vector<double> sums;
-  const auto record = [&](const std::string& method, std::size_t d, const Perplexity& p) {
+// Checks the outputs and the MoE against the config, then opens the experts and loads their test
+// windows. Runs inside collective_phase, so that a failure on any rank stops every rank.
+void load_eval_inputs(const MergeConfig& config, bool root, EvalInputs& in) {
+  // The results replace an earlier eval's (eval.output is inside the MoE by default), but
+  // never an input.
+  const std::vector<InputPath> inputs = input_paths(config);
+  for (const char* file : {"eval.json", "routing.png"})
+    check_output(config.eval.output / file, inputs, /*force=*/true, {.directory = false, .marker = {}});
+  in.info = read_moe_info(config.output.path);
+  std::vector<std::string> names;
+  for (const auto& e : config.experts) names.push_back(e.name);
+  if (names != in.info.experts)
+    throw Error(config.output.path.string() + " holds experts that differ from the config's (merge it first?)");
+  for (const auto& e : config.experts) {
+    if (!e.test) throw Error("expert '" + e.name + "' has no test corpus (experts[].test)");
+    in.checkpoints.emplace_back(e.checkpoint);
+    auto corpus = load_corpus(*e.test, static_cast<std::size_t>(in.info.config.vocab_size),
+                              static_cast<std::size_t>(config.calibration.sequence_length),
+                              static_cast<std::size_t>(config.eval.max_sequences));
+    if (const auto line = describe(corpus.report); !line.empty() && root)
+      std::printf("# test '%s': %s\n", e.name.c_str(), line.c_str());
+    in.tests.push_back(std::move(corpus.windows));
+  }
+  if (in.info.router.expert_attention)
+    for (const Routing& routing : config.eval.routing)
+      if (routing.from_layer != 0)
+        throw Error("eval.routing '" + routing.to_string() + "': the MoE's experts keep their own attention, which "
+                    "needs one routing decision taken at layer 0 (e.g. mean+layer:0)");
+}
+
+// Forward options of domain d's batch starting at window `first` (nullptr: none).
+using DomainOptions = std::function<ForwardOptions(std::size_t d, std::int64_t first)>;
+
+// Runs each method on every domain and keeps this rank's share of the nll and tokens per
+// (method, domain). Every rank runs the same methods in the same order, so the sums of all
+// ranks line up element by element for the one reduce_sum at the end.
+class DomainRuns {
+ public:
+  DomainRuns(const MergeConfig& config, const ModelConfig& model_config, const std::vector<CorpusWindows>& tests,
+             int rank, int ranks)
+      : mc_(model_config), tests_(tests) {
+    base_.batch = config.calibration.batch_sequences;
+    base_.rank = rank;
+    base_.ranks = ranks;
+  }
+
+  void evaluate(const std::string& method, Forward& forward, const DomainOptions& options) {
+    for (std::size_t d = 0; d < tests_.size(); ++d) {
+      PerplexityRun run = base_;
+      if (options) run.options = [&, d](std::int64_t first) { return options(d, first); };
+      record(method, d, perplexity(forward, mc_, tests_[d], run));
+    }
+    if (base_.rank == 0) std::fprintf(stderr, "eval: %s done\n", method.c_str());
+  }
+
+  std::vector<std::pair<std::string, std::size_t>> keys;  // (method, domain), in the order run
+  std::vector<double> sums;                               // nll, tokens per key
+
+ private:
+  void record(const std::string& method, std::size_t d, const Perplexity& p) {
     keys.emplace_back(method, d);
     sums.push_back(p.nll);
     sums.push_back(static_cast<double>(p.tokens));
-  };
-  PerplexityRun base;
-  base.batch = config.calibration.batch_sequences;
-  base.rank = rank;
-  base.ranks = ranks;
-  const auto run_domains = [&](const std::string& method, Forward& forward,
-                               const std::function<ForwardOptions(std::size_t d, std::int64_t first)>& options) {
-    for (std::size_t d = 0; d < tests.size(); ++d) {
-      PerplexityRun run = base;
-      if (options) run.options = [&, d](std::int64_t first) { return options(d, first); };
-      record(method, d, perplexity(forward, mc, tests[d], run));
-    }
-    if (root) std::fprintf(stderr, "eval: %s done\n", method.c_str());
-  };
-
-  std::vector<const Checkpoint*> experts;
-  for (const auto& c : checkpoints) experts.push_back(&c);
-  if (wants(config, "experts"))
-    for (std::int64_t e = 0; e < E; ++e) {
-      const Model dense = load_dense_model(checkpoints[static_cast<std::size_t>(e)]);
-      Forward forward(dense, *backend);
-      run_domains("expert:" + config.experts[static_cast<std::size_t>(e)].name, forward, nullptr);
-    }
-  if (wants(config, "average")) {
-    const Model average = average_model(experts, info.dtype);
-    Forward forward(average, *backend);
-    run_domains("average", forward, nullptr);
   }
 
-  Model moe = read_moe_model(config.output.path);
-  const auto S = static_cast<std::int64_t>(config.calibration.sequence_length);
-  std::vector<double> routing_counts(static_cast<std::size_t>(E * mc.num_layers * E), 0.0);
-  if (wants(config, "random"))
-    for (int k : config.eval.top_k) {
-      moe.top_k = k;
-      Forward forward(moe, *backend);
-      run_domains("random" + k_suffix(config, k), forward, [&](std::size_t d, std::int64_t first) {
-        ForwardOptions o;
-        o.on_router_logits = [&, d, first](std::int64_t layer, std::span<float> logits) {
-          for (std::size_t i = 0; i < logits.size(); ++i) {
-            const auto t = static_cast<std::int64_t>(i) / E, e = static_cast<std::int64_t>(i) % E;
-            logits[i] = static_cast<float>(uniform_hash(config.eval.seed, d, static_cast<std::uint64_t>(first + t / S),
-                                                        static_cast<std::uint64_t>(layer * S + t % S),
-                                                        static_cast<std::uint64_t>(e)));
-          }
-        };
-        return o;
-      });
+  const ModelConfig& mc_;
+  const std::vector<CorpusWindows>& tests_;
+  PerplexityRun base_;
+};
+
+// The dense baselines: each expert on its own, and every parameter averaged.
+void eval_dense_baselines(const MergeConfig& config, const EvalInputs& in, Backend& backend, DomainRuns& runs) {
+  std::vector<const Checkpoint*> experts;
+  for (const auto& c : in.checkpoints) experts.push_back(&c);
+  if (wants(config, "experts"))
+    for (std::size_t e = 0; e < config.experts.size(); ++e) {
+      const Model dense = load_dense_model(in.checkpoints[e]);
+      Forward forward(dense, backend);
+      runs.evaluate("expert:" + config.experts[e].name, forward, nullptr);
     }
-  if (wants(config, "oracle")) {
-    Forward forward(moe, *backend);
-    run_domains("oracle", forward, [](std::size_t d, std::int64_t) {
+  if (wants(config, "average")) {
+    const Model average = average_model(experts, in.info.dtype);
+    Forward forward(average, backend);
+    runs.evaluate("average", forward, nullptr);
+  }
+}
+
+// The MoE with its router logits replaced by a hash of (domain, window, layer, position, expert):
+// the same choices on any number of ranks. Leaves moe.top_k at the last k.
+void eval_random_routing(const MergeConfig& config, Model& moe, Backend& backend, DomainRuns& runs) {
+  const auto E = static_cast<std::int64_t>(config.experts.size());
+  const auto S = static_cast<std::int64_t>(config.calibration.sequence_length);
+  for (int k : config.eval.top_k) {
+    moe.top_k = k;
+    Forward forward(moe, backend);
+    runs.evaluate("random" + k_suffix(config, k), forward, [&](std::size_t d, std::int64_t first) {
       ForwardOptions o;
-      o.forced_expert = static_cast<int>(d);
+      o.on_router_logits = [&, d, first](std::int64_t layer, std::span<float> logits) {
+        for (std::size_t i = 0; i < logits.size(); ++i) {
+          const auto t = static_cast<std::int64_t>(i) / E, e = static_cast<std::int64_t>(i) % E;
+          logits[i] = static_cast<float>(uniform_hash(config.eval.seed, d, static_cast<std::uint64_t>(first + t / S),
+                                                      static_cast<std::uint64_t>(layer * S + t % S),
+                                                      static_cast<std::uint64_t>(e)));
+        }
+      };
       return o;
     });
   }
-  if (wants(config, "dume"))
-    for (const Routing& routing : config.eval.routing)
-      for (int k : config.eval.top_k) {
-        moe.top_k = k;
-        moe.routing = routing;
-        Forward forward(moe, *backend);
-        const bool first_routing = routing == config.eval.routing.front();
-        const bool count_routing = k == config.eval.top_k.front() && first_routing;
-        // built with append(): GCC 12 warns falsely (-Wrestrict) on "literal" + string
-        const std::string name = std::string("dume")
-                                     .append(first_routing ? "" : std::string("[").append(routing.to_string()).append("]"))
-                                     .append(k_suffix(config, k));
-        run_domains(name, forward, [&](std::size_t d, std::int64_t) {
-          ForwardOptions o;
-          if (count_routing)
-            o.on_router_logits = [&, d](std::int64_t layer, std::span<float> logits) {
-              for (std::size_t t = 0; t < logits.size() / static_cast<std::size_t>(E); ++t) {
-                const auto row = logits.subspan(t * static_cast<std::size_t>(E), static_cast<std::size_t>(E));
-                const auto top = std::max_element(row.begin(), row.end()) - row.begin();
-                routing_counts[static_cast<std::size_t>((static_cast<std::int64_t>(d) * mc.num_layers + layer) * E + top)] += 1;
-              }
-            };
-          return o;
-        });
-      }
+}
 
-  reduce_sum(sums);
-  reduce_sum(routing_counts);
-  if (!root) return result;
-  for (std::size_t i = 0; i < keys.size(); ++i) {
-    const auto& [method, d] = keys[i];
-    const Perplexity p{sums[2 * i], static_cast<std::int64_t>(sums[2 * i + 1])};
+// The MoE with each domain's own expert forced: the routing DUME's router aims for.
+void eval_oracle(const Model& moe, Backend& backend, DomainRuns& runs) {
+  Forward forward(moe, backend);
+  runs.evaluate("oracle", forward, [](std::size_t d, std::int64_t) {
+    ForwardOptions o;
+    o.forced_expert = static_cast<int>(d);
+    return o;
+  });
+}
+
+// "dume", "dume@k=2", "dume[ema:0.1+layer:0]": the first routing and k are the plain name.
+std::string dume_method_name(const MergeConfig& config, const Routing& routing, int k) {
+  const bool first_routing = routing == config.eval.routing.front();
+  // built with append(): GCC 12 warns falsely (-Wrestrict) on "literal" + string
+  return std::string("dume")
+      .append(first_routing ? "" : std::string("[").append(routing.to_string()).append("]"))
+      .append(k_suffix(config, k));
+}
+
+// DUME's own router, for every configured routing and k. The first (routing, k) also counts
+// each token's top-1 expert per (domain, layer) into routing_counts [domain][layer][expert].
+void eval_dume(const MergeConfig& config, const ModelConfig& mc, Model& moe, Backend& backend, DomainRuns& runs,
+               std::vector<double>& routing_counts) {
+  const auto E = static_cast<std::int64_t>(config.experts.size());
+  for (const Routing& routing : config.eval.routing)
+    for (int k : config.eval.top_k) {
+      moe.top_k = k;
+      moe.routing = routing;
+      Forward forward(moe, backend);
+      const bool count_routing = k == config.eval.top_k.front() && routing == config.eval.routing.front();
+      runs.evaluate(dume_method_name(config, routing, k), forward, [&](std::size_t d, std::int64_t) {
+        ForwardOptions o;
+        if (count_routing)
+          o.on_router_logits = [&, d](std::int64_t layer, std::span<float> logits) {
+            for (std::size_t t = 0; t < logits.size() / static_cast<std::size_t>(E); ++t) {
+              const auto row = logits.subspan(t * static_cast<std::size_t>(E), static_cast<std::size_t>(E));
+              const auto top = std::max_element(row.begin(), row.end()) - row.begin();
+              routing_counts[static_cast<std::size_t>((static_cast<std::int64_t>(d) * mc.num_layers + layer) * E + top)] += 1;
+            }
+          };
+        return o;
+      });
+    }
+}
+
+// Rank 0, after the reduction: each (method, domain)'s perplexity, and the methods in run order.
+void collect_perplexity(const DomainRuns& runs, EvalResult& result) {
+  for (std::size_t i = 0; i < runs.keys.size(); ++i) {
+    const auto& [method, d] = runs.keys[i];
+    const Perplexity p{runs.sums[2 * i], static_cast<std::int64_t>(runs.sums[2 * i + 1])};
     result.perplexity[result.domains[d]][method] = p.value();
     result.tokens[result.domains[d]] = p.tokens;
     if (std::find(result.methods.begin(), result.methods.end(), method) == result.methods.end())
       result.methods.push_back(method);
   }
-  if (wants(config, "dume")) {
-    result.routing.assign(static_cast<std::size_t>(E), {});
-    for (std::int64_t d = 0; d < E; ++d)
-      for (std::int64_t l = 0; l < mc.num_layers; ++l) {
-        std::vector<double> row(static_cast<std::size_t>(E));
-        double total = 0;
-        for (std::int64_t e = 0; e < E; ++e) total += row[static_cast<std::size_t>(e)] = routing_counts[static_cast<std::size_t>((d * mc.num_layers + l) * E + e)];
-        for (double& v : row) v /= total;
-        result.routing[static_cast<std::size_t>(d)].push_back(row);
-      }
-  }
+}
+
+// Rank 0: the summed top-1 counts as fractions of each (domain, layer)'s tokens.
+void collect_routing(const std::vector<double>& routing_counts, std::int64_t E, std::int64_t layers,
+                     EvalResult& result) {
+  result.routing.assign(static_cast<std::size_t>(E), {});
+  for (std::int64_t d = 0; d < E; ++d)
+    for (std::int64_t l = 0; l < layers; ++l) {
+      std::vector<double> row(static_cast<std::size_t>(E));
+      double total = 0;
+      for (std::int64_t e = 0; e < E; ++e) total += row[static_cast<std::size_t>(e)] = routing_counts[static_cast<std::size_t>((d * layers + l) * E + e)];
+      for (double& v : row) v /= total;
+      result.routing[static_cast<std::size_t>(d)].push_back(row);
+    }
+}
+
+// Rank 0: retention against each domain's own expert, and the random-to-oracle gap DUME closes.
+void collect_retention(const MergeConfig& config, EvalResult& result) {
   if (wants(config, "experts"))
     for (const auto& d : result.domains)
       for (const auto& m : result.methods)
@@ -229,6 +269,37 @@ EvalResult run_eval(const MergeConfig& config) {
       auto& p = result.perplexity[d];
       result.gap_closed[d] = (p["random"] - p["dume"]) / (p["random"] - p["oracle"]);
     }
+}
+
+}  // namespace
+
+EvalResult run_eval(const MergeConfig& config) {
+  const int rank = mpi_rank(), ranks = mpi_size();
+  const bool root = rank == 0;
+  const auto E = static_cast<std::int64_t>(config.experts.size());
+  EvalInputs in;
+  collective_phase([&] { load_eval_inputs(config, root, in); });
+  const ModelConfig& mc = in.info.config;
+  auto backend = rank_backend(config.backend, config.threads);
+
+  EvalResult result;
+  for (const auto& e : config.experts) result.domains.push_back(e.name);
+  DomainRuns runs(config, mc, in.tests, rank, ranks);
+  eval_dense_baselines(config, in, *backend, runs);
+
+  Model moe = read_moe_model(config.output.path);
+  std::vector<double> routing_counts(static_cast<std::size_t>(E * mc.num_layers * E), 0.0);
+  if (wants(config, "random")) eval_random_routing(config, moe, *backend, runs);
+  if (wants(config, "oracle")) eval_oracle(moe, *backend, runs);
+  if (wants(config, "dume")) eval_dume(config, mc, moe, *backend, runs, routing_counts);
+
+  // Every rank makes both reductions, in this order, whatever it ran; only rank 0 has the sums.
+  reduce_sum(runs.sums);
+  reduce_sum(routing_counts);
+  if (!root) return result;
+  collect_perplexity(runs, result);
+  if (wants(config, "dume")) collect_routing(routing_counts, E, mc.num_layers, result);
+  collect_retention(config, result);
   return result;
 }
 

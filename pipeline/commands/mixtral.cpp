@@ -11,7 +11,6 @@
 
 #include "error.hpp"
 #include "hdf5_util.hpp"
-#include "merge.hpp"
 #include "merge_config.hpp"
 #include "moe_file.hpp"
 #include "outputs.hpp"

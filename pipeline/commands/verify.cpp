@@ -7,7 +7,7 @@
 #include <set>
 
 #include "hdf5_util.hpp"
-#include "merge.hpp"
+#include "shared_weights.hpp"
 #include "moe_file.hpp"
 
 namespace dume {
@@ -79,101 +79,129 @@ class Verifier {
   VerifyReport& r_;
 };
 
-void verify_statistics(Verifier& v, const fs::path& path, const MoeInfo& info) {
-  if (!fs::exists(path)) return v.problem(path.string() + ": missing (fold-in, remove and resolve need it)");
-  H5Id file;
-  if (!v.guarded([&] { file = h5::open_file(path); })) return;
-  const hid_t f = file.get();
+// Names every dataset of `file` that is not in `expected`; call inside Verifier::guarded.
+void report_unexpected_datasets(Verifier& v, hid_t f, const std::string& file, const std::set<std::string>& expected) {
+  for (const std::string& p : h5::list_datasets(f))
+    if (!expected.contains(p)) v.problem(file + ": unexpected dataset '" + p + "'");
+}
+
+// ---- stats.h5 ----
+
+// What the checks of stats.h5 share: the open file, its header, and every dataset path visited.
+struct StatsFile {
+  hid_t f = -1;
   std::int64_t hidden = 0;
   std::vector<std::string> domains;
-  const bool attributes = v.guarded([&] {
+  std::vector<std::int64_t> tokens;  // /tokens, empty when it could not be read
+  std::set<std::string> expected;
+};
+
+// The attributes that tie stats.h5 to this MoE; false (and a problem) when they do not.
+bool read_statistics_header(Verifier& v, const fs::path& path, const MoeInfo& info, StatsFile& s) {
+  return v.guarded([&] {
+    const hid_t f = s.f;
     if (!h5::has_attribute(f, "format") || h5::read_string_attribute(f, "format") != "dume-stats")
       throw Error(path.string() + ": not a dume statistics file (no format attribute 'dume-stats')");
-    hidden = h5::read_int_attribute(f, "hidden_size");
-    domains = h5::read_strings_attribute(f, "domains");
+    s.hidden = h5::read_int_attribute(f, "hidden_size");
+    s.domains = h5::read_strings_attribute(f, "domains");
     const std::string hash = h5::read_string_attribute(f, "shared_hash");
     const std::int64_t context = h5::read_int_attribute(f, "context_tokens");
     if (hash != info.shared_hash)
       throw Error(path.string() + ": made with other shared weights (hash " + hash + ", moe.h5's is " + info.shared_hash + ")");
-    if (hidden != info.config.hidden_size)
-      throw Error(path.string() + ": hidden_size " + std::to_string(hidden) + ", the MoE's is " +
+    if (s.hidden != info.config.hidden_size)
+      throw Error(path.string() + ": hidden_size " + std::to_string(s.hidden) + ", the MoE's is " +
                   std::to_string(info.config.hidden_size));
-    if (domains != info.experts) throw Error(path.string() + ": its domains differ from moe.h5's experts");
+    if (s.domains != info.experts) throw Error(path.string() + ": its domains differ from moe.h5's experts");
     if (context != info.router.context_tokens)
       throw Error(path.string() + ": context_tokens " + std::to_string(context) + ", moe.h5 says " +
                   std::to_string(info.router.context_tokens));
   });
-  if (!attributes) return;
-  const std::int64_t n = hidden + 1, E = static_cast<std::int64_t>(domains.size());
-  std::vector<std::int64_t> tokens;
-  v.guarded([&] {
-    tokens = h5::read_i64(f, "/tokens", std::vector<std::int64_t>{E});
-    v.counted(f, "/tokens", tokens.size() * 8);
-  });
-  std::set<std::string> expected = {"/tokens"};
-  for (std::int64_t l = 0; l < info.config.num_layers; ++l) {
-    const std::string B_path = moe_path::layer(l, "B");
-    expected.insert(B_path);
-    const auto B = v.doubles(f, B_path, {n, E});
-    for (std::int64_t e = 0; e < E; ++e) {
-      const std::string A_path = moe_path::layer(l, "A/" + domains[static_cast<std::size_t>(e)]);
-      expected.insert(A_path);
-      const auto A = v.doubles(f, A_path, {n, n});
-      if (!A) continue;
-      // A is symmetric; its constant-column corner counts the rows; its last column is B's column e.
-      const auto at = [&](std::int64_t i, std::int64_t j) { return (*A)[static_cast<std::size_t>(i * n + j)]; };
-      double scale = 0, asymmetry = 0, column = 0;
-      for (std::int64_t i = 0; i < n; ++i)
-        for (std::int64_t j = 0; j < n; ++j) {
-          scale = std::max(scale, std::abs(at(i, j)));
-          asymmetry = std::max(asymmetry, std::abs(at(i, j) - at(j, i)));
-        }
-      if (asymmetry > 1e-9 * scale) v.problem(Verifier::where(f, A_path) + " is not symmetric");
-      if (tokens.size() == static_cast<std::size_t>(E) && at(hidden, hidden) != static_cast<double>(tokens[static_cast<std::size_t>(e)]))
-        v.problem(Verifier::where(f, A_path) + ": counts " + std::to_string(at(hidden, hidden)) + " rows, /tokens says " +
-                  std::to_string(tokens[static_cast<std::size_t>(e)]));
-      if (B) {
-        for (std::int64_t i = 0; i < n; ++i)
-          column = std::max(column, std::abs(at(i, hidden) - (*B)[static_cast<std::size_t>(i * E + e)]));
-        if (column > 1e-9 * scale)
-          v.problem(Verifier::where(f, B_path) + ": column " + std::to_string(e) + " differs from " + A_path + "'s last column");
-      }
-    }
-    // Held-out MLP inputs (a held-out split): rows of `hidden` finite values.
-    for (const std::string& domain : domains) {
-      const std::string heldout = moe_path::layer(l, "heldout/" + domain);
-      bool present = false;
-      v.guarded([&] { present = h5::exists(f, heldout); });
-      if (!present) continue;
-      expected.insert(heldout);
-      v.guarded([&] {
-        const auto shape = h5::dataset_info(f, heldout).shape;
-        if (shape.size() != 2 || shape[1] != hidden)
-          v.problem(Verifier::where(f, heldout) + " is not (tokens, " + std::to_string(hidden) + ")");
-        else
-          v.floats(f, heldout, DType::F32, shape);
-      });
-    }
-  }
-  v.guarded([&] {
-    for (const std::string& p : h5::list_datasets(f))
-      if (!expected.contains(p)) v.problem(path.string() + ": unexpected dataset '" + p + "'");
-  });
 }
 
-}  // namespace
-
-VerifyReport verify_moe(const fs::path& dir) {
-  VerifyReport report;
-  Verifier v(report);
-  if (!fs::is_directory(dir)) {
-    v.problem(dir.string() + ": not a directory");
-    return report;
+// Domain e's Gram matrix A (n x n, n = hidden + 1) at A_path: symmetric; its constant-column
+// corner counts the rows (/tokens); its last column is column e of B (when B was readable).
+void check_gram_matrix(Verifier& v, const StatsFile& s, std::int64_t e, const std::string& A_path,
+                       const std::vector<double>& A, const std::string& B_path, const std::optional<std::vector<double>>& B) {
+  const hid_t f = s.f;
+  const std::int64_t hidden = s.hidden, n = hidden + 1, E = static_cast<std::int64_t>(s.domains.size());
+  const auto at = [&](std::int64_t i, std::int64_t j) { return A[static_cast<std::size_t>(i * n + j)]; };
+  double scale = 0, asymmetry = 0, column = 0;
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      scale = std::max(scale, std::abs(at(i, j)));
+      asymmetry = std::max(asymmetry, std::abs(at(i, j) - at(j, i)));
+    }
+  if (asymmetry > 1e-9 * scale) v.problem(Verifier::where(f, A_path) + " is not symmetric");
+  if (s.tokens.size() == static_cast<std::size_t>(E) && at(hidden, hidden) != static_cast<double>(s.tokens[static_cast<std::size_t>(e)]))
+    v.problem(Verifier::where(f, A_path) + ": counts " + std::to_string(at(hidden, hidden)) + " rows, /tokens says " +
+              std::to_string(s.tokens[static_cast<std::size_t>(e)]));
+  if (B) {
+    for (std::int64_t i = 0; i < n; ++i)
+      column = std::max(column, std::abs(at(i, hidden) - (*B)[static_cast<std::size_t>(i * E + e)]));
+    if (column > 1e-9 * scale)
+      v.problem(Verifier::where(f, B_path) + ": column " + std::to_string(e) + " differs from " + A_path + "'s last column");
   }
-  MoeInfo info;
-  if (!v.guarded([&] { info = read_moe_info(dir); })) return report;
-  const fs::path index = dir / "moe.h5";
+}
 
+// Layer l's statistics: B (n x E) and each domain's A.
+void verify_gram_matrices(Verifier& v, StatsFile& s, std::int64_t l) {
+  const std::int64_t n = s.hidden + 1, E = static_cast<std::int64_t>(s.domains.size());
+  const std::string B_path = moe_path::layer(l, "B");
+  s.expected.insert(B_path);
+  const auto B = v.doubles(s.f, B_path, {n, E});
+  for (std::int64_t e = 0; e < E; ++e) {
+    const std::string A_path = moe_path::layer(l, "A/" + s.domains[static_cast<std::size_t>(e)]);
+    s.expected.insert(A_path);
+    const auto A = v.doubles(s.f, A_path, {n, n});
+    if (A) check_gram_matrix(v, s, e, A_path, *A, B_path, B);
+  }
+}
+
+// Held-out MLP inputs (a held-out split; optional): rows of `hidden` finite values.
+void verify_heldout(Verifier& v, StatsFile& s, std::int64_t l) {
+  const hid_t f = s.f;
+  for (const std::string& domain : s.domains) {
+    const std::string heldout = moe_path::layer(l, "heldout/" + domain);
+    bool present = false;
+    v.guarded([&] { present = h5::exists(f, heldout); });
+    if (!present) continue;
+    s.expected.insert(heldout);
+    v.guarded([&] {
+      const auto shape = h5::dataset_info(f, heldout).shape;
+      if (shape.size() != 2 || shape[1] != s.hidden)
+        v.problem(Verifier::where(f, heldout) + " is not (tokens, " + std::to_string(s.hidden) + ")");
+      else
+        v.floats(f, heldout, DType::F32, shape);
+    });
+  }
+}
+
+void verify_statistics(Verifier& v, const fs::path& path, const MoeInfo& info) {
+  if (!fs::exists(path)) return v.problem(path.string() + ": missing (fold-in, remove and resolve need it)");
+  H5Id file;
+  if (!v.guarded([&] { file = h5::open_file(path); })) return;
+  StatsFile s;
+  s.f = file.get();
+  // Without a header that matches the MoE, the datasets' shapes are unknown.
+  if (!read_statistics_header(v, path, info, s)) return;
+  const auto E = static_cast<std::int64_t>(s.domains.size());
+  v.guarded([&] {
+    s.tokens = h5::read_i64(s.f, "/tokens", std::vector<std::int64_t>{E});
+    v.counted(s.f, "/tokens", s.tokens.size() * 8);
+  });
+  s.expected = {"/tokens"};
+  for (std::int64_t l = 0; l < info.config.num_layers; ++l) {
+    verify_gram_matrices(v, s, l);
+    verify_heldout(v, s, l);
+  }
+  v.guarded([&] { report_unexpected_datasets(v, s.f, path.string(), s.expected); });
+}
+
+// ---- moe.h5 and its shards ----
+
+// The shards moe.h5 lists (each present and an HDF5 file), and shard files it does not list.
+void verify_shards(Verifier& v, const fs::path& dir, const MoeInfo& info) {
+  const fs::path index = dir / "moe.h5";
   for (const std::string& shard : info.shard_files) {
     if (shard.empty() || shard == "." || shard == ".." || shard.find('/') != std::string::npos)
       v.problem(index.string() + ": shard name '" + shard + "' is not a file name in the directory");
@@ -190,13 +218,11 @@ VerifyReport verify_moe(const fs::path& dir) {
         std::find(info.shard_files.begin(), info.shard_files.end(), name) == info.shard_files.end())
       v.problem(entry.path().string() + ": a shard file that moe.h5 does not list");
   }
+}
 
-  H5Id file;
-  if (!v.guarded([&] { file = h5::open_file(index); })) return report;
-  const hid_t f = file.get();
+// The shared weights, and their hash against the one moe.h5 records (when all could be read).
+void verify_shared_weights(Verifier& v, hid_t f, const fs::path& index, const MoeInfo& info) {
   const ModelConfig& c = info.config;
-  const std::int64_t D = c.hidden_size, E = static_cast<std::int64_t>(info.experts.size());
-
   SharedWeights shared;
   bool shared_ok = true;
   for_each_shared_tensor(c, shared, [&](const std::string&, const std::string& path, const std::vector<std::int64_t>& shape,
@@ -211,64 +237,100 @@ VerifyReport verify_moe(const fs::path& dir) {
       v.problem(index.string() + ": the stored shared weights hash to " + hash + ", but moe.h5 records " + info.shared_hash +
                 " (modified after the merge?)");
   }
-  shared = {};
+}
 
+// Layer l's expert tensors (MLPs, and attention when the experts keep their own).
+void verify_layer_experts(Verifier& v, hid_t f, const MoeInfo& info, std::int64_t l) {
+  const ModelConfig& c = info.config;
   const MlpWeights layout;  // only names and shapes are visited
   const AttentionWeights attention_layout;
-  for (std::int64_t l = 0; l < c.num_layers; ++l) {
-    const auto expert_tensor = [&](std::int64_t e) {
-      return [&, e](const std::string&, const std::string& name, const std::vector<std::int64_t>& shape, const auto&) {
-        v.floats(f, moe_path::expert(l, e, name), info.dtype, shape);
-      };
+  const auto expert_tensor = [&](std::int64_t e) {
+    return [&, e](const std::string&, const std::string& name, const std::vector<std::int64_t>& shape, const auto&) {
+      v.floats(f, moe_path::expert(l, e, name), info.dtype, shape);
     };
-    for (std::int64_t e = 0; e < E; ++e) {
-      for_each_mlp_tensor(c, layout, expert_tensor(e));
-      if (info.router.expert_attention) for_each_attention_tensor(c, attention_layout, expert_tensor(e));
-    }
-    const std::string weight_path = moe_path::layer(l, "router/weight"), bias_path = moe_path::layer(l, "router/bias");
-    const auto weight = v.floats(f, weight_path, DType::F32, {E, D});
-    if (info.router.method == RouterMethod::gaussian) {  // rows are the domains' means; the factors are triangular
-      const std::string quadratic_path = moe_path::layer(l, "router/quadratic");
-      if (const auto q = v.floats(f, quadratic_path, DType::F32, {E, D, D}))
-        for (std::int64_t e = 0; e < E; ++e)
-          for (std::int64_t i = 0; i < D; ++i)
-            for (std::int64_t j = i + 1; j < D; ++j)
-              if ((*q)[static_cast<std::size_t>((e * D + i) * D + j)] != 0.0f) {
-                v.problem(Verifier::where(f, quadratic_path) + ": expert " + std::to_string(e) +
-                          "'s factor is not lower-triangular");
-                i = j = D;
-              }
-    } else if (weight) {
-      for (std::int64_t e = 0; e < E; ++e) {  // every router row is unit-normalized (zero when its norm was 0)
-        double norm = 0;
-        for (std::int64_t i = 0; i < D; ++i) norm += std::pow((*weight)[static_cast<std::size_t>(e * D + i)], 2);
-        norm = std::sqrt(norm);
-        if (norm != 0 && std::abs(norm - 1) > 1e-4)
-          v.problem(Verifier::where(f, weight_path) + ": row " + std::to_string(e) + " has norm " + std::to_string(norm) +
-                    ", expected 1");
-      }
-    }
-    v.floats(f, bias_path, DType::F32, {E});
+  };
+  for (std::int64_t e = 0; e < static_cast<std::int64_t>(info.experts.size()); ++e) {
+    for_each_mlp_tensor(c, layout, expert_tensor(e));
+    if (info.router.expert_attention) for_each_attention_tensor(c, attention_layout, expert_tensor(e));
   }
-  if (info.router.auto_lambda) v.doubles(f, "/layer_lambda", {c.num_layers});  // the per-layer choice
-  v.guarded([&] {
-    const std::set<std::string> expected = moe_dataset_paths(info);
-    for (const std::string& p : h5::list_datasets(f))
-      if (!expected.contains(p)) v.problem(index.string() + ": unexpected dataset '" + p + "'");
-  });
+}
 
-  verify_statistics(v, dir / "stats.h5", info);
+// Layer l's router: Gaussian routers' factors are lower-triangular, other routers' rows are
+// unit-normalized (zero when the norm was 0); then the bias.
+void verify_router(Verifier& v, hid_t f, const MoeInfo& info, std::int64_t l) {
+  const std::int64_t D = info.config.hidden_size, E = static_cast<std::int64_t>(info.experts.size());
+  const std::string weight_path = moe_path::layer(l, "router/weight"), bias_path = moe_path::layer(l, "router/bias");
+  const auto weight = v.floats(f, weight_path, DType::F32, {E, D});
+  if (info.router.method == RouterMethod::gaussian) {  // rows are the domains' means; the factors are triangular
+    const std::string quadratic_path = moe_path::layer(l, "router/quadratic");
+    if (const auto q = v.floats(f, quadratic_path, DType::F32, {E, D, D}))
+      for (std::int64_t e = 0; e < E; ++e)
+        for (std::int64_t i = 0; i < D; ++i)
+          for (std::int64_t j = i + 1; j < D; ++j)
+            if ((*q)[static_cast<std::size_t>((e * D + i) * D + j)] != 0.0f) {
+              v.problem(Verifier::where(f, quadratic_path) + ": expert " + std::to_string(e) +
+                        "'s factor is not lower-triangular");
+              i = j = D;
+            }
+  } else if (weight) {
+    for (std::int64_t e = 0; e < E; ++e) {  // every router row is unit-normalized (zero when its norm was 0)
+      double norm = 0;
+      for (std::int64_t i = 0; i < D; ++i) norm += std::pow((*weight)[static_cast<std::size_t>(e * D + i)], 2);
+      norm = std::sqrt(norm);
+      if (norm != 0 && std::abs(norm - 1) > 1e-4)
+        v.problem(Verifier::where(f, weight_path) + ": row " + std::to_string(e) + " has norm " + std::to_string(norm) +
+                  ", expected 1");
+    }
+  }
+  v.floats(f, bias_path, DType::F32, {E});
+}
+
+// Every dataset of moe.h5 through its links: shared weights, each layer's experts and router,
+// the per-layer lambdas, and nothing else.
+void verify_index(Verifier& v, hid_t f, const fs::path& index, const MoeInfo& info) {
+  verify_shared_weights(v, f, index, info);
+  for (std::int64_t l = 0; l < info.config.num_layers; ++l) {
+    verify_layer_experts(v, f, info, l);
+    verify_router(v, f, info, l);
+  }
+  if (info.router.auto_lambda) v.doubles(f, "/layer_lambda", {info.config.num_layers});  // the per-layer choice
+  v.guarded([&] { report_unexpected_datasets(v, f, index.string(), moe_dataset_paths(info)); });
+}
+
+// The warning about datasets without a checksum, and the summary of the OK line.
+void finish_report(VerifyReport& report, const Verifier& v, const fs::path& dir, const MoeInfo& info) {
   if (v.unchecksummed_ > 0)
     report.warnings.push_back(dir.string() + ": " + std::to_string(v.unchecksummed_) +
                               " datasets carry no checksum (written by a dume before checksums); their bytes were "
                               "checked for shape and finiteness only");
   char bytes[32];
   std::snprintf(bytes, sizeof bytes, "%.1f MB", static_cast<double>(report.bytes) / 1e6);
-  report.summary = dir.string() + ": " + std::to_string(E) + " experts, " + std::to_string(c.num_layers) + " layers; " +
-                   std::to_string(report.datasets) + " datasets (" + bytes + ") in moe.h5, " +
-                   std::to_string(info.shard_files.size()) + " shard" + (info.shard_files.size() == 1 ? "" : "s") +
+  report.summary = dir.string() + ": " + std::to_string(info.experts.size()) + " experts, " +
+                   std::to_string(info.config.num_layers) + " layers; " + std::to_string(report.datasets) +
+                   " datasets (" + bytes + ") in moe.h5, " + std::to_string(info.shard_files.size()) + " shard" +
+                   (info.shard_files.size() == 1 ? "" : "s") +
                    " and stats.h5: checksums, shapes, dtypes, finite values, router rows, statistics and the "
                    "shared-weights hash " + info.shared_hash + " agree";
+}
+
+}  // namespace
+
+VerifyReport verify_moe(const fs::path& dir) {
+  VerifyReport report;
+  Verifier v(report);
+  if (!fs::is_directory(dir)) {
+    v.problem(dir.string() + ": not a directory");
+    return report;
+  }
+  MoeInfo info;
+  if (!v.guarded([&] { info = read_moe_info(dir); })) return report;
+  verify_shards(v, dir, info);
+  const fs::path index = dir / "moe.h5";
+  H5Id file;
+  if (!v.guarded([&] { file = h5::open_file(index); })) return report;
+  verify_index(v, file.get(), index, info);
+  verify_statistics(v, dir / "stats.h5", info);
+  finish_report(report, v, dir, info);
   return report;
 }
 

@@ -114,14 +114,9 @@ std::string file_name(hid_t object) {
 }
 
 std::string dtype_attribute(DType dtype) {
-  switch (dtype) {
-    case DType::F64: return "float64";
-    case DType::F32: return "float32";
-    case DType::BF16: return "bfloat16";
-    case DType::F16: return "float16";
-    case DType::I64: return "int64";
-    default: throw Error("no HDF5 dtype attribute for " + std::string(to_string(dtype)));
-  }
+  if (dtype != DType::F64 && dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16 && dtype != DType::I64)
+    throw Error("no HDF5 dtype attribute for " + std::string(to_string(dtype)));
+  return std::string(torch_name(dtype));
 }
 
 std::size_t DatasetInfo::numel() const {

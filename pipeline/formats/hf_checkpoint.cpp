@@ -49,16 +49,16 @@ std::vector<std::string> required_tensors(const ModelConfig& c) {
   std::vector<std::string> names = {std::string(hf::embed_tokens), std::string(hf::norm)};
   if (!c.tie_word_embeddings) names.emplace_back(hf::lm_head);
   for (std::int64_t l = 0; l < c.num_layers; ++l) {
-    for (const char* t : {"input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
-                          "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight"})
+    for (const std::string_view t : {hf::input_layernorm, hf::post_attention_layernorm, hf::q_proj, hf::k_proj,
+                                         hf::v_proj, hf::o_proj})
       names.push_back(hf::layer(l, t));
     if (!c.num_experts)
-      for (const char* t : {"mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"})
+      for (const std::string_view t : {hf::gate_proj, hf::up_proj, hf::down_proj})
         names.push_back(hf::layer(l, t));
     if (c.qkv_bias)
-      for (const char* t : {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"})
+      for (const std::string_view t : {hf::q_proj_bias, hf::k_proj_bias, hf::v_proj_bias})
         names.push_back(hf::layer(l, t));
-    if (c.o_bias) names.push_back(hf::layer(l, "self_attn.o_proj.bias"));
+    if (c.o_bias) names.push_back(hf::layer(l, hf::o_proj_bias));
   }
   return names;
 }

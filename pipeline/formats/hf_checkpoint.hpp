@@ -47,6 +47,15 @@ std::string layer(std::int64_t l, std::string_view rest);  // "model.layers.{l}.
 inline constexpr std::string_view embed_tokens = "model.embed_tokens.weight";
 inline constexpr std::string_view norm = "model.norm.weight";
 inline constexpr std::string_view lm_head = "lm_head.weight";
+// A layer's tensors, named by what follows "model.layers.{l}.".
+inline constexpr std::string_view input_layernorm = "input_layernorm.weight";
+inline constexpr std::string_view post_attention_layernorm = "post_attention_layernorm.weight";
+inline constexpr std::string_view q_proj = "self_attn.q_proj.weight", k_proj = "self_attn.k_proj.weight",
+                                  v_proj = "self_attn.v_proj.weight", o_proj = "self_attn.o_proj.weight";
+inline constexpr std::string_view q_proj_bias = "self_attn.q_proj.bias", k_proj_bias = "self_attn.k_proj.bias",
+                                  v_proj_bias = "self_attn.v_proj.bias", o_proj_bias = "self_attn.o_proj.bias";
+inline constexpr std::string_view gate_proj = "mlp.gate_proj.weight", up_proj = "mlp.up_proj.weight",
+                                  down_proj = "mlp.down_proj.weight";
 }  // namespace hf
 
 }  // namespace dume

@@ -183,10 +183,8 @@ ModelConfig model_config_parse(const std::string& json_text, const std::string& 
   for (const char* key : {"dtype", "torch_dtype"}) {
     const std::string name = r.string(key);
     if (name.empty()) continue;
-    if (name == "float32") c.dtype = DType::F32;
-    else if (name == "bfloat16") c.dtype = DType::BF16;
-    else if (name == "float16") c.dtype = DType::F16;
-    else r.reject(key, "is '" + name + "' (supported: float32, bfloat16, float16)");
+    c.dtype = weight_dtype_from_name(name);
+    if (!c.dtype) r.reject(key, "is '" + name + "' (supported: float32, bfloat16, float16)");
     break;
   }
   return c;
@@ -295,7 +293,7 @@ std::string model_config_to_json(const ModelConfig& c) {
     rope["original_max_position_embeddings"] = c.rope_scaling.original_max_position_embeddings;
   }
   j["rope_parameters"] = rope;
-  if (c.dtype) j["dtype"] = *c.dtype == DType::BF16 ? "bfloat16" : *c.dtype == DType::F16 ? "float16" : "float32";
+  if (c.dtype) j["dtype"] = torch_name(*c.dtype);
   // The special token ids belong to the tokenizer; keep the source's.
   const json source = json::parse(c.json_text, nullptr, /*allow_exceptions=*/false);
   if (source.is_object())

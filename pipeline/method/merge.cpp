@@ -199,16 +199,6 @@ SavedDomain load_saved(const ResumeStore* store, std::size_t k) {
   return saved;
 }
 
-// The batches of a domain still to run: every one that is neither held out nor saved.
-std::vector<std::int64_t> batches_to_run(std::int64_t batches, const std::vector<std::int64_t>& heldout,
-                                         const std::vector<std::int64_t>& saved) {
-  std::vector<std::int64_t> todo;
-  for (std::int64_t b = 0; b < batches; ++b)
-    if (!std::binary_search(heldout.begin(), heldout.end(), b) && !std::binary_search(saved.begin(), saved.end(), b))
-      todo.push_back(b);
-  return todo;
-}
-
 // Ends a calibration stopped by `signal` in domain k of plan.calibrate, on every rank: each rank
 // has saved its part of domain k; rank 0 saves the domains completed before it.
 [[noreturn]] void stop_calibration(const MergePlan& plan, const ResumeStore* store, std::size_t k,

@@ -121,9 +121,7 @@ std::optional<DType> parse_dtype(const Section& s, const char* key) {
   if (!s.has(key)) return std::nullopt;
   auto name = s.get<std::string>(key, "a dtype");
   std::transform(name.begin(), name.end(), name.begin(), [](unsigned char ch) { return std::tolower(ch); });
-  if (name == "bf16" || name == "bfloat16") return DType::BF16;
-  if (name == "f16" || name == "float16") return DType::F16;
-  if (name == "f32" || name == "float32") return DType::F32;
+  if (const auto dtype = weight_dtype_from_name(name)) return dtype;
   s.fail(s.node(key), s.where(key) + " must be bf16, f16 or f32, got '" + name + "'");
 }
 

@@ -24,7 +24,7 @@ struct ExpertSpec {
 };
 
 // router.method. dume: the closed-form ridge router; gaussian: each domain's MLP inputs as a
-// Gaussian, routing on log-densities (ridge.hpp; not exportable to Mixtral); hidden: each
+// Gaussian, routing on log-densities (routers.hpp; not exportable to Mixtral); hidden: each
 // domain's mean MLP input, unit-normalized, no bias (mergekit-moe's prompt-average gate);
 // random: seeded Gaussian directions, no bias.
 enum class RouterMethod { dume, gaussian, hidden, random };

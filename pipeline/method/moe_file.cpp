@@ -52,9 +52,7 @@ std::string shard_name(std::size_t i, std::size_t n) {
 }
 
 DType dtype_from_attribute(const std::string& name, const std::string& where) {
-  if (name == "bfloat16") return DType::BF16;
-  if (name == "float16") return DType::F16;
-  if (name == "float32") return DType::F32;
+  if (const auto dtype = weight_dtype_from_name(name)) return *dtype;
   throw Error(where + ": unknown weight dtype '" + name + "'");
 }
 

@@ -48,10 +48,8 @@ Grams expert_grams(const Checkpoint& checkpoint, const CorpusWindows& windows, c
   const std::int64_t C = std::min(config.router.context_tokens, S), per_batch = config.calibration.batch_sequences;
   const auto count = static_cast<std::int64_t>(windows.count());
   const std::int64_t batches = batch_count(windows, per_batch);
-  const std::vector<std::int64_t> held = heldout_batches(batches, config.calibration.heldout_fraction);
-  std::vector<std::int64_t> todo;
-  for (std::int64_t b = 0; b < batches; ++b)
-    if (!std::binary_search(held.begin(), held.end(), b)) todo.push_back(b);
+  const std::vector<std::int64_t> mine =
+      rank_share(batches_to_run(batches, heldout_batches(batches, config.calibration.heldout_fraction)), rank, ranks);
 
   // stats_accumulate sums [x 1]^T [x 1] (upper triangle); the Gram is its top-left block.
   const auto buffer = [&](std::int64_t width) { return backend.alloc64(static_cast<std::size_t>((width + 1) * (width + 1))); };
@@ -70,12 +68,11 @@ Grams expert_grams(const Checkpoint& checkpoint, const CorpusWindows& windows, c
     if (which == Input::lm_head && head) backend.stats_accumulate(x, T, c.hidden_size, head_sum.data());
   };
   Forward forward(dense, backend);
-  std::int64_t mine = 0;
-  for (std::size_t i = static_cast<std::size_t>(rank); i < todo.size(); i += static_cast<std::size_t>(ranks))
-    mine += std::min(per_batch, count - todo[i] * per_batch) * C;
-  Progress progress("regmean " + name, mine, "tokens", rank == 0);
-  for (std::size_t i = static_cast<std::size_t>(rank); i < todo.size(); i += static_cast<std::size_t>(ranks)) {
-    const std::int64_t b = todo[i], B = std::min(per_batch, count - b * per_batch);
+  std::int64_t tokens = 0;
+  for (const std::int64_t b : mine) tokens += std::min(per_batch, count - b * per_batch) * C;
+  Progress progress("regmean " + name, tokens, "tokens", rank == 0);
+  for (const std::int64_t b : mine) {
+    const std::int64_t B = std::min(per_batch, count - b * per_batch);
     forward.run(windows.tokens().subspan(static_cast<std::size_t>(b * per_batch * S), static_cast<std::size_t>(B * S)), B, S,
                 options);
     progress.advance(B * C);
@@ -136,10 +133,10 @@ SharedWeights regmean_shared_weights(const MergeConfig& config, const std::vecto
     const auto i = static_cast<std::size_t>(l);
     const auto attention_gram = [i](const Grams& g) -> const Eigen::MatrixXd& { return g.attention[i]; };
     AttentionWeights& a = merged.layers[i].attention;
-    merge_into(a.q, hf::layer(l, "self_attn.q_proj.weight"), attention_gram);
-    merge_into(a.k, hf::layer(l, "self_attn.k_proj.weight"), attention_gram);
-    merge_into(a.v, hf::layer(l, "self_attn.v_proj.weight"), attention_gram);
-    merge_into(a.o, hf::layer(l, "self_attn.o_proj.weight"), [i](const Grams& g) -> const Eigen::MatrixXd& { return g.output[i]; });
+    merge_into(a.q, hf::layer(l, hf::q_proj), attention_gram);
+    merge_into(a.k, hf::layer(l, hf::k_proj), attention_gram);
+    merge_into(a.v, hf::layer(l, hf::v_proj), attention_gram);
+    merge_into(a.o, hf::layer(l, hf::o_proj), [i](const Grams& g) -> const Eigen::MatrixXd& { return g.output[i]; });
   }
   if (head) merge_into(merged.lm_head, std::string(hf::lm_head), [](const Grams& g) -> const Eigen::MatrixXd& { return g.head; });
   collective_phase([&] {

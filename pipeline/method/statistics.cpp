@@ -33,6 +33,22 @@ std::int64_t batch_count(const CorpusWindows& windows, std::int64_t batch_sequen
   return (static_cast<std::int64_t>(windows.count()) + batch_sequences - 1) / batch_sequences;
 }
 
+std::vector<std::int64_t> batches_to_run(std::int64_t batches, const std::vector<std::int64_t>& heldout,
+                                         const std::vector<std::int64_t>& saved) {
+  std::vector<std::int64_t> todo;
+  for (std::int64_t b = 0; b < batches; ++b)
+    if (!std::binary_search(heldout.begin(), heldout.end(), b) && !std::binary_search(saved.begin(), saved.end(), b))
+      todo.push_back(b);
+  return todo;
+}
+
+std::vector<std::int64_t> rank_share(const std::vector<std::int64_t>& batches, int rank, int ranks) {
+  std::vector<std::int64_t> mine;
+  for (std::size_t i = static_cast<std::size_t>(rank); i < batches.size(); i += static_cast<std::size_t>(ranks))
+    mine.push_back(batches[i]);
+  return mine;
+}
+
 std::vector<std::int64_t> heldout_batches(std::int64_t batches, double fraction) {
   std::vector<std::int64_t> held;
   for (std::int64_t b = 0; b < batches; ++b)
@@ -104,7 +120,7 @@ DomainStatistics calibrate_domain(Forward& forward, Backend& backend, const Mode
 
   // Rank 0 reports its own share; every rank has about the same.
   std::int64_t my_tokens = 0;
-  for (std::int64_t i = rank; i < jobs; i += ranks) my_tokens += sequences(todo[static_cast<std::size_t>(i)]) * C;
+  for (const std::int64_t b : rank_share(todo, rank, ranks)) my_tokens += sequences(b) * C;
   Progress progress("calibrate " + name, my_tokens, "tokens", show_progress);
 
   DomainStatistics stats;

@@ -76,6 +76,11 @@ std::int64_t batch_count(const CorpusWindows& windows, std::int64_t batch_sequen
 // The batches a held-out split keeps out of A: batch b iff floor((b + 1) f) > floor(b f), spread
 // evenly, about f of them.
 std::vector<std::int64_t> heldout_batches(std::int64_t batches, double fraction);
+// The batches of a domain still to run: every one that is neither held out nor saved (both sorted).
+std::vector<std::int64_t> batches_to_run(std::int64_t batches, const std::vector<std::int64_t>& heldout,
+                                         const std::vector<std::int64_t>& saved = {});
+// The batches rank `rank` of `ranks` runs: entries rank, rank + ranks, ... of `batches`.
+std::vector<std::int64_t> rank_share(const std::vector<std::int64_t>& batches, int rank, int ranks);
 
 // The MLP inputs, per layer, of every stride-th token (stride = ceil(tokens / max_tokens)) of the
 // held-out `batches`, in window and position order; batch i runs on rank i mod ranks, and the

@@ -114,8 +114,8 @@ void for_each_shared_tensor(const ModelConfig& c, Weights& w, Fn&& fn) {
       return w.layers[static_cast<std::size_t>(l)];
     }();
     const std::string h = hf::layer(l, ""), m = "/layers/" + std::to_string(l) + "/";
-    detail::visit(fn, h + "input_layernorm.weight", m + "input_layernorm", {D}, layer.input_norm);
-    detail::visit(fn, h + "post_attention_layernorm.weight", m + "post_attention_layernorm", {D}, layer.post_attention_norm);
+    detail::visit(fn, hf::layer(l, hf::input_layernorm), m + "input_layernorm", {D}, layer.input_norm);
+    detail::visit(fn, hf::layer(l, hf::post_attention_layernorm), m + "post_attention_layernorm", {D}, layer.post_attention_norm);
     for_each_attention_tensor(c, layer.attention, [&](const std::string& suffix, const std::string& name,
                                                       const std::vector<std::int64_t>& shape, auto& storage) {
       fn(h + suffix, m + name, shape, storage);
@@ -128,24 +128,24 @@ void for_each_shared_tensor(const ModelConfig& c, Weights& w, Fn&& fn) {
 template <class Weights, class Fn>
 void for_each_mlp_tensor(const ModelConfig& c, Weights& w, Fn&& fn) {
   const std::int64_t D = c.hidden_size, F = c.intermediate_size;
-  detail::visit(fn, "mlp.gate_proj.weight", "gate_proj", {F, D}, w.gate);
-  detail::visit(fn, "mlp.up_proj.weight", "up_proj", {F, D}, w.up);
-  detail::visit(fn, "mlp.down_proj.weight", "down_proj", {D, F}, w.down);
+  detail::visit(fn, std::string(hf::gate_proj), "gate_proj", {F, D}, w.gate);
+  detail::visit(fn, std::string(hf::up_proj), "up_proj", {F, D}, w.up);
+  detail::visit(fn, std::string(hf::down_proj), "down_proj", {D, F}, w.down);
 }
 
 template <class Weights, class Fn>
 void for_each_attention_tensor(const ModelConfig& c, Weights& a, Fn&& fn) {
   const std::int64_t D = c.hidden_size;
-  detail::visit(fn, "self_attn.q_proj.weight", "self_attn/q_proj", {c.q_dim(), D}, a.q);
-  detail::visit(fn, "self_attn.k_proj.weight", "self_attn/k_proj", {c.kv_dim(), D}, a.k);
-  detail::visit(fn, "self_attn.v_proj.weight", "self_attn/v_proj", {c.kv_dim(), D}, a.v);
-  detail::visit(fn, "self_attn.o_proj.weight", "self_attn/o_proj", {D, c.q_dim()}, a.o);
+  detail::visit(fn, std::string(hf::q_proj), "self_attn/q_proj", {c.q_dim(), D}, a.q);
+  detail::visit(fn, std::string(hf::k_proj), "self_attn/k_proj", {c.kv_dim(), D}, a.k);
+  detail::visit(fn, std::string(hf::v_proj), "self_attn/v_proj", {c.kv_dim(), D}, a.v);
+  detail::visit(fn, std::string(hf::o_proj), "self_attn/o_proj", {D, c.q_dim()}, a.o);
   if (c.qkv_bias) {
-    detail::visit(fn, "self_attn.q_proj.bias", "self_attn/q_proj_bias", {c.q_dim()}, a.q_bias);
-    detail::visit(fn, "self_attn.k_proj.bias", "self_attn/k_proj_bias", {c.kv_dim()}, a.k_bias);
-    detail::visit(fn, "self_attn.v_proj.bias", "self_attn/v_proj_bias", {c.kv_dim()}, a.v_bias);
+    detail::visit(fn, std::string(hf::q_proj_bias), "self_attn/q_proj_bias", {c.q_dim()}, a.q_bias);
+    detail::visit(fn, std::string(hf::k_proj_bias), "self_attn/k_proj_bias", {c.kv_dim()}, a.k_bias);
+    detail::visit(fn, std::string(hf::v_proj_bias), "self_attn/v_proj_bias", {c.kv_dim()}, a.v_bias);
   }
-  if (c.o_bias) detail::visit(fn, "self_attn.o_proj.bias", "self_attn/o_proj_bias", {D}, a.o_bias);
+  if (c.o_bias) detail::visit(fn, std::string(hf::o_proj_bias), "self_attn/o_proj_bias", {D}, a.o_bias);
 }
 
 }  // namespace dume

@@ -1,5 +1,5 @@
 // Token corpora for perplexity and calibration: reading ids from raw/npy/hdf5 files, vocab checks,
-// fixed-length windows. Text, JSONL and Megatron corpora (documents) are read by text_corpus.hpp,
+// fixed-length windows. Text, JSONL and Megatron corpora (documents) are read by corpus_loader.hpp,
 // which turns them into the same windows.
 #pragma once
 

@@ -67,7 +67,7 @@ TEST_F(Outputs, InputsAreFoundThroughSymlinksAndDotDot) {
   EXPECT_THAT(refusal(dir_ / "earlier", inputs, true, {.directory = true, .marker = "dume_export.json"}),
               HasSubstr("holds no dume_export.json"));
   // A file output: replaced freely (force), but never a directory.
-  EXPECT_THAT(refusal(dir_ / "earlier", inputs, true, {.directory = false}), HasSubstr("is a directory"));
+  EXPECT_THAT(refusal(dir_ / "earlier", inputs, true, {.directory = false, .marker = {}}), HasSubstr("is a directory"));
 }
 
 TEST_F(Outputs, OneWriterAtATimeAndStaleLocksAreTakenOver) {

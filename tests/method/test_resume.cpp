@@ -1,4 +1,4 @@
-// Checkpoints of a merge's calibration (pipeline/resume.hpp): the store's save/load and its
+// Checkpoints of a merge's calibration (pipeline/method/resume.hpp): the store's save/load and its
 // refusals, and in-process merges stopped by a signal and resumed, compared with an
 // uninterrupted merge. Multi-rank kills and resumes run under mpirun (tests/resume/).
 #include <gtest/gtest.h>
