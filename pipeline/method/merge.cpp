@@ -265,6 +265,9 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, Backend& backend
     }
     if (control.stopped_by != 0) stop_calibration(plan, store, k, saved_whole, control.stopped_by);
     reduce_domain(domain, timing, root ? std::span<const double>(saved.packed) : std::span<const double>());
+    // Only rank 0 solves: another rank's partial sums are spent once reduced (L (d+1)^2 doubles
+    // per domain: 4.3 GB at 8B, 43 GB at 70B).
+    if (!root) domain.A.clear();
     domain.heldout = std::move(heldout_inputs);
     // A finished domain is kept when checkpoints are counted, or when the time since the last
     // kept domain (or the start) reaches checkpoint_minutes: a short merge leaves none behind.
