@@ -97,34 +97,40 @@ bool checked_mul(std::uint64_t a, std::uint64_t b, std::uint64_t& product) {
   throw Error(path.string() + ": " + problem);
 }
 
-}  // namespace
+// What the .idx header says, checked against the file's size.
+struct IdxHeader {
+  TokenType type;
+  std::uint64_t sequence_count;
+  std::uint64_t document_count;
+};
 
-MegatronDataset read_megatron(const fs::path& prefix) {
-  const fs::path idx_path = with_suffix(prefix, ".idx"), bin_path = with_suffix(prefix, ".bin");
-  const MappedFile idx_file(idx_path), bin_file(bin_path);
-  const std::span<const std::byte> idx = idx_file.bytes(), bin = bin_file.bytes();
-  const std::string idx_name = idx_path.string(), bin_name = bin_path.string();
-  auto fail = [&](const std::string& problem) { fail_in(idx_path, problem); };
-
+// The 34-byte header: magic, version, dtype code and the two counts.
+IdxHeader read_idx_header(std::span<const std::byte> idx, const fs::path& idx_path) {
   if (idx.size() < kHeaderBytes)
-    fail("header: file of " + std::to_string(idx.size()) + " bytes is shorter than the " +
-         std::to_string(kHeaderBytes) + "-byte header");
+    fail_in(idx_path, "header: file of " + std::to_string(idx.size()) + " bytes is shorter than the " +
+                          std::to_string(kHeaderBytes) + "-byte header");
   if (std::memcmp(idx.data(), kMagic, sizeof kMagic) != 0)
-    fail("magic: not a Megatron index (expected \"MMIDIDX\\0\\0\" in the first 9 bytes)");
+    fail_in(idx_path, "magic: not a Megatron index (expected \"MMIDIDX\\0\\0\" in the first 9 bytes)");
   const auto version = load_le<std::uint64_t>(idx.data() + 9);
   if (version != kVersion)
-    fail("version: " + std::to_string(version) + ", only version " + std::to_string(kVersion) + " is known");
+    fail_in(idx_path,
+            "version: " + std::to_string(version) + ", only version " + std::to_string(kVersion) + " is known");
   const auto code = load_le<std::uint8_t>(idx.data() + 17);
-  TokenType type{};
-  if (!token_type(code, type))
-    fail("dtype code " + std::to_string(code) +
-         (code == 6 || code == 7 ? std::string(" (") + (code == 6 ? "float64" : "float32") +
-                                       "): floating-point values are not token ids"
-                                 : ": unknown (Megatron knows 1-8)"));
-  const auto sequence_count = load_le<std::uint64_t>(idx.data() + 18);
-  const auto document_count = load_le<std::uint64_t>(idx.data() + 26);
+  IdxHeader header{};
+  if (!token_type(code, header.type))
+    fail_in(idx_path, "dtype code " + std::to_string(code) +
+                          (code == 6 || code == 7 ? std::string(" (") + (code == 6 ? "float64" : "float32") +
+                                                        "): floating-point values are not token ids"
+                                                  : ": unknown (Megatron knows 1-8)"));
+  header.sequence_count = load_le<std::uint64_t>(idx.data() + 18);
+  header.document_count = load_le<std::uint64_t>(idx.data() + 26);
+  return header;
+}
 
-  // The size the counts imply, computed without overflow: S * (4 + 8) + D * 8 after the header.
+// The file's size against the one the counts imply: S * (4 + 8) + D * 8 after the header,
+// computed without overflow.
+void check_idx_size(std::span<const std::byte> idx, const IdxHeader& header, const fs::path& idx_path) {
+  const std::uint64_t sequence_count = header.sequence_count, document_count = header.document_count;
   std::uint64_t sequences_bytes = 0, documents_bytes = 0;
   const bool fits = checked_mul(sequence_count, 12, sequences_bytes) && checked_mul(document_count, 8, documents_bytes) &&
                     sequences_bytes <= std::numeric_limits<std::uint64_t>::max() - kHeaderBytes - documents_bytes;
@@ -132,22 +138,28 @@ MegatronDataset read_megatron(const fs::path& prefix) {
   const std::string counts =
       "sequence_count " + std::to_string(sequence_count) + " and document_count " + std::to_string(document_count);
   if (!fits || idx.size() < expected)
-    fail(counts + " need " + (fits ? std::to_string(expected) : std::string("more than 2^64")) +
-         " bytes, but the file has " + std::to_string(idx.size()) + " (truncated, or the counts are wrong)");
+    fail_in(idx_path, counts + " need " + (fits ? std::to_string(expected) : std::string("more than 2^64")) +
+                          " bytes, but the file has " + std::to_string(idx.size()) +
+                          " (truncated, or the counts are wrong)");
   if (idx.size() > expected) {
     // Multimodal datasets append one int8 mode per sequence; nothing in the header says so.
     if (idx.size() - expected == sequence_count)
-      fail("sequence_modes: " + std::to_string(sequence_count) +
-           " bytes after the document index, one per sequence: a multimodal dataset, which is not supported");
-    fail("file size " + std::to_string(idx.size()) + " bytes: " + std::to_string(idx.size() - expected) +
-         " bytes more than the " + std::to_string(expected) + " that " + counts + " make");
+      fail_in(idx_path, "sequence_modes: " + std::to_string(sequence_count) +
+                            " bytes after the document index, one per sequence: a multimodal dataset, which is not "
+                            "supported");
+    fail_in(idx_path, "file size " + std::to_string(idx.size()) + " bytes: " + std::to_string(idx.size() - expected) +
+                          " bytes more than the " + std::to_string(expected) + " that " + counts + " make");
   }
-  // The counts now fit the file, so these products cannot overflow.
+}
+
+// The sequence lengths and pointers (the counts fit the file, so the offsets cannot overflow):
+// fills dataset.sequence_offsets and checks the sequences cover the .bin exactly.
+void read_sequences(std::span<const std::byte> idx, std::uint64_t bin_size, const IdxHeader& header,
+                    const fs::path& idx_path, const fs::path& bin_path, MegatronDataset& dataset) {
+  const std::uint64_t sequence_count = header.sequence_count;
+  const TokenType& type = header.type;
   const std::byte* lengths_at = idx.data() + kHeaderBytes;
   const std::byte* pointers_at = lengths_at + 4 * sequence_count;
-  const std::byte* documents_at = pointers_at + 8 * sequence_count;
-
-  MegatronDataset dataset;
   dataset.sequence_offsets.reserve(sequence_count + 1);
   dataset.sequence_offsets.push_back(0);
   // Sequences lie back to back from byte 0, as the writer puts them; Megatron's slice reads rely on it.
@@ -157,48 +169,74 @@ MegatronDataset read_megatron(const fs::path& prefix) {
     const auto pointer = load_le<std::int64_t>(pointers_at + 8 * i);
     // Appended rather than "[" + to_string(i): GCC 12 at -O3 warns falsely (-Wrestrict) on the latter.
     const auto field_i = [i] { return std::string(1, '[').append(std::to_string(i)).append(1, ']'); };
-    if (length < 0) fail("sequence_lengths" + field_i() + " = " + std::to_string(length) + " is negative");
+    if (length < 0) fail_in(idx_path, "sequence_lengths" + field_i() + " = " + std::to_string(length) + " is negative");
     if (pointer < 0 || static_cast<std::uint64_t>(pointer) != next_pointer)
-      fail("sequence_pointers" + field_i() + " = " + std::to_string(pointer) + ", expected " +
-           std::to_string(next_pointer) + " (the previous sequences' lengths x " + std::to_string(type.width) +
-           " bytes)");
+      fail_in(idx_path, "sequence_pointers" + field_i() + " = " + std::to_string(pointer) + ", expected " +
+                            std::to_string(next_pointer) + " (the previous sequences' lengths x " +
+                            std::to_string(type.width) + " bytes)");
     const std::uint64_t bytes = static_cast<std::uint64_t>(length) * type.width;
-    if (bytes > bin.size() - next_pointer)
-      fail("sequence" + field_i() + " (" + std::to_string(length) + " " + type.name + " ids from byte " +
-           std::to_string(next_pointer) + ") runs past the end of " + bin_name + " (" + std::to_string(bin.size()) +
-           " bytes)");
+    if (bytes > bin_size - next_pointer)
+      fail_in(idx_path, "sequence" + field_i() + " (" + std::to_string(length) + " " + type.name + " ids from byte " +
+                            std::to_string(next_pointer) + ") runs past the end of " + bin_path.string() + " (" +
+                            std::to_string(bin_size) + " bytes)");
     next_pointer += bytes;
     total_tokens += static_cast<std::uint64_t>(length);
     dataset.sequence_offsets.push_back(total_tokens);
   }
-  if (next_pointer != bin.size())
-    fail_in(bin_path, std::to_string(bin.size()) + " bytes, but the sequences in " + idx_name + " cover " +
+  if (next_pointer != bin_size)
+    fail_in(bin_path, std::to_string(bin_size) + " bytes, but the sequences in " + idx_path.string() + " cover " +
                           std::to_string(next_pointer));
+}
 
-  if (document_count == 0) fail("document index: empty, expected at least the leading 0");
+// The document index: from 0 to the sequence count, never decreasing.
+void read_document_index(std::span<const std::byte> idx, const IdxHeader& header, const fs::path& idx_path,
+                         MegatronDataset& dataset) {
+  const std::uint64_t sequence_count = header.sequence_count, document_count = header.document_count;
+  const std::byte* documents_at = idx.data() + kHeaderBytes + 12 * sequence_count;
+  if (document_count == 0) fail_in(idx_path, "document index: empty, expected at least the leading 0");
   dataset.document_index.reserve(document_count);
   for (std::uint64_t d = 0; d < document_count; ++d) {
     const auto entry = load_le<std::int64_t>(documents_at + 8 * d);
     const auto where = [&] { return "document_indices[" + std::to_string(d) + "] = " + std::to_string(entry); };
-    if (d == 0 && entry != 0) fail(where() + ": the document index must start at 0");
+    if (d == 0 && entry != 0) fail_in(idx_path, where() + ": the document index must start at 0");
     if (d > 0 && entry < static_cast<std::int64_t>(dataset.document_index.back()))
-      fail(where() + " is smaller than the entry before it (" + std::to_string(dataset.document_index.back()) + ")");
+      fail_in(idx_path,
+              where() + " is smaller than the entry before it (" + std::to_string(dataset.document_index.back()) + ")");
     if (static_cast<std::uint64_t>(entry) > sequence_count)
-      fail(where() + " is past the sequence count " + std::to_string(sequence_count));
+      fail_in(idx_path, where() + " is past the sequence count " + std::to_string(sequence_count));
     dataset.document_index.push_back(static_cast<std::uint64_t>(entry));
   }
   if (dataset.document_index.back() != sequence_count)
-    fail("document_indices[" + std::to_string(document_count - 1) + "] = " +
-         std::to_string(dataset.document_index.back()) + ": the document index must end at the sequence count " +
-         std::to_string(sequence_count));
+    fail_in(idx_path, "document_indices[" + std::to_string(document_count - 1) + "] = " +
+                          std::to_string(dataset.document_index.back()) +
+                          ": the document index must end at the sequence count " + std::to_string(sequence_count));
+}
 
-  dataset.tokens.resize(total_tokens);
+// The .bin's ids, decoded into dataset.tokens at the offsets read_sequences found.
+void read_tokens(std::span<const std::byte> bin, const TokenType& type, const fs::path& bin_path,
+                 MegatronDataset& dataset) {
+  const std::uint64_t sequence_count = dataset.sequence_offsets.size() - 1;
+  dataset.tokens.resize(dataset.sequence_offsets.back());
   for (std::uint64_t i = 0; i < sequence_count; ++i) {
     const std::uint64_t begin = dataset.sequence_offsets[i], end = dataset.sequence_offsets[i + 1];
     const std::byte* at = bin.data() + begin * type.width;
     for (std::uint64_t t = begin; t < end; ++t, at += type.width)
       dataset.tokens[t] = load_token(at, type, bin_path, i, t - begin);
   }
+}
+
+}  // namespace
+
+MegatronDataset read_megatron(const fs::path& prefix) {
+  const fs::path idx_path = with_suffix(prefix, ".idx"), bin_path = with_suffix(prefix, ".bin");
+  const MappedFile idx_file(idx_path), bin_file(bin_path);
+  const std::span<const std::byte> idx = idx_file.bytes(), bin = bin_file.bytes();
+  const IdxHeader header = read_idx_header(idx, idx_path);
+  check_idx_size(idx, header, idx_path);
+  MegatronDataset dataset;
+  read_sequences(idx, bin.size(), header, idx_path, bin_path, dataset);
+  read_document_index(idx, header, idx_path, dataset);
+  read_tokens(bin, header.type, bin_path, dataset);
   return dataset;
 }
 

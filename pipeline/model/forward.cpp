@@ -219,90 +219,106 @@ void Forward::decide(std::span<const std::uint32_t> tokens, std::int64_t B, std:
   decided_ = true;
 }
 
+namespace {
+
+// The first `context` positions of each of B sequences of S tokens (all of them when context is 0
+// or at least S), in `storage` when cut; S becomes their length.
+std::span<const std::uint32_t> truncate_context(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t& S,
+                                                std::int64_t context, std::vector<std::uint32_t>& storage) {
+  if (context <= 0 || context >= S) return tokens;
+  storage.reserve(static_cast<std::size_t>(B * context));
+  for (std::int64_t b = 0; b < B; ++b)
+    storage.insert(storage.end(), tokens.begin() + b * S, tokens.begin() + b * S + context);
+  S = context;
+  return storage;
+}
+
+void check_forced(std::int64_t forced, std::size_t layer, std::size_t resident) {
+  if (static_cast<std::size_t>(forced) >= resident)
+    throw Error("forced expert " + std::to_string(forced) + " but layer " + std::to_string(layer) + " has " +
+                std::to_string(resident) + " resident experts");
+}
+
+}  // namespace
+
 std::vector<float> Forward::run(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S,
                                 const ForwardOptions& options) {
   const ModelConfig& c = model_.config;
   DUME_ASSERT(static_cast<std::int64_t>(tokens.size()) == B * S);
-  // Truncate each sequence to its first C positions.
   std::vector<std::uint32_t> truncated;
-  if (options.context_tokens > 0 && options.context_tokens < S) {
-    const std::int64_t C = options.context_tokens;
-    truncated.reserve(static_cast<std::size_t>(B * C));
-    for (std::int64_t b = 0; b < B; ++b)
-      truncated.insert(truncated.end(), tokens.begin() + b * S, tokens.begin() + b * S + C);
-    tokens = truncated;
-    S = C;
-  }
+  tokens = truncate_context(tokens, B, S, options.context_tokens, truncated);
   if (c.sliding_window && S > *c.sliding_window)
     throw Error("sequences of " + std::to_string(S) + " tokens exceed the model's sliding_window of " +
                 std::to_string(*c.sliding_window) + ", which dume does not implement; use shorter sequences");
-  const std::int64_t T = B * S, D = c.hidden_size;
-  const auto eps = static_cast<float>(c.rms_norm_eps);
+  const std::int64_t T = B * S;
   ensure_workspace(T, S, options.logits);
   sequence_length_ = S;
   if (model_.routing.from_layer >= c.num_layers)
     throw Error("routing '" + model_.routing.to_string() + "' names a layer beyond the model's " +
                 std::to_string(c.num_layers));
-  Backend& be = backend_;
-  float* x = ws_.x.data();
-  float* h = ws_.h.data();
   decided_ = false;
   const bool mixed_attention = !expert_attention_.empty() && options.forced_expert < 0;
   if (mixed_attention) decide(tokens, B, S);
 
-  be.embed(tokens, embed_.data(), D, x);
-  const auto L = static_cast<std::size_t>(c.num_layers);
-  for (std::size_t l = 0; l < L; ++l) {
-    const LayerBuffers& w = layers_[l];
-    const auto& experts = experts_[l];
-    const auto layer = static_cast<std::int64_t>(l);
-    const auto forced = static_cast<std::size_t>(options.forced_expert);
-    const auto check_forced = [&](std::size_t resident) {
-      if (forced >= resident)
-        throw Error("forced expert " + std::to_string(options.forced_expert) + " but layer " + std::to_string(l) +
-                    " has " + std::to_string(resident) + " resident experts");
-    };
-    be.rms_norm(x, w.input_norm.data(), T, D, eps, h);
-    Dispatch dispatch;
-    if (mixed_attention) {  // each routed token: the weighted sum of its experts' attention
-      dispatch = route(l, T, options);
-      mix_experts(dispatch, h, [&](std::size_t e, const float* in, const std::vector<std::int64_t>& rows, std::int64_t,
-                                   float* out) {
-        attention(expert_attention_[l][e], in, B, S, ws_.expert_in.data(), /*accumulate=*/false, nullptr, layer);
-        be.gather_rows(ws_.expert_in.data(), D, rows, out);
-      });
-    } else if (options.forced_expert >= 0 && !expert_attention_.empty()) {
-      check_forced(expert_attention_[l].size());
-      attention(expert_attention_[l][forced], h, B, S, x, /*accumulate=*/true, nullptr, layer);
-    } else {
-      attention(w.attention, h, B, S, x, /*accumulate=*/true, &options, layer);
-    }
-
-    be.rms_norm(x, w.post_attention_norm.data(), T, D, eps, h);
-    if (options.on_mlp_input) options.on_mlp_input(layer, h, T);
-    if (!options.logits && l + 1 == L) return {};
-    if (options.forced_expert >= 0) {
-      check_forced(experts.size());
-      mlp(experts[forced], h, T, x, /*accumulate=*/true);
-    } else if (!routers_.empty()) {
-      if (!mixed_attention) dispatch = route(l, T, options);
-      mix_experts(dispatch, h, [&](std::size_t e, const float* in, const std::vector<std::int64_t>& rows, std::int64_t n,
-                                   float* out) {
-        be.gather_rows(in, D, rows, ws_.expert_in.data());
-        mlp(experts[e], ws_.expert_in.data(), n, out, /*accumulate=*/false);
-      });
-    } else {
-      if (experts.size() != 1) throw Error("an MoE without routers needs a forced expert");
-      mlp(experts[0], h, T, x, /*accumulate=*/true);
-    }
-  }
+  backend_.embed(tokens, embed_.data(), c.hidden_size, ws_.x.data());
+  for (std::size_t l = 0; l < layers_.size(); ++l)
+    if (!run_layer(l, B, S, options, mixed_attention)) return {};
   if (!options.logits) return {};
-  be.rms_norm(x, norm_.data(), T, D, eps, h);
-  if (options.on_shared_input) options.on_shared_input(ForwardOptions::SharedInput::lm_head, -1, h, T);
-  be.linear(h, lm_head_.data(), nullptr, T, D, c.vocab_size, ws_.logits.data());
+  backend_.rms_norm(ws_.x.data(), norm_.data(), T, c.hidden_size, static_cast<float>(c.rms_norm_eps), ws_.h.data());
+  if (options.on_shared_input) options.on_shared_input(ForwardOptions::SharedInput::lm_head, -1, ws_.h.data(), T);
+  backend_.linear(ws_.h.data(), lm_head_.data(), nullptr, T, c.hidden_size, c.vocab_size, ws_.logits.data());
   std::vector<float> logits(static_cast<std::size_t>(T * c.vocab_size));
-  be.download(ws_.logits.data(), logits);
+  backend_.download(ws_.logits.data(), logits);
   return logits;
+}
+
+bool Forward::run_layer(std::size_t l, std::int64_t B, std::int64_t S, const ForwardOptions& options,
+                        bool mixed_attention) {
+  const ModelConfig& c = model_.config;
+  const std::int64_t T = B * S, D = c.hidden_size;
+  const auto eps = static_cast<float>(c.rms_norm_eps);
+  Backend& be = backend_;
+  float* x = ws_.x.data();
+  float* h = ws_.h.data();
+  const LayerBuffers& w = layers_[l];
+  const auto layer = static_cast<std::int64_t>(l);
+  const auto forced = static_cast<std::size_t>(options.forced_expert);
+
+  be.rms_norm(x, w.input_norm.data(), T, D, eps, h);
+  Dispatch dispatch;
+  if (mixed_attention) {  // each routed token: the weighted sum of its experts' attention
+    dispatch = route(l, T, options);
+    mix_experts(dispatch, h, [&](std::size_t e, const float* in, const std::vector<std::int64_t>& rows, std::int64_t,
+                                 float* out) {
+      attention(expert_attention_[l][e], in, B, S, ws_.expert_in.data(), /*accumulate=*/false, nullptr, layer);
+      be.gather_rows(ws_.expert_in.data(), D, rows, out);
+    });
+  } else if (options.forced_expert >= 0 && !expert_attention_.empty()) {
+    check_forced(options.forced_expert, l, expert_attention_[l].size());
+    attention(expert_attention_[l][forced], h, B, S, x, /*accumulate=*/true, nullptr, layer);
+  } else {
+    attention(w.attention, h, B, S, x, /*accumulate=*/true, &options, layer);
+  }
+
+  be.rms_norm(x, w.post_attention_norm.data(), T, D, eps, h);
+  if (options.on_mlp_input) options.on_mlp_input(layer, h, T);
+  if (!options.logits && l + 1 == layers_.size()) return false;
+  const auto& experts = experts_[l];
+  if (options.forced_expert >= 0) {
+    check_forced(options.forced_expert, l, experts.size());
+    mlp(experts[forced], h, T, x, /*accumulate=*/true);
+  } else if (!routers_.empty()) {
+    if (!mixed_attention) dispatch = route(l, T, options);
+    mix_experts(dispatch, h, [&](std::size_t e, const float* in, const std::vector<std::int64_t>& rows, std::int64_t n,
+                                 float* out) {
+      be.gather_rows(in, D, rows, ws_.expert_in.data());
+      mlp(experts[e], ws_.expert_in.data(), n, out, /*accumulate=*/false);
+    });
+  } else {
+    if (experts.size() != 1) throw Error("an MoE without routers needs a forced expert");
+    mlp(experts[0], h, T, x, /*accumulate=*/true);
+  }
+  return true;
 }
 
 double Forward::flops(const ModelConfig& c, std::int64_t B, std::int64_t S, bool logits) {

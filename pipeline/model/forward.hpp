@@ -81,6 +81,9 @@ class Forward {
   };
 
   void ensure_workspace(std::int64_t T, std::int64_t S, bool logits);
+  // Decoder layer l on the residual stream ws_.x of B sequences of S tokens; false where the
+  // caller wants nothing past it (the last layer's MLP input, without logits).
+  bool run_layer(std::size_t l, std::int64_t B, std::int64_t S, const ForwardOptions& options, bool mixed_attention);
   // out (T, D) = attention block of h (projections, rotary, causal attention, o), or += with
   // accumulate; `hooks` (the shared attention's) see its inputs.
   void attention(const AttentionBuffers& w, const float* h, std::int64_t B, std::int64_t S, float* out, bool accumulate,

@@ -299,11 +299,15 @@ IdType npy_id_type(const std::string& descr, const fs::path& path) {
   fail_file(path, "unsupported dtype '" + descr + "' (supported: |u1 <u2 <u4 <u8 |i1 <i2 <i4 <i8)");
 }
 
-std::vector<uint32_t> read_npy(const fs::path& path) {
-  const uint64_t size = check_regular_file(path);
-  std::ifstream in = open_binary(path);
+// Where the preamble (magic, version, header length) says the header and the data lie.
+struct NpyLayout {
+  uint64_t header_offset;
+  uint64_t header_length;
+  uint64_t data_offset;
+};
 
-  // Preamble: magic (6), version (2), header length (2 in 1.0, 4 in 2.0 and 3.0).
+// Preamble: magic (6), version (2), header length (2 in 1.0, 4 in 2.0 and 3.0).
+NpyLayout read_npy_preamble(std::ifstream& in, const fs::path& path, uint64_t size) {
   constexpr std::string_view kMagic = "\x93NUMPY";
   if (size < 10) fail_file(path, "not a .npy file (only " + std::to_string(size) + " bytes)");
   std::array<unsigned char, 12> pre{};
@@ -327,10 +331,52 @@ std::vector<uint32_t> read_npy(const fs::path& path) {
     fail_file(path, "truncated .npy file: header length " + std::to_string(header_length) + " runs past the end (" +
                         std::to_string(size) + " bytes)");
   }
+  return {8 + length_bytes, header_length, data_offset};
+}
 
-  std::string header(header_length, '\0');
-  read_exact(in, path, reinterpret_cast<unsigned char*>(header.data()), header.size(), 8 + length_bytes);
-  const auto entries = PyDictParser(header, path).parse();
+// What the header's dict says about the array: its dtype and shape, and the element count.
+struct NpyHeader {
+  std::string descr;
+  IdType type;
+  std::vector<uint64_t> shape;
+  uint64_t count;
+};
+
+// The shape's dimensions; 1-D or 2-D only.
+std::vector<uint64_t> npy_shape(const PyValue& shape_value, const fs::path& path) {
+  if (shape_value.kind != PyValue::Kind::sequence) fail_file(path, "bad .npy header: 'shape' is not a tuple");
+  std::vector<uint64_t> shape;
+  for (const PyValue& dim : shape_value.items) {
+    if (dim.kind != PyValue::Kind::integer || dim.negative) {
+      fail_file(path, "bad .npy header: 'shape' must hold non-negative integers");
+    }
+    shape.push_back(dim.magnitude);
+  }
+  if (shape.empty() || shape.size() > 2) {
+    fail_file(path, "shape " + shape_string(shape) + " has " + std::to_string(shape.size()) +
+                        " dimensions; expected a 1-D or 2-D array of token ids");
+  }
+  return shape;
+}
+
+// The number of elements of `shape`: not 0, and their bytes in `type` fit 64 bits.
+uint64_t npy_element_count(const std::vector<uint64_t>& shape, IdType type, const fs::path& path) {
+  uint64_t count = 1;
+  for (const uint64_t dim : shape) {
+    if (dim != 0 && count > std::numeric_limits<uint64_t>::max() / dim) {
+      fail_file(path, "shape " + shape_string(shape) + " overflows: too many elements");
+    }
+    count *= dim;
+  }
+  if (count == 0) fail_file(path, "empty corpus (0 tokens; shape " + shape_string(shape) + ")");
+  if (count > std::numeric_limits<uint64_t>::max() / type.width) {
+    fail_file(path, "shape " + shape_string(shape) + " overflows: too many bytes");
+  }
+  return count;
+}
+
+NpyHeader parse_npy_header(std::string_view text, const fs::path& path) {
+  const auto entries = PyDictParser(text, path).parse();
   auto find = [&](std::string_view key) -> const PyValue& {
     for (const auto& [k, v] : entries) {
       if (k == key) return v;
@@ -350,41 +396,36 @@ std::vector<uint32_t> read_npy(const fs::path& path) {
   if (fortran_order.flag) {
     fail_file(path, "fortran_order arrays are not supported; save a C-order array (np.ascontiguousarray)");
   }
-  if (shape_value.kind != PyValue::Kind::sequence) fail_file(path, "bad .npy header: 'shape' is not a tuple");
-  std::vector<uint64_t> shape;
-  for (const PyValue& dim : shape_value.items) {
-    if (dim.kind != PyValue::Kind::integer || dim.negative) {
-      fail_file(path, "bad .npy header: 'shape' must hold non-negative integers");
-    }
-    shape.push_back(dim.magnitude);
-  }
-  if (shape.empty() || shape.size() > 2) {
-    fail_file(path, "shape " + shape_string(shape) + " has " + std::to_string(shape.size()) +
-                        " dimensions; expected a 1-D or 2-D array of token ids");
-  }
-  uint64_t count = 1;
-  for (const uint64_t dim : shape) {
-    if (dim != 0 && count > std::numeric_limits<uint64_t>::max() / dim) {
-      fail_file(path, "shape " + shape_string(shape) + " overflows: too many elements");
-    }
-    count *= dim;
-  }
-  if (count == 0) fail_file(path, "empty corpus (0 tokens; shape " + shape_string(shape) + ")");
-  if (count > std::numeric_limits<uint64_t>::max() / type.width) {
-    fail_file(path, "shape " + shape_string(shape) + " overflows: too many bytes");
-  }
-  const uint64_t data_bytes = count * type.width;
+  std::vector<uint64_t> shape = npy_shape(shape_value, path);
+  const uint64_t count = npy_element_count(shape, type, path);
+  return {descr.text, type, std::move(shape), count};
+}
+
+// The array's data, which must fill the file from `data_offset` to its end exactly.
+std::vector<uint32_t> read_npy_data(std::ifstream& in, const fs::path& path, uint64_t size, uint64_t data_offset,
+                                    const NpyHeader& header) {
+  const uint64_t data_bytes = header.count * header.type.width;
   const uint64_t available = size - data_offset;
   if (data_bytes > available) {
-    fail_file(path, "truncated .npy file: shape " + shape_string(shape) + " of '" + descr.text + "' needs " +
-                        std::to_string(data_bytes) + " bytes of data, the file has " + std::to_string(available));
+    fail_file(path, "truncated .npy file: shape " + shape_string(header.shape) + " of '" + header.descr +
+                        "' needs " + std::to_string(data_bytes) + " bytes of data, the file has " +
+                        std::to_string(available));
   }
   if (data_bytes < available) {
     // np.save into one open file appends arrays; reading only the first would silently lose tokens.
     fail_file(path, std::to_string(available - data_bytes) + " unexpected bytes after the array data of shape " +
-                        shape_string(shape) + " (several arrays saved into one file?)");
+                        shape_string(header.shape) + " (several arrays saved into one file?)");
   }
-  return read_ids(in, path, data_offset, count, type);
+  return read_ids(in, path, data_offset, header.count, header.type);
+}
+
+std::vector<uint32_t> read_npy(const fs::path& path) {
+  const uint64_t size = check_regular_file(path);
+  std::ifstream in = open_binary(path);
+  const NpyLayout layout = read_npy_preamble(in, path, size);
+  std::string header(layout.header_length, '\0');
+  read_exact(in, path, reinterpret_cast<unsigned char*>(header.data()), header.size(), layout.header_offset);
+  return read_npy_data(in, path, size, layout.data_offset, parse_npy_header(header, path));
 }
 
 // ---- HDF5 -------------------------------------------------------------------------------------
@@ -541,7 +582,7 @@ std::vector<uint32_t> corpus_read(const CorpusSpec& spec) {
     case CorpusFormat::hdf5: return read_hdf5(spec.path, spec.dataset);
     case CorpusFormat::text:
     case CorpusFormat::jsonl:
-    case CorpusFormat::megatron:  // documents: load_corpus (text_corpus.hpp) reads them
+    case CorpusFormat::megatron:  // documents: load_corpus (corpus_loader.hpp) reads them
       fail_file(spec.path, std::string(to_string(spec.format)) + " corpora hold documents, not a token stream");
   }
   DUME_ASSERT(false && "unhandled CorpusFormat");

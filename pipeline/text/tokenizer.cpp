@@ -586,12 +586,21 @@ struct Tokenizer::Impl {
   std::vector<std::uint32_t> prefix, suffix;
   std::size_t vocab_size = 0;
 
+  // The model's vocabulary as the file writes it: token text to id.
+  using TokenIds = std::unordered_map<std::string, std::uint32_t>;
+
   void parse(const json& root);
+  static void check_top_level(const JsonReader& reader, const json& root);
   void parse_model(const JsonReader& reader, const json& model);
   void parse_normalizer(const JsonReader& reader, const json& node, const std::string& where);
+  void read_pre_tokenizer(const JsonReader& reader, const json& root);
   void parse_pre_tokenizer(const JsonReader& reader, const json& node, const std::string& where);
-  void parse_added_tokens(const JsonReader& reader, const json* list,
-                          const std::unordered_map<std::string, std::uint32_t>& model_vocab);
+  TokenIds read_vocab(const JsonReader& reader, const json& vocab_node);
+  void index_vocab(const JsonReader& reader, const TokenIds& by_text);
+  void index_bytes(const TokenIds& by_text);
+  void read_unk_token(const JsonReader& reader, const json& model_node, const TokenIds& by_text);
+  void read_merges(const JsonReader& reader, const json& model_node, const TokenIds& by_text);
+  void parse_added_tokens(const JsonReader& reader, const json* list, const TokenIds& model_vocab);
   void parse_post_processor(const JsonReader& reader, const json& node, const std::string& where);
   bool known_id(std::uint32_t id) const;
 
@@ -605,6 +614,8 @@ struct Tokenizer::Impl {
                     std::vector<std::uint32_t>& out) const;
   void model(std::string_view word, Scratch& scratch, std::vector<std::uint32_t>& out) const;
   void merge_word(std::string_view word, Scratch& scratch) const;
+  void split_units(std::string_view word, Scratch& scratch) const;
+  void apply_merges(Scratch& scratch) const;
   void add_unit(std::uint32_t id, Scratch& scratch) const;
 };
 
@@ -621,14 +632,32 @@ bool Tokenizer::Impl::known_id(std::uint32_t id) const { return id < vocab_size;
 
 void Tokenizer::Impl::parse(const json& root) {
   const JsonReader reader(file);
+  check_top_level(reader, root);
+  parse_model(reader, reader.field(root, "", "model"));
+  if (const json* node = reader.optional_field(root, "", "normalizer"))
+    parse_normalizer(reader, *node, "normalizer");
+  read_pre_tokenizer(reader, root);
+  const json& model_node = root.at("model");
+  const TokenIds by_text = read_vocab(reader, model_node.at("vocab"));
+  index_vocab(reader, by_text);
+  index_bytes(by_text);
+  read_unk_token(reader, model_node, by_text);
+  read_merges(reader, model_node, by_text);
+  parse_added_tokens(reader, reader.optional_field(root, "", "added_tokens"), by_text);
+  if (const json* node = reader.optional_field(root, "", "post_processor"))
+    parse_post_processor(reader, *node, "post_processor");
+  // The file's "decoder" only turns ids back into text, which dume never does: it is not read.
+}
+
+void Tokenizer::Impl::check_top_level(const JsonReader& reader, const json& root) {
   if (!root.is_object()) reader.fail("the top level", "is not an object");
   for (const char* key : {"truncation", "padding"})
     if (reader.optional_field(root, "", key))
       reader.fail(key, "is set: dume encodes whole documents (set it to null)");
+}
 
-  parse_model(reader, reader.field(root, "", "model"));
-  if (const json* node = reader.optional_field(root, "", "normalizer"))
-    parse_normalizer(reader, *node, "normalizer");
+// The pre-tokenizer steps, ByteLevel last if at all, which makes the model see bytes.
+void Tokenizer::Impl::read_pre_tokenizer(const JsonReader& reader, const json& root) {
   if (const json* node = reader.optional_field(root, "", "pre_tokenizer"))
     parse_pre_tokenizer(reader, *node, "pre_tokenizer");
   for (std::size_t i = 0; i < pre_tokenizer.size(); ++i)
@@ -636,11 +665,11 @@ void Tokenizer::Impl::parse(const json& root) {
       reader.fail("pre_tokenizer", "has ByteLevel before other pre-tokenizers (dume supports it last only)");
   byte_level = !pre_tokenizer.empty() && pre_tokenizer.back().kind == PreTokenizerKind::kByteLevel;
   kind = byte_level ? "byte-level BPE" : "SentencePiece BPE";
+}
 
-  // The vocabulary is keyed by what the model sees: bytes, for byte-level tokenizers.
-  const json& model_node = root.at("model");
-  const json& vocab_node = model_node.at("vocab");
-  std::unordered_map<std::string, std::uint32_t> by_text;
+// model.vocab's ids, checked, by token text; sets vocab_size to one past the largest.
+Tokenizer::Impl::TokenIds Tokenizer::Impl::read_vocab(const JsonReader& reader, const json& vocab_node) {
+  TokenIds by_text;
   by_text.reserve(vocab_node.size());
   std::uint64_t max_id = 0;
   bool any_id = false;
@@ -652,8 +681,13 @@ void Tokenizer::Impl::parse(const json& root) {
     max_id = std::max<std::uint64_t>(max_id, id);
     any_id = true;
   }
+  vocab_size = any_id ? static_cast<std::size_t>(max_id) + 1 : 0;
+  return by_text;
+}
 
-  std::array<char32_t, 256> chars = byte_level_chars();
+// The vocabulary is keyed by what the model sees: bytes, for byte-level tokenizers.
+void Tokenizer::Impl::index_vocab(const JsonReader& reader, const TokenIds& by_text) {
+  const std::array<char32_t, 256> chars = byte_level_chars();
   std::unordered_map<char32_t, unsigned char> char_to_byte;
   for (std::size_t b = 0; b < 256; ++b) char_to_byte[chars[b]] = static_cast<unsigned char>(b);
   vocab = StringTable(by_text.size());
@@ -672,7 +706,11 @@ void Tokenizer::Impl::parse(const json& root) {
     }
     if (reachable && !vocab.set(bytes, id)) reader.fail("model.vocab", "is too large (over 4 GiB of token text)");
   }
+}
 
+// Each byte's token (byte-level) and the byte fallback tokens.
+void Tokenizer::Impl::index_bytes(const TokenIds& by_text) {
+  const std::array<char32_t, 256> chars = byte_level_chars();
   // Byte fallback tokens are looked up by text (<0xXX>) whatever the pre-tokenizer.
   for (std::size_t b = 0; b < 256; ++b) {
     char name[8];
@@ -695,14 +733,18 @@ void Tokenizer::Impl::parse(const json& root) {
     }
     if (all) byte_level_fallback[b] = std::move(ids);
   }
+}
 
+void Tokenizer::Impl::read_unk_token(const JsonReader& reader, const json& model_node, const TokenIds& by_text) {
   if (const auto unk = reader.optional_string(model_node, "model", "unk_token")) {
     const auto it = by_text.find(*unk);
     if (it == by_text.end()) reader.fail("model.unk_token", "'" + *unk + "' is not in model.vocab");
     unk_id = it->second;
   }
+}
 
-  // Merges: "a b" strings or ["a", "b"] pairs, the merged token in the vocabulary too.
+// Merges: "a b" strings or ["a", "b"] pairs, the merged token in the vocabulary too.
+void Tokenizer::Impl::read_merges(const JsonReader& reader, const json& model_node, const TokenIds& by_text) {
   const json& merges_node = reader.field(model_node, "model", "merges");
   if (!merges_node.is_array()) reader.fail("model.merges", "is not an array");
   merges = MergeTable(merges_node.size());
@@ -731,11 +773,6 @@ void Tokenizer::Impl::parse(const json& root) {
                         new_id = lookup(left + right, "makes");
     merges.set(left_id, right_id, {static_cast<std::uint32_t>(rank), new_id});
   }
-
-  vocab_size = any_id ? static_cast<std::size_t>(max_id) + 1 : 0;
-  parse_added_tokens(reader, reader.optional_field(root, "", "added_tokens"), by_text);
-  if (const json* node = reader.optional_field(root, "", "post_processor"))
-    parse_post_processor(reader, *node, "post_processor");
 }
 
 void Tokenizer::Impl::parse_model(const JsonReader& reader, const json& model) {
@@ -834,8 +871,7 @@ void Tokenizer::Impl::parse_pre_tokenizer(const JsonReader& reader, const json& 
   pre_tokenizer.push_back(std::move(step));
 }
 
-void Tokenizer::Impl::parse_added_tokens(const JsonReader& reader, const json* list,
-                                         const std::unordered_map<std::string, std::uint32_t>& model_vocab) {
+void Tokenizer::Impl::parse_added_tokens(const JsonReader& reader, const json* list, const TokenIds& model_vocab) {
   if (!list) return;
   if (!list->is_array()) reader.fail("added_tokens", "is not an array");
   // The library does not take the ids in the file: it gives each token its id in the model's
@@ -1138,6 +1174,12 @@ void Tokenizer::Impl::add_unit(std::uint32_t id, Scratch& scratch) const {
 // fallback, then unk), then merges are applied lowest rank first, leftmost on ties, through a
 // heap whose stale entries are skipped the way the library skips them.
 void Tokenizer::Impl::merge_word(std::string_view word, Scratch& scratch) const {
+  split_units(word, scratch);
+  apply_merges(scratch);
+}
+
+// The word's units into scratch.symbols: vocabulary tokens, else byte fallback, else unk.
+void Tokenizer::Impl::split_units(std::string_view word, Scratch& scratch) const {
   auto& symbols = scratch.symbols;
   symbols.clear();
   constexpr std::int64_t kNone = -1;
@@ -1186,7 +1228,11 @@ void Tokenizer::Impl::merge_word(std::string_view word, Scratch& scratch) const 
   }
   if (pending_unk != kNone) add_unit(static_cast<std::uint32_t>(pending_unk), scratch);
   if (!symbols.empty()) symbols.back().next = -1;
+}
 
+// Merges scratch.symbols, lowest rank first, leftmost on ties: merged-away symbols are marked removed.
+void Tokenizer::Impl::apply_merges(Scratch& scratch) const {
+  auto& symbols = scratch.symbols;
   // The heap's top is the lowest rank, then the lowest position.
   auto& queue = scratch.queue;
   queue.clear();
