@@ -79,6 +79,98 @@ void print_ranks_note(int threads) {
   }
 }
 
+// --json's file may replace an earlier report, never an input: checked before any work.
+void check_json_output(const BenchOptions& o) {
+  collective_phase([&] {
+    const std::vector<InputPath> inputs{{"the configuration", o.config}};
+    check_output(o.json, inputs, /*force=*/true, {.directory = false, .marker = {}});
+  });
+}
+
+// The config's first expert and the first windows of its calibration corpus (repeated if short)
+// into `s`, the expert's weights into `model`. Returns the shape's name for the header.
+std::string load_first_expert(const BenchOptions& o, BenchSettings& s, std::optional<Model>& model) {
+  std::string shape_name;
+  collective_phase([&] {
+    const MergeConfig config = merge_config_read(o.config);
+    const Checkpoint checkpoint(config.experts[0].checkpoint);
+    model = load_dense_model(checkpoint);
+    s.config = model->config;
+    s.sequence_length = config.calibration.sequence_length;
+    s.batch = config.calibration.batch_sequences;
+    const LoadedCorpus corpus = load_calibration(config, config.experts[0].calibration,
+                                                 static_cast<std::size_t>(s.config.vocab_size));
+    s.sequence_length = static_cast<std::int64_t>(corpus.windows.length());
+    const auto T = static_cast<std::size_t>(s.batch * s.sequence_length);
+    const auto all = corpus.windows.tokens();
+    for (std::size_t i = 0; i < T; ++i) s.tokens.push_back(all[i % all.size()]);  // repeated if short
+    shape_name = config.experts[0].name + " (" + config.experts[0].checkpoint.string() + ")";
+  });
+  s.model = &*model;
+  return shape_name;
+}
+
+// --write-experts: synthetic experts of the shape instead of a benchmark (rank 0 writes).
+void write_experts(const BenchOptions& o, const ModelConfig& c) {
+  if (mpi_rank() != 0) return;
+  // Only into a new directory: it never replaces a file it did not write.
+  const std::filesystem::path dir = output_path(o.write_experts);
+  if (std::filesystem::exists(std::filesystem::symlink_status(dir)))
+    throw Error("--write-experts " + dir.string() + " exists; dume bench writes synthetic experts only into a new directory");
+  check_output(dir, {}, /*force=*/false, {.directory = true, .marker = {}});
+  const OutputLock lock(dir);
+  write_output_atomically(dir, /*force=*/false, [&](const std::filesystem::path& tmp) {
+    write_synthetic_experts(c, o.experts, o.tokens, o.sequence_length, o.batch, tmp);
+  });
+  std::printf("wrote %d synthetic experts (%s) and %s/merge.yaml\n", o.experts, o.preset.c_str(), dir.c_str());
+}
+
+// The `#` header (rank 0): what runs, where, and how the table reads.
+void print_header(const BenchOptions& o, const BenchSettings& s, const std::string& shape_name, int threads,
+                  const Backend& backend) {
+  if (mpi_rank() != 0) return;
+  const ModelConfig& c = s.config;
+  std::printf("# dume bench: %s %s (D=%lld F=%lld L=%lld H=%lld Hkv=%lld V=%lld), %lld x %lld tokens per pass\n",
+              o.config.empty() ? "preset" : "expert", shape_name.c_str(), static_cast<long long>(c.hidden_size), static_cast<long long>(c.intermediate_size),
+              static_cast<long long>(c.num_layers), static_cast<long long>(c.num_heads),
+              static_cast<long long>(c.num_kv_heads), static_cast<long long>(c.vocab_size),
+              static_cast<long long>(s.batch), static_cast<long long>(s.sequence_length));
+  std::printf("# %d rank%s x %d thread%s; backend %s\n", mpi_size(), mpi_size() == 1 ? "" : "s", threads,
+              threads == 1 ? "" : "s", backend.describe().c_str());
+  std::printf("# medians of %d runs; ratio = measured / limit; the limits are measured in this run\n", o.repeat);
+  std::fflush(stdout);
+}
+
+// --json: the run's settings and every row of the table.
+void write_json(const BenchOptions& o, const BenchSettings& s, int threads, const Backend& backend,
+                const std::vector<PhaseResult>& phases) {
+  const ModelConfig& c = s.config;
+  nlohmann::json j;
+  j["preset"] = o.config.empty() ? o.preset : "";
+  j["config"] = o.config;
+  j["ranks"] = mpi_size();
+  j["threads"] = threads;
+  j["backend"] = backend.describe();
+  j["shape"] = {{"D", c.hidden_size}, {"F", c.intermediate_size}, {"L", c.num_layers}, {"H", c.num_heads},
+                {"Hkv", c.num_kv_heads}, {"V", c.vocab_size}, {"batch", s.batch}, {"S", s.sequence_length}};
+  for (const auto& p : phases)
+    j["phases"].push_back({{"phase", p.phase}, {"unit", p.unit}, {"measured", p.measured}, {"limit", p.limit},
+                           {"limit_is", p.limit_name}, {"ratio", p.limit > 0 ? p.measured / p.limit : 0.0},
+                           {"seconds", p.seconds}, {"median_seconds", median(p.seconds)},
+                           {"spread_seconds", spread(p.seconds)}, {"wrong", p.wrong}, {"bytes", p.bytes},
+                           {"busbw", p.busbw}, {"limit_busbw", p.limit_busbw}});
+  write_text_file(o.json, j.dump(2) + "\n");
+}
+
+// Every rank's wrong results, summed on all of them, so that all ranks fail together (each rank
+// checks its own results; the table shows rank 0's).
+long wrong_on_any_rank(const std::vector<PhaseResult>& phases) {
+  std::vector<double> wrong{0.0};
+  for (const auto& p : phases) wrong[0] += static_cast<double>(p.wrong);
+  allreduce_sum(wrong, 1);
+  return static_cast<long>(wrong[0]);
+}
+
 void run_bench(const BenchOptions& o) {
   BenchSettings s;
   s.batch = o.batch;
@@ -86,90 +178,33 @@ void run_bench(const BenchOptions& o) {
   s.repeat = o.repeat;
   std::optional<Model> model;
   std::string shape_name = o.preset;
-  if (!o.json.empty())  // before any work: the report replaces an earlier one, never an input
-    collective_phase([&] {
-      const std::vector<InputPath> inputs{{"the configuration", o.config}};
-      check_output(o.json, inputs, /*force=*/true, {.directory = false});
-    });
-  if (!o.config.empty()) {  // the config's first expert and the first windows of its calibration corpus
-    collective_phase([&] {
-      const MergeConfig config = merge_config_read(o.config);
-      const Checkpoint checkpoint(config.experts[0].checkpoint);
-      model = load_dense_model(checkpoint);
-      s.config = model->config;
-      s.sequence_length = config.calibration.sequence_length;
-      s.batch = config.calibration.batch_sequences;
-      const LoadedCorpus corpus = load_calibration(config, config.experts[0].calibration,
-                                                   static_cast<std::size_t>(s.config.vocab_size));
-      s.sequence_length = static_cast<std::int64_t>(corpus.windows.length());
-      const auto T = static_cast<std::size_t>(s.batch * s.sequence_length);
-      const auto all = corpus.windows.tokens();
-      for (std::size_t i = 0; i < T; ++i) s.tokens.push_back(all[i % all.size()]);  // repeated if short
-      shape_name = config.experts[0].name + " (" + config.experts[0].checkpoint.string() + ")";
-    });
-    s.model = &*model;
+  if (!o.json.empty()) check_json_output(o);
+  if (!o.config.empty()) {
+    shape_name = load_first_expert(o, s, model);
   } else {
     s.config = bench_preset(o.preset);
     if (o.layers > 0) s.config.num_layers = o.layers;
     s.config.json_text = model_config_to_json(s.config);
   }
   if (!o.write_experts.empty()) {
-    if (mpi_rank() == 0) {
-      // Only into a new directory: it never replaces a file it did not write.
-      const std::filesystem::path dir = output_path(o.write_experts);
-      if (std::filesystem::exists(std::filesystem::symlink_status(dir)))
-        throw Error("--write-experts " + dir.string() + " exists; dume bench writes synthetic experts only into a new directory");
-      check_output(dir, {}, /*force=*/false, {.directory = true});
-      const OutputLock lock(dir);
-      write_output_atomically(dir, /*force=*/false, [&](const std::filesystem::path& tmp) {
-        write_synthetic_experts(s.config, o.experts, o.tokens, o.sequence_length, o.batch, tmp);
-      });
-      std::printf("wrote %d synthetic experts (%s) and %s/merge.yaml\n", o.experts, o.preset.c_str(), dir.c_str());
-    }
+    write_experts(o, s.config);
     return;
   }
-  const ModelConfig& c = s.config;
   const int threads = threads_per_rank(o.threads);
   auto backend = rank_backend(o.backend, threads);
   s.scratch = std::filesystem::temp_directory_path() / ("dume-bench-" + std::to_string(getpid()));
   std::filesystem::create_directories(s.scratch);
-  if (mpi_rank() == 0) {
-    std::printf("# dume bench: %s %s (D=%lld F=%lld L=%lld H=%lld Hkv=%lld V=%lld), %lld x %lld tokens per pass\n",
-                o.config.empty() ? "preset" : "expert", shape_name.c_str(), static_cast<long long>(c.hidden_size), static_cast<long long>(c.intermediate_size),
-                static_cast<long long>(c.num_layers), static_cast<long long>(c.num_heads),
-                static_cast<long long>(c.num_kv_heads), static_cast<long long>(c.vocab_size),
-                static_cast<long long>(s.batch), static_cast<long long>(s.sequence_length));
-    std::printf("# %d rank%s x %d thread%s; backend %s\n", mpi_size(), mpi_size() == 1 ? "" : "s", threads,
-                threads == 1 ? "" : "s", backend->describe().c_str());
-    std::printf("# medians of %d runs; ratio = measured / limit; the limits are measured in this run\n", o.repeat);
-    std::fflush(stdout);
-  }
+  print_header(o, s, shape_name, threads, *backend);
   if (o.ranks_note) print_ranks_note(threads);
   const std::vector<PhaseResult> phases = run_benchmark(s, *backend);
   std::filesystem::remove_all(s.scratch);
-  long wrong = 0;
-  for (const auto& p : phases) wrong += p.wrong;
+  const long wrong = wrong_on_any_rank(phases);
   if (mpi_rank() == 0) {
     print_table(phases);
-    if (!o.json.empty()) {
-      nlohmann::json j;
-      j["preset"] = o.config.empty() ? o.preset : "";
-      j["config"] = o.config;
-      j["ranks"] = mpi_size();
-      j["threads"] = threads;
-      j["backend"] = backend->describe();
-      j["shape"] = {{"D", c.hidden_size}, {"F", c.intermediate_size}, {"L", c.num_layers}, {"H", c.num_heads},
-                    {"Hkv", c.num_kv_heads}, {"V", c.vocab_size}, {"batch", s.batch}, {"S", s.sequence_length}};
-      for (const auto& p : phases)
-        j["phases"].push_back({{"phase", p.phase}, {"unit", p.unit}, {"measured", p.measured}, {"limit", p.limit},
-                               {"limit_is", p.limit_name}, {"ratio", p.limit > 0 ? p.measured / p.limit : 0.0},
-                               {"seconds", p.seconds}, {"median_seconds", median(p.seconds)},
-                               {"spread_seconds", spread(p.seconds)}, {"wrong", p.wrong}, {"bytes", p.bytes},
-                               {"busbw", p.busbw}, {"limit_busbw", p.limit_busbw}});
-      write_text_file(o.json, j.dump(2) + "\n");
-    }
+    if (!o.json.empty()) write_json(o, s, threads, *backend, phases);
   }
-  if (wrong) throw CollectiveError("benchmark produced " + std::to_string(wrong) + " wrong results (see #wrong)");
+  if (wrong)
+    throw CollectiveError("benchmark produced " + std::to_string(wrong) + " wrong results (see #wrong; summed over ranks)");
 }
 
 }  // namespace

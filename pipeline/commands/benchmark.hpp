@@ -33,7 +33,7 @@ struct PhaseResult {
   double measured = 0, limit = 0;  // in unit; limit 0: none
   std::string limit_name;          // what the limit is
   std::vector<double> seconds;     // each timed run
-  long wrong = 0;                  // failed correctness checks
+  long wrong = 0;                  // elements its check found wrong (against an f64 reference)
   double bytes = 0, busbw = 0, limit_busbw = 0;  // reduction only (GB/s, nccl-tests' definitions)
 };
 
