@@ -93,7 +93,7 @@ std::string load_first_expert(const BenchOptions& o, BenchSettings& s, std::opti
   std::string shape_name;
   collective_phase([&] {
     const MergeConfig config = merge_config_read(o.config);
-    const Checkpoint checkpoint(config.experts[0].checkpoint);
+    const HfCheckpoint checkpoint(config.experts[0].checkpoint);
     model = load_dense_model(checkpoint);
     s.config = model->config;
     s.sequence_length = config.calibration.sequence_length;

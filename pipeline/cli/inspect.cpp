@@ -13,7 +13,7 @@ namespace dume::cli {
 namespace {
 
 void inspect_checkpoint(const std::string& dir, bool list_tensors) {
-  const Checkpoint checkpoint(dir);
+  const HfCheckpoint checkpoint(dir);
   const ModelConfig& c = checkpoint.config();
   std::map<std::string, int> dtype_counts;
   std::size_t bytes = 0, tensors = 0;

@@ -22,7 +22,7 @@ struct PplOptions {
 };
 
 void run_ppl(const PplOptions& o) {
-  const Checkpoint checkpoint(o.checkpoint);
+  const HfCheckpoint checkpoint(o.checkpoint);
   const ModelConfig& c = checkpoint.config();
   CorpusSpec spec = o.source;
   spec.path = o.corpus;

@@ -47,14 +47,14 @@ bool wants(const MergeConfig& config, const std::string& method) {
 }
 
 // Every parameter, MLPs included, averaged over the experts (f64) and rounded to dtype.
-Model average_model(const std::vector<const Checkpoint*>& experts, DType dtype) {
+Model average_model(const std::vector<const HfCheckpoint*>& experts, DType dtype) {
   Model m;
   m.config = experts[0]->config();
   m.shared = average_shared_weights(experts, dtype);
   for (std::int64_t l = 0; l < m.config.num_layers; ++l) {
     MlpWeights mean;
     std::vector<MlpWeights> all;
-    for (const Checkpoint* c : experts) all.push_back(load_mlp(*c, l));
+    for (const HfCheckpoint* c : experts) all.push_back(load_mlp(*c, l));
     for (auto member : {&MlpWeights::gate, &MlpWeights::up, &MlpWeights::down}) {
       Eigen::MatrixXd sum = Eigen::MatrixXd::Zero((all[0].*member).rows(), (all[0].*member).cols());
       for (const auto& w : all) sum += (w.*member).cast<double>();
@@ -71,7 +71,7 @@ Model average_model(const std::vector<const Checkpoint*>& experts, DType dtype) 
 // domain's batches, not the domains.
 struct EvalInputs {
   MoeInfo info;
-  std::vector<Checkpoint> checkpoints;  // one per expert, config order
+  std::vector<HfCheckpoint> checkpoints;  // one per expert, config order
   std::vector<CorpusWindows> tests;     // one per domain (= expert)
 };
 
@@ -147,7 +147,7 @@ class DomainRuns {
 
 // The dense baselines: each expert on its own, and every parameter averaged.
 void eval_dense_baselines(const MergeConfig& config, const EvalInputs& in, Backend& backend, DomainRuns& runs) {
-  std::vector<const Checkpoint*> experts;
+  std::vector<const HfCheckpoint*> experts;
   for (const auto& c : in.checkpoints) experts.push_back(&c);
   if (wants(config, "experts"))
     for (std::size_t e = 0; e < config.experts.size(); ++e) {

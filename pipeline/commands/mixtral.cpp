@@ -247,7 +247,7 @@ void export_mixtral(const fs::path& moe, const fs::path& given, const ExportOpti
     std::printf("tokenizer: %zu files copied from %s\n", tokenizer_files.size(), tokenizer_source.c_str());
 }
 
-Model load_mixtral_model(const Checkpoint& checkpoint) {
+Model load_mixtral_model(const HfCheckpoint& checkpoint) {
   const ModelConfig& c = checkpoint.config();
   if (c.num_experts == 0)
     throw Error(checkpoint.dir().string() + " is a dense " + c.architecture_name + ", not a Mixtral MoE");

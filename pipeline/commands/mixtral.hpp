@@ -44,6 +44,6 @@ void export_mixtral(const std::filesystem::path& moe, const std::filesystem::pat
 ModelConfig mixtral_config(const ModelConfig& source, std::int64_t experts, int top_k, DType dtype);
 
 // Loads a Mixtral checkpoint (either layout) as an MoE: zero router biases, temperature 1.
-Model load_mixtral_model(const Checkpoint& checkpoint);
+Model load_mixtral_model(const HfCheckpoint& checkpoint);
 
 }  // namespace dume

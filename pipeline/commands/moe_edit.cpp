@@ -80,7 +80,7 @@ void run_fold_in(const MergeConfig& config, bool force, bool reaverage, bool res
   auto t = Clock::now();
   MergePlan plan;
   std::shared_ptr<H5Id> file;
-  std::vector<Checkpoint> checkpoints;
+  std::vector<HfCheckpoint> checkpoints;
   std::vector<CorpusWindows> windows;
   MergeConfig resolved = config;  // what the new MoE's merge.yaml records
   collective_phase([&] {
@@ -149,15 +149,24 @@ void rewrite(MergePlan& plan, const fs::path& moe, const fs::path& output, bool 
   run_plan(plan, config, force, phases);
 }
 
-}  // namespace
-
-void run_remove(const fs::path& moe, const std::string& name, const fs::path& given, bool force) {
+// remove and resolve: the MoE's plan, changed by `edit` (collective: an error on any rank stops
+// all), written to `given` with no calibration.
+void edit_moe(const fs::path& moe, const fs::path& given, bool force, const std::function<void(MergePlan&)>& edit) {
   const fs::path output = output_path(given);
   const auto lock = claim_moe_output(output, {{"the MoE", moe}}, force, /*resume=*/false);
   MergePlan plan;
   std::shared_ptr<H5Id> file;
   collective_phase([&] {
     plan = plan_from_moe(moe, file);
+    edit(plan);
+  });
+  rewrite(plan, moe, output, force);
+}
+
+}  // namespace
+
+void run_remove(const fs::path& moe, const std::string& name, const fs::path& given, bool force) {
+  edit_moe(moe, given, force, [&](MergePlan& plan) {
     const auto it = std::find(plan.info.experts.begin(), plan.info.experts.end(), name);
     if (it == plan.info.experts.end()) throw Error("no domain '" + name + "' in " + moe.string());
     if (plan.info.experts.size() == 1) throw Error("cannot remove the only domain of " + moe.string());
@@ -167,16 +176,10 @@ void run_remove(const fs::path& moe, const std::string& name, const fs::path& gi
     plan.sources.erase(plan.sources.begin() + e);
     plan.info.router.top_k = std::min<int>(plan.info.router.top_k, static_cast<int>(plan.info.experts.size()));
   });
-  rewrite(plan, moe, output, force);
 }
 
 void run_resolve(const fs::path& moe, const ResolveOverrides& o, const fs::path& given, bool force) {
-  const fs::path output = output_path(given);
-  const auto lock = claim_moe_output(output, {{"the MoE", moe}}, force, /*resume=*/false);
-  MergePlan plan;
-  std::shared_ptr<H5Id> file;
-  collective_phase([&] {
-    plan = plan_from_moe(moe, file);
+  edit_moe(moe, given, force, [&](MergePlan& plan) {
     RouterSettings& r = plan.info.router;
     r.lambda = o.lambda.value_or(r.lambda);
     r.temperature = o.temperature.value_or(r.temperature);
@@ -200,7 +203,6 @@ void run_resolve(const fs::path& moe, const ResolveOverrides& o, const fs::path&
     if (r.top_k < 1 || static_cast<std::size_t>(r.top_k) > plan.info.experts.size())
       throw Error("--top-k must be between 1 and the number of experts (" + std::to_string(plan.info.experts.size()) + ")");
   });
-  rewrite(plan, moe, output, force);
 }
 
 }  // namespace dume

@@ -65,7 +65,7 @@ std::vector<std::string> required_tensors(const ModelConfig& c) {
 
 }  // namespace
 
-Checkpoint::Checkpoint(const fs::path& dir) : dir_(dir), config_(model_config_read(dir)) {
+HfCheckpoint::HfCheckpoint(const fs::path& dir) : dir_(dir), config_(model_config_read(dir)) {
   const fs::path single = dir / "model.safetensors", index_path = dir / "model.safetensors.index.json";
   if (fs::exists(index_path)) {
     json weight_map;
@@ -90,9 +90,9 @@ Checkpoint::Checkpoint(const fs::path& dir) : dir_(dir), config_(model_config_re
                   std::to_string(config_.num_layers) + ") is in no file");
 }
 
-bool Checkpoint::has(std::string_view name) const { return owner_.contains(std::string(name)); }
+bool HfCheckpoint::has(std::string_view name) const { return owner_.contains(std::string(name)); }
 
-const TensorInfo& Checkpoint::info(std::string_view name, const SafetensorsFile** file) const {
+const TensorInfo& HfCheckpoint::info(std::string_view name, const SafetensorsFile** file) const {
   const auto it = owner_.find(std::string(name));
   if (it == owner_.end()) throw Error(dir_.string() + ": no tensor '" + std::string(name) + "'");
   const SafetensorsFile& f = files_[it->second];
@@ -100,14 +100,14 @@ const TensorInfo& Checkpoint::info(std::string_view name, const SafetensorsFile*
   return *f.find(name);
 }
 
-void Checkpoint::read(std::string_view name, std::span<const std::int64_t> shape, std::span<float> out) const {
+void HfCheckpoint::read(std::string_view name, std::span<const std::int64_t> shape, std::span<float> out) const {
   std::size_t numel = 1;
   for (auto d : shape) numel *= static_cast<std::size_t>(d);
   DUME_ASSERT(out.size() == numel);
   read_slice(name, shape, 0, out);
 }
 
-void Checkpoint::read_slice(std::string_view name, std::span<const std::int64_t> shape, std::size_t begin,
+void HfCheckpoint::read_slice(std::string_view name, std::span<const std::int64_t> shape, std::size_t begin,
                             std::span<float> out) const {
   const SafetensorsFile* file = nullptr;
   const TensorInfo& t = info(name, &file);
@@ -124,7 +124,7 @@ void Checkpoint::read_slice(std::string_view name, std::span<const std::int64_t>
                 std::to_string(begin + bad));
 }
 
-DType Checkpoint::dtype() const {
+DType HfCheckpoint::dtype() const {
   return info(hf::embed_tokens).dtype;
 }
 

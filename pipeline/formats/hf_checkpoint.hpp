@@ -15,9 +15,11 @@
 
 namespace dume {
 
-class Checkpoint {
+// A Hugging Face model directory (config.json and safetensors, one file or sharded with an index),
+// memory-mapped and checked. (A "checkpoint" of an interrupted job is resume.hpp's.)
+class HfCheckpoint {
  public:
-  explicit Checkpoint(const std::filesystem::path& dir);  // throws Error naming the file and problem
+  explicit HfCheckpoint(const std::filesystem::path& dir);  // throws Error naming the file and problem
 
   const std::filesystem::path& dir() const { return dir_; }
   const ModelConfig& config() const { return config_; }

@@ -63,7 +63,7 @@ MergeInputs merge_prepare(const MergeConfig& config) {
   return in;
 }
 
-std::vector<std::vector<MlpWeights>> calibration_mlps(const Checkpoint& expert, DType dtype) {
+std::vector<std::vector<MlpWeights>> calibration_mlps(const HfCheckpoint& expert, DType dtype) {
   const ModelConfig& c = expert.config();
   std::vector<std::vector<MlpWeights>> mlps(static_cast<std::size_t>(c.num_layers));
   for (std::int64_t l = 0; l + 1 < c.num_layers; ++l) {
@@ -74,7 +74,7 @@ std::vector<std::vector<MlpWeights>> calibration_mlps(const Checkpoint& expert, 
   return mlps;
 }
 
-ExpertSource expert_from_checkpoint(const Checkpoint& checkpoint, DType dtype) {
+ExpertSource expert_from_checkpoint(const HfCheckpoint& checkpoint, DType dtype) {
   return [&checkpoint, dtype](std::int64_t layer, const std::string& hf_suffix, const std::string&,
                               const std::vector<std::int64_t>& shape) {
     const std::string name = hf::layer(layer, hf_suffix);
@@ -373,7 +373,7 @@ void write_moe_directory(const fs::path& output, bool force, const MergePlan& pl
   });
 }
 
-SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const Checkpoint*>& experts, DType dtype,
+SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts, DType dtype,
                                  std::span<const CorpusWindows> calibration) {
   const ModelConfig& mc = experts.at(0)->config();
   std::string difference;
@@ -383,7 +383,7 @@ SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<co
     return regmean_shared_weights(config, experts, calibration, dtype);
   };
   if (config.shared_checkpoint) {
-    const Checkpoint base(*config.shared_checkpoint);
+    const HfCheckpoint base(*config.shared_checkpoint);
     if (!same_architecture(mc, base.config(), &difference))
       throw Error("shared checkpoint " + config.shared_checkpoint->string() + " does not match the experts: " + difference);
     SharedWeights w = average_shared_weights({&base}, dtype);
@@ -441,7 +441,7 @@ void run_merge(const MergeConfig& config, bool force, bool resume, const std::ve
 
   t = Clock::now();
   MergePlan plan;
-  std::vector<const Checkpoint*> experts;
+  std::vector<const HfCheckpoint*> experts;
   for (const auto& c : in.experts) experts.push_back(&c);
   plan.model.config = in.experts[0].config();
   collective_phase([&] { plan.model.shared = shared_weights_for(config, experts, in.dtype, in.calibration); });

@@ -23,7 +23,7 @@ namespace dume {
 
 // The opened and checked inputs of a merge.
 struct MergeInputs {
-  std::vector<Checkpoint> experts;
+  std::vector<HfCheckpoint> experts;
   std::vector<CorpusWindows> calibration;  // one per expert, its domain's windows
   std::vector<CorpusReport> reports;        // one per expert: documents read and tokenized
   DType dtype = DType::BF16;               // of the stored MoE
@@ -38,7 +38,7 @@ LoadedCorpus load_calibration(const MergeConfig& config, const CorpusSpec& spec,
 MergeInputs merge_prepare(const MergeConfig& config);
 
 // Expert `e`'s MLP of each layer but the last (which statistics never need), rounded to dtype.
-std::vector<std::vector<MlpWeights>> calibration_mlps(const Checkpoint& expert, DType dtype);
+std::vector<std::vector<MlpWeights>> calibration_mlps(const HfCheckpoint& expert, DType dtype);
 
 // Where an expert's tensors come from when the MoE is written: (layer, Hugging Face suffix
 // "mlp.gate_proj.weight" or "self_attn.q_proj.weight", its name in the MoE "gate_proj" or
@@ -47,7 +47,7 @@ using ExpertSource = std::function<std::vector<std::byte>(std::int64_t layer, co
                                                           const std::string& moe_name,
                                                           const std::vector<std::int64_t>& shape)>;
 // From a checkpoint (kept alive by the caller): checked, copied exactly when the dtype matches.
-ExpertSource expert_from_checkpoint(const Checkpoint& checkpoint, DType dtype);
+ExpertSource expert_from_checkpoint(const HfCheckpoint& checkpoint, DType dtype);
 
 // The tensors of the MoE file: shared weights (dtype), every expert's MLPs (and attention, with
 // expert_attention), routers (f32).
@@ -58,7 +58,7 @@ std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedWeight
 // The shared weights a merge config asks for: averaged over `experts` (or RegMean's merge on
 // their `calibration` windows), a base checkpoint's, task arithmetic between the two, or an
 // existing MoE's; rounded to dtype. Collective.
-SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const Checkpoint*>& experts, DType dtype,
+SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts, DType dtype,
                                  std::span<const CorpusWindows> calibration = {});
 
 // Collective, before any work of a command that writes an MoE directory: the output rule
@@ -72,7 +72,7 @@ std::unique_ptr<OutputLock> claim_moe_output(const std::filesystem::path& output
 // A domain whose statistics a job computes: its expert and calibration windows.
 struct NewDomain {
   std::string name;
-  const Checkpoint* checkpoint;
+  const HfCheckpoint* checkpoint;
   const CorpusWindows* windows;
 };
 

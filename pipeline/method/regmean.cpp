@@ -38,7 +38,7 @@ struct Grams {
   Eigen::MatrixXd head;
 };
 
-Grams expert_grams(const Checkpoint& checkpoint, const CorpusWindows& windows, const MergeConfig& config,
+Grams expert_grams(const HfCheckpoint& checkpoint, const CorpusWindows& windows, const MergeConfig& config,
                    Backend& backend, bool head, const std::string& name) {
   const int rank = mpi_rank(), ranks = mpi_size();
   const Model dense = load_dense_model(checkpoint);
@@ -99,7 +99,7 @@ Grams expert_grams(const Checkpoint& checkpoint, const CorpusWindows& windows, c
 
 }  // namespace
 
-SharedWeights regmean_shared_weights(const MergeConfig& config, const std::vector<const Checkpoint*>& experts,
+SharedWeights regmean_shared_weights(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts,
                                      std::span<const CorpusWindows> windows, DType dtype) {
   SharedWeights merged = average_shared_weights(experts, dtype);  // embeddings, norms, biases
   const ModelConfig& c = experts.at(0)->config();

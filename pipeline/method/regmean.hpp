@@ -28,7 +28,7 @@ Eigen::MatrixXd regmean_merge(const std::vector<Eigen::MatrixXd>& weights, const
 // Collective: each expert's own dense forward over its calibration windows (truncated to
 // router.context_tokens, held-out batches left out; batch i on rank i mod ranks), the Grams
 // summed on rank 0, the merged layers broadcast and rounded to dtype.
-SharedWeights regmean_shared_weights(const MergeConfig& config, const std::vector<const Checkpoint*>& experts,
+SharedWeights regmean_shared_weights(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts,
                                      std::span<const CorpusWindows> windows, DType dtype);
 
 }  // namespace dume

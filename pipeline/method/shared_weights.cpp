@@ -19,7 +19,7 @@ std::size_t numel(const std::vector<std::int64_t>& shape) {
 
 }  // namespace
 
-SharedWeights average_shared_weights(const std::vector<const Checkpoint*>& checkpoints, DType dtype) {
+SharedWeights average_shared_weights(const std::vector<const HfCheckpoint*>& checkpoints, DType dtype) {
   const int rank = mpi_rank(), ranks = mpi_size();
   constexpr std::size_t kSlice = 1 << 16;
   SharedWeights w;
@@ -54,7 +54,7 @@ SharedWeights average_shared_weights(const std::vector<const Checkpoint*>& check
         for (std::size_t begin = 0; begin < n; begin += kSlice) {
           const std::size_t count = std::min(kSlice, n - begin);
           sum.assign(count, 0.0);
-          for (const Checkpoint* checkpoint : checkpoints) {
+          for (const HfCheckpoint* checkpoint : checkpoints) {
             checkpoint->read_slice(hf_name, shape, begin, {values.data(), count});
             for (std::size_t i = 0; i < count; ++i) sum[i] += values[i];
           }

@@ -14,7 +14,7 @@ namespace dume {
 // Shared weights: the element-wise mean of the checkpoints' (accumulated in f64; one checkpoint:
 // its own), rounded to `dtype` so calibration sees exactly what is stored. Under MPI the tensors
 // are shared out over the ranks and broadcast, so each rank averages 1/N of them.
-SharedWeights average_shared_weights(const std::vector<const Checkpoint*>& checkpoints, DType dtype);
+SharedWeights average_shared_weights(const std::vector<const HfCheckpoint*>& checkpoints, DType dtype);
 
 // Over the dtype's name and every shared tensor's path and values: the MoE's `shared_hash`.
 std::string shared_weights_hash(const ModelConfig& config, const SharedWeights& shared, DType dtype);

@@ -16,7 +16,7 @@ std::span<float> span_of(Storage& storage) {
 }
 }  // namespace
 
-SharedWeights load_shared_weights(const Checkpoint& checkpoint) {
+SharedWeights load_shared_weights(const HfCheckpoint& checkpoint) {
   SharedWeights w;
   for_each_shared_tensor(checkpoint.config(), w, [&](const std::string& hf_name, const std::string&,
                                                      const std::vector<std::int64_t>& shape, auto& storage) {
@@ -25,7 +25,7 @@ SharedWeights load_shared_weights(const Checkpoint& checkpoint) {
   return w;
 }
 
-MlpWeights load_mlp(const Checkpoint& checkpoint, std::int64_t layer) {
+MlpWeights load_mlp(const HfCheckpoint& checkpoint, std::int64_t layer) {
   MlpWeights w;
   for_each_mlp_tensor(checkpoint.config(), w, [&](const std::string& suffix, const std::string&,
                                                   const std::vector<std::int64_t>& shape, auto& storage) {
@@ -57,7 +57,7 @@ void save_dense_checkpoint(const Model& model, DType dtype, const std::filesyste
   safetensors_write(dir / "model.safetensors", tensors, {{"format", "pt"}});
 }
 
-Model load_dense_model(const Checkpoint& checkpoint) {
+Model load_dense_model(const HfCheckpoint& checkpoint) {
   Model m;
   m.config = checkpoint.config();
   m.shared = load_shared_weights(checkpoint);

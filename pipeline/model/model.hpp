@@ -77,9 +77,9 @@ void for_each_mlp_tensor(const ModelConfig& c, Weights& w, Fn&& fn);
 template <class Weights, class Fn>
 void for_each_attention_tensor(const ModelConfig& c, Weights& a, Fn&& fn);
 
-SharedWeights load_shared_weights(const Checkpoint& checkpoint);
-MlpWeights load_mlp(const Checkpoint& checkpoint, std::int64_t layer);
-Model load_dense_model(const Checkpoint& checkpoint);
+SharedWeights load_shared_weights(const HfCheckpoint& checkpoint);
+MlpWeights load_mlp(const HfCheckpoint& checkpoint, std::int64_t layer);
+Model load_dense_model(const HfCheckpoint& checkpoint);
 // Writes a dense model (E = 1) as a Hugging Face checkpoint: config.json + model.safetensors,
 // weights rounded to `dtype`.
 void save_dense_checkpoint(const Model& model, DType dtype, const std::filesystem::path& dir);

@@ -69,7 +69,7 @@ TEST_F(Eval, ExpertsAndOracleMatchAFloat64Forward) {
   for (int d = 0; d < 3; ++d) {
     const CorpusWindows windows = test_windows(d);
     const std::string name = "d" + std::to_string(d);
-    const Model expert = load_dense_model(Checkpoint(dir_ / name));
+    const Model expert = load_dense_model(HfCheckpoint(dir_ / name));
     EXPECT_NEAR(result_.perplexity.at(name).at("expert:" + name), reference_perplexity(expert, windows, 0),
                 1e-4 * result_.perplexity.at(name).at("expert:" + name));
     EXPECT_NEAR(result_.perplexity.at(name).at("oracle"), reference_perplexity(moe, windows, d),

@@ -66,7 +66,7 @@ TEST_F(Export, LogitsMatchTransformersAndTheMoeInBothLayouts) {
   const std::vector<float> moe = logits_of(read_moe_model(dir_ / "moe"), ref);
   EXPECT_LT(relative_error(moe, transformers), 1e-5);
   for (const char* layout : {"fused", "per-expert"}) {
-    const std::vector<float> exported = logits_of(load_mixtral_model(Checkpoint(dir_ / layout)), ref);
+    const std::vector<float> exported = logits_of(load_mixtral_model(HfCheckpoint(dir_ / layout)), ref);
     const double vs_transformers = relative_error(exported, transformers), vs_moe = relative_error(exported, moe);
     EXPECT_LT(vs_transformers, 1e-5) << layout;
     EXPECT_LT(vs_moe, 1e-6) << layout;  // only W / T is rounded differently
@@ -78,7 +78,7 @@ TEST_F(Export, LogitsMatchTransformersAndTheMoeInBothLayouts) {
 
 TEST_F(Export, WeightsAreTheMoesBitsAndTheTemperatureIsFolded) {
   const Model moe = read_moe_model(dir_ / "moe");
-  const Model exported = load_mixtral_model(Checkpoint(dir_ / "fused"));
+  const Model exported = load_mixtral_model(HfCheckpoint(dir_ / "fused"));
   EXPECT_EQ(exported.top_k, 2);
   EXPECT_EQ(exported.temperature, 1.0f);
   EXPECT_TRUE(exported.shared.embed == moe.shared.embed);
@@ -97,7 +97,7 @@ TEST_F(Export, WeightsAreTheMoesBitsAndTheTemperatureIsFolded) {
 }
 
 TEST_F(Export, ConfigIsMixtralWithTheSourcesSettings) {
-  const Checkpoint exported(dir_ / "fused");
+  const HfCheckpoint exported(dir_ / "fused");
   const ModelConfig& c = exported.config();
   const ModelConfig source = read_moe_info(dir_ / "moe").config;
   EXPECT_EQ(c.architecture, Architecture::mixtral);
@@ -121,11 +121,11 @@ TEST_F(Export, ShardsWithAnIndexAndOtherDtypesLoadTheSameModel) {
   options.dtype = DType::F32;
   export_mixtral(dir_ / "moe", dir_ / "sharded", options, false);
   EXPECT_TRUE(fs::exists(dir_ / "sharded" / "model.safetensors.index.json"));
-  const Checkpoint sharded(dir_ / "sharded");
+  const HfCheckpoint sharded(dir_ / "sharded");
   ASSERT_EQ(sharded.files().size(), 10u);  // 9.8 MB in f32
   EXPECT_EQ(sharded.files()[0].path().filename(), "model-00001-of-00010.safetensors");
   EXPECT_EQ(sharded.dtype(), DType::F32);
-  const Model a = load_mixtral_model(sharded), b = load_mixtral_model(Checkpoint(dir_ / "fused"));
+  const Model a = load_mixtral_model(sharded), b = load_mixtral_model(HfCheckpoint(dir_ / "fused"));
   for (std::size_t l = 0; l < a.experts.size(); ++l)
     for (std::size_t e = 0; e < a.experts[l].size(); ++e) EXPECT_TRUE(a.experts[l][e].down == b.experts[l][e].down);
 }
@@ -186,7 +186,7 @@ TEST_F(Export, RefusesWhatMixtralCannotExpress) {
   EXPECT_FALSE(fs::exists(dir_ / "y"));
 
   // The reverse direction: a Mixtral is neither a dense model nor an expert to merge.
-  expect_error_with([&] { load_mixtral_model(Checkpoint(kModels / "llama_gqa_f32")); }, {"is a dense"});
+  expect_error_with([&] { load_mixtral_model(HfCheckpoint(kModels / "llama_gqa_f32")); }, {"is a dense"});
   MergeConfig config = merge_config_read(kFixture / "merge.yaml");
   config.experts[0].checkpoint = dir_ / "fused";
   config.output.path = dir_ / "z";

@@ -212,7 +212,7 @@ TEST_F(Dynamic, ExpertAttentionThroughMergeFoldInAndResolve) {
                                 "calibration: {sequence_length: 32, batch_sequences: 3}\ncompute: {threads: 1}\n";
   merge(experts({0, 1, 2}) + attention + "output: att3\n");
   const auto stored_equals_checkpoint = [&](const std::string& moe, std::int64_t e) {
-    const Checkpoint expert(dir_ / ("d" + std::to_string(e)));
+    const HfCheckpoint expert(dir_ / ("d" + std::to_string(e)));
     const H5Id file = h5::open_file(dir_ / moe / "moe.h5");
     for (std::int64_t l = 0; l < 3; ++l)
       for (const char* proj : {"q_proj", "k_proj", "v_proj", "o_proj"}) {

@@ -58,7 +58,7 @@ TEST(ModelConfig, Llama3ScalingKeepsHighFrequenciesAndDividesLowOnes) {
 TEST(ModelConfig, ParameterCountMatchesTheStoredTensors) {
   for (const char* variant : {"llama_gqa_f32", "llama3_rope_bf16", "llama_headdim_bias_f16", "qwen2_bias_f32",
                               "mistral_sharded_f32"}) {
-    const Checkpoint c(kModels / variant);
+    const HfCheckpoint c(kModels / variant);
     std::int64_t stored = 0;
     for (const auto& f : c.files())
       for (const auto& t : f.tensors()) stored += static_cast<std::int64_t>(t.numel());
@@ -84,50 +84,50 @@ class BrokenCheckpoint : public TempDirTest {
 TEST_F(BrokenCheckpoint, UnsupportedArchitecture) {
   const auto dir = copy("llama_gqa_f32");
   edit_config(dir, [](json& j) { j["architectures"] = {"GPT2LMHeadModel"}; });
-  EXPECT_ERROR_WITH(Checkpoint{dir}, "config.json", "'architectures' names GPT2LMHeadModel");
+  EXPECT_ERROR_WITH(HfCheckpoint{dir}, "config.json", "'architectures' names GPT2LMHeadModel");
 }
 
 TEST_F(BrokenCheckpoint, UnsupportedRopeType) {
   const auto dir = copy("llama_gqa_f32");
   edit_config(dir, [](json& j) { j["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 4.0}}; });
-  EXPECT_ERROR_WITH(Checkpoint{dir}, "'rope_parameters' has rope type 'yarn'");
+  EXPECT_ERROR_WITH(HfCheckpoint{dir}, "'rope_parameters' has rope type 'yarn'");
 }
 
 TEST_F(BrokenCheckpoint, UnsupportedActivationAndMlpBias) {
   const auto dir = copy("llama_gqa_f32");
   edit_config(dir, [](json& j) { j["hidden_act"] = "gelu"; });
-  EXPECT_ERROR_WITH(Checkpoint{dir}, "'hidden_act' is 'gelu'");
+  EXPECT_ERROR_WITH(HfCheckpoint{dir}, "'hidden_act' is 'gelu'");
   edit_config(dir, [](json& j) {
     j["hidden_act"] = "silu";
     j["mlp_bias"] = true;
   });
-  EXPECT_ERROR_WITH(Checkpoint{dir}, "'mlp_bias' is true");
+  EXPECT_ERROR_WITH(HfCheckpoint{dir}, "'mlp_bias' is true");
 }
 
 TEST_F(BrokenCheckpoint, MissingOrWrongKey) {
   const auto dir = copy("llama_gqa_f32");
   edit_config(dir, [](json& j) { j.erase("hidden_size"); });
-  EXPECT_ERROR_WITH(Checkpoint{dir}, "config.json", "'hidden_size' is missing");
+  EXPECT_ERROR_WITH(HfCheckpoint{dir}, "config.json", "'hidden_size' is missing");
   edit_config(dir, [](json& j) { j["hidden_size"] = "64"; });
-  EXPECT_ERROR_WITH(Checkpoint{dir}, "'hidden_size' must be a positive integer");
+  EXPECT_ERROR_WITH(HfCheckpoint{dir}, "'hidden_size' must be a positive integer");
 }
 
 TEST_F(BrokenCheckpoint, TensorRequiredByConfigIsInNoFile) {
   const auto dir = copy("llama_gqa_f32");
   edit_config(dir, [](json& j) { j["num_hidden_layers"] = 3; });
-  EXPECT_ERROR_WITH(Checkpoint{dir}, "tensor 'model.layers.2.", "required by config.json", "is in no file");
+  EXPECT_ERROR_WITH(HfCheckpoint{dir}, "tensor 'model.layers.2.", "required by config.json", "is in no file");
 }
 
 TEST_F(BrokenCheckpoint, UntiedConfigNeedsLmHead) {
   const auto dir = copy("qwen2_bias_f32");
   edit_config(dir, [](json& j) { j["tie_word_embeddings"] = false; });
-  EXPECT_ERROR_WITH(Checkpoint{dir}, "tensor 'lm_head.weight' required by config.json");
+  EXPECT_ERROR_WITH(HfCheckpoint{dir}, "tensor 'lm_head.weight' required by config.json");
 }
 
 TEST_F(BrokenCheckpoint, ShapeDisagreesWithConfig) {
   const auto dir = copy("llama_gqa_f32");
   edit_config(dir, [](json& j) { j["intermediate_size"] = 170; });
-  const Checkpoint c(dir);
+  const HfCheckpoint c(dir);
   EXPECT_ERROR_WITH(load_dense_model(c), "model.safetensors", "mlp.gate_proj.weight' has shape [160, 64]",
                     "config.json implies [170, 64]");
 }
@@ -144,7 +144,7 @@ TEST_F(BrokenCheckpoint, NanInWeights) {
   io.seekp(static_cast<std::streamoff>(offset + 4 * 5));
   io.write(reinterpret_cast<const char*>(&nan), 4);
   io.close();
-  const Checkpoint c(dir);
+  const HfCheckpoint c(dir);
   EXPECT_ERROR_WITH(load_dense_model(c), "tensor '" + name + "'", "non-finite value (nan) at flat index 5");
 }
 
@@ -153,7 +153,7 @@ TEST_F(BrokenCheckpoint, IndexPointsAtTheWrongShard) {
   json index = json::parse(std::ifstream(dir / "model.safetensors.index.json"));
   index["weight_map"]["model.norm.weight"] = "model-00001-of-00009.safetensors";
   std::ofstream(dir / "model.safetensors.index.json") << index.dump();
-  EXPECT_ERROR_WITH(Checkpoint{dir}, "model.safetensors.index.json", "lists 'model.norm.weight' in "
+  EXPECT_ERROR_WITH(HfCheckpoint{dir}, "model.safetensors.index.json", "lists 'model.norm.weight' in "
                                                                     "model-00001-of-00009.safetensors, which does not hold it");
 }
 
@@ -162,22 +162,22 @@ TEST_F(BrokenCheckpoint, IndexEscapesTheDirectory) {
   json index = json::parse(std::ifstream(dir / "model.safetensors.index.json"));
   index["weight_map"]["model.norm.weight"] = "../elsewhere.safetensors";
   std::ofstream(dir / "model.safetensors.index.json") << index.dump();
-  EXPECT_ERROR_WITH(Checkpoint{dir}, "not a file in the checkpoint directory");
+  EXPECT_ERROR_WITH(HfCheckpoint{dir}, "not a file in the checkpoint directory");
 }
 
 TEST_F(BrokenCheckpoint, MissingShardAndNoWeights) {
   const auto dir = copy("mistral_sharded_f32");
   fs::remove(dir / "model-00003-of-00009.safetensors");
-  EXPECT_ERROR_WITH(Checkpoint{dir}, "model-00003-of-00009.safetensors", "cannot open");
+  EXPECT_ERROR_WITH(HfCheckpoint{dir}, "model-00003-of-00009.safetensors", "cannot open");
   const auto single = copy("llama_gqa_f32");
   fs::remove(single / "model.safetensors");
-  EXPECT_ERROR_WITH(Checkpoint{single}, "no model.safetensors or model.safetensors.index.json");
+  EXPECT_ERROR_WITH(HfCheckpoint{single}, "no model.safetensors or model.safetensors.index.json");
 }
 
 TEST_F(BrokenCheckpoint, TruncatedWeights) {
   const auto dir = copy("llama_gqa_f32");
   fs::resize_file(dir / "model.safetensors", fs::file_size(dir / "model.safetensors") - 100);
-  EXPECT_ERROR_WITH(Checkpoint{dir}, "model.safetensors", "outside the data area");
+  EXPECT_ERROR_WITH(HfCheckpoint{dir}, "model.safetensors", "outside the data area");
 }
 
 }  // namespace

@@ -148,7 +148,7 @@ TEST_F(CudaBackend, StatisticsUpperTriangle) {
 TEST_F(CudaBackend, ForwardMatchesTheCpuBackend) {
   for (const char* name : {"llama_gqa_f32", "llama3_rope_bf16", "qwen2_bias_f32"}) {
     const Reference ref(kModels / name / "reference.safetensors");
-    const Model model = load_dense_model(Checkpoint(kModels / name));
+    const Model model = load_dense_model(HfCheckpoint(kModels / name));
     std::vector<float> logits[2];
     std::vector<std::vector<float>> inputs[2];
     for (int i = 0; i < 2; ++i) {

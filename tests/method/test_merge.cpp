@@ -38,7 +38,7 @@ class Merge : public ::testing::Test {
 
   // Domain e's calibration batches exactly as the merge runs them; calls fn(layer, rows).
   static void for_each_calibration_input(int e, const std::function<void(std::int64_t, const MatrixXdRow&)>& fn) {
-    const Checkpoint expert(dir_ / ("d" + std::to_string(e)));
+    const HfCheckpoint expert(dir_ / ("d" + std::to_string(e)));
     Model model;
     model.config = expert.config();
     model.shared = read_moe_model(dir_ / "out").shared;
@@ -151,7 +151,7 @@ TEST_F(Merge, RoutersEqualAnIndependentFloat64Solve) {
 
 TEST_F(Merge, SharedWeightsAreTheRoundedAverageAndExpertsAreExactCopies) {
   std::vector<Model> experts;
-  for (int e = 0; e < kExperts; ++e) experts.push_back(load_dense_model(Checkpoint(dir_ / ("d" + std::to_string(e)))));
+  for (int e = 0; e < kExperts; ++e) experts.push_back(load_dense_model(HfCheckpoint(dir_ / ("d" + std::to_string(e)))));
   const Model moe = read_moe_model(dir_ / "out");
   std::size_t checked = 0;
   for_each_shared_tensor(moe.config, moe.shared, [&](const std::string&, const std::string& path,
@@ -175,7 +175,7 @@ TEST_F(Merge, SharedWeightsAreTheRoundedAverageAndExpertsAreExactCopies) {
   EXPECT_EQ(checked, 3u * 6u + 3u);  // per layer 2 norms + 4 projections; embed, norm, lm_head
   const H5Id file = h5::open_file(dir_ / "out" / "moe.h5");
   for (int e = 0; e < kExperts; ++e) {
-    const Checkpoint source(dir_ / ("d" + std::to_string(e)));
+    const HfCheckpoint source(dir_ / ("d" + std::to_string(e)));
     for (std::int64_t l = 0; l < 3; ++l)
       for (const char* proj : {"gate_proj", "up_proj", "down_proj"}) {
         const SafetensorsFile* f = nullptr;

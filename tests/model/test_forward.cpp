@@ -43,7 +43,7 @@ class MatchesTransformers : public ::testing::TestWithParam<const char*> {};
 TEST_P(MatchesTransformers, LogitsAndMlpInputs) {
   const fs::path dir = kModels / GetParam();
   const Reference ref(dir / "reference.safetensors");
-  const Checkpoint checkpoint(dir);
+  const HfCheckpoint checkpoint(dir);
   const Model model = load_dense_model(checkpoint);
   const ForwardRun run = run_forward(model, ref.tokens, ref.B, ref.S);
 
@@ -72,7 +72,7 @@ TEST(Forward, PerplexityMatchesTransformersLogits) {
   const fs::path dir = kModels / "llama_gqa_f32";
   const Reference ref(dir / "reference.safetensors");
   const double nll = ref.nll();
-  const Checkpoint checkpoint(dir);
+  const HfCheckpoint checkpoint(dir);
   const Model model = load_dense_model(checkpoint);
   auto backend = make_backend(BackendKind::cpu, 1);
   Forward forward(model, *backend);
@@ -85,7 +85,7 @@ TEST(Forward, PerplexityMatchesTransformersLogits) {
 }
 
 TEST(Forward, TruncationGivesTheFirstPositionsExactly) {
-  const Checkpoint checkpoint(kModels / "qwen2_bias_f32");
+  const HfCheckpoint checkpoint(kModels / "qwen2_bias_f32");
   const Model model = load_dense_model(checkpoint);
   const Reference ref(kModels / "qwen2_bias_f32" / "reference.safetensors");
   const ForwardRun full = run_forward(model, ref.tokens, ref.B, ref.S);
@@ -106,7 +106,7 @@ TEST(Forward, TruncationGivesTheFirstPositionsExactly) {
 }
 
 TEST(Forward, ForcedExpertChoosesTheMlp) {
-  const Checkpoint checkpoint(kModels / "llama_gqa_f32");
+  const HfCheckpoint checkpoint(kModels / "llama_gqa_f32");
   Model model = load_dense_model(checkpoint);
   const Reference ref(kModels / "llama_gqa_f32" / "reference.safetensors");
   const ForwardRun dense = run_forward(model, ref.tokens, ref.B, ref.S);
@@ -128,7 +128,7 @@ TEST(Forward, ForcedExpertChoosesTheMlp) {
 }
 
 TEST(Forward, BatchedEqualsOneSequenceAtATime) {
-  const Checkpoint checkpoint(kModels / "llama_headdim_bias_f16");
+  const HfCheckpoint checkpoint(kModels / "llama_headdim_bias_f16");
   const Model model = load_dense_model(checkpoint);
   const Reference ref(kModels / "llama_headdim_bias_f16" / "reference.safetensors");
   const ForwardRun both = run_forward(model, ref.tokens, ref.B, ref.S);

@@ -320,9 +320,9 @@ class SharedStrategies : public ::testing::Test {
 
 // Task arithmetic: base + s * (average - base), one tensor checked element by element.
 TEST_F(SharedStrategies, TaskArithmeticScalesFromTheBaseTowardTheAverage) {
-  std::vector<Checkpoint> checkpoints;
+  std::vector<HfCheckpoint> checkpoints;
   for (int e = 0; e < 3; ++e) checkpoints.emplace_back(dir_ / ("d" + std::to_string(e)));
-  const std::vector<const Checkpoint*> experts = {&checkpoints[0], &checkpoints[1], &checkpoints[2]};
+  const std::vector<const HfCheckpoint*> experts = {&checkpoints[0], &checkpoints[1], &checkpoints[2]};
   const SharedWeights average = average_shared_weights(experts, DType::F32);
   const SharedWeights base = average_shared_weights({experts[0]}, DType::F32);
   const std::string yaml = write_merge_inputs(dir_, 3, DType::F32);
@@ -383,7 +383,7 @@ TEST_F(SharedStrategies, RegmeanMergeEqualsAFloat64Reference) {
   std::vector<std::vector<Eigen::MatrixXd>> attention(L), output(L);
   std::vector<Eigen::MatrixXd> head;
   for (int e = 0; e < 3; ++e) {
-    experts.push_back(load_dense_model(Checkpoint(dir_ / ("d" + std::to_string(e)))));
+    experts.push_back(load_dense_model(HfCheckpoint(dir_ / ("d" + std::to_string(e)))));
     const auto& spec = config.experts[static_cast<std::size_t>(e)].calibration;
     const CorpusWindows windows(corpus_read(spec), 32, 0, spec.path);
     const auto gram = [](const std::vector<Vec>& rows) {
@@ -428,7 +428,7 @@ TEST_F(SharedStrategies, RegmeanMergeEqualsAFloat64Reference) {
   if (moe.shared.lm_head.size())
     expect_merged(moe.shared.lm_head, [](const Model& m) -> const Matrix& { return m.shared.lm_head; }, head, "lm_head");
   // The rest is the average, exactly as shared: average stores it.
-  std::vector<Checkpoint> checkpoints;
+  std::vector<HfCheckpoint> checkpoints;
   for (int e = 0; e < 3; ++e) checkpoints.emplace_back(dir_ / ("d" + std::to_string(e)));
   const SharedWeights average = average_shared_weights({&checkpoints[0], &checkpoints[1], &checkpoints[2]}, DType::F32);
   EXPECT_EQ(moe.shared.embed, average.embed);
