@@ -793,7 +793,7 @@ void write_synthetic_experts(const ModelConfig& c, int experts, std::int64_t tok
   std::mt19937_64 rng(11);
   for (int e = 0; e < experts; ++e) {
     const std::string name = "expert" + std::to_string(e);
-    save_dense_checkpoint(random_model(c, 42 + static_cast<std::uint64_t>(e)), DType::BF16, dir / name);
+    write_random_checkpoint(c, 42 + static_cast<std::uint64_t>(e), DType::BF16, dir / name);
     std::vector<std::uint32_t> ids(static_cast<std::size_t>(tokens));
     for (auto& t : ids) t = static_cast<std::uint32_t>(rng() % static_cast<std::uint64_t>(c.vocab_size));
     std::ofstream(dir / (name + ".u32"), std::ios::binary)

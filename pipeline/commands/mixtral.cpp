@@ -3,7 +3,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <deque>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -69,17 +68,16 @@ void write_safetensors_shards(const fs::path& dir, const std::vector<MoeTensor>&
   std::uint64_t total = 0;
   Progress progress("export", static_cast<std::int64_t>(tensors.size()), "tensors");
   for (std::size_t s = 0; s < shards; ++s) {
-    std::deque<std::vector<std::byte>> storage;  // stable: the TensorBytes hold spans into it
-    std::vector<TensorBytes> shard;
+    std::vector<TensorSource> shard;
     for (std::size_t i = 0; i < tensors.size(); ++i) {
       if (shard_of[i] != s) continue;
       const MoeTensor& t = tensors[i];
-      storage.push_back(t.bytes());
-      DUME_ASSERT(storage.back().size() == t.byte_size());
-      shard.push_back({t.path, t.dtype, t.shape, storage.back()});
-      weight_map[t.path] = file_name(s);
+      shard.push_back({t.name, t.dtype, t.shape, [&t, &progress] {
+                         progress.advance(1);
+                         return t.bytes();
+                       }});
+      weight_map[t.name] = file_name(s);
       total += t.byte_size();
-      progress.advance(1);
     }
     safetensors_write(dir / file_name(s), shard, {{"format", "pt"}});
   }

@@ -155,15 +155,19 @@ std::span<const std::byte> SafetensorsFile::data(const TensorInfo& tensor) const
   return data_area_.subspan(tensor.begin, tensor.end - tensor.begin);
 }
 
-void safetensors_write(const std::filesystem::path& path, std::span<const TensorBytes> tensors,
+std::size_t TensorSource::byte_size() const {
+  std::size_t n = dtype_size(dtype);
+  for (auto d : shape) n *= static_cast<std::size_t>(d);
+  return n;
+}
+
+void safetensors_write(const std::filesystem::path& path, std::span<const TensorSource> tensors,
                        const std::map<std::string, std::string>& metadata) {
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::size_t offset = 0;
   for (const auto& t : tensors) {
-    std::size_t bytes = dtype_size(t.dtype);
-    for (auto d : t.shape) bytes *= static_cast<std::size_t>(d);
-    if (bytes != t.data.size()) throw Error(path.string() + ": tensor '" + t.name + "' has the wrong byte count");
+    const std::size_t bytes = t.byte_size();
     header[t.name] = {{"dtype", std::string(to_string(t.dtype))}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
@@ -173,7 +177,11 @@ void safetensors_write(const std::filesystem::path& path, std::span<const Tensor
   std::ofstream out(path, std::ios::binary);
   out.write(reinterpret_cast<const char*>(&length), 8);
   out.write(text.data(), static_cast<std::streamsize>(text.size()));
-  for (const auto& t : tensors) out.write(reinterpret_cast<const char*>(t.data.data()), static_cast<std::streamsize>(t.data.size()));
+  for (const auto& t : tensors) {
+    const std::vector<std::byte> bytes = t.bytes();
+    if (bytes.size() != t.byte_size()) throw Error(path.string() + ": tensor '" + t.name + "' has the wrong byte count");
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  }
   out.close();
   if (!out) throw Error(path.string() + ": cannot write");
 }

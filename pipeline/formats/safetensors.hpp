@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <unordered_map>
 #include <span>
@@ -62,16 +63,19 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
-// One tensor for safetensors_write: its bytes must be dtype x shape long.
-struct TensorBytes {
+// A tensor to write: its bytes (dtype x shape long) are produced only when it is written, so a
+// writer holds one tensor at a time, never a whole model (an 8B model is 16 GB in bf16).
+struct TensorSource {
   std::string name;
   DType dtype = DType::F32;
   std::vector<std::int64_t> shape;
-  std::span<const std::byte> data;
+  std::function<std::vector<std::byte>()> bytes;
+  std::size_t byte_size() const;
 };
 
-// Writes a .safetensors file (tensors in the given order, 8-byte aligned header).
-void safetensors_write(const std::filesystem::path& path, std::span<const TensorBytes> tensors,
+// Writes a .safetensors file (tensors in the given order, 8-byte aligned header), one tensor's
+// bytes in memory at a time.
+void safetensors_write(const std::filesystem::path& path, std::span<const TensorSource> tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace dume

@@ -10,12 +10,6 @@ namespace dume {
 
 namespace fs = std::filesystem;
 
-std::size_t MoeTensor::byte_size() const {
-  std::size_t n = dtype_size(dtype);
-  for (auto d : shape) n *= static_cast<std::size_t>(d);
-  return n;
-}
-
 std::string moe_path::layer(std::int64_t l, const std::string& rest) {
   return "/layers/" + std::to_string(l) + "/" + rest;
 }
@@ -86,7 +80,7 @@ void write_moe(const fs::path& dir, const std::vector<MoeTensor>& tensors, const
       if (shard_of[i] != s) continue;
       const std::vector<std::byte> bytes = tensors[i].bytes();
       DUME_ASSERT(bytes.size() == tensors[i].byte_size());
-      h5::write_dataset(file.get(), tensors[i].path, tensors[i].dtype, tensors[i].shape, bytes.data());
+      h5::write_dataset(file.get(), tensors[i].name, tensors[i].dtype, tensors[i].shape, bytes.data());
     }
     h5_check(H5Fclose(file.release()), (dir / names[s]).string() + ": cannot close (disk full?)");
   }
@@ -119,9 +113,9 @@ void write_moe(const fs::path& dir, const std::vector<MoeTensor>& tensors, const
   H5Id lcpl(h5_check(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate"));
   h5_check(H5Pset_create_intermediate_group(lcpl.get(), 1), "H5Pset_create_intermediate_group");
   for (std::size_t i = 0; i < tensors.size(); ++i)
-    h5_check(H5Lcreate_external(names[shard_of[i]].c_str(), tensors[i].path.c_str(), root, tensors[i].path.c_str(),
+    h5_check(H5Lcreate_external(names[shard_of[i]].c_str(), tensors[i].name.c_str(), root, tensors[i].name.c_str(),
                                 lcpl.get(), H5P_DEFAULT),
-             (dir / "moe.h5").string() + ": cannot link " + tensors[i].path);
+             (dir / "moe.h5").string() + ": cannot link " + tensors[i].name);
   h5_check(H5Fclose(index.release()), (dir / "moe.h5").string() + ": cannot close (disk full?)");
 }
 

@@ -18,14 +18,8 @@
 
 namespace dume {
 
-// One dataset of the MoE: its path, dtype, shape, and the bytes to store (dtype's encoding).
-struct MoeTensor {
-  std::string path;
-  DType dtype = DType::F32;
-  std::vector<std::int64_t> shape;
-  std::function<std::vector<std::byte>()> bytes;  // produced when the shard is written
-  std::size_t byte_size() const;
-};
+// One dataset of the MoE (name: its HDF5 path), its bytes produced when its shard is written.
+using MoeTensor = TensorSource;
 
 // What moe.h5 says about the MoE besides its tensors.
 struct MoeInfo {

@@ -1,7 +1,6 @@
 #include "model.hpp"
 
 #include <cmath>
-#include <deque>
 #include <fstream>
 #include <random>
 
@@ -38,11 +37,11 @@ void save_dense_checkpoint(const Model& model, DType dtype, const std::filesyste
   DUME_ASSERT(model.routers.empty());
   ModelConfig config = model.config;
   config.dtype = dtype;
-  std::deque<std::vector<std::byte>> storage;  // stable: tensors hold spans into it
-  std::vector<TensorBytes> tensors;
+  std::vector<TensorSource> tensors;  // encoded one at a time as they are written
   const auto add = [&](const std::string& name, const std::vector<std::int64_t>& shape, const auto& values) {
-    storage.push_back(encode(dtype, {values.data(), static_cast<std::size_t>(values.size())}));
-    tensors.push_back({name, dtype, shape, storage.back()});
+    tensors.push_back({name, dtype, shape, [dtype, &values] {
+                         return encode(dtype, {values.data(), static_cast<std::size_t>(values.size())});
+                       }});
   };
   for_each_shared_tensor(config, model.shared, [&](const std::string& name, const std::string&,
                                                    const std::vector<std::int64_t>& shape, const auto& values) {
@@ -65,47 +64,73 @@ Model load_dense_model(const HfCheckpoint& checkpoint) {
   return m;
 }
 
+namespace {
+
+// One tensor of a seeded random model, drawn from its own generator (seed and name), so that a
+// checkpoint can be written tensor by tensor: matrices [out, in] uniform in +-1/sqrt(in) (the
+// embedding's rows of unit scale), norms 1 +- 0.1, biases +- 0.1.
+std::vector<float> random_tensor(const std::string& hf_name, const std::vector<std::int64_t>& shape, std::uint64_t seed) {
+  std::uint64_t h = seed ^ 1469598103934665603ull;  // FNV-1a of the name
+  for (const char ch : hf_name) h = (h ^ static_cast<unsigned char>(ch)) * 1099511628211ull;
+  std::mt19937_64 rng(h);
+  std::size_t n = 1;
+  for (const auto d : shape) n *= static_cast<std::size_t>(d);
+  std::vector<float> values(n);
+  const bool bias = hf_name.ends_with(".bias"), norm = hf_name.ends_with("norm.weight");
+  if (bias || norm) {
+    std::uniform_real_distribution<float> u(-0.1f, 0.1f);
+    for (float& v : values) v = (norm ? 1.0f : 0.0f) + u(rng);
+    return values;
+  }
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const float scale = hf_name == hf::embed_tokens ? 1.0f : 1.0f / std::sqrt(static_cast<float>(shape.at(1)));
+  for (float& v : values) v = scale * u(rng);
+  return values;
+}
+
+}  // namespace
+
 Model random_model(const ModelConfig& config, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  const auto matrix = [&rng](std::int64_t rows, std::int64_t cols) {
-    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-    const float scale = 1.0f / std::sqrt(static_cast<float>(cols));
-    Matrix m(rows, cols);
-    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = scale * u(rng);
-    return m;
-  };
-  const auto vector = [&rng](std::int64_t n, float center, float spread) {
-    std::uniform_real_distribution<float> u(-spread, spread);
-    Vector v(n);
-    for (Eigen::Index i = 0; i < n; ++i) v[i] = center + u(rng);
-    return v;
-  };
-  const ModelConfig& c = config;
-  const std::int64_t D = c.hidden_size, F = c.intermediate_size;
   Model m;
-  m.config = c;
-  m.shared.embed = matrix(c.vocab_size, D) * std::sqrt(static_cast<float>(D));  // rows of unit scale
-  m.shared.norm = vector(D, 1.0f, 0.1f);
-  if (!c.tie_word_embeddings) m.shared.lm_head = matrix(c.vocab_size, D);
-  for (std::int64_t l = 0; l < c.num_layers; ++l) {
-    LayerWeights layer;
-    layer.input_norm = vector(D, 1.0f, 0.1f);
-    layer.post_attention_norm = vector(D, 1.0f, 0.1f);
-    AttentionWeights& a = layer.attention;
-    a.q = matrix(c.q_dim(), D);
-    a.k = matrix(c.kv_dim(), D);
-    a.v = matrix(c.kv_dim(), D);
-    a.o = matrix(D, c.q_dim());
-    if (c.qkv_bias) {
-      a.q_bias = vector(c.q_dim(), 0.0f, 0.1f);
-      a.k_bias = vector(c.kv_dim(), 0.0f, 0.1f);
-      a.v_bias = vector(c.kv_dim(), 0.0f, 0.1f);
-    }
-    if (c.o_bias) a.o_bias = vector(D, 0.0f, 0.1f);
-    m.shared.layers.push_back(std::move(layer));
-    m.experts.push_back({MlpWeights{matrix(F, D), matrix(F, D), matrix(D, F)}});
+  m.config = config;
+  for_each_shared_tensor(config, m.shared, [&](const std::string& hf_name, const std::string&,
+                                               const std::vector<std::int64_t>& shape, auto& storage) {
+    const std::vector<float> values = random_tensor(hf_name, shape, seed);
+    std::copy(values.begin(), values.end(), storage.data());
+  });
+  for (std::int64_t l = 0; l < config.num_layers; ++l) {
+    MlpWeights& w = m.experts.emplace_back(1)[0];
+    for_each_mlp_tensor(config, w, [&](const std::string& suffix, const std::string&,
+                                       const std::vector<std::int64_t>& shape, auto& storage) {
+      const std::vector<float> values = random_tensor(hf::layer(l, suffix), shape, seed);
+      std::copy(values.begin(), values.end(), storage.data());
+    });
   }
   return m;
+}
+
+void write_random_checkpoint(const ModelConfig& config, std::uint64_t seed, DType dtype,
+                             const std::filesystem::path& dir) {
+  ModelConfig stored = config;
+  stored.dtype = dtype;
+  std::vector<TensorSource> tensors;  // each drawn and encoded only when it is written
+  const auto add = [&](const std::string& name, const std::vector<std::int64_t>& shape) {
+    tensors.push_back({name, dtype, shape, [name, shape, seed, dtype] {
+                         return encode(dtype, random_tensor(name, shape, seed));
+                       }});
+  };
+  const SharedWeights names;  // a const walk visits names and shapes only
+  for_each_shared_tensor(config, names, [&](const std::string& name, const std::string&,
+                                            const std::vector<std::int64_t>& shape, const auto&) { add(name, shape); });
+  const MlpWeights mlp;
+  for (std::int64_t l = 0; l < config.num_layers; ++l)
+    for_each_mlp_tensor(config, mlp, [&](const std::string& suffix, const std::string&,
+                                         const std::vector<std::int64_t>& shape, const auto&) {
+      add(hf::layer(l, suffix), shape);
+    });
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "config.json") << model_config_to_json(stored);
+  safetensors_write(dir / "model.safetensors", tensors, {{"format", "pt"}});
 }
 
 }  // namespace dume

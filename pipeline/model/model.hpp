@@ -85,8 +85,12 @@ Model load_dense_model(const HfCheckpoint& checkpoint);
 void save_dense_checkpoint(const Model& model, DType dtype, const std::filesystem::path& dir);
 
 // A dense model of the given shape with seeded random weights, for benchmarks and tests:
-// each [out, in] matrix uniform in +-1/sqrt(in), norms 1 + small noise, biases small.
+// each [out, in] matrix uniform in +-1/sqrt(in), norms 1 + small noise, biases small. Each
+// tensor has its own generator, so the same model can be written tensor by tensor:
 Model random_model(const ModelConfig& config, std::uint64_t seed);
+// random_model(config, seed) as a Hugging Face checkpoint in `dtype`, one tensor in memory at a
+// time (a whole 8B model would be 32 GB in f32).
+void write_random_checkpoint(const ModelConfig& config, std::uint64_t seed, DType dtype, const std::filesystem::path& dir);
 
 namespace detail {
 inline void resize_to(Matrix& m, const std::vector<std::int64_t>& shape) { m.resize(shape[0], shape[1]); }
