@@ -143,7 +143,7 @@ void print_header(const BenchOptions& o, const BenchSettings& s, const std::stri
 
 // --json: the run's settings and every row of the table.
 void write_json(const BenchOptions& o, const BenchSettings& s, int threads, const Backend& backend,
-                const std::vector<PhaseResult>& phases) {
+                const std::vector<PhaseResult>& phases, const RankUsage& usage) {
   const ModelConfig& c = s.config;
   nlohmann::json j;
   j["preset"] = o.config.empty() ? o.preset : "";
@@ -159,6 +159,8 @@ void write_json(const BenchOptions& o, const BenchSettings& s, int threads, cons
                            {"seconds", p.seconds}, {"median_seconds", median(p.seconds)},
                            {"spread_seconds", spread(p.seconds)}, {"wrong", p.wrong}, {"bytes", p.bytes},
                            {"busbw", p.busbw}, {"limit_busbw", p.limit_busbw}});
+  j["peak_rss_bytes"] = usage.peak_rss;  // per rank
+  j["storage_read_bytes"] = usage.storage_read;
   write_text_file(o.json, j.dump(2) + "\n");
 }
 
@@ -199,9 +201,11 @@ void run_bench(const BenchOptions& o) {
   const std::vector<PhaseResult> phases = run_benchmark(s, *backend);
   std::filesystem::remove_all(s.scratch);
   const long wrong = wrong_on_any_rank(phases);
+  const RankUsage usage = gather_rank_usage();
   if (mpi_rank() == 0) {
     print_table(phases);
-    if (!o.json.empty()) write_json(o, s, threads, *backend, phases);
+    std::printf("# %s\n", usage.line().c_str());
+    if (!o.json.empty()) write_json(o, s, threads, *backend, phases, usage);
   }
   if (wrong)
     throw CollectiveError("benchmark produced " + std::to_string(wrong) + " wrong results (see #wrong; summed over ranks)");

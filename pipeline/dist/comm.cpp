@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "outputs.hpp"
+#include "resources.hpp"
 
 namespace dume {
 
@@ -144,6 +145,27 @@ int max_over_ranks(int value) {
   int result = value;
   MPI_CHECK(MPI_Allreduce(&value, &result, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
   return result;
+}
+
+std::vector<double> gather_to_root(double value) {
+  std::vector<double> values(mpi_rank() == 0 ? static_cast<std::size_t>(mpi_size()) : 0);
+  MPI_CHECK(MPI_Gather(&value, 1, MPI_DOUBLE, values.data(), 1, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+  return values;
+}
+
+RankUsage gather_rank_usage() {
+  const ProcessUsage usage = process_usage();
+  return {gather_to_root(static_cast<double>(usage.peak_rss_bytes)),
+          gather_to_root(static_cast<double>(usage.storage_read_bytes))};
+}
+
+std::string RankUsage::line() const {
+  const auto list = [](const std::vector<double>& values) {
+    std::string text;
+    for (const double v : values) text += (text.empty() ? "" : ", ") + format_bytes(v);
+    return text;
+  };
+  return "peak RSS per rank " + list(peak_rss) + "; read from storage " + list(storage_read);
 }
 
 namespace {

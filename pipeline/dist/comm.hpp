@@ -59,6 +59,15 @@ void broadcast(std::vector<std::int64_t>& values, int root = 0);  // resized on 
 void broadcast(std::vector<std::uint32_t>& values, int root = 0);  // resized on the other ranks
 // The largest of every rank's `value`, on every rank.
 int max_over_ranks(int value);
+// Every rank's `value`, in rank order, on rank 0 (empty elsewhere).
+std::vector<double> gather_to_root(double value);
+// Each rank's peak RSS and bytes read from storage so far (process_usage), on rank 0.
+struct RankUsage {
+  std::vector<double> peak_rss, storage_read;  // bytes, in rank order; empty on other ranks
+  // "peak RSS per rank 1.74 GB, 1.60 GB; read from storage 3.00 GB, 0 B"
+  std::string line() const;
+};
+RankUsage gather_rank_usage();  // collective
 
 // An error every rank has raised together (see collective_phase): each rank can exit cleanly.
 class CollectiveError : public Error {

@@ -310,9 +310,9 @@ void solve_and_write(MergePlan& plan, const MergeConfig& config, bool force, Pha
   }
 }
 
-// Rank 0: the phase table and what the calibration processed.
+// Rank 0: the phase table, what the calibration processed, and each rank's memory and reads.
 void report_plan(const MergePlan& plan, const MergeConfig& config, const PhaseTimes& phases,
-                 const CalibrationTiming& timing) {
+                 const CalibrationTiming& timing, const RankUsage& usage) {
   print_phase_table(phases);
   std::int64_t tokens = 0;
   for (const NewDomain& d : plan.calibrate)
@@ -322,6 +322,7 @@ void report_plan(const MergePlan& plan, const MergeConfig& config, const PhaseTi
   std::printf("# statistics: %lld calibration tokens processed (%zu of %zu domains); A update on rank 0 at %.2f G "
               "multiply-adds/s (f64)\n",
               static_cast<long long>(tokens), plan.calibrate.size(), plan.stats.domains.size(), rate / 1e9);
+  std::printf("# %s\n", usage.line().c_str());
   std::printf("# wrote %s\n", config.output.path.c_str());
 }
 
@@ -357,7 +358,8 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
 
   if (root) solve_and_write(plan, config, force, phases, store);
   barrier();
-  if (root) report_plan(plan, config, phases, timing);
+  const RankUsage usage = gather_rank_usage();
+  if (root) report_plan(plan, config, phases, timing, usage);
 }
 
 void write_moe_directory(const fs::path& output, bool force, const MergePlan& plan,

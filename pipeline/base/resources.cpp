@@ -1,0 +1,35 @@
+#include "resources.hpp"
+
+#include <sys/resource.h>
+
+#include <cstdio>
+#include <fstream>
+
+namespace dume {
+
+ProcessUsage process_usage() {
+  ProcessUsage usage;
+  rusage r{};
+  if (getrusage(RUSAGE_SELF, &r) == 0) usage.peak_rss_bytes = static_cast<std::uint64_t>(r.ru_maxrss) * 1024;  // KiB on Linux
+  std::ifstream io("/proc/self/io");
+  for (std::string key; io >> key;) {
+    std::uint64_t value = 0;
+    io >> value;
+    if (key == "read_bytes:") usage.storage_read_bytes = value;
+  }
+  return usage;
+}
+
+std::string format_bytes(double bytes) {
+  const char* units[] = {"B", "kB", "MB", "GB", "TB"};
+  int u = 0;
+  while (bytes >= 1000 && u < 4) {
+    bytes /= 1000;
+    ++u;
+  }
+  char text[32];
+  std::snprintf(text, sizeof text, u == 0 ? "%.0f %s" : "%.2f %s", bytes, units[u]);
+  return text;
+}
+
+}  // namespace dume

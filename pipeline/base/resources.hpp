@@ -1,0 +1,21 @@
+// What this process has used so far, as the OS counts it: what the "memory proportional to one
+// layer" promise is measured against.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace dume {
+
+struct ProcessUsage {
+  std::uint64_t peak_rss_bytes = 0;      // getrusage's maximum resident set (mapped pages included)
+  std::uint64_t storage_read_bytes = 0;  // /proc/self/io read_bytes: fetched from storage, page faults
+                                         // of mapped files included, page-cache hits not (0 if unreadable)
+};
+
+ProcessUsage process_usage();
+
+// "1.74 GB" (decimal units, as `ls -l --si` and the issue tracker's figures).
+std::string format_bytes(double bytes);
+
+}  // namespace dume
