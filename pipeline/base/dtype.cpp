@@ -50,6 +50,7 @@ std::optional<DType> weight_dtype_from_name(std::string_view name) {
     if (name == info(d).torch || name == info(d).short_name) return d;
   return std::nullopt;
 }
+
 std::size_t dtype_size(DType dtype) { return info(dtype).size; }
 bool dtype_is_float(DType dtype) { return info(dtype).is_float; }
 
