@@ -19,6 +19,9 @@ class MappedFile {
 
   std::span<const std::byte> bytes() const { return {data_, size_}; }
   const std::filesystem::path& path() const { return path_; }
+  // Drops the resident pages wholly inside `range` (a part of bytes()), so that a tensor already
+  // used stops counting in RSS; a later read pages them in again from the file.
+  void release(std::span<const std::byte> range) const noexcept;
 
  private:
   std::filesystem::path path_;

@@ -47,14 +47,25 @@ MergePlan plan_from_moe(const fs::path& moe, std::shared_ptr<H5Id>& file) {
   for (const auto& d : plan.stats.domains) names.push_back(d.name);
   if (names != plan.info.experts) throw Error((moe / "stats.h5").string() + ": its domains differ from the MoE's experts");
   plan.model.config = plan.info.config;
-  plan.model.shared = read_moe_shared(moe);
-  const std::string hash = shared_weights_hash(plan.model.config, plan.model.shared, plan.info.dtype);
-  if (hash != plan.info.shared_hash)
-    throw Error((moe / "moe.h5").string() + ": the stored shared weights do not match its shared_hash (modified?)");
   file = std::make_shared<H5Id>(h5::open_file(moe / "moe.h5"));
   for (std::size_t e = 0; e < plan.info.experts.size(); ++e)
     plan.sources.push_back(expert_from_moe(file, static_cast<std::int64_t>(e)));
   return plan;
+}
+
+// The MoE's shared weights into the plan's store beside `output`, checked against the MoE's
+// shared_hash. Collective.
+void store_moe_shared(MergePlan& plan, const fs::path& moe, const fs::path& output, const H5Id& file) {
+  plan.shared = std::make_unique<SharedStore>(
+      output, plan.info.config, plan.info.dtype,
+      [&](const std::string&, const std::string& path, const std::vector<std::int64_t>& shape) {
+        return h5::read_f32(file.get(), path, shape);
+      });
+  const std::string hash = plan.shared->hash();
+  collective_phase([&] {
+    if (hash != plan.info.shared_hash)
+      throw Error((moe / "moe.h5").string() + ": the stored shared weights do not match its shared_hash (modified?)");
+  });
 }
 
 }  // namespace
@@ -119,6 +130,7 @@ void run_fold_in(const MergeConfig& config, bool force, bool reaverage, bool res
     resolved.router = plan.info.router;
     if (plan.info.router.auto_lambda || plan.info.router.auto_temperature) require_heldout(plan.stats);
   });
+  store_moe_shared(plan, moe, config.output.path, *file);
   for (std::size_t e = 0; e < config.experts.size(); ++e) {
     plan.info.experts.push_back(config.experts[e].name);
     plan.sources.push_back(expert_from_checkpoint(checkpoints[e], plan.info.dtype));
@@ -160,6 +172,7 @@ void edit_moe(const fs::path& moe, const fs::path& given, bool force, const std:
     plan = plan_from_moe(moe, file);
     edit(plan);
   });
+  store_moe_shared(plan, moe, output, *file);
   rewrite(plan, moe, output, force);
 }
 

@@ -182,9 +182,34 @@ OutputLock::~OutputLock() {
     if (fs::is_directory(*it, ec) && fs::is_empty(*it, ec)) fs::remove(*it, ec);
 }
 
+// The scratch directories this process made (for release_output_locks).
+std::vector<fs::path>& held_scratch() {
+  static std::vector<fs::path> directories;
+  return directories;
+}
+
 void release_output_locks() noexcept {
   std::error_code ec;
   for (const fs::path& lock : held_locks()) fs::remove(lock, ec);
+  for (const fs::path& dir : held_scratch()) fs::remove_all(dir, ec);
+}
+
+ScratchDirectory::ScratchDirectory(const fs::path& output) {
+  std::string path = temporary_name(output).string() + ".scratch";
+  broadcast(path);
+  path_ = path;
+  collective_phase([&] {
+    if (mpi_rank() != 0) return;
+    fs::create_directories(path_);
+    held_scratch().push_back(path_);
+  });
+}
+
+ScratchDirectory::~ScratchDirectory() {
+  if (mpi_rank() != 0) return;
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+  std::erase(held_scratch(), path_);
 }
 
 fs::path temporary_name(const fs::path& target) {
@@ -224,8 +249,10 @@ void write_output_atomically(const fs::path& output, bool force, const std::func
   // Temporaries of this output left by jobs that were killed while writing (any host, any pid):
   // the caller holds the output's lock, so no live job is writing one.
   const std::string stale = hidden_sibling(output, ".tmp-").filename().string();
+  const auto& mine = held_scratch();  // this job's scratch directory is not stale
   for (const auto& entry : fs::directory_iterator(parent))
-    if (entry.path().filename().string().starts_with(stale)) {
+    if (entry.path().filename().string().starts_with(stale) &&
+        std::find(mine.begin(), mine.end(), entry.path()) == mine.end()) {
       std::fprintf(stderr, "dume: removing %s, left by an interrupted job\n", entry.path().c_str());
       fs::remove_all(entry.path());
     }

@@ -59,8 +59,26 @@ class OutputLock {
   std::vector<std::filesystem::path> created_;  // parent directories this lock made, deepest last
 };
 
-// Removes the locks this process holds: for abort_job, since MPI_Abort runs no destructors.
+// Removes the locks and scratch directories this process holds: for abort_job, since
+// MPI_Abort runs no destructors.
 void release_output_locks() noexcept;
+
+// A job's scratch directory beside its output, `.NAME.tmp-HOST-PID.scratch` (HOST and PID of
+// rank 0), for intermediate files too large to hold in memory; a job killed before removing it
+// leaves a temporary that the output's next writer clears (write_output_atomically).
+// Collective: rank 0 makes it and every rank learns its path; rank 0 removes it when destroyed
+// (files still open or mapped stay readable until closed).
+class ScratchDirectory {
+ public:
+  explicit ScratchDirectory(const std::filesystem::path& output);
+  ~ScratchDirectory();
+  ScratchDirectory(const ScratchDirectory&) = delete;
+  ScratchDirectory& operator=(const ScratchDirectory&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
 
 // A temporary name for `target` in its own directory, unique across hosts and processes:
 // `.NAME.tmp-HOST-PID`.

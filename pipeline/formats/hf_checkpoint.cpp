@@ -124,6 +124,12 @@ void HfCheckpoint::read_slice(std::string_view name, std::span<const std::int64_
                 std::to_string(begin + bad));
 }
 
+void HfCheckpoint::release(std::string_view name) const {
+  const SafetensorsFile* file = nullptr;
+  const TensorInfo& t = info(name, &file);
+  file->release(t);
+}
+
 DType HfCheckpoint::dtype() const {
   return info(hf::embed_tokens).dtype;
 }

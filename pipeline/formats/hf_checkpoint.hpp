@@ -33,6 +33,9 @@ class HfCheckpoint {
   // The same for elements [begin, begin + out.size()) of the flattened tensor.
   void read_slice(std::string_view name, std::span<const std::int64_t> shape, std::size_t begin,
                   std::span<float> out) const;
+  // Lets the tensor's mapped pages go once it has been read (memory is then that of the tensors
+  // in use, not of every tensor touched so far).
+  void release(std::string_view name) const;
   // The dtype the weights are stored in (the embedding's; config.json's dtype can be stale).
   DType dtype() const;
 

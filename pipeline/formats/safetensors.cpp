@@ -1,6 +1,7 @@
 #include "safetensors.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -175,6 +176,7 @@ void safetensors_write(const std::filesystem::path& path, std::span<const Tensor
   text.append((8 - text.size() % 8) % 8, ' ');  // the data area starts 8-byte aligned
   const std::uint64_t length = text.size();
   std::ofstream out(path, std::ios::binary);
+  if (!out) throw Error(path.string() + ": cannot create: " + std::strerror(errno));
   out.write(reinterpret_cast<const char*>(&length), 8);
   out.write(text.data(), static_cast<std::streamsize>(text.size()));
   for (const auto& t : tensors) {
@@ -183,7 +185,7 @@ void safetensors_write(const std::filesystem::path& path, std::span<const Tensor
     out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
   }
   out.close();
-  if (!out) throw Error(path.string() + ": cannot write");
+  if (!out) throw Error(path.string() + ": cannot write (disk full?)");
 }
 
 }  // namespace dume

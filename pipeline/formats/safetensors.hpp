@@ -54,6 +54,8 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const TensorInfo* find(std::string_view name) const;
   std::span<const std::byte> data(const TensorInfo& tensor) const;
+  // Lets the tensor's mapped pages go (MappedFile::release) once it has been read.
+  void release(const TensorInfo& tensor) const { file_.release(data(tensor)); }
 
  private:
   MappedFile file_;

@@ -63,15 +63,11 @@ MergeInputs merge_prepare(const MergeConfig& config) {
   return in;
 }
 
-std::vector<std::vector<MlpWeights>> calibration_mlps(const HfCheckpoint& expert, DType dtype) {
-  const ModelConfig& c = expert.config();
-  std::vector<std::vector<MlpWeights>> mlps(static_cast<std::size_t>(c.num_layers));
-  for (std::int64_t l = 0; l + 1 < c.num_layers; ++l) {
-    MlpWeights w = load_mlp(expert, l);
-    for (Matrix* m : {&w.gate, &w.up, &w.down}) round_through(dtype, {m->data(), static_cast<std::size_t>(m->size())});
-    mlps[static_cast<std::size_t>(l)].push_back(std::move(w));
-  }
-  return mlps;
+MlpWeights calibration_mlp(const HfCheckpoint& expert, std::int64_t layer, DType dtype) {
+  MlpWeights w = load_mlp(expert, layer);
+  for (Matrix* m : {&w.gate, &w.up, &w.down}) round_through(dtype, {m->data(), static_cast<std::size_t>(m->size())});
+  for (const std::string_view t : {hf::gate_proj, hf::up_proj, hf::down_proj}) expert.release(hf::layer(layer, t));
+  return w;
 }
 
 ExpertSource expert_from_checkpoint(const HfCheckpoint& checkpoint, DType dtype) {
@@ -90,15 +86,15 @@ ExpertSource expert_from_checkpoint(const HfCheckpoint& checkpoint, DType dtype)
   };
 }
 
-std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedWeights& shared, DType dtype,
+std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedStore& shared, DType dtype,
                                    const std::vector<ExpertSource>& experts,
                                    const std::vector<RouterSolution>& routers, bool expert_attention) {
+  DUME_ASSERT(shared.dtype() == dtype);
   std::vector<MoeTensor> tensors;
-  for_each_shared_tensor(config, shared, [&](const std::string&, const std::string& path,
-                                             const std::vector<std::int64_t>& shape, const auto& storage) {
-    const float* data = storage.data();
-    const std::size_t n = numel(shape);
-    tensors.push_back({path, dtype, shape, [=] { return encode(dtype, {data, n}); }});
+  const SharedWeights names;  // a const walk visits names and shapes only
+  for_each_shared_tensor(config, names, [&](const std::string& hf_name, const std::string& path,
+                                            const std::vector<std::int64_t>& shape, const auto&) {
+    tensors.push_back({path, dtype, shape, [&shared, hf_name] { return shared.bytes(hf_name); }});
   });
   const auto E = static_cast<std::int64_t>(experts.size());
   const MlpWeights mlp_layout;  // only names and shapes are visited
@@ -255,13 +251,32 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, Backend& backend
       domain.name = d.name;
       domain.A.assign(static_cast<std::size_t>(mc.num_layers), MatrixXdRow::Zero(mc.hidden_size + 1, mc.hidden_size + 1));
     } else {
-      plan.model.experts = calibration_mlps(*d.checkpoint, plan.info.dtype);
-      Forward forward(plan.model, backend);
-      domain = calibrate_domain(forward, backend, mc, *d.windows, plan.stats.context_tokens, cs.batch_sequences, todo,
-                                rank, ranks, d.name, timing, root, control);
+      // One layer at a time: the shared weights' and the expert's (its MLPs are 22 GB in f32 at
+      // 8B), the last layer's MLP never (the statistics stop at its input).
+      Model& model = plan.model;
+      model.shared.layers.assign(static_cast<std::size_t>(mc.num_layers), LayerWeights());
+      model.experts.assign(static_cast<std::size_t>(mc.num_layers), std::vector<MlpWeights>(1));
+      Forward forward(model, backend);
+      std::int64_t resident = -1;
+      LayerSource load;
+      load.layer = [&](std::int64_t layer) {
+        if (resident >= 0) {
+          model.shared.layers[static_cast<std::size_t>(resident)] = LayerWeights();
+          model.experts[static_cast<std::size_t>(resident)][0] = MlpWeights();
+          forward.load_layer(static_cast<std::size_t>(resident));
+        }
+        if ((resident = layer) < 0) return;
+        model.shared.layers[static_cast<std::size_t>(layer)] = plan.shared->layer(layer);
+        if (layer + 1 < mc.num_layers)
+          model.experts[static_cast<std::size_t>(layer)][0] = calibration_mlp(*d.checkpoint, layer, plan.info.dtype);
+        forward.load_layer(static_cast<std::size_t>(layer));
+      };
+      load.embedding = [&](std::span<const std::uint32_t> ids) { return plan.shared->embedding_rows(ids); };
+      domain = calibrate_domain(forward, load, backend, mc, *d.windows, plan.stats.context_tokens, cs.batch_sequences,
+                                todo, rank, ranks, d.name, timing, root, control);
       if (control.stopped_by == 0 && !heldout.empty())
-        heldout_inputs = collect_heldout(forward, backend, mc, *d.windows, plan.stats.context_tokens,
-                                         cs.batch_sequences, heldout, cs.heldout_tokens, rank, ranks);
+        heldout_inputs = collect_heldout(forward, load, mc, *d.windows, plan.stats.context_tokens, cs.batch_sequences,
+                                         heldout, cs.heldout_tokens, backend, rank, ranks);
     }
     if (control.stopped_by != 0) stop_calibration(plan, store, k, saved_whole, control.stopped_by);
     reduce_domain(domain, timing, root ? std::span<const double>(saved.packed) : std::span<const double>());
@@ -282,6 +297,7 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, Backend& backend
     plan.stats.domains.push_back(std::move(domain));
   }
   plan.model.experts.clear();
+  plan.model.shared.layers.clear();
 }
 
 // Rank 0: solves every layer's router (auto settings are recorded in plan.info) and writes the
@@ -366,7 +382,7 @@ void write_moe_directory(const fs::path& output, bool force, const MergePlan& pl
                          const std::vector<RouterSolution>& routers, std::uint64_t shard_bytes, const std::string& yaml) {
   write_output_atomically(output, force, [&](const fs::path& dir) {
     write_moe(dir,
-              moe_tensors(plan.model.config, plan.model.shared, plan.info.dtype, plan.sources, routers,
+              moe_tensors(plan.model.config, *plan.shared, plan.info.dtype, plan.sources, routers,
                           plan.info.router.expert_attention),
               plan.info,
               shard_bytes);
@@ -420,6 +436,32 @@ SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<co
   return combined();
 }
 
+SharedStore::Values values_of(const ModelConfig& config, const SharedWeights& shared) {
+  auto tensors = std::make_shared<std::unordered_map<std::string, std::span<const float>>>();
+  for_each_shared_tensor(config, shared, [&](const std::string& hf_name, const std::string&,
+                                             const std::vector<std::int64_t>& shape, const auto& storage) {
+    tensors->emplace(hf_name, std::span<const float>(storage.data(), numel(shape)));
+  });
+  return [tensors](const std::string& hf_name, const std::string&, const std::vector<std::int64_t>&) {
+    const auto values = tensors->at(hf_name);
+    return std::vector<float>(values.begin(), values.end());
+  };
+}
+
+std::unique_ptr<SharedStore> shared_store_for(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts,
+                                              DType dtype, std::span<const CorpusWindows> calibration) {
+  const ModelConfig& mc = experts.at(0)->config();
+  if (!config.shared_checkpoint && !config.shared_moe && !config.shared_regmean)
+    return std::make_unique<SharedStore>(
+        config.output.path, mc, dtype,
+        [&](const std::string& hf_name, const std::string&, const std::vector<std::int64_t>& shape) {
+          return average_shared_tensor(experts, hf_name, shape, dtype);
+        });
+  SharedWeights whole;
+  collective_phase([&] { whole = shared_weights_for(config, experts, dtype, calibration); });
+  return std::make_unique<SharedStore>(config.output.path, mc, dtype, values_of(mc, whole));
+}
+
 void run_merge(const MergeConfig& config, bool force, bool resume, const std::vector<InputPath>& also_read) {
   if (config.fold_into) throw CollectiveError("'moe:' names the MoE to extend: that is `dume fold-in`, not merge");
   const StopSignals signals;  // caught from the start, acted on once calibration runs
@@ -446,7 +488,7 @@ void run_merge(const MergeConfig& config, bool force, bool resume, const std::ve
   std::vector<const HfCheckpoint*> experts;
   for (const auto& c : in.experts) experts.push_back(&c);
   plan.model.config = in.experts[0].config();
-  collective_phase([&] { plan.model.shared = shared_weights_for(config, experts, in.dtype, in.calibration); });
+  plan.shared = shared_store_for(config, experts, in.dtype, in.calibration);
   plan.info.config = plan.model.config;
   plan.info.router = config.router;
   plan.info.dtype = in.dtype;
@@ -457,7 +499,7 @@ void run_merge(const MergeConfig& config, bool force, bool resume, const std::ve
                                                                                 : "")
                      : config.shared_moe      ? "moe " + config.shared_moe->string()
                                               : combined;
-  plan.info.shared_hash = shared_weights_hash(plan.model.config, plan.model.shared, in.dtype);
+  plan.info.shared_hash = plan.shared->hash();
   plan.stats.hidden_size = plan.model.config.hidden_size;
   plan.stats.context_tokens = config.router.context_tokens;
   plan.stats.shared_hash = plan.info.shared_hash;

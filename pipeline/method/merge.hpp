@@ -37,8 +37,9 @@ LoadedCorpus load_calibration(const MergeConfig& config, const CorpusSpec& spec,
 // throws the first problem found, naming the file or key.
 MergeInputs merge_prepare(const MergeConfig& config);
 
-// Expert `e`'s MLP of each layer but the last (which statistics never need), rounded to dtype.
-std::vector<std::vector<MlpWeights>> calibration_mlps(const HfCheckpoint& expert, DType dtype);
+// An expert's MLP of one layer as calibration runs it: rounded to dtype (what the MoE stores).
+// Its mapped pages are let go once read.
+MlpWeights calibration_mlp(const HfCheckpoint& expert, std::int64_t layer, DType dtype);
 
 // Where an expert's tensors come from when the MoE is written: (layer, Hugging Face suffix
 // "mlp.gate_proj.weight" or "self_attn.q_proj.weight", its name in the MoE "gate_proj" or
@@ -51,7 +52,7 @@ ExpertSource expert_from_checkpoint(const HfCheckpoint& checkpoint, DType dtype)
 
 // The tensors of the MoE file: shared weights (dtype), every expert's MLPs (and attention, with
 // expert_attention), routers (f32).
-std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedWeights& shared, DType dtype,
+std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedStore& shared, DType dtype,
                                    const std::vector<ExpertSource>& experts,
                                    const std::vector<RouterSolution>& routers, bool expert_attention);
 
@@ -60,6 +61,12 @@ std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedWeight
 // existing MoE's; rounded to dtype. Collective.
 SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts, DType dtype,
                                  std::span<const CorpusWindows> calibration = {});
+// The same in a store beside config.output. The plain average is computed tensor by tensor;
+// the others are computed whole first (RegMean, task arithmetic, an MoE's: not yet streamed).
+std::unique_ptr<SharedStore> shared_store_for(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts,
+                                              DType dtype, std::span<const CorpusWindows> calibration);
+// The tensors of `shared` by their Hugging Face names, for a SharedStore.
+SharedStore::Values values_of(const ModelConfig& config, const SharedWeights& shared);
 
 // Collective, before any work of a command that writes an MoE directory: the output rule
 // (check_output) on every rank, then rank 0 takes the output's lock, held while the result
@@ -79,7 +86,8 @@ struct NewDomain {
 // What a merge-like job produces: the shared weights, the statistics it starts from (none for
 // a merge, the MoE's for a fold-in), the domains still to calibrate, and every expert's source.
 struct MergePlan {
-  Model model;                       // config + shared weights; experts swapped per domain
+  Model model;                       // config; in calibration, the resident layer's weights
+  std::unique_ptr<SharedStore> shared;  // the output's shared weights
   MoeInfo info;                      // of the output: experts (all, in order), router settings, dtype, hash
   Statistics stats;                  // carried over; calibrated domains are appended
   std::vector<NewDomain> calibrate;  // in order, after the carried-over ones

@@ -17,20 +17,13 @@ std::size_t numel(const std::vector<std::int64_t>& shape) {
   return n;
 }
 
-}  // namespace
-
-SharedWeights average_shared_weights(const std::vector<const HfCheckpoint*>& checkpoints, DType dtype) {
-  const int rank = mpi_rank(), ranks = mpi_size();
-  constexpr std::size_t kSlice = 1 << 16;
-  SharedWeights w;
-  std::vector<float> values(kSlice);
-  std::vector<double> sum(kSlice);
-  const double scale = 1.0 / static_cast<double>(checkpoints.size());
-  const ModelConfig& config = checkpoints.at(0)->config();
-  // Owners: largest tensors first, each to the least-loaded rank (the same on every rank).
+// The tensors' owners in for_each_shared_tensor's order: largest first, each to the
+// least-loaded rank (the same on every rank).
+std::vector<int> tensor_owners(const ModelConfig& config, int ranks) {
   std::vector<std::size_t> sizes;
-  w.layers.resize(static_cast<std::size_t>(config.num_layers));  // the const walk indexes layers (UBSan)
-  for_each_shared_tensor(config, static_cast<const SharedWeights&>(w),
+  SharedWeights names;
+  names.layers.resize(static_cast<std::size_t>(config.num_layers));  // the const walk indexes layers (UBSan)
+  for_each_shared_tensor(config, static_cast<const SharedWeights&>(names),
                          [&](const std::string&, const std::string&, const std::vector<std::int64_t>& shape,
                              const auto&) { sizes.push_back(numel(shape)); });
   std::vector<std::size_t> order(sizes.size());
@@ -43,6 +36,45 @@ SharedWeights average_shared_weights(const std::vector<const HfCheckpoint*>& che
     owners[t] = static_cast<int>(least);
     load[static_cast<std::size_t>(least)] += sizes[t];
   }
+  return owners;
+}
+
+// The mean of the checkpoints' tensor into `out` (numel(shape) floats), in slices, so that no
+// tensor-sized temporaries are needed; each tensor's pages are let go once read.
+void average_into(const std::vector<const HfCheckpoint*>& checkpoints, const std::string& hf_name,
+                  const std::vector<std::int64_t>& shape, DType dtype, float* out) {
+  constexpr std::size_t kSlice = 1 << 16;
+  std::vector<float> values(kSlice);
+  std::vector<double> sum(kSlice);
+  const double scale = 1.0 / static_cast<double>(checkpoints.size());
+  const std::size_t n = numel(shape);
+  for (std::size_t begin = 0; begin < n; begin += kSlice) {
+    const std::size_t count = std::min(kSlice, n - begin);
+    sum.assign(count, 0.0);
+    for (const HfCheckpoint* checkpoint : checkpoints) {
+      checkpoint->read_slice(hf_name, shape, begin, {values.data(), count});
+      for (std::size_t i = 0; i < count; ++i) sum[i] += values[i];
+    }
+    for (std::size_t i = 0; i < count; ++i) out[begin + i] = static_cast<float>(sum[i] * scale);
+    round_through(dtype, {out + begin, count});
+  }
+  for (const HfCheckpoint* checkpoint : checkpoints) checkpoint->release(hf_name);
+}
+
+}  // namespace
+
+std::vector<float> average_shared_tensor(const std::vector<const HfCheckpoint*>& checkpoints, const std::string& hf_name,
+                                         const std::vector<std::int64_t>& shape, DType dtype) {
+  std::vector<float> out(numel(shape));
+  average_into(checkpoints, hf_name, shape, dtype, out.data());
+  return out;
+}
+
+SharedWeights average_shared_weights(const std::vector<const HfCheckpoint*>& checkpoints, DType dtype) {
+  const int rank = mpi_rank(), ranks = mpi_size();
+  SharedWeights w;
+  const ModelConfig& config = checkpoints.at(0)->config();
+  const std::vector<int> owners = tensor_owners(config, ranks);
   std::size_t index = 0;
   std::string error;  // an error on one rank is rethrown on all after the broadcasts
   for_each_shared_tensor(config, w, [&](const std::string& hf_name, const std::string&,
@@ -50,18 +82,8 @@ SharedWeights average_shared_weights(const std::vector<const HfCheckpoint*>& che
     const int owner = owners[index++];
     const std::size_t n = numel(shape);
     if (owner == rank && error.empty()) {
-      try {  // in slices, so no tensor-sized temporaries are needed
-        for (std::size_t begin = 0; begin < n; begin += kSlice) {
-          const std::size_t count = std::min(kSlice, n - begin);
-          sum.assign(count, 0.0);
-          for (const HfCheckpoint* checkpoint : checkpoints) {
-            checkpoint->read_slice(hf_name, shape, begin, {values.data(), count});
-            for (std::size_t i = 0; i < count; ++i) sum[i] += values[i];
-          }
-          float* out = storage.data() + begin;
-          for (std::size_t i = 0; i < count; ++i) out[i] = static_cast<float>(sum[i] * scale);
-          round_through(dtype, {out, count});
-        }
+      try {
+        average_into(checkpoints, hf_name, shape, dtype, storage.data());
       } catch (const std::exception& e) {
         error = e.what();
       }
@@ -85,6 +107,127 @@ std::string shared_weights_hash(const ModelConfig& config, const SharedWeights& 
     hash = hash_bytes(hash, std::as_bytes(std::span(storage.data(), numel(shape))));
   });
   return hash_hex(hash);
+}
+
+}  // namespace dume
+
+namespace dume {
+
+SharedStore::SharedStore(const std::filesystem::path& output, const ModelConfig& config, DType dtype,
+                         const Values& values)
+    : config_(config), dtype_(dtype) {
+  const ScratchDirectory scratch(output);
+  const int rank = mpi_rank(), ranks = mpi_size();
+  const std::vector<int> owners = tensor_owners(config, ranks);
+  std::vector<TensorSource> mine;
+  std::size_t index = 0;
+  const SharedWeights names;
+  for_each_shared_tensor(config, names, [&](const std::string& hf_name, const std::string& path,
+                                            const std::vector<std::int64_t>& shape, const auto&) {
+    if (owners[index++] == rank)
+      mine.push_back({hf_name, dtype, shape,
+                      [&values, hf_name, path, shape, dtype] { return encode(dtype, values(hf_name, path, shape)); }});
+  });
+  const auto file = [&](int r) { return scratch.path() / ("shared-rank" + std::to_string(r) + ".safetensors"); };
+  collective_phase([&] {
+    if (!mine.empty()) safetensors_write(file(rank), mine);
+  });
+  for (int r = 0; r < ranks; ++r) {
+    if (std::find(owners.begin(), owners.end(), r) == owners.end()) continue;  // owns nothing
+    files_.emplace_back(file(r));
+    for (const TensorInfo& t : files_.back().tensors()) owner_.emplace(t.name, files_.size() - 1);
+  }
+  // Once every rank has mapped the files, the directory goes: the mappings keep them readable,
+  // and a job killed from here on leaves nothing on disk (the space returns with its ranks).
+  barrier();
+}
+
+const TensorInfo& SharedStore::info(const std::string& hf_name, const SafetensorsFile** file) const {
+  const auto it = owner_.find(hf_name);
+  DUME_ASSERT(it != owner_.end());
+  *file = &files_[it->second];
+  return *(*file)->find(hf_name);
+}
+
+void SharedStore::read(const std::string& hf_name, std::size_t begin, std::span<float> out) const {
+  const SafetensorsFile* file = nullptr;
+  const TensorInfo& t = info(hf_name, &file);
+  DUME_ASSERT(begin + out.size() <= t.numel());
+  widen_to_f32(t.dtype, file->data(t).data() + begin * dtype_size(t.dtype), out.size(), out.data());
+}
+
+LayerWeights SharedStore::layer(std::int64_t l) const {
+  LayerWeights w;
+  for_each_layer_tensor(config_, l, w, [&](const std::string& hf_name, const std::string&,
+                                           const std::vector<std::int64_t>& shape, auto& storage) {
+    read(hf_name, 0, {storage.data(), numel(shape)});
+    release(hf_name);
+  });
+  return w;
+}
+
+Matrix SharedStore::embedding_rows(std::span<const std::uint32_t> ids) const {
+  const std::int64_t D = config_.hidden_size;
+  Matrix rows(static_cast<Eigen::Index>(ids.size()), D);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    DUME_ASSERT(ids[i] < static_cast<std::uint64_t>(config_.vocab_size));
+    read(std::string(hf::embed_tokens), ids[i] * static_cast<std::size_t>(D),
+         {rows.data() + i * static_cast<std::size_t>(D), static_cast<std::size_t>(D)});
+  }
+  return rows;
+}
+
+void SharedStore::release(const std::string& hf_name) const {
+  const SafetensorsFile* file = nullptr;
+  const TensorInfo& t = info(hf_name, &file);
+  file->release(t);
+}
+
+std::vector<std::byte> SharedStore::bytes(const std::string& hf_name) const {
+  const SafetensorsFile* file = nullptr;
+  const TensorInfo& t = info(hf_name, &file);
+  const auto data = file->data(t);
+  std::vector<std::byte> copy(data.begin(), data.end());
+  file->release(t);
+  return copy;
+}
+
+std::string SharedStore::hash() const {
+  std::string hex;
+  if (mpi_rank() == 0) hex = local_hash();
+  broadcast(hex);
+  return hex;
+}
+
+std::string SharedStore::local_hash() const {
+  // The same bytes as shared_weights_hash: slices of an even number of floats keep FNV's 8-byte
+  // words aligned.
+  constexpr std::size_t kSlice = 1 << 16;
+  std::vector<float> slice(kSlice);
+  const std::string dtype_name = h5::dtype_attribute(dtype_);
+  std::uint64_t hash = hash_bytes(kHashSeed, std::as_bytes(std::span(dtype_name)));
+  const SharedWeights names;
+  for_each_shared_tensor(config_, names, [&](const std::string& hf_name, const std::string& path,
+                                             const std::vector<std::int64_t>& shape, const auto&) {
+    hash = hash_bytes(hash, std::as_bytes(std::span(path)));
+    const std::size_t n = numel(shape);
+    for (std::size_t begin = 0; begin < n; begin += kSlice) {
+      const std::size_t count = std::min(kSlice, n - begin);
+      read(hf_name, begin, {slice.data(), count});
+      hash = hash_bytes(hash, std::as_bytes(std::span(slice.data(), count)));
+    }
+    release(hf_name);
+  });
+  return hash_hex(hash);
+}
+
+SharedWeights SharedStore::whole() const {
+  SharedWeights w;
+  for_each_shared_tensor(config_, w, [&](const std::string& hf_name, const std::string&,
+                                         const std::vector<std::int64_t>& shape, auto& storage) {
+    read(hf_name, 0, {storage.data(), numel(shape)});
+  });
+  return w;
 }
 
 }  // namespace dume

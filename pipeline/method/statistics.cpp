@@ -1,5 +1,6 @@
 #include "statistics.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -11,6 +12,12 @@ namespace dume {
 namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+// A calibration chunk's residual streams stay within this (64k tokens at 8B, D = 4096; every
+// layer's weights are read once per chunk) ...
+constexpr std::int64_t kChunkBytes = std::int64_t{1} << 30;
+// ... and it takes about this long, so that a stop signal is acted on soon and time-based
+// checkpoints are taken on time.
+constexpr double kChunkSeconds = 30;
 }  // namespace
 
 MatrixXdRow Statistics::total_A(std::int64_t layer) const {
@@ -56,10 +63,51 @@ std::vector<std::int64_t> heldout_batches(std::int64_t batches, double fraction)
   return held;
 }
 
-std::vector<MatrixXfRow> collect_heldout(Forward& forward, Backend& backend, const ModelConfig& config, const CorpusWindows& windows,
-                                         std::int64_t context_tokens, std::int64_t batch_sequences,
-                                         const std::vector<std::int64_t>& batches, std::int64_t max_tokens, int rank,
-                                         int ranks) {
+namespace {
+
+// This rank's batches of one domain, run layer by layer: each batch is embedded, then every
+// layer is loaded once and runs over all the batches (their residual streams are kept), so only
+// one layer's weights are resident at a time. `on_batch_layer(i, layer)` is called before
+// batch i of `batches` runs through `layer`; options.on_mlp_input sees its MLP input.
+void run_by_layer(Forward& forward, const LayerSource& load, const ModelConfig& config, const CorpusWindows& windows,
+                  std::int64_t batch_sequences, std::span<const std::int64_t> batches, const ForwardOptions& options,
+                  const std::function<void(std::size_t i, std::int64_t layer)>& on_batch_layer) {
+  const auto S = static_cast<std::int64_t>(windows.length());
+  const auto count = static_cast<std::int64_t>(windows.count());
+  std::vector<Buffer> streams;  // one per batch: (B * C, D) f32
+  std::vector<std::int64_t> sequences, lengths;
+  for (const std::int64_t b : batches) {
+    const std::int64_t B = std::min(batch_sequences, count - b * batch_sequences);
+    std::int64_t length = S;
+    const auto tokens = windows.tokens().subspan(static_cast<std::size_t>(b * batch_sequences * S), static_cast<std::size_t>(B * S));
+    // The embedding rows this batch uses, as a table its tokens are renumbered to index.
+    std::vector<std::uint32_t> ids(tokens.begin(), tokens.end()), local(tokens.size());
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    for (std::size_t t = 0; t < tokens.size(); ++t)
+      local[t] = static_cast<std::uint32_t>(std::lower_bound(ids.begin(), ids.end(), tokens[t]) - ids.begin());
+    const Matrix rows = load.embedding(ids);
+    const Buffer table = forward.backend().upload({rows.data(), static_cast<std::size_t>(rows.size())});
+    streams.push_back(forward.embed(local, B, length, options, table.data()));
+    sequences.push_back(B);
+    lengths.push_back(length);
+  }
+  for (std::int64_t l = 0; l < config.num_layers; ++l) {
+    load.layer(l);
+    for (std::size_t i = 0; i < streams.size(); ++i) {
+      on_batch_layer(i, l);
+      forward.run_layer(static_cast<std::size_t>(l), streams[i], sequences[i], lengths[i], options);
+    }
+  }
+  load.layer(-1);  // nothing resident after the last layer
+}
+
+}  // namespace
+
+std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& load, const ModelConfig& config,
+                                         const CorpusWindows& windows, std::int64_t context_tokens,
+                                         std::int64_t batch_sequences, const std::vector<std::int64_t>& batches,
+                                         std::int64_t max_tokens, Backend& backend, int rank, int ranks) {
   const std::int64_t D = config.hidden_size, L = config.num_layers;
   const auto S = static_cast<std::int64_t>(windows.length());
   const auto count = static_cast<std::int64_t>(windows.count());
@@ -89,11 +137,17 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, Backend& backend, con
         std::copy(host.begin() + t * D, host.begin() + (t + 1) * D,
                   rows[static_cast<std::size_t>(layer)].begin() + (g0 + t) / stride * D);
   };
+  std::vector<std::int64_t> mine, mine_first;
   for (std::size_t i = static_cast<std::size_t>(rank); i < batches.size(); i += static_cast<std::size_t>(ranks)) {
-    const std::int64_t b = batches[i], B = sequences(b);
-    g0 = first_token[i];
-    forward.run(windows.tokens().subspan(static_cast<std::size_t>(b * batch_sequences * S), static_cast<std::size_t>(B * S)),
-                B, S, options);
+    mine.push_back(batches[i]);
+    mine_first.push_back(first_token[i]);
+  }
+  const std::int64_t batch_bytes = batch_sequences * C * D * static_cast<std::int64_t>(sizeof(float));
+  const auto chunk = static_cast<std::size_t>(std::max<std::int64_t>(1, kChunkBytes / batch_bytes));
+  for (std::size_t begin = 0; begin < mine.size(); begin += chunk) {
+    const std::size_t size = std::min(chunk, mine.size() - begin);
+    run_by_layer(forward, load, config, windows, batch_sequences, std::span(mine).subspan(begin, size), options,
+                 [&](std::size_t i, std::int64_t) { g0 = mine_first[begin + i]; });
   }
   std::vector<MatrixXfRow> heldout;
   for (auto& layer : rows) {
@@ -103,7 +157,7 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, Backend& backend, con
   return heldout;
 }
 
-DomainStatistics calibrate_domain(Forward& forward, Backend& backend, const ModelConfig& config,
+DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Backend& backend, const ModelConfig& config,
                                   const CorpusWindows& windows, std::int64_t context_tokens,
                                   std::int64_t batch_sequences, const std::vector<std::int64_t>& todo, int rank,
                                   int ranks, const std::string& name, CalibrationTiming& timing, bool show_progress,
@@ -115,22 +169,24 @@ DomainStatistics calibrate_domain(Forward& forward, Backend& backend, const Mode
   const auto jobs = static_cast<std::int64_t>(todo.size());
   const auto sequences = [&](std::int64_t b) { return std::min(batch_sequences, count - b * batch_sequences); };
 
+  // L (D+1)^2 doubles: 4.3 GB at 8B (D = 4096, L = 32), 43 GB at 70B.
   std::vector<Buffer64> A;
   for (std::int64_t l = 0; l < L; ++l) A.push_back(backend.alloc64(static_cast<std::size_t>(n * n)));
 
   // Rank 0 reports its own share; every rank has about the same.
   std::int64_t my_tokens = 0;
   for (const std::int64_t b : rank_share(todo, rank, ranks)) my_tokens += sequences(b) * C;
-  Progress progress("calibrate " + name, my_tokens, "tokens", show_progress);
+  Progress progress("calibrate " + name, my_tokens * L, "token-layers", show_progress);
 
   DomainStatistics stats;
   stats.name = name;
-  const auto download = [&] {
+  const auto download = [&](bool release) {
     stats.A.resize(static_cast<std::size_t>(L));
     for (std::int64_t l = 0; l < L; ++l) {
       MatrixXdRow& host = stats.A[static_cast<std::size_t>(l)];
       host.resize(n, n);
       backend.download(A[static_cast<std::size_t>(l)].data(), {host.data(), static_cast<std::size_t>(n * n)});
+      if (release) A[static_cast<std::size_t>(l)] = Buffer64();  // never two copies of every layer
     }
   };
   std::vector<std::int64_t> done;  // global batch indices in this rank's sums
@@ -138,8 +194,9 @@ DomainStatistics calibrate_domain(Forward& forward, Backend& backend, const Mode
   auto last_save = Clock::now();
   const auto save = [&] {
     if (!control.save || unsaved == 0) return;
-    download();
+    download(false);
     control.save(done, stats);
+    stats.A.clear();
     unsaved = 0;
     last_save = Clock::now();
   };
@@ -154,31 +211,49 @@ DomainStatistics calibrate_domain(Forward& forward, Backend& backend, const Mode
     backend.stats_accumulate(x, T, D, A[static_cast<std::size_t>(layer)].data());
     accumulate_seconds += since(t0);
     timing.multiply_adds += static_cast<double>(T) * static_cast<double>(n * (n + 1) / 2);
+    progress.advance(T);
   };
+  // Rounds of one batch per rank, run in chunks of rounds layer by layer. A stop is agreed
+  // between chunks, and saves happen there: a chunk is sized to take about kChunkSeconds (its
+  // size at most doubling from one round), to hold at most checkpoint_every sequences, and to
+  // keep its residual streams within kChunkBytes.
+  const std::int64_t rounds = (jobs + ranks - 1) / ranks;
+  const std::int64_t round_bytes = batch_sequences * C * D * static_cast<std::int64_t>(sizeof(float));
+  std::int64_t most_rounds = std::max<std::int64_t>(1, kChunkBytes / round_bytes);
+  if (control.checkpoint_every > 0)
+    most_rounds = std::min(most_rounds, (control.checkpoint_every + batch_sequences - 1) / batch_sequences);
+  std::vector<std::int64_t> chunk_rounds{1};  // the first chunk measures the time of a round
   const auto t0 = Clock::now();
-  // In rounds of one batch per rank, so that a stop is agreed between rounds.
-  for (std::int64_t round = 0; round * ranks < jobs; ++round) {
+  for (std::int64_t round = 0; round < rounds;) {
     if (control.stop_requested && (control.stopped_by = control.stop_requested()) != 0) break;
-    const std::int64_t i = round * ranks + rank;
-    if (i >= jobs) continue;
-    const std::int64_t b = todo[static_cast<std::size_t>(i)], first = b * batch_sequences, B = sequences(b);
-    const auto tokens = windows.tokens().subspan(static_cast<std::size_t>(first * S), static_cast<std::size_t>(B * S));
-    forward.run(tokens, B, S, options);
-    stats.tokens += B * C;
-    done.push_back(b);
-    unsaved += B;
-    progress.advance(B * C);
-    if (control.after_batch) control.after_batch();
+    const std::int64_t take = std::min(chunk_rounds[0], rounds - round);
+    std::vector<std::int64_t> mine;
+    for (std::int64_t r = round; r < round + take; ++r)
+      if (const std::int64_t i = r * ranks + rank; i < jobs) mine.push_back(todo[static_cast<std::size_t>(i)]);
+    const auto chunk_start = Clock::now();
+    run_by_layer(forward, load, config, windows, batch_sequences, mine, options, [](std::size_t, std::int64_t) {});
+    const double chunk_seconds = since(chunk_start);
+    round += take;
+    for (const std::int64_t b : mine) {
+      stats.tokens += sequences(b) * C;
+      done.push_back(b);
+      unsaved += sequences(b);
+      if (control.after_batch) control.after_batch();
+    }
     // Each rank saves its own file, so ranks need not agree on when.
     if ((control.checkpoint_every > 0 && unsaved >= control.checkpoint_every) ||
         (control.checkpoint_seconds > 0 && since(last_save) >= control.checkpoint_seconds))
       save();
+    // At most twice the last chunk, so that a chunk measured on a fast start does not run long.
+    const auto timed = static_cast<std::int64_t>(kChunkSeconds * static_cast<double>(take) / std::max(chunk_seconds, 1e-3));
+    chunk_rounds[0] = std::clamp<std::int64_t>(std::min(timed, 2 * take), 1, most_rounds);
+    broadcast(chunk_rounds);  // rank 0's choice, so every rank runs the same rounds
   }
   if (control.stopped_by != 0) save();
   progress.finish();
   timing.accumulate += accumulate_seconds;
   timing.forward += since(t0) - accumulate_seconds;
-  download();
+  download(true);
   return stats;
 }
 

@@ -59,14 +59,25 @@ struct CalibrationControl {
   int stopped_by = 0;                 // set when the calibration stopped early on this signal
 };
 
+// Where calibration, which runs layer by layer, gets its weights: `layer(l)` makes layer l's
+// (shared and the forced expert's MLP) resident in the Forward it runs, letting the previous
+// layer's go (-1: none); `embedding(ids)` gives the embedding rows of ids, [ids.size(), D].
+struct LayerSource {
+  std::function<void(std::int64_t layer)> layer;
+  std::function<Matrix(std::span<const std::uint32_t> ids)> embedding;
+};
+
 // Runs this rank's share of one domain's calibration windows through `forward`, forced to the
 // resident expert 0, truncated to C positions, stopping after the last layer's MLP input.
 // Windows are grouped into fixed batches of `batch_sequences` (global batch b holds windows
 // b*batch_sequences...); of the batches listed in `todo` (every batch unless resuming), the
 // i-th runs on rank i mod ranks, so each sequence's activations are the same for any number of
-// ranks. Returns this rank's partial statistics (upper triangles only). If control.stop_requested
-// says so, stops at a round boundary (every rank at the same one), saves, and sets stopped_by.
-DomainStatistics calibrate_domain(Forward& forward, Backend& backend, const ModelConfig& config,
+// ranks. The batches run in chunks, each layer by layer (`load` brings one layer in at a time);
+// a layer's sums take the batches in the same order whatever the chunks, so the statistics do
+// not depend on them. Returns this rank's partial statistics (upper triangles only). If
+// control.stop_requested says so, stops between chunks (every rank at the same one), saves,
+// and sets stopped_by.
+DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Backend& backend, const ModelConfig& config,
                                   const CorpusWindows& windows, std::int64_t context_tokens,
                                   std::int64_t batch_sequences, const std::vector<std::int64_t>& todo, int rank,
                                   int ranks, const std::string& name, CalibrationTiming& timing, bool show_progress,
@@ -85,10 +96,10 @@ std::vector<std::int64_t> rank_share(const std::vector<std::int64_t>& batches, i
 // The MLP inputs, per layer, of every stride-th token (stride = ceil(tokens / max_tokens)) of the
 // held-out `batches`, in window and position order; batch i runs on rank i mod ranks, and the
 // result is complete on rank 0, the same for any number of ranks.
-std::vector<MatrixXfRow> collect_heldout(Forward& forward, Backend& backend, const ModelConfig& config, const CorpusWindows& windows,
-                                         std::int64_t context_tokens, std::int64_t batch_sequences,
-                                         const std::vector<std::int64_t>& batches, std::int64_t max_tokens, int rank,
-                                         int ranks);
+std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& load, const ModelConfig& config,
+                                         const CorpusWindows& windows, std::int64_t context_tokens,
+                                         std::int64_t batch_sequences, const std::vector<std::int64_t>& batches,
+                                         std::int64_t max_tokens, Backend& backend, int rank, int ranks);
 
 // Sums every rank's partial statistics of one domain into rank 0's (upper triangles are sent
 // packed, half the bytes, in bands of rows), plus `base` (packed, from pack_upper) on rank 0 when

@@ -23,22 +23,11 @@ Forward::Forward(const Model& model, Backend& backend) : model_(model), backend_
   embed_ = upload(backend, w.embed);
   norm_ = upload(backend, w.norm);
   lm_head_ = upload(backend, w.output_embedding());
-  const auto attention = [&backend](const AttentionWeights& a) {
-    return AttentionBuffers{upload(backend, a.q),      upload(backend, a.k),      upload(backend, a.v),
-                            upload(backend, a.o),      upload(backend, a.q_bias), upload(backend, a.k_bias),
-                            upload(backend, a.v_bias), upload(backend, a.o_bias)};
-  };
-  for (const LayerWeights& l : w.layers)
-    layers_.push_back({upload(backend, l.input_norm), upload(backend, l.post_attention_norm), attention(l.attention)});
-  for (const auto& layer : model.expert_attention) {
-    auto& resident = expert_attention_.emplace_back();
-    for (const AttentionWeights& a : layer) resident.push_back(attention(a));
-  }
-  for (const auto& layer : model.experts) {
-    auto& resident = experts_.emplace_back();
-    for (const MlpWeights& m : layer)
-      resident.push_back({upload(backend, m.gate), upload(backend, m.up), upload(backend, m.down)});
-  }
+  layers_.resize(w.layers.size());
+  experts_.resize(model.experts.size());
+  expert_attention_.resize(model.expert_attention.size());
+  DUME_ASSERT(layers_.size() == experts_.size());
+  for (std::size_t l = 0; l < layers_.size(); ++l) load_layer(l);
   routers_.reserve(model.routers.size());  // never reallocated: the CPU backend aliases quadratic_bias_host
   for (const Router& r : model.routers) {
     RouterBuffers& buffers = routers_.emplace_back();
@@ -55,9 +44,25 @@ Forward::Forward(const Model& model, Backend& backend) : model_(model), backend_
       buffers.quadratic_bias = upload(backend, shift);
     }
   }
-  DUME_ASSERT(layers_.size() == experts_.size());
   DUME_ASSERT(routers_.empty() || routers_.size() == layers_.size());
   DUME_ASSERT(expert_attention_.empty() || expert_attention_.size() == layers_.size());
+}
+
+Forward::AttentionBuffers Forward::upload_attention(const AttentionWeights& a) {
+  return {upload(backend_, a.q),      upload(backend_, a.k),      upload(backend_, a.v),      upload(backend_, a.o),
+          upload(backend_, a.q_bias), upload(backend_, a.k_bias), upload(backend_, a.v_bias), upload(backend_, a.o_bias)};
+}
+
+void Forward::load_layer(std::size_t l) {
+  const LayerWeights& w = model_.shared.layers.at(l);
+  layers_[l] = {upload(backend_, w.input_norm), upload(backend_, w.post_attention_norm), upload_attention(w.attention)};
+  if (!expert_attention_.empty()) {
+    expert_attention_[l].clear();
+    for (const AttentionWeights& a : model_.expert_attention.at(l)) expert_attention_[l].push_back(upload_attention(a));
+  }
+  experts_[l].clear();
+  for (const MlpWeights& m : model_.experts.at(l))
+    experts_[l].push_back({upload(backend_, m.gate), upload(backend_, m.up), upload(backend_, m.down)});
 }
 
 void route_top_k(std::span<const float> logits, int k, std::span<std::int64_t> experts, std::span<float> weights) {
@@ -270,6 +275,26 @@ std::vector<float> Forward::run(std::span<const std::uint32_t> tokens, std::int6
   std::vector<float> logits(static_cast<std::size_t>(T * c.vocab_size));
   backend_.download(ws_.logits.data(), logits);
   return logits;
+}
+
+Buffer Forward::embed(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t& S,
+                      const ForwardOptions& options, const float* table) {
+  const std::int64_t D = model_.config.hidden_size;
+  std::vector<std::uint32_t> truncated;
+  tokens = truncate_context(tokens, B, S, options.context_tokens, truncated);
+  Buffer x = backend_.alloc(static_cast<std::size_t>(B * S * D));
+  backend_.embed(tokens, table ? table : embed_.data(), D, x.data());
+  return x;
+}
+
+bool Forward::run_layer(std::size_t l, Buffer& x, std::int64_t B, std::int64_t S, const ForwardOptions& options) {
+  DUME_ASSERT(options.forced_expert >= 0 || routers_.empty());
+  ensure_workspace(B * S, S, options.logits);
+  sequence_length_ = S;
+  std::swap(ws_.x, x);  // the layer works on ws_.x: lend it this batch's stream
+  const bool more = run_layer(l, B, S, options, /*mixed_attention=*/false);
+  std::swap(ws_.x, x);
+  return more;
 }
 
 bool Forward::run_layer(std::size_t l, std::int64_t B, std::int64_t S, const ForwardOptions& options,

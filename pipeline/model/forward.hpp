@@ -50,6 +50,23 @@ class Forward {
   std::vector<float> run(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S,
                          const ForwardOptions& options = {});
 
+  // Layer-streamed runs (calibration): the caller keeps the residual stream of each batch and
+  // runs one layer over all of them before the next, so only that layer's weights need to be
+  // resident. Each step is the same as in run(), so the activations are bit for bit the same.
+  //
+  // The residual stream entering layer 0 of B sequences of S tokens, truncated to
+  // options.context_tokens (S becomes the truncated length): (B * S, D) on the backend. `table`
+  // holds the embedding rows that `tokens` index (the model's embedding when null).
+  Buffer embed(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t& S, const ForwardOptions& options,
+               const float* table = nullptr);
+  // Decoder layer l on x in place, for a dense model or a forced expert (no routing); returns
+  // false where options want nothing past it (the last layer's MLP input without logits).
+  bool run_layer(std::size_t l, Buffer& x, std::int64_t B, std::int64_t S, const ForwardOptions& options);
+  // Makes layer l's weights, as the model holds them now, the ones its runs use: the caller
+  // fills the model's layer l before and may empty it after (a layer left empty is not resident).
+  void load_layer(std::size_t l);
+  Backend& backend() const { return backend_; }
+
   // FLOPs of one run over B sequences of S tokens (2 per multiply-add; attention included).
   static double flops(const ModelConfig& config, std::int64_t B, std::int64_t S, bool logits = true);
 
@@ -81,6 +98,7 @@ class Forward {
   };
 
   void ensure_workspace(std::int64_t T, std::int64_t S, bool logits);
+  AttentionBuffers upload_attention(const AttentionWeights& a);
   // Decoder layer l on the residual stream ws_.x of B sequences of S tokens; false where the
   // caller wants nothing past it (the last layer's MLP input, without logits).
   bool run_layer(std::size_t l, std::int64_t B, std::int64_t S, const ForwardOptions& options, bool mixed_attention);

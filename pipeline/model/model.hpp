@@ -70,6 +70,9 @@ struct Model {
 template <class Weights, class Fn>
 void for_each_shared_tensor(const ModelConfig& c, Weights& w, Fn&& fn);
 
+// The same for the shared tensors of layer l (LayerWeights), in the same order.
+template <class Layer, class Fn>
+void for_each_layer_tensor(const ModelConfig& c, std::int64_t l, Layer& layer, Fn&& fn);
 // The same for one MLP: fn(hf_suffix "mlp.gate_proj.weight", moe_name "gate_proj", shape, storage).
 template <class Weights, class Fn>
 void for_each_mlp_tensor(const ModelConfig& c, Weights& w, Fn&& fn);
@@ -117,16 +120,22 @@ void for_each_shared_tensor(const ModelConfig& c, Weights& w, Fn&& fn) {
         if (static_cast<std::size_t>(l) >= w.layers.size()) return no_layer;
       return w.layers[static_cast<std::size_t>(l)];
     }();
-    const std::string h = hf::layer(l, ""), m = "/layers/" + std::to_string(l) + "/";
-    detail::visit(fn, hf::layer(l, hf::input_layernorm), m + "input_layernorm", {D}, layer.input_norm);
-    detail::visit(fn, hf::layer(l, hf::post_attention_layernorm), m + "post_attention_layernorm", {D}, layer.post_attention_norm);
-    for_each_attention_tensor(c, layer.attention, [&](const std::string& suffix, const std::string& name,
-                                                      const std::vector<std::int64_t>& shape, auto& storage) {
-      fn(h + suffix, m + name, shape, storage);
-    });
+    for_each_layer_tensor(c, l, layer, fn);
   }
   detail::visit(fn, std::string(hf::norm), "/norm", {D}, w.norm);
   if (!c.tie_word_embeddings) detail::visit(fn, std::string(hf::lm_head), "/lm_head", {V, D}, w.lm_head);
+}
+
+template <class Layer, class Fn>
+void for_each_layer_tensor(const ModelConfig& c, std::int64_t l, Layer& layer, Fn&& fn) {
+  const std::int64_t D = c.hidden_size;
+  const std::string h = hf::layer(l, ""), m = "/layers/" + std::to_string(l) + "/";
+  detail::visit(fn, hf::layer(l, hf::input_layernorm), m + "input_layernorm", {D}, layer.input_norm);
+  detail::visit(fn, hf::layer(l, hf::post_attention_layernorm), m + "post_attention_layernorm", {D}, layer.post_attention_norm);
+  for_each_attention_tensor(c, layer.attention, [&](const std::string& suffix, const std::string& name,
+                                                    const std::vector<std::int64_t>& shape, auto& storage) {
+    fn(h + suffix, m + name, shape, storage);
+  });
 }
 
 template <class Weights, class Fn>

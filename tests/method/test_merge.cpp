@@ -42,7 +42,9 @@ class Merge : public ::testing::Test {
     Model model;
     model.config = expert.config();
     model.shared = read_moe_model(dir_ / "out").shared;
-    model.experts = calibration_mlps(expert, DType::BF16);
+    for (std::int64_t l = 0; l + 1 < model.config.num_layers; ++l)
+      model.experts.push_back({calibration_mlp(expert, l, DType::BF16)});
+    model.experts.emplace_back(1);  // the last layer's MLP: never run when stopping at its input
     auto backend = make_backend(BackendKind::cpu, 1);
     Forward forward(model, *backend);
     const auto& spec = config_.experts[static_cast<std::size_t>(e)].calibration;
