@@ -294,6 +294,7 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, Backend& backend
       store->save_complete(k, domain);
       saved_whole[k] = true;
     }
+    if (root) spill(domain, config.output.path);  // read back one layer at a time to solve and write
     plan.stats.domains.push_back(std::move(domain));
   }
   plan.model.experts.clear();

@@ -276,10 +276,11 @@ void write_statistics(const fs::path& path, const Statistics& stats) {
   const std::int64_t tokens_shape[] = {E};
   h5::write_dataset(f, "/tokens", DType::I64, tokens_shape, tokens.data());
   for (std::int64_t l = 0; l < stats.layers(); ++l) {
+    const Statistics one = stats.only_layer(l);  // one layer's statistics in memory at a time
     const std::int64_t a_shape[] = {n, n}, b_shape[] = {n, E};
-    for (const auto& d : stats.domains)
+    for (const auto& d : one.domains)
       h5::write_dataset(f, moe_path::layer(l, "A/" + d.name), DType::F64, a_shape, d.A[static_cast<std::size_t>(l)].data());
-    const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> B = stats.B(l);
+    const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> B = one.B(l);
     h5::write_dataset(f, moe_path::layer(l, "B"), DType::F64, b_shape, B.data());
     for (const auto& d : stats.domains)
       if (!d.heldout.empty()) {

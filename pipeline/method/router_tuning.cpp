@@ -1,5 +1,7 @@
 #include "router_tuning.hpp"
 
+#include <algorithm>
+
 #include <Eigen/Eigenvalues>
 #include <cmath>
 
@@ -115,7 +117,7 @@ LambdaSweep sweep_gaussian(const Statistics& stats, std::int64_t layer) {
 
 void require_heldout(const Statistics& stats) {
   for (const auto& d : stats.domains)
-    if (d.heldout.empty() || d.heldout[0].rows() == 0)
+    if (std::all_of(d.heldout.begin(), d.heldout.end(), [](const MatrixXfRow& x) { return x.rows() == 0; }))
       throw Error("domain '" + d.name + "' has no held-out tokens to choose router settings on: calibrate it with "
                   "calibration.heldout_fraction > 0 (for example 0.1)");
 }
@@ -186,10 +188,11 @@ std::vector<RouterSolution> build_routers(RouterSettings& settings, const Statis
   std::vector<RouterSolution> routers;
   settings.layer_lambda.clear();
   for (std::int64_t l = 0; l < stats.layers(); ++l) {
+    const Statistics one = stats.only_layer(l);  // one layer's statistics in memory at a time
     RouterSettings layer = settings;
-    if (settings.auto_lambda) layer.lambda = sweep_lambda(settings, stats, l).best;
+    if (settings.auto_lambda) layer.lambda = sweep_lambda(settings, one, l).best;
     if (settings.auto_lambda) settings.layer_lambda.push_back(layer.lambda);
-    routers.push_back(build_router(layer, stats, l));
+    routers.push_back(build_router(layer, one, l));
   }
   if (settings.auto_temperature) settings.temperature = choose_temperature(routers, stats);
   return routers;

@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 
 #include "comm.hpp"
+#include "hdf5_util.hpp"
+#include "outputs.hpp"
 #include "progress.hpp"
 
 namespace dume {
@@ -19,6 +22,67 @@ constexpr std::int64_t kChunkBytes = std::int64_t{1} << 30;
 // checkpoints are taken on time.
 constexpr double kChunkSeconds = 30;
 }  // namespace
+
+std::int64_t Statistics::layers() const {
+  if (domains.empty()) return 0;
+  const DomainStatistics& d = domains[0];
+  return d.spilled ? d.spilled->layers() : static_cast<std::int64_t>(d.A.size());
+}
+
+Statistics Statistics::only_layer(std::int64_t layer) const {
+  Statistics one;
+  one.hidden_size = hidden_size;
+  one.context_tokens = context_tokens;
+  one.shared_hash = shared_hash;
+  const auto L = static_cast<std::size_t>(layers()), l = static_cast<std::size_t>(layer);
+  for (const DomainStatistics& d : domains) {
+    DomainStatistics& o = one.domains.emplace_back();
+    o.name = d.name;
+    o.tokens = d.tokens;
+    o.A.resize(L);
+    o.A[l] = d.spilled ? d.spilled->layer(layer) : d.A.at(l);
+    if (!d.heldout.empty()) {
+      o.heldout.resize(L);
+      o.heldout[l] = d.heldout.at(l);
+    }
+  }
+  return one;
+}
+
+SpilledA::SpilledA(const std::filesystem::path& near, const std::vector<MatrixXdRow>& A)
+    : layers_(static_cast<std::int64_t>(A.size())), n_(A.empty() ? 0 : A[0].rows()) {
+  const std::filesystem::path path = temporary_name(near).string() + ".statistics.h5";
+  try {
+    {
+      H5Id file = h5::create_file(path);
+      const std::int64_t shape[] = {n_, n_};
+      for (std::int64_t l = 0; l < layers_; ++l)
+        h5::write_dataset(file.get(), "/A" + std::to_string(l), DType::F64, shape, A[static_cast<std::size_t>(l)].data());
+      h5_check(H5Fclose(file.release()), path.string() + ": cannot close (disk full?)");
+    }
+    file_ = std::make_unique<H5Id>(h5::open_file(path));
+  } catch (...) {
+    std::filesystem::remove(path);
+    throw;
+  }
+  std::filesystem::remove(path);
+}
+
+SpilledA::~SpilledA() = default;
+
+MatrixXdRow SpilledA::layer(std::int64_t l) const {
+  // Raw: the sums are checked where they are used (a non-finite one names the layer there).
+  const std::vector<std::byte> bytes = h5::read_raw(file_->get(), "/A" + std::to_string(l));
+  DUME_ASSERT(bytes.size() == static_cast<std::size_t>(n_ * n_) * sizeof(double));
+  MatrixXdRow A(n_, n_);
+  std::memcpy(A.data(), bytes.data(), bytes.size());
+  return A;
+}
+
+void spill(DomainStatistics& domain, const std::filesystem::path& near) {
+  domain.spilled = std::make_shared<const SpilledA>(near, domain.A);
+  domain.A = {};
+}
 
 MatrixXdRow Statistics::total_A(std::int64_t layer) const {
   MatrixXdRow sum = domains.at(0).A.at(static_cast<std::size_t>(layer));
@@ -260,18 +324,27 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
 namespace {
 
 std::size_t packed_size(const DomainStatistics& domain) {
+  if (domain.spilled) {
+    const std::int64_t n = domain.spilled->rows();
+    return static_cast<std::size_t>(domain.spilled->layers() * (n * (n + 1) / 2)) + 1;
+  }
   const Eigen::Index n = domain.A.empty() ? 0 : domain.A[0].rows();
   return domain.A.size() * static_cast<std::size_t>(n * (n + 1) / 2) + 1;
 }
 
 void pack_into(const DomainStatistics& domain, double* packed) {
-  const Eigen::Index n = domain.A.empty() ? 0 : domain.A[0].rows();
   std::size_t k = 0;  // row i's upper part, columns i..n-1, is contiguous in row-major storage
-  for (const auto& A : domain.A)
+  const auto pack = [&](const MatrixXdRow& A) {
+    const Eigen::Index n = A.rows();
     for (Eigen::Index i = 0; i < n; ++i) {
       std::copy(A.data() + i * n + i, A.data() + (i + 1) * n, packed + k);
       k += static_cast<std::size_t>(n - i);
     }
+  };
+  if (domain.spilled)
+    for (std::int64_t l = 0; l < domain.spilled->layers(); ++l) pack(domain.spilled->layer(l));
+  else
+    for (const auto& A : domain.A) pack(A);
   packed[k] = static_cast<double>(domain.tokens);  // exact: counts stay far below 2^53
 }
 

@@ -5,6 +5,8 @@
 
 #include <Eigen/Core>
 #include <cstdint>
+#include <filesystem>
+#include <memory>
 #include <functional>
 #include <span>
 #include <string>
@@ -21,10 +23,15 @@ using MatrixXdRow = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen:
 
 using MatrixXfRow = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+class H5Id;
+class SpilledA;
+
 struct DomainStatistics {
   std::string name;
   std::int64_t tokens = 0;      // rows accumulated: sequences x context_tokens
-  std::vector<MatrixXdRow> A;   // [L]: (D+1) x (D+1), symmetric once complete
+  std::vector<MatrixXdRow> A;   // [L]: (D+1) x (D+1), symmetric once complete; empty when spilled
+  // Where A is when it is not in memory (spill()): read back one layer at a time.
+  std::shared_ptr<const SpilledA> spilled;
   // [L]: MLP inputs of held-out tokens (rows), which A does not contain; empty without a
   // held-out split (calibration.heldout_fraction). Router settings are chosen on them.
   std::vector<MatrixXfRow> heldout;
@@ -36,10 +43,35 @@ struct Statistics {
   std::string shared_hash;          // identity of the shared weights they were made with
   std::vector<DomainStatistics> domains;
 
-  std::int64_t layers() const { return domains.empty() ? 0 : static_cast<std::int64_t>(domains[0].A.size()); }
+  std::int64_t layers() const;
   MatrixXdRow total_A(std::int64_t layer) const;  // sum over domains
   Eigen::MatrixXd B(std::int64_t layer) const;    // (D+1) x E
+  // These statistics with only `layer`'s A and held-out inputs present (the other layers'
+  // entries empty), read back where spilled: what solving one layer needs, E (D+1)^2 doubles.
+  Statistics only_layer(std::int64_t layer) const;
 };
+
+// A domain's A on disk: L (D+1)^2 doubles (4.3 GB at 8B, 43 GB at 70B) that are written once
+// and then read one layer at a time.
+class SpilledA {
+ public:
+  // Writes `A` into a temporary file beside `near`, keeps it open and unlinks it: it stays
+  // readable through the open file, and nothing is left on disk whatever ends the job.
+  SpilledA(const std::filesystem::path& near, const std::vector<MatrixXdRow>& A);
+  ~SpilledA();
+  SpilledA(const SpilledA&) = delete;
+  SpilledA& operator=(const SpilledA&) = delete;
+  std::int64_t layers() const { return layers_; }
+  std::int64_t rows() const { return n_; }  // of each layer's A: D + 1
+  MatrixXdRow layer(std::int64_t l) const;
+
+ private:
+  std::int64_t layers_ = 0, n_ = 0;
+  std::unique_ptr<H5Id> file_;
+};
+
+// Moves `domain`'s A to disk (SpilledA), freeing its memory.
+void spill(DomainStatistics& domain, const std::filesystem::path& near);
 
 // Time spent in each part of a calibration, for the merge's summary (seconds).
 struct CalibrationTiming {
