@@ -24,6 +24,11 @@ cmake --build build-fuzz -j "$(nproc)" --target "${targets[@]/#/fuzz_}" > build-
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export OMP_NUM_THREADS=1
+# The harnesses' scratch files (moe_h5 writes its inputs as files) go to a temporary directory
+# of this run, removed at the end: a harness restarted after a crash cannot clean up its own.
+TMPDIR=$(mktemp -d)
+export TMPDIR
+trap 'rm -rf "$TMPDIR"' EXIT
 status=0
 for t in "${targets[@]}"; do
   mkdir -p "build-fuzz/corpus/$t"

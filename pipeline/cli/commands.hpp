@@ -3,9 +3,11 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "corpus.hpp"
+#include "merge_config.hpp"
 
 namespace dume::cli {
 
@@ -13,6 +15,7 @@ void add_inspect(CLI::App& app);
 void add_ppl(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_merge(CLI::App& app);
+void add_plan(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_dynamic(CLI::App& app);  // fold-in, remove, resolve
 void add_verify(CLI::App& app);
@@ -27,6 +30,11 @@ struct ExitStatus {
 // Runs `body` as an MPI job. An error all ranks share (a bad config) is printed once by rank 0
 // and every rank exits 1; an error on some ranks aborts the job naming the rank.
 void run_job(const std::function<void()>& body);
+
+// --memory SIZE: the memory budget per rank (compute.memory), given as a size ("20GB"). The
+// option's text; apply it to a config with apply_memory_option, where an error names it.
+std::shared_ptr<std::string> add_memory_option(CLI::App* cmd);
+void apply_memory_option(const std::string& memory, MergeConfig& config);
 
 // --field, --documents and --on-bad: how text and JSONL files become `spec`'s documents.
 void add_document_options(CLI::App* cmd, CorpusSpec& spec);

@@ -18,10 +18,14 @@ void add_dynamic(CLI::App& app) {
     cmd->add_flag("--resume", *resume, "Continue from the checkpoint an interrupted fold-in of this config left");
     cmd->add_flag("--reaverage", *reaverage,
                   "Re-average the shared weights over all experts and recompute everything (a full merge)");
+    const auto memory = add_memory_option(cmd);
     cmd->callback([=] {
       run_job([&] {
         MergeConfig c;
-        collective_phase([&] { c = merge_config_read(*config); });
+        collective_phase([&] {
+          c = merge_config_read(*config);
+          apply_memory_option(*memory, c);
+        });
         run_fold_in(c, *force, *reaverage, *resume);
       });
     });

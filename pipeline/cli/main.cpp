@@ -31,6 +31,23 @@ void add_document_options(CLI::App* cmd, CorpusSpec& spec) {
       ->check(CLI::IsMember({"error", "skip"}));
 }
 
+std::shared_ptr<std::string> add_memory_option(CLI::App* cmd) {
+  auto memory = std::make_shared<std::string>();
+  cmd->add_option("--memory", *memory,
+                  "Memory budget per rank, e.g. 20GB (compute.memory; default: the node's memory / its ranks, "
+                  "less 1/8); refused with the smallest that works when too small");
+  return memory;
+}
+
+void apply_memory_option(const std::string& memory, MergeConfig& config) {
+  if (memory.empty()) return;
+  try {
+    config.memory = static_cast<std::int64_t>(parse_size(memory));
+  } catch (const Error& e) {
+    throw Error(std::string("--memory: ") + e.what());
+  }
+}
+
 void run_job(const std::function<void()>& body) {
   MpiSession mpi(nullptr, nullptr);
   try {
@@ -55,6 +72,7 @@ int main(int argc, char** argv) {
   dume::cli::add_ppl(app);
   dume::cli::add_bench(app);
   dume::cli::add_merge(app);
+  dume::cli::add_plan(app);
   dume::cli::add_eval(app);
   dume::cli::add_dynamic(app);
   dume::cli::add_verify(app);

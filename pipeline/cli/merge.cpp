@@ -14,10 +14,14 @@ void add_merge(CLI::App& app) {
   cmd->add_flag("--force", *force, "Replace the output directory if it exists (and discard a checkpoint)");
   cmd->add_flag("--resume", *resume,
                 "Continue an interrupted merge from its checkpoint (<output>.checkpoint), on any number of ranks");
-  cmd->callback([config, force, resume] {
+  const auto memory = add_memory_option(cmd);
+  cmd->callback([config, force, resume, memory] {
     run_job([&] {
       MergeConfig c;
-      collective_phase([&] { c = merge_config_read(*config); });
+      collective_phase([&] {
+        c = merge_config_read(*config);
+        apply_memory_option(*memory, c);
+      });
       run_merge(c, *force, *resume);
     });
   });

@@ -7,7 +7,9 @@
 
 #include "comm.hpp"
 #include "hdf5_util.hpp"
+#include "memory_plan.hpp"
 #include "regmean.hpp"
+#include "resources.hpp"
 #include "router_tuning.hpp"
 #include "statistics.hpp"
 
@@ -78,11 +80,11 @@ ExpertSource expert_from_checkpoint(const HfCheckpoint& checkpoint, DType dtype)
     checkpoint.read(name, shape, values);  // checks shape and finiteness
     const SafetensorsFile* file = nullptr;
     const TensorInfo& info = checkpoint.info(name, &file);
-    if (info.dtype == dtype) {  // an exact copy of the expert's bytes
-      const auto bytes = file->data(info);
-      return std::vector<std::byte>(bytes.begin(), bytes.end());
-    }
-    return encode(dtype, values);
+    const auto bytes = file->data(info);
+    std::vector<std::byte> stored = info.dtype == dtype ? std::vector<std::byte>(bytes.begin(), bytes.end())  // exact copy
+                                                        : encode(dtype, values);
+    file->release(info);  // written: its pages would otherwise add up to the whole expert
+    return stored;
   };
 }
 
@@ -210,10 +212,33 @@ SavedDomain load_saved(const ResumeStore* store, std::size_t k) {
                           : "; nothing saved (this command cannot resume)"));
 }
 
+// The weights that calibration of an expert's domain runs, one layer at a time in `forward`
+// (built on plan.model with every layer empty): the shared weights' and the expert's (its MLPs
+// are 22 GB in f32 at 8B); the last layer's MLP never (the statistics stop at its input).
+LayerSource domain_layers(MergePlan& plan, const HfCheckpoint& expert, Forward& forward) {
+  auto resident = std::make_shared<std::int64_t>(-1);
+  LayerSource source;
+  source.layer = [&plan, &expert, &forward, resident](std::int64_t layer) {
+    Model& model = plan.model;
+    if (*resident >= 0) {
+      model.shared.layers[static_cast<std::size_t>(*resident)] = LayerWeights();
+      model.experts[static_cast<std::size_t>(*resident)][0] = MlpWeights();
+      forward.load_layer(static_cast<std::size_t>(*resident));
+    }
+    if ((*resident = layer) < 0) return;
+    model.shared.layers[static_cast<std::size_t>(layer)] = plan.shared->layer(layer);
+    if (layer + 1 < model.config.num_layers)
+      model.experts[static_cast<std::size_t>(layer)][0] = calibration_mlp(expert, layer, plan.info.dtype);
+    forward.load_layer(static_cast<std::size_t>(layer));
+  };
+  source.embedding = [&plan](std::span<const std::uint32_t> ids) { return plan.shared->embedding_rows(ids); };
+  return source;
+}
+
 // Calibrates plan.calibrate in order, appending each domain's reduced statistics to plan.stats;
 // saves checkpoints into `store` (if any) and throws JobStopped on a stop signal.
-void calibrate_plan(MergePlan& plan, const MergeConfig& config, Backend& backend, ResumeStore* store,
-                    CalibrationTiming& timing) {
+void calibrate_plan(MergePlan& plan, const MergeConfig& config, std::int64_t chunk_batches, Backend& backend,
+                    ResumeStore* store, CalibrationTiming& timing) {
   const int rank = mpi_rank(), ranks = mpi_size();
   const bool root = rank == 0;
   const ModelConfig& mc = plan.model.config;
@@ -236,6 +261,7 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, Backend& backend
       std::printf("# dume: domain '%s': %zu of %lld batches from the checkpoint, %zu to run\n", d.name.c_str(),
                   saved.batches.size(), static_cast<long long>(batches), todo.size());
     CalibrationControl control;
+    control.chunk_batches = chunk_batches;
     if (store) {
       control.checkpoint_every = cs.checkpoint_every;
       control.checkpoint_seconds = 60 * cs.checkpoint_minutes;
@@ -251,32 +277,15 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, Backend& backend
       domain.name = d.name;
       domain.A.assign(static_cast<std::size_t>(mc.num_layers), MatrixXdRow::Zero(mc.hidden_size + 1, mc.hidden_size + 1));
     } else {
-      // One layer at a time: the shared weights' and the expert's (its MLPs are 22 GB in f32 at
-      // 8B), the last layer's MLP never (the statistics stop at its input).
-      Model& model = plan.model;
-      model.shared.layers.assign(static_cast<std::size_t>(mc.num_layers), LayerWeights());
-      model.experts.assign(static_cast<std::size_t>(mc.num_layers), std::vector<MlpWeights>(1));
-      Forward forward(model, backend);
-      std::int64_t resident = -1;
-      LayerSource load;
-      load.layer = [&](std::int64_t layer) {
-        if (resident >= 0) {
-          model.shared.layers[static_cast<std::size_t>(resident)] = LayerWeights();
-          model.experts[static_cast<std::size_t>(resident)][0] = MlpWeights();
-          forward.load_layer(static_cast<std::size_t>(resident));
-        }
-        if ((resident = layer) < 0) return;
-        model.shared.layers[static_cast<std::size_t>(layer)] = plan.shared->layer(layer);
-        if (layer + 1 < mc.num_layers)
-          model.experts[static_cast<std::size_t>(layer)][0] = calibration_mlp(*d.checkpoint, layer, plan.info.dtype);
-        forward.load_layer(static_cast<std::size_t>(layer));
-      };
-      load.embedding = [&](std::span<const std::uint32_t> ids) { return plan.shared->embedding_rows(ids); };
+      plan.model.shared.layers.assign(static_cast<std::size_t>(mc.num_layers), LayerWeights());
+      plan.model.experts.assign(static_cast<std::size_t>(mc.num_layers), std::vector<MlpWeights>(1));
+      Forward forward(plan.model, backend);
+      const LayerSource load = domain_layers(plan, *d.checkpoint, forward);
       domain = calibrate_domain(forward, load, backend, mc, *d.windows, plan.stats.context_tokens, cs.batch_sequences,
                                 todo, rank, ranks, d.name, timing, root, control);
       if (control.stopped_by == 0 && !heldout.empty())
         heldout_inputs = collect_heldout(forward, load, mc, *d.windows, plan.stats.context_tokens, cs.batch_sequences,
-                                         heldout, cs.heldout_tokens, backend, rank, ranks);
+                                         heldout, cs.heldout_tokens, control.chunk_batches, backend, rank, ranks);
     }
     if (control.stopped_by != 0) stop_calibration(plan, store, k, saved_whole, control.stopped_by);
     reduce_domain(domain, timing, root ? std::span<const double>(saved.packed) : std::span<const double>());
@@ -329,7 +338,7 @@ void solve_and_write(MergePlan& plan, const MergeConfig& config, bool force, Pha
 
 // Rank 0: the phase table, what the calibration processed, and each rank's memory and reads.
 void report_plan(const MergePlan& plan, const MergeConfig& config, const PhaseTimes& phases,
-                 const CalibrationTiming& timing, const RankUsage& usage) {
+                 const CalibrationTiming& timing, const RankUsage& usage, const MemoryPlan& memory) {
   print_phase_table(phases);
   std::int64_t tokens = 0;
   for (const NewDomain& d : plan.calibrate)
@@ -339,7 +348,7 @@ void report_plan(const MergePlan& plan, const MergeConfig& config, const PhaseTi
   std::printf("# statistics: %lld calibration tokens processed (%zu of %zu domains); A update on rank 0 at %.2f G "
               "multiply-adds/s (f64)\n",
               static_cast<long long>(tokens), plan.calibrate.size(), plan.stats.domains.size(), rate / 1e9);
-  std::printf("# %s\n", usage.line().c_str());
+  std::printf("# %s (predicted peak %s)\n", usage.line().c_str(), format_bytes(static_cast<double>(memory.peak())).c_str());
   std::printf("# wrote %s\n", config.output.path.c_str());
 }
 
@@ -350,10 +359,18 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
   const int threads = threads_per_rank(config.threads), ranks = mpi_size();
   auto backend = rank_backend(config.backend, config.threads);
   const StopSignals signals;
+  MemoryPlan memory;
+  std::int64_t batches_per_rank = 0;
+  for (const NewDomain& d : plan.calibrate)
+    batches_per_rank = std::max(batches_per_rank, (batch_count(*d.windows, config.calibration.batch_sequences) + ranks - 1) / ranks);
+  collective_phase([&] {
+    memory = plan_memory(plan.model.config, config, static_cast<std::int64_t>(plan.info.experts.size()),
+                         plan.info.dtype, batches_per_rank, config.memory);
+  });
   if (root) {
-    std::printf("# dume: %zu new domain%s to calibrate, %d rank%s x %d thread%s; %s\n", plan.calibrate.size(),
+    std::printf("# dume: %zu new domain%s to calibrate, %d rank%s x %d thread%s; %s\n%s", plan.calibrate.size(),
                 plan.calibrate.size() == 1 ? "" : "s", ranks, ranks == 1 ? "" : "s", threads, threads == 1 ? "" : "s",
-                backend->describe().c_str());
+                backend->describe().c_str(), memory.describe().c_str());
     std::fflush(stdout);
   }
   if (store) {
@@ -367,7 +384,7 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
 
   CalibrationTiming timing;
   const auto t0 = Clock::now();
-  calibrate_plan(plan, config, *backend, store, timing);
+  calibrate_plan(plan, config, memory.chunk_rounds, *backend, store, timing);
   const double calibration = std::chrono::duration<double>(Clock::now() - t0).count();
   phases.emplace_back("forward (calibration)", calibration - timing.accumulate - timing.reduce);
   phases.emplace_back("statistics (A update)", timing.accumulate);
@@ -376,7 +393,7 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
   if (root) solve_and_write(plan, config, force, phases, store);
   barrier();
   const RankUsage usage = gather_rank_usage();
-  if (root) report_plan(plan, config, phases, timing, usage);
+  if (root) report_plan(plan, config, phases, timing, usage, memory);
 }
 
 void write_moe_directory(const fs::path& output, bool force, const MergePlan& plan,

@@ -390,7 +390,7 @@ void parse_eval(const Section& top, MergeConfig& c) {
   if (c.eval.routing.empty()) c.eval.routing = {c.router.routing};
 }
 
-// compute: threads and backend.
+// compute: threads, backend and memory.
 void parse_compute(const Section& top, MergeConfig& c) {
   const fs::path& source = c.source;
   if (top.has("compute")) {
@@ -400,7 +400,14 @@ void parse_compute(const Section& top, MergeConfig& c) {
     c.backend = s.get<std::string>("backend", "a string", c.backend);
     if (c.backend != "cpu" && c.backend != "cuda" && c.backend != "auto")
       s.fail(s.node("backend"), "compute.backend must be cpu, cuda or auto, not '" + c.backend + "'");
-    s.finish({"threads", "backend"});
+    if (s.has("memory")) {
+      try {
+        c.memory = static_cast<std::int64_t>(parse_size(s.get<std::string>("memory", "a size")));
+      } catch (const Error& e) {
+        s.fail(s.node("memory"), std::string("compute.memory: ") + e.what());
+      }
+    }
+    s.finish({"threads", "backend", "memory"});
   }
 }
 
@@ -563,7 +570,9 @@ std::string MergeConfig::resolved_yaml() const {
   out << YAML::Key << "routing" << YAML::Value << YAML::Flow << routing << YAML::Key << "output" << YAML::Value << eval.output.string() << YAML::Key << "max_sequences" << YAML::Value
       << eval.max_sequences << YAML::Key << "seed" << YAML::Value << eval.seed << YAML::EndMap;
   out << YAML::Key << "compute" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "threads"
-      << YAML::Value << threads << YAML::Key << "backend" << YAML::Value << backend << YAML::EndMap << YAML::EndMap;
+      << YAML::Value << threads << YAML::Key << "backend" << YAML::Value << backend;
+  if (memory > 0) out << YAML::Key << "memory" << YAML::Value << std::to_string(memory);
+  out << YAML::EndMap << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
 }
 

@@ -109,14 +109,10 @@ std::string shared_weights_hash(const ModelConfig& config, const SharedWeights& 
   return hash_hex(hash);
 }
 
-}  // namespace dume
-
-namespace dume {
-
 SharedStore::SharedStore(const std::filesystem::path& output, const ModelConfig& config, DType dtype,
                          const Values& values)
     : config_(config), dtype_(dtype) {
-  const ScratchDirectory scratch(output);
+  auto scratch = std::make_unique<ScratchDirectory>(output);
   const int rank = mpi_rank(), ranks = mpi_size();
   const std::vector<int> owners = tensor_owners(config, ranks);
   std::vector<TensorSource> mine;
@@ -128,7 +124,7 @@ SharedStore::SharedStore(const std::filesystem::path& output, const ModelConfig&
       mine.push_back({hf_name, dtype, shape,
                       [&values, hf_name, path, shape, dtype] { return encode(dtype, values(hf_name, path, shape)); }});
   });
-  const auto file = [&](int r) { return scratch.path() / ("shared-rank" + std::to_string(r) + ".safetensors"); };
+  const auto file = [&](int r) { return scratch->path() / ("shared-rank" + std::to_string(r) + ".safetensors"); };
   collective_phase([&] {
     if (!mine.empty()) safetensors_write(file(rank), mine);
   });
@@ -139,7 +135,19 @@ SharedStore::SharedStore(const std::filesystem::path& output, const ModelConfig&
   }
   // Once every rank has mapped the files, the directory goes: the mappings keep them readable,
   // and a job killed from here on leaves nothing on disk (the space returns with its ranks).
+  // Not across nodes: a file unlinked on one NFS client is gone for the others, so there the
+  // directory stays until the store is destroyed (a killed job leaves it to the output's next
+  // writer, which clears it).
   barrier();
+  if (mpi_local_size() == ranks) return;  // `scratch` goes now
+  multi_node_scratch_ = std::move(scratch);
+}
+
+SharedStore::~SharedStore() {
+  // Every rank has unmapped its files before rank 0 removes them; not while unwinding from an
+  // error of this rank alone, which must not wait for the others (the job is aborted anyway).
+  files_.clear();
+  if (multi_node_scratch_ && std::uncaught_exceptions() == 0) barrier();
 }
 
 const TensorInfo& SharedStore::info(const std::string& hf_name, const SafetensorsFile** file) const {
@@ -219,15 +227,6 @@ std::string SharedStore::local_hash() const {
     release(hf_name);
   });
   return hash_hex(hash);
-}
-
-SharedWeights SharedStore::whole() const {
-  SharedWeights w;
-  for_each_shared_tensor(config_, w, [&](const std::string& hf_name, const std::string&,
-                                         const std::vector<std::int64_t>& shape, auto& storage) {
-    read(hf_name, 0, {storage.data(), numel(shape)});
-  });
-  return w;
 }
 
 }  // namespace dume

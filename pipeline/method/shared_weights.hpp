@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -31,9 +32,10 @@ std::vector<float> average_shared_tensor(const std::vector<const HfCheckpoint*>&
 std::string shared_weights_hash(const ModelConfig& config, const SharedWeights& shared, DType dtype);
 
 // A job's shared weights as the MoE stores them (its dtype), written once into scratch
-// safetensors files beside the output, memory-mapped and unlinked, so that no rank holds them whole
-// (9.6 GB in f32 at 8B, 56 GB at 70B): calibration widens one layer at a time and gathers the
-// embedding rows its tokens use, and the MoE writer copies their bytes. Pages are let go once read.
+// safetensors files beside the output, memory-mapped and unlinked, so that no rank holds them
+// whole (9.6 GB in f32 at 8B, 56 GB at 70B): calibration widens one layer at a time and gathers
+// the embedding rows its tokens use, and the MoE writer copies their bytes. Pages are let go
+// once read.
 class SharedStore {
  public:
   // The tensor named `hf_name` (`moe_path` in an MoE) of the given shape in f32, exactly
@@ -43,6 +45,9 @@ class SharedStore {
   // Collective: each rank computes and writes its share of the tensors (largest first, each to
   // the least-loaded rank), then every rank maps all of them. An error on any rank is raised on all.
   SharedStore(const std::filesystem::path& output, const ModelConfig& config, DType dtype, const Values& values);
+  ~SharedStore();  // collective when the job spans nodes
+  SharedStore(const SharedStore&) = delete;
+  SharedStore& operator=(const SharedStore&) = delete;
 
   const ModelConfig& config() const { return config_; }
   DType dtype() const { return dtype_; }
@@ -52,7 +57,6 @@ class SharedStore {
   std::vector<std::byte> bytes(const std::string& hf_name) const;  // as stored
   // shared_weights_hash of these weights, read tensor by tensor on rank 0. Collective.
   std::string hash() const;
-  SharedWeights whole() const;  // every tensor in f32: for jobs that run whole models
 
  private:
   void read(const std::string& hf_name, std::size_t begin, std::span<float> out) const;
@@ -64,6 +68,7 @@ class SharedStore {
   DType dtype_;
   std::vector<SafetensorsFile> files_;
   std::unordered_map<std::string, std::size_t> owner_;  // tensor name -> index into files_
+  std::unique_ptr<ScratchDirectory> multi_node_scratch_;  // kept while mapped on other nodes
 };
 
 }  // namespace dume

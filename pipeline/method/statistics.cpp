@@ -15,11 +15,8 @@ namespace dume {
 namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-// A calibration chunk's residual streams stay within this (64k tokens at 8B, D = 4096; every
-// layer's weights are read once per chunk) ...
-constexpr std::int64_t kChunkBytes = std::int64_t{1} << 30;
-// ... and it takes about this long, so that a stop signal is acted on soon and time-based
-// checkpoints are taken on time.
+// A calibration chunk takes about this long, so that a stop signal is acted on soon and
+// time-based checkpoints are taken on time (every layer's weights are read once per chunk).
 constexpr double kChunkSeconds = 30;
 }  // namespace
 
@@ -113,7 +110,7 @@ std::vector<std::int64_t> batches_to_run(std::int64_t batches, const std::vector
   return todo;
 }
 
-std::vector<std::int64_t> rank_share(const std::vector<std::int64_t>& batches, int rank, int ranks) {
+std::vector<std::int64_t> rank_share(std::span<const std::int64_t> batches, int rank, int ranks) {
   std::vector<std::int64_t> mine;
   for (std::size_t i = static_cast<std::size_t>(rank); i < batches.size(); i += static_cast<std::size_t>(ranks))
     mine.push_back(batches[i]);
@@ -171,7 +168,8 @@ void run_by_layer(Forward& forward, const LayerSource& load, const ModelConfig& 
 std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& load, const ModelConfig& config,
                                          const CorpusWindows& windows, std::int64_t context_tokens,
                                          std::int64_t batch_sequences, const std::vector<std::int64_t>& batches,
-                                         std::int64_t max_tokens, Backend& backend, int rank, int ranks) {
+                                         std::int64_t max_tokens, std::int64_t chunk_batches, Backend& backend,
+                                         int rank, int ranks) {
   const std::int64_t D = config.hidden_size, L = config.num_layers;
   const auto S = static_cast<std::int64_t>(windows.length());
   const auto count = static_cast<std::int64_t>(windows.count());
@@ -206,8 +204,7 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& lo
     mine.push_back(batches[i]);
     mine_first.push_back(first_token[i]);
   }
-  const std::int64_t batch_bytes = batch_sequences * C * D * static_cast<std::int64_t>(sizeof(float));
-  const auto chunk = static_cast<std::size_t>(std::max<std::int64_t>(1, kChunkBytes / batch_bytes));
+  const auto chunk = chunk_batches > 0 ? static_cast<std::size_t>(chunk_batches) : std::max<std::size_t>(1, mine.size());
   for (std::size_t begin = 0; begin < mine.size(); begin += chunk) {
     const std::size_t size = std::min(chunk, mine.size() - begin);
     run_by_layer(forward, load, config, windows, batch_sequences, std::span(mine).subspan(begin, size), options,
@@ -220,6 +217,29 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& lo
   }
   return heldout;
 }
+
+namespace {
+
+// The sums on the backend into stats.A; with `release`, each layer's backend copy goes once
+// downloaded, so that two copies of every layer never exist.
+void download_sums(Backend& backend, std::vector<Buffer64>& A, Eigen::Index n, DomainStatistics& stats, bool release) {
+  stats.A.resize(A.size());
+  for (std::size_t l = 0; l < A.size(); ++l) {
+    stats.A[l].resize(n, n);
+    backend.download(A[l].data(), {stats.A[l].data(), A[l].size()});
+    if (release) A[l] = Buffer64();
+  }
+}
+
+// The next chunk's rounds after one of `take` rounds took `seconds`: about kChunkSeconds' worth,
+// at most twice the last (so that a chunk measured on a fast start does not run long) and at
+// most `most`.
+std::int64_t next_chunk_rounds(std::int64_t take, double seconds, std::int64_t most) {
+  const auto timed = static_cast<std::int64_t>(kChunkSeconds * static_cast<double>(take) / std::max(seconds, 1e-3));
+  return std::clamp<std::int64_t>(std::min(timed, 2 * take), 1, most);
+}
+
+}  // namespace
 
 DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Backend& backend, const ModelConfig& config,
                                   const CorpusWindows& windows, std::int64_t context_tokens,
@@ -244,21 +264,12 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
 
   DomainStatistics stats;
   stats.name = name;
-  const auto download = [&](bool release) {
-    stats.A.resize(static_cast<std::size_t>(L));
-    for (std::int64_t l = 0; l < L; ++l) {
-      MatrixXdRow& host = stats.A[static_cast<std::size_t>(l)];
-      host.resize(n, n);
-      backend.download(A[static_cast<std::size_t>(l)].data(), {host.data(), static_cast<std::size_t>(n * n)});
-      if (release) A[static_cast<std::size_t>(l)] = Buffer64();  // never two copies of every layer
-    }
-  };
   std::vector<std::int64_t> done;  // global batch indices in this rank's sums
   std::int64_t unsaved = 0;        // sequences run since the last save
   auto last_save = Clock::now();
   const auto save = [&] {
     if (!control.save || unsaved == 0) return;
-    download(false);
+    download_sums(backend, A, n, stats, /*release=*/false);
     control.save(done, stats);
     stats.A.clear();
     unsaved = 0;
@@ -280,10 +291,9 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
   // Rounds of one batch per rank, run in chunks of rounds layer by layer. A stop is agreed
   // between chunks, and saves happen there: a chunk is sized to take about kChunkSeconds (its
   // size at most doubling from one round), to hold at most checkpoint_every sequences, and to
-  // keep its residual streams within kChunkBytes.
+  // fit the memory plan (control.chunk_batches).
   const std::int64_t rounds = (jobs + ranks - 1) / ranks;
-  const std::int64_t round_bytes = batch_sequences * C * D * static_cast<std::int64_t>(sizeof(float));
-  std::int64_t most_rounds = std::max<std::int64_t>(1, kChunkBytes / round_bytes);
+  std::int64_t most_rounds = control.chunk_batches > 0 ? control.chunk_batches : std::max<std::int64_t>(1, rounds);
   if (control.checkpoint_every > 0)
     most_rounds = std::min(most_rounds, (control.checkpoint_every + batch_sequences - 1) / batch_sequences);
   std::vector<std::int64_t> chunk_rounds{1};  // the first chunk measures the time of a round
@@ -291,9 +301,9 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
   for (std::int64_t round = 0; round < rounds;) {
     if (control.stop_requested && (control.stopped_by = control.stop_requested()) != 0) break;
     const std::int64_t take = std::min(chunk_rounds[0], rounds - round);
-    std::vector<std::int64_t> mine;
-    for (std::int64_t r = round; r < round + take; ++r)
-      if (const std::int64_t i = r * ranks + rank; i < jobs) mine.push_back(todo[static_cast<std::size_t>(i)]);
+    const auto first = static_cast<std::size_t>(round * ranks);  // this chunk's rounds' batches, then mine
+    const auto size = static_cast<std::size_t>(std::min(take * ranks, jobs - round * ranks));
+    const std::vector<std::int64_t> mine = rank_share(std::span(todo).subspan(first, size), rank, ranks);
     const auto chunk_start = Clock::now();
     run_by_layer(forward, load, config, windows, batch_sequences, mine, options, [](std::size_t, std::int64_t) {});
     const double chunk_seconds = since(chunk_start);
@@ -308,16 +318,14 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
     if ((control.checkpoint_every > 0 && unsaved >= control.checkpoint_every) ||
         (control.checkpoint_seconds > 0 && since(last_save) >= control.checkpoint_seconds))
       save();
-    // At most twice the last chunk, so that a chunk measured on a fast start does not run long.
-    const auto timed = static_cast<std::int64_t>(kChunkSeconds * static_cast<double>(take) / std::max(chunk_seconds, 1e-3));
-    chunk_rounds[0] = std::clamp<std::int64_t>(std::min(timed, 2 * take), 1, most_rounds);
+    chunk_rounds[0] = next_chunk_rounds(take, chunk_seconds, most_rounds);
     broadcast(chunk_rounds);  // rank 0's choice, so every rank runs the same rounds
   }
   if (control.stopped_by != 0) save();
   progress.finish();
   timing.accumulate += accumulate_seconds;
   timing.forward += since(t0) - accumulate_seconds;
-  download(true);
+  download_sums(backend, A, n, stats, /*release=*/true);
   return stats;
 }
 

@@ -79,8 +79,9 @@ struct CalibrationTiming {
   double multiply_adds = 0;  // of the A updates
 };
 
-// How a calibration may be interrupted and resumed (see resume.hpp). All members optional.
+// How a calibration is chunked, interrupted and resumed (see resume.hpp). All members optional.
 struct CalibrationControl {
+  std::int64_t chunk_batches = 0;     // most batches per rank in one chunk (the memory plan); 0: no limit
   std::int64_t checkpoint_every = 0;  // sequences this rank runs between saves; 0: none by count
   double checkpoint_seconds = 0;      // seconds of calibration between this rank's saves; 0: none by time
   // Saves this rank's partial statistics: the global batch indices they hold, and their sums.
@@ -123,15 +124,17 @@ std::vector<std::int64_t> heldout_batches(std::int64_t batches, double fraction)
 std::vector<std::int64_t> batches_to_run(std::int64_t batches, const std::vector<std::int64_t>& heldout,
                                          const std::vector<std::int64_t>& saved = {});
 // The batches rank `rank` of `ranks` runs: entries rank, rank + ranks, ... of `batches`.
-std::vector<std::int64_t> rank_share(const std::vector<std::int64_t>& batches, int rank, int ranks);
+std::vector<std::int64_t> rank_share(std::span<const std::int64_t> batches, int rank, int ranks);
 
 // The MLP inputs, per layer, of every stride-th token (stride = ceil(tokens / max_tokens)) of the
 // held-out `batches`, in window and position order; batch i runs on rank i mod ranks, and the
 // result is complete on rank 0, the same for any number of ranks.
+// They run in chunks of at most `chunk_batches` batches per rank (0: one chunk).
 std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& load, const ModelConfig& config,
                                          const CorpusWindows& windows, std::int64_t context_tokens,
                                          std::int64_t batch_sequences, const std::vector<std::int64_t>& batches,
-                                         std::int64_t max_tokens, Backend& backend, int rank, int ranks);
+                                         std::int64_t max_tokens, std::int64_t chunk_batches, Backend& backend,
+                                         int rank, int ranks);
 
 // Sums every rank's partial statistics of one domain into rank 0's (upper triangles are sent
 // packed, half the bytes, in bands of rows), plus `base` (packed, from pack_upper) on rank 0 when

@@ -9,7 +9,9 @@
 #include "comm.hpp"
 #include "hdf5_util.hpp"
 #include "merge.hpp"
+#include "memory_plan.hpp"
 #include "merge_inputs.hpp"
+#include "resources.hpp"
 #include "reference_forward.hpp"
 #include "test_util.hpp"
 
@@ -336,6 +338,38 @@ TEST_F(MergeChecks, ShardsSplitAtTheConfiguredSize) {
   for (const auto& f : info.shard_files) EXPECT_TRUE(fs::exists(dir_ / "out" / f)) << f;
   const Model moe = read_moe_model(dir_ / "out");  // every link resolves
   EXPECT_EQ(moe.experts.size(), 3u);
+}
+
+TEST_F(MergeChecks, AMemoryBudgetThatForcesChunksGivesTheSameStatistics) {
+  // Held-out inputs too, so that both chunked passes (statistics and held-out) are covered.
+  const std::string yaml = replace(yaml_, "batch_sequences: 3}", "batch_sequences: 3, heldout_fraction: 0.3}");
+  run_merge(merge_config_parse(yaml, dir_ / "merge.yaml"), false);
+  const MergeConfig config = merge_config_parse(replace(yaml, "output: out", "output: chunked"), dir_ / "merge.yaml");
+  const MemoryPlan plan = plan_memory(HfCheckpoint(config.experts[0].checkpoint).config(), config, 2, DType::F32, 100,
+                                      std::int64_t{1} << 40);
+  MergeConfig chunked = config;  // two batches per chunk: the windows run in several chunks
+  chunked.memory = plan.minimum + plan.round_bytes;
+  EXPECT_EQ(plan_memory(HfCheckpoint(config.experts[0].checkpoint).config(), chunked, 2, DType::F32, 100, chunked.memory)
+                .chunk_rounds,
+            2);
+  run_merge(chunked, false);
+  const Statistics a = read_statistics(dir_ / "out" / "stats.h5"), b = read_statistics(dir_ / "chunked" / "stats.h5");
+  ASSERT_EQ(a.domains.size(), b.domains.size());
+  for (std::size_t e = 0; e < a.domains.size(); ++e) {
+    EXPECT_EQ(a.domains[e].tokens, b.domains[e].tokens);
+    ASSERT_EQ(a.domains[e].heldout.size(), 3u);
+    for (std::size_t l = 0; l < 3; ++l) {
+      EXPECT_TRUE(a.domains[e].A[l] == b.domains[e].A[l]) << e << " " << l;  // bit for bit
+      EXPECT_TRUE(a.domains[e].heldout[l] == b.domains[e].heldout[l]) << e << " " << l;
+    }
+  }
+  // One byte short of the smallest budget is refused before any work, naming the smallest.
+  MergeConfig tight = config;
+  tight.output.path = dir_ / "tight";
+  tight.memory = plan.minimum - 1;
+  expect_error_with([&] { run_merge(tight, false); }, {"compute.memory", "is too small for this merge: it needs at least " +
+                                                                             format_bytes(static_cast<double>(plan.minimum))});
+  EXPECT_FALSE(fs::exists(dir_ / "tight"));
 }
 
 }  // namespace

@@ -1,0 +1,21 @@
+// `dume plan CONFIG`: what a merge will need before it is submitted: per rank, the memory by
+// phase (memory_plan.hpp), the bytes it reads and writes, its FLOPs, and its expected time from
+// rates `dume bench --json` measured on this kind of machine.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "memory_plan.hpp"
+#include "merge_config.hpp"
+
+namespace dume {
+
+// Prints the plan of `config` run on `ranks` ranks, `ranks_per_node` of them on each node;
+// throws Error (naming the smallest budget that works) when it does not fit the budget.
+// `rates`: a `dume bench --json` file whose forward+statistics rate gives the expected time.
+MemoryPlan print_merge_plan(const MergeConfig& config, int ranks, int ranks_per_node,
+                            const std::optional<std::filesystem::path>& rates);
+
+}  // namespace dume

@@ -1,0 +1,101 @@
+#include "memory_plan.hpp"
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "comm.hpp"
+#include "error.hpp"
+#include "resources.hpp"
+
+namespace dume {
+
+namespace {
+
+// What the process holds before any model: code, MPI, BLAS buffers (measured: about 0.1 GB).
+constexpr std::int64_t kBaseline = std::int64_t{150} << 20;
+
+}  // namespace
+
+std::int64_t MemoryPlan::peak() const {
+  std::int64_t most = 0;
+  for (const auto& [phase, items] : phases) {
+    std::int64_t sum = 0;
+    for (const auto& [what, bytes] : items) sum += bytes;
+    most = std::max(most, sum);
+  }
+  return most;
+}
+
+std::string MemoryPlan::describe() const {
+  std::ostringstream out;
+  out << "# memory per rank: budget " << format_bytes(budget) << ", predicted peak " << format_bytes(peak())
+      << "; calibration chunks of up to " << chunk_rounds << " batches (" << format_bytes(round_bytes) << " each)\n";
+  for (const auto& [phase, items] : phases) {
+    std::int64_t sum = 0;
+    std::string parts;
+    for (const auto& [what, bytes] : items) {
+      sum += bytes;
+      parts += (parts.empty() ? "" : ", ") + what + " " + format_bytes(bytes);
+    }
+    out << "#   " << phase << ": " << format_bytes(sum) << " (" << parts << ")\n";
+  }
+  return out.str();
+}
+
+MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int64_t experts, DType dtype,
+                       std::int64_t batches_per_rank, std::int64_t budget) {
+  MemoryPlan plan;
+  plan.budget = budget > 0 ? budget : memory_budget_default(mpi_local_size());
+  const std::int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, L = c.num_layers, n = D + 1;
+  const auto stored = static_cast<std::int64_t>(dtype_size(dtype));
+  const CalibrationSettings& cs = config.calibration;
+  const std::int64_t C = std::min(config.router.context_tokens, cs.sequence_length);
+  const std::int64_t T = cs.batch_sequences * C;  // rows of one batch
+  const std::int64_t f32 = 4, f64 = 8;
+  const std::int64_t statistics = L * n * n * f64;  // one domain's A: 4.3 GB at 8B
+  const std::int64_t attention = (2 * c.q_dim() * D + 2 * c.kv_dim() * D + 2 * D) * f32;
+  const std::int64_t mlp = 3 * D * F * f32;
+  // The forward's buffers: x, h, q, attention output, k, v, gate, up (T rows each).
+  const std::int64_t workspace = T * (2 * D + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * F) * f32;
+  // Held-out MLP inputs while they are collected (f64, every layer) and kept (f32).
+  const std::int64_t heldout =
+      cs.heldout_fraction > 0 ? L * std::min<std::int64_t>(cs.heldout_tokens, 1 << 30) * D * (f64 + f32) : 0;
+  plan.round_bytes = T * D * f32;
+  const std::vector<std::pair<std::string, std::int64_t>> calibration = {
+      {"process", kBaseline},
+      {"statistics of one domain", statistics},
+      {"one layer's weights", attention + mlp + mlp / f32 * stored},
+      {"forward buffers", workspace + T * D * f32},
+      {"held-out inputs", heldout}};
+  std::int64_t fixed = 0;
+  for (const auto& [what, bytes] : calibration) fixed += bytes;
+  plan.minimum = fixed + plan.round_bytes;
+  if (plan.budget < plan.minimum)
+    throw Error("compute.memory " + format_bytes(plan.budget) + " per rank is too small for this merge: it needs at least " +
+                format_bytes(plan.minimum) + " (one domain's statistics " + format_bytes(statistics) +
+                ", one layer's weights and one batch of windows)");
+  plan.chunk_rounds = (plan.budget - fixed) / plan.round_bytes;
+  auto calibrating = calibration;
+  calibrating.emplace_back("residual streams of a chunk",
+                           std::min(plan.chunk_rounds, std::max<std::int64_t>(1, batches_per_rank)) * plan.round_bytes);
+  plan.phases = {
+      {"shared weights", {{"process", kBaseline}, {"largest tensor (f32 and stored)", V * D * (f32 + stored)}}},
+      {"calibration", calibrating},
+      {"solve", {{"process", kBaseline}, {"one layer's statistics of every domain", 3 * experts * n * n * f64},
+                 {"held-out inputs", heldout}}},
+      {"write", {{"process", kBaseline}, {"one tensor (f32 and stored)", std::max(V, F) * D * (f32 + stored)}}}};
+  return plan;
+}
+
+std::int64_t memory_budget_default(int ranks_on_node) {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  std::int64_t kib = 0;
+  while (meminfo >> key >> kib)
+    if (key == "MemTotal:") break;
+  const std::int64_t node = kib * 1024;
+  return node / std::max(1, ranks_on_node) / 8 * 7;
+}
+
+}  // namespace dume

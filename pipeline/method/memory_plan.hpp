@@ -1,0 +1,40 @@
+// What a merge holds in memory on each rank, phase by phase, and how many calibration windows a
+// chunk may carry within a budget (compute.memory / --memory). Calibration runs layer by layer
+// over chunks of batches (statistics.hpp), so what grows with the model is one layer's weights
+// and one domain's statistics; what grows with the corpus is only the chunk.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "merge_config.hpp"
+#include "model_config.hpp"
+
+namespace dume {
+
+struct MemoryPlan {
+  std::int64_t budget = 0;  // bytes per rank
+  // Bytes per rank by phase, each a list of (what, bytes); the peak is the largest phase's sum.
+  std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::int64_t>>>> phases;
+  std::int64_t round_bytes = 0;   // residual streams of one batch of windows (calibration)
+  std::int64_t chunk_rounds = 0;  // batches per rank a calibration chunk may carry
+  std::int64_t minimum = 0;       // the smallest budget that works: chunks of one batch
+
+  std::int64_t peak() const;
+  std::string describe() const;  // one line per phase, for the job's log (rank 0)
+};
+
+// The plan of a merge of `experts` experts of shape `model` stored in `dtype`, whose ranks run at
+// most `batches_per_rank` batches of one domain, for a budget (bytes per rank; 0: the default
+// for this job's ranks on this node). Throws Error naming the smallest budget that works when
+// even one batch per chunk does not fit.
+MemoryPlan plan_memory(const ModelConfig& model, const MergeConfig& config, std::int64_t experts, DType dtype,
+                       std::int64_t batches_per_rank, std::int64_t budget);
+
+// This node's memory (MemTotal) divided by the ranks on it, less an eighth for the system and
+// the page cache: the default budget of compute.memory.
+std::int64_t memory_budget_default(int ranks_on_node);
+
+}  // namespace dume

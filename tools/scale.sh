@@ -1,0 +1,39 @@
+#!/bin/bash
+# Not in CI (minutes, and 60 GB of disk at 8B): merges two synthetic experts of a preset shape
+# on 1 and 2 ranks and prints, per run, `dume plan`'s predicted peak memory per rank beside the
+# measured one (each rank's getrusage peak, from the merge's own report) and the wall time.
+#   tools/scale.sh [PRESET] [DIR]     PRESET: llama-1b-shape (default) | llama-8b-shape | d1024
+# The measured peak must be within 20 % of the prediction; the script fails otherwise.
+set -euo pipefail
+preset=${1:-llama-1b-shape}
+dir=${2:-/tmp/dume-scale-$preset}
+dume=$(cd "$(dirname "$0")/.." && pwd)/build/pipeline/dume
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+[ -d "$dir" ] || "$dume" bench --write-experts "$dir" --preset "$preset" --experts 2 --tokens 1024
+cd "$dir"
+echo "| preset | ranks | predicted peak per rank | measured peak per rank | wall |"
+echo "|---|---|---|---|---|"
+status=0
+for ranks in 1 2; do
+  predicted=$("$dume" plan merge.yaml --ranks "$ranks" | sed -n 's/.*predicted peak \([0-9.]* [kMGT]*B\).*/\1/p')
+  start=$SECONDS
+  mpirun --oversubscribe -n "$ranks" "$dume" merge merge.yaml --force > "merge-np$ranks.log" 2>&1
+  wall=$((SECONDS - start))
+  measured=$(sed -n 's/^# peak RSS per rank \([^;]*\);.*/\1/p' "merge-np$ranks.log")
+  printf "| %s | %d | %s | %s | %d s |\n" "$preset" "$ranks" "$predicted" "$measured" "$wall"
+  python3 - "$predicted" "$measured" <<'PY' || status=1
+import re, sys
+unit = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
+def size(text):
+    value, u = text.split()
+    return float(value) * unit[u]
+predicted = size(sys.argv[1])
+peaks = [size(p.strip()) for p in sys.argv[2].split(",")]
+worst = max(abs(p - predicted) / predicted for p in peaks)
+if worst > 0.2:
+    print(f"measured peak off the prediction by {worst:.0%} (> 20 %)")
+    sys.exit(1)
+PY
+done
+rm -rf moe
+exit $status
