@@ -130,6 +130,13 @@ void HfCheckpoint::release(std::string_view name) const {
   file->release(t);
 }
 
+void HfCheckpoint::release(std::string_view name, std::size_t begin, std::size_t count) const {
+  const SafetensorsFile* file = nullptr;
+  const TensorInfo& t = info(name, &file);
+  const std::size_t size = dtype_size(t.dtype);
+  file->release(file->data(t).subspan(begin * size, count * size));
+}
+
 DType HfCheckpoint::dtype() const {
   return info(hf::embed_tokens).dtype;
 }

@@ -36,6 +36,8 @@ class HfCheckpoint {
   // Lets the tensor's mapped pages go once it has been read (memory is then that of the tensors
   // in use, not of every tensor touched so far).
   void release(std::string_view name) const;
+  // The same for elements [begin, begin + count) of the flattened tensor.
+  void release(std::string_view name, std::size_t begin, std::size_t count) const;
   // The dtype the weights are stored in (the embedding's; config.json's dtype can be stale).
   DType dtype() const;
 

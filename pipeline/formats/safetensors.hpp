@@ -55,7 +55,8 @@ class SafetensorsFile {
   const TensorInfo* find(std::string_view name) const;
   std::span<const std::byte> data(const TensorInfo& tensor) const;
   // Lets the tensor's mapped pages go (MappedFile::release) once it has been read.
-  void release(const TensorInfo& tensor) const { file_.release(data(tensor)); }
+  void release(const TensorInfo& tensor) const { release(data(tensor)); }
+  void release(std::span<const std::byte> part) const { file_.release(part); }  // a part of data()
 
  private:
   MappedFile file_;

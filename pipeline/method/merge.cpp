@@ -454,6 +454,9 @@ SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<co
   return combined();
 }
 
+namespace {
+
+// The tensors of `shared` by their Hugging Face names, for a SharedStore.
 SharedStore::Values values_of(const ModelConfig& config, const SharedWeights& shared) {
   auto tensors = std::make_shared<std::unordered_map<std::string, std::span<const float>>>();
   for_each_shared_tensor(config, shared, [&](const std::string& hf_name, const std::string&,
@@ -465,6 +468,8 @@ SharedStore::Values values_of(const ModelConfig& config, const SharedWeights& sh
     return std::vector<float>(values.begin(), values.end());
   };
 }
+
+}  // namespace
 
 std::unique_ptr<SharedStore> shared_store_for(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts,
                                               DType dtype, std::span<const CorpusWindows> calibration) {

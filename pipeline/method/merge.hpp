@@ -65,8 +65,6 @@ SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<co
 // the others are computed whole first (RegMean, task arithmetic, an MoE's: not yet streamed).
 std::unique_ptr<SharedStore> shared_store_for(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts,
                                               DType dtype, std::span<const CorpusWindows> calibration);
-// The tensors of `shared` by their Hugging Face names, for a SharedStore.
-SharedStore::Values values_of(const ModelConfig& config, const SharedWeights& shared);
 
 // Collective, before any work of a command that writes an MoE directory: the output rule
 // (check_output) on every rank, then rank 0 takes the output's lock, held while the result
