@@ -12,6 +12,8 @@ namespace dume {
 
 namespace {
 
+std::string bytes(std::int64_t n) { return format_bytes(static_cast<double>(n)); }
+
 // What the process holds before any model: code, MPI, BLAS buffers (measured: about 0.1 GB).
 constexpr std::int64_t kBaseline = std::int64_t{150} << 20;
 
@@ -21,7 +23,7 @@ std::int64_t MemoryPlan::peak() const {
   std::int64_t most = 0;
   for (const auto& [phase, items] : phases) {
     std::int64_t sum = 0;
-    for (const auto& [what, bytes] : items) sum += bytes;
+    for (const auto& [what, size] : items) sum += size;
     most = std::max(most, sum);
   }
   return most;
@@ -29,16 +31,16 @@ std::int64_t MemoryPlan::peak() const {
 
 std::string MemoryPlan::describe() const {
   std::ostringstream out;
-  out << "# memory per rank: budget " << format_bytes(budget) << ", predicted peak " << format_bytes(peak())
-      << "; calibration chunks of up to " << chunk_rounds << " batches (" << format_bytes(round_bytes) << " each)\n";
+  out << "# memory per rank: budget " << bytes(budget) << ", predicted peak " << bytes(peak())
+      << "; calibration chunks of up to " << chunk_rounds << " batches (" << bytes(round_bytes) << " each)\n";
   for (const auto& [phase, items] : phases) {
     std::int64_t sum = 0;
     std::string parts;
-    for (const auto& [what, bytes] : items) {
-      sum += bytes;
-      parts += (parts.empty() ? "" : ", ") + what + " " + format_bytes(bytes);
+    for (const auto& [what, size] : items) {
+      sum += size;
+      parts += (parts.empty() ? "" : ", ") + what + " " + bytes(size);
     }
-    out << "#   " << phase << ": " << format_bytes(sum) << " (" << parts << ")\n";
+    out << "#   " << phase << ": " << bytes(sum) << " (" << parts << ")\n";
   }
   return out.str();
 }
@@ -72,8 +74,8 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
   for (const auto& [what, bytes] : calibration) fixed += bytes;
   plan.minimum = fixed + plan.round_bytes;
   if (plan.budget < plan.minimum)
-    throw Error("compute.memory " + format_bytes(plan.budget) + " per rank is too small for this merge: it needs at least " +
-                format_bytes(plan.minimum) + " (one domain's statistics " + format_bytes(statistics) +
+    throw Error("compute.memory " + bytes(plan.budget) + " per rank is too small for this merge: it needs at least " +
+                bytes(plan.minimum) + " (one domain's statistics " + bytes(statistics) +
                 ", one layer's weights and one batch of windows)");
   plan.chunk_rounds = (plan.budget - fixed) / plan.round_bytes;
   auto calibrating = calibration;
