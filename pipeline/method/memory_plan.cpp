@@ -71,7 +71,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
       {"forward buffers", workspace + T * D * f32},
       {"held-out inputs", heldout}};
   std::int64_t fixed = 0;
-  for (const auto& [what, bytes] : calibration) fixed += bytes;
+  for (const auto& [what, size] : calibration) fixed += size;
   plan.minimum = fixed + plan.round_bytes;
   if (plan.budget < plan.minimum)
     throw Error("compute.memory " + bytes(plan.budget) + " per rank is too small for this merge: it needs at least " +
