@@ -231,6 +231,15 @@ void download_sums(Backend& backend, std::vector<Buffer64>& A, Eigen::Index n, D
   }
 }
 
+// The most rounds a chunk may take: what the memory plan allows, and no more than
+// checkpoint_every sequences.
+std::int64_t most_chunk_rounds(const CalibrationControl& control, std::int64_t batch_sequences, std::int64_t rounds) {
+  std::int64_t most = control.chunk_batches > 0 ? control.chunk_batches : std::max<std::int64_t>(1, rounds);
+  if (control.checkpoint_every > 0)
+    most = std::min(most, (control.checkpoint_every + batch_sequences - 1) / batch_sequences);
+  return most;
+}
+
 // The next chunk's rounds after one of `take` rounds took `seconds`: about kChunkSeconds' worth,
 // at most twice the last (so that a chunk measured on a fast start does not run long) and at
 // most `most`.
@@ -293,9 +302,7 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
   // size at most doubling from one round), to hold at most checkpoint_every sequences, and to
   // fit the memory plan (control.chunk_batches).
   const std::int64_t rounds = (jobs + ranks - 1) / ranks;
-  std::int64_t most_rounds = control.chunk_batches > 0 ? control.chunk_batches : std::max<std::int64_t>(1, rounds);
-  if (control.checkpoint_every > 0)
-    most_rounds = std::min(most_rounds, (control.checkpoint_every + batch_sequences - 1) / batch_sequences);
+  const std::int64_t most_rounds = most_chunk_rounds(control, batch_sequences, rounds);
   std::vector<std::int64_t> chunk_rounds{1};  // the first chunk measures the time of a round
   const auto t0 = Clock::now();
   for (std::int64_t round = 0; round < rounds;) {
@@ -306,7 +313,7 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
     const std::vector<std::int64_t> mine = rank_share(std::span(todo).subspan(first, size), rank, ranks);
     const auto chunk_start = Clock::now();
     run_by_layer(forward, load, config, windows, batch_sequences, mine, options, [](std::size_t, std::int64_t) {});
-    const double chunk_seconds = since(chunk_start);
+    chunk_rounds[0] = next_chunk_rounds(take, since(chunk_start), most_rounds);
     round += take;
     for (const std::int64_t b : mine) {
       stats.tokens += sequences(b) * C;
@@ -318,7 +325,6 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
     if ((control.checkpoint_every > 0 && unsaved >= control.checkpoint_every) ||
         (control.checkpoint_seconds > 0 && since(last_save) >= control.checkpoint_seconds))
       save();
-    chunk_rounds[0] = next_chunk_rounds(take, chunk_seconds, most_rounds);
     broadcast(chunk_rounds);  // rank 0's choice, so every rank runs the same rounds
   }
   if (control.stopped_by != 0) save();
