@@ -12,10 +12,14 @@ void add_eval(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval", "Evaluate a merged MoE and the baselines on each domain's test corpus");
   auto config = std::make_shared<std::string>();
   cmd->add_option("config", *config, "The merge configuration, with experts[].test and an eval section")->required();
-  cmd->callback([config] {
+  const auto memory = add_memory_option(cmd);
+  cmd->callback([config, memory] {
     run_job([&] {
       MergeConfig c;
-      collective_phase([&] { c = merge_config_read(*config); });
+      collective_phase([&] {
+        c = merge_config_read(*config);
+        apply_memory_option(*memory, c);
+      });
       const EvalResult result = run_eval(c);
       if (mpi_rank() != 0) return;
       std::printf("%s", eval_table(result).c_str());

@@ -5,6 +5,7 @@
 #include "comm.hpp"
 #include "commands.hpp"
 #include "corpus.hpp"
+#include "memory_plan.hpp"
 #include "mixtral.hpp"
 #include "perplexity.hpp"
 #include "corpus_loader.hpp"
@@ -17,6 +18,7 @@ struct PplOptions {
   std::string checkpoint, corpus, format = "uint16", dataset, tokenizer, packing = "pack";
   CorpusSpec source;  // --field, --documents, --on-bad (path and format are set when it runs)
   std::int64_t sequence_length = 256, max_sequences = 0, batch = 0;
+  std::string memory;
   int threads = 0;
   std::string backend = "cpu";
 };
@@ -35,15 +37,29 @@ void run_ppl(const PplOptions& o) {
                                           static_cast<std::size_t>(o.max_sequences));
   if (const auto line = describe(corpus.report); !line.empty()) std::printf("# corpus: %s\n", line.c_str());
   const CorpusWindows& windows = corpus.windows;
-  const Model model = c.num_experts ? load_mixtral_model(checkpoint) : load_dense_model(checkpoint);
-  auto backend = make_backend(parse_backend(o.backend), o.threads, mpi_local_rank());
-  Forward forward(model, *backend);
   // Default batch: about 2048 tokens per forward pass, enough rows for GEMMs to run at full rate.
   const std::int64_t batch = o.batch > 0 ? o.batch : std::max<std::int64_t>(1, 2048 / o.sequence_length);
+  const auto batches = (static_cast<std::int64_t>(windows.count()) + batch - 1) / batch;
+  std::int64_t budget = 0;
+  try {
+    if (!o.memory.empty()) budget = static_cast<std::int64_t>(parse_size(o.memory));
+  } catch (const Error& e) {
+    throw Error(std::string("--memory: ") + e.what());
+  }
+  // The model is read one layer at a time, over chunks of as many batches as the budget holds.
+  const MemoryPlan plan = plan_eval_memory(c, std::max<std::int64_t>(1, c.num_experts), false, false, batch,
+                                           o.sequence_length, batches, budget);
+  std::printf("%s", plan.describe().c_str());
+  Model model = c.num_experts ? empty_mixtral_model(checkpoint) : empty_model(c, 1);
+  auto backend = make_backend(parse_backend(o.backend), o.threads, mpi_local_rank());
+  Forward forward(model, *backend);
+  const LayerSource source =
+      stream_layers(model, forward, c.num_experts ? mixtral_layers(checkpoint) : checkpoint_layers(checkpoint));
   PerplexityRun run;
   run.batch = batch;
+  run.chunk_batches = plan.chunk_rounds;
   run.show_progress = true;
-  const Perplexity p = perplexity(forward, c, windows, run);
+  const Perplexity p = perplexity(forward, c, windows, run, source);
   std::printf("perplexity %.6f over %lld predicted tokens (%zu windows of %lld tokens from %s)\n", p.value(),
               static_cast<long long>(p.tokens), windows.count(), static_cast<long long>(o.sequence_length),
               o.corpus.c_str());
@@ -72,6 +88,9 @@ void add_ppl(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--batch", o->batch, "Windows per forward pass (default: about 2048 tokens)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--memory", o->memory,
+                  "Memory budget, e.g. 8GB (default: the node's memory / its ranks, less 1/8); the model is read one "
+                  "layer at a time, over as many windows at once as it holds");
   cmd->add_option("--threads", o->threads, "Compute threads (0: all cores)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--backend", o->backend, "cpu | cuda | auto (cuda where a GPU is visible)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))

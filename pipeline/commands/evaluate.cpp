@@ -7,6 +7,8 @@
 
 #include "comm.hpp"
 #include "corpus_loader.hpp"
+#include "layer_stream.hpp"
+#include "memory_plan.hpp"
 #include "rank_backend.hpp"
 #include "shared_weights.hpp"
 #include "moe_file.hpp"
@@ -46,15 +48,22 @@ bool wants(const MergeConfig& config, const std::string& method) {
   return std::find(config.eval.methods.begin(), config.eval.methods.end(), method) != config.eval.methods.end();
 }
 
-// Every parameter, MLPs included, averaged over the experts (f64) and rounded to dtype.
-Model average_model(const std::vector<const HfCheckpoint*>& experts, DType dtype) {
-  Model m;
-  m.config = experts[0]->config();
-  m.shared = average_shared_weights(experts, dtype);
-  for (std::int64_t l = 0; l < m.config.num_layers; ++l) {
-    MlpWeights mean;
+// Every parameter, MLPs included, averaged over the experts (f64) and rounded to dtype, one
+// layer at a time.
+LayerFill average_layers(const std::vector<const HfCheckpoint*>& experts, DType dtype) {
+  const ModelConfig& c = experts.at(0)->config();
+  const auto average = [experts, dtype](const std::string& hf_name, const std::vector<std::int64_t>& shape, auto& storage) {
+    const std::vector<float> mean = average_shared_tensor(experts, hf_name, shape, dtype);
+    std::copy(mean.begin(), mean.end(), storage.data());
+  };
+  LayerFill fill;
+  fill.layer = [experts, dtype, average, c](std::int64_t l, Model& m) {
+    for_each_layer_tensor(c, l, m.shared.layers[static_cast<std::size_t>(l)],
+                          [&](const std::string& hf_name, const std::string&, const std::vector<std::int64_t>& shape,
+                              auto& storage) { average(hf_name, shape, storage); });
     std::vector<MlpWeights> all;
-    for (const HfCheckpoint* c : experts) all.push_back(load_mlp(*c, l));
+    for (const HfCheckpoint* checkpoint : experts) all.push_back(load_mlp(*checkpoint, l));
+    MlpWeights mean;
     for (auto member : {&MlpWeights::gate, &MlpWeights::up, &MlpWeights::down}) {
       Eigen::MatrixXd sum = Eigen::MatrixXd::Zero((all[0].*member).rows(), (all[0].*member).cols());
       for (const auto& w : all) sum += (w.*member).cast<double>();
@@ -62,9 +71,24 @@ Model average_model(const std::vector<const HfCheckpoint*>& experts, DType dtype
       out = (sum / static_cast<double>(all.size())).cast<float>();
       round_through(dtype, {out.data(), static_cast<std::size_t>(out.size())});
     }
-    m.experts.push_back({std::move(mean)});
-  }
-  return m;
+    m.experts[static_cast<std::size_t>(l)] = {std::move(mean)};
+  };
+  fill.head = [average, c](SharedWeights& shared) {
+    shared.norm.resize(c.hidden_size);
+    average(std::string(hf::norm), {c.hidden_size}, shared.norm);
+    if (c.tie_word_embeddings) return;
+    shared.lm_head.resize(c.vocab_size, c.hidden_size);
+    average(std::string(hf::lm_head), {c.vocab_size, c.hidden_size}, shared.lm_head);
+  };
+  fill.embedding = [experts, dtype, c](std::span<const std::uint32_t> ids) {
+    const std::int64_t D = c.hidden_size;
+    Matrix rows(static_cast<Eigen::Index>(ids.size()), D);
+    for (std::size_t i = 0; i < ids.size(); ++i)
+      average_shared_slice(experts, std::string(hf::embed_tokens), {c.vocab_size, D}, ids[i] * static_cast<std::size_t>(D),
+                           dtype, {rows.data() + i * static_cast<std::size_t>(D), static_cast<std::size_t>(D)});
+    return rows;
+  };
+  return fill;
 }
 
 // What eval reads before any model runs. Every rank loads all of it: the ranks split each
@@ -114,18 +138,23 @@ using DomainOptions = std::function<ForwardOptions(std::size_t d, std::int64_t f
 class DomainRuns {
  public:
   DomainRuns(const MergeConfig& config, const ModelConfig& model_config, const std::vector<CorpusWindows>& tests,
-             int rank, int ranks)
+             int rank, int ranks, std::int64_t chunk_batches)
       : mc_(model_config), tests_(tests) {
     base_.batch = config.calibration.batch_sequences;
     base_.rank = rank;
     base_.ranks = ranks;
+    base_.chunk_batches = chunk_batches;
   }
 
-  void evaluate(const std::string& method, Forward& forward, const DomainOptions& options) {
+  // Runs `method`'s model, read one layer at a time through `fill` into `model` (empty).
+  void evaluate(const std::string& method, Model& model, Backend& backend, const LayerFill& fill,
+                const DomainOptions& options) {
+    Forward forward(model, backend);
+    const LayerSource source = stream_layers(model, forward, fill);
     for (std::size_t d = 0; d < tests_.size(); ++d) {
       PerplexityRun run = base_;
       if (options) run.options = [&, d](std::int64_t first) { return options(d, first); };
-      record(method, d, perplexity(forward, mc_, tests_[d], run));
+      record(method, d, perplexity(forward, mc_, tests_[d], run, source));
     }
     if (base_.rank == 0) std::fprintf(stderr, "eval: %s done\n", method.c_str());
   }
@@ -149,28 +178,27 @@ class DomainRuns {
 void eval_dense_baselines(const MergeConfig& config, const EvalInputs& in, Backend& backend, DomainRuns& runs) {
   std::vector<const HfCheckpoint*> experts;
   for (const auto& c : in.checkpoints) experts.push_back(&c);
+  const ModelConfig& c = in.info.config;
   if (wants(config, "experts"))
     for (std::size_t e = 0; e < config.experts.size(); ++e) {
-      const Model dense = load_dense_model(in.checkpoints[e]);
-      Forward forward(dense, backend);
-      runs.evaluate("expert:" + config.experts[e].name, forward, nullptr);
+      Model dense = empty_model(c, 1);
+      runs.evaluate("expert:" + config.experts[e].name, dense, backend, checkpoint_layers(in.checkpoints[e]), nullptr);
     }
   if (wants(config, "average")) {
-    const Model average = average_model(experts, in.info.dtype);
-    Forward forward(average, backend);
-    runs.evaluate("average", forward, nullptr);
+    Model average = empty_model(c, 1);
+    runs.evaluate("average", average, backend, average_layers(experts, in.info.dtype), nullptr);
   }
 }
 
 // The MoE with its router logits replaced by a hash of (domain, window, layer, position, expert):
 // the same choices on any number of ranks. Leaves moe.top_k at the last k.
-void eval_random_routing(const MergeConfig& config, Model& moe, Backend& backend, DomainRuns& runs) {
+void eval_random_routing(const MergeConfig& config, Model& moe, const LayerFill& fill, Backend& backend,
+                         DomainRuns& runs) {
   const auto E = static_cast<std::int64_t>(config.experts.size());
   const auto S = static_cast<std::int64_t>(config.calibration.sequence_length);
   for (int k : config.eval.top_k) {
     moe.top_k = k;
-    Forward forward(moe, backend);
-    runs.evaluate("random" + k_suffix(config, k), forward, [&](std::size_t d, std::int64_t first) {
+    runs.evaluate("random" + k_suffix(config, k), moe, backend, fill, [&](std::size_t d, std::int64_t first) {
       ForwardOptions o;
       o.on_router_logits = [&, d, first](std::int64_t layer, std::span<float> logits) {
         for (std::size_t i = 0; i < logits.size(); ++i) {
@@ -186,9 +214,8 @@ void eval_random_routing(const MergeConfig& config, Model& moe, Backend& backend
 }
 
 // The MoE with each domain's own expert forced: the routing DUME's router aims for.
-void eval_oracle(const Model& moe, Backend& backend, DomainRuns& runs) {
-  Forward forward(moe, backend);
-  runs.evaluate("oracle", forward, [](std::size_t d, std::int64_t) {
+void eval_oracle(Model& moe, const LayerFill& fill, Backend& backend, DomainRuns& runs) {
+  runs.evaluate("oracle", moe, backend, fill, [](std::size_t d, std::int64_t) {
     ForwardOptions o;
     o.forced_expert = static_cast<int>(d);
     return o;
@@ -206,16 +233,15 @@ std::string dume_method_name(const MergeConfig& config, const Routing& routing, 
 
 // DUME's own router, for every configured routing and k. The first (routing, k) also counts
 // each token's top-1 expert per (domain, layer) into routing_counts [domain][layer][expert].
-void eval_dume(const MergeConfig& config, const ModelConfig& mc, Model& moe, Backend& backend, DomainRuns& runs,
-               std::vector<double>& routing_counts) {
+void eval_dume(const MergeConfig& config, const ModelConfig& mc, Model& moe, const LayerFill& fill, Backend& backend,
+               DomainRuns& runs, std::vector<double>& routing_counts) {
   const auto E = static_cast<std::int64_t>(config.experts.size());
   for (const Routing& routing : config.eval.routing)
     for (int k : config.eval.top_k) {
       moe.top_k = k;
       moe.routing = routing;
-      Forward forward(moe, backend);
       const bool count_routing = k == config.eval.top_k.front() && routing == config.eval.routing.front();
-      runs.evaluate(dume_method_name(config, routing, k), forward, [&](std::size_t d, std::int64_t) {
+      runs.evaluate(dume_method_name(config, routing, k), moe, backend, fill, [&](std::size_t d, std::int64_t) {
         ForwardOptions o;
         if (count_routing)
           o.on_router_logits = [&, d](std::int64_t layer, std::span<float> logits) {
@@ -282,16 +308,27 @@ EvalResult run_eval(const MergeConfig& config) {
   const ModelConfig& mc = in.info.config;
   auto backend = rank_backend(config.backend, config.threads);
 
+  // Every model runs one layer at a time over chunks of batches (what the budget holds).
+  std::int64_t batches_per_rank = 0;
+  for (const CorpusWindows& test : in.tests)
+    batches_per_rank = std::max(batches_per_rank, (batch_count(test, config.calibration.batch_sequences) + ranks - 1) / ranks);
+  const MemoryPlan memory =
+      plan_eval_memory(mc, E, in.info.router.expert_attention, in.info.router.method == RouterMethod::gaussian,
+                       config.calibration.batch_sequences, config.calibration.sequence_length, batches_per_rank,
+                       config.memory);
+  if (root) std::printf("%s", memory.describe().c_str());
+
   EvalResult result;
   for (const auto& e : config.experts) result.domains.push_back(e.name);
-  DomainRuns runs(config, mc, in.tests, rank, ranks);
+  DomainRuns runs(config, mc, in.tests, rank, ranks, memory.chunk_rounds);
   eval_dense_baselines(config, in, *backend, runs);
 
-  Model moe = read_moe_model(config.output.path);
+  Model moe = empty_moe_model(in.info);
+  const LayerFill moe_fill = moe_layers(config.output.path, in.info);
   std::vector<double> routing_counts(static_cast<std::size_t>(E * mc.num_layers * E), 0.0);
-  if (wants(config, "random")) eval_random_routing(config, moe, *backend, runs);
-  if (wants(config, "oracle")) eval_oracle(moe, *backend, runs);
-  if (wants(config, "dume")) eval_dume(config, mc, moe, *backend, runs, routing_counts);
+  if (wants(config, "random")) eval_random_routing(config, moe, moe_fill, *backend, runs);
+  if (wants(config, "oracle")) eval_oracle(moe, moe_fill, *backend, runs);
+  if (wants(config, "dume")) eval_dume(config, mc, moe, moe_fill, *backend, runs, routing_counts);
 
   // Every rank makes both reductions, in this order, whatever it ran; only rank 0 has the sums.
   reduce_sum(runs.sums);

@@ -245,24 +245,31 @@ void export_mixtral(const fs::path& moe, const fs::path& given, const ExportOpti
     std::printf("tokenizer: %zu files copied from %s\n", tokenizer_files.size(), tokenizer_source.c_str());
 }
 
-Model load_mixtral_model(const HfCheckpoint& checkpoint) {
+Model empty_mixtral_model(const HfCheckpoint& checkpoint) {
   const ModelConfig& c = checkpoint.config();
   if (c.num_experts == 0)
     throw Error(checkpoint.dir().string() + " is a dense " + c.architecture_name + ", not a Mixtral MoE");
-  const std::int64_t L = c.num_layers, E = c.num_experts, D = c.hidden_size, F = c.intermediate_size;
+  Model m = empty_model(c, c.num_experts);
+  m.top_k = static_cast<int>(c.experts_per_token);
+  return m;
+}
+
+LayerFill mixtral_layers(const HfCheckpoint& checkpoint) {
+  const ModelConfig& c = checkpoint.config();
   const MixtralLayout layout =
       checkpoint.has(router_name(0, MixtralLayout::fused)) ? MixtralLayout::fused : MixtralLayout::per_expert;
-  Model m;
-  m.config = c;
-  m.top_k = static_cast<int>(c.experts_per_token);
-  m.shared = load_shared_weights(checkpoint);
-  const auto span_of = [](auto& storage) { return std::span<float>(storage.data(), static_cast<std::size_t>(storage.size())); };
-  for (std::int64_t l = 0; l < L; ++l) {
-    Router& router = m.routers.emplace_back();
+  LayerFill fill = checkpoint_layers(checkpoint);  // its head and embedding
+  fill.layer = [&checkpoint, &c, layout](std::int64_t l, Model& m) {
+    const std::int64_t E = c.num_experts, D = c.hidden_size, F = c.intermediate_size;
+    const auto span_of = [](auto& storage) { return std::span<float>(storage.data(), static_cast<std::size_t>(storage.size())); };
+    const auto layer = static_cast<std::size_t>(l);
+    m.shared.layers[layer] = load_layer_shared(checkpoint, l);
+    Router& router = m.routers[layer];
     router.weight.resize(E, D);
     router.bias = Vector::Zero(E);
     checkpoint.read(router_name(l, layout), std::vector<std::int64_t>{E, D}, span_of(router.weight));
-    auto& experts = m.experts.emplace_back(static_cast<std::size_t>(E));
+    auto& experts = m.experts[layer];
+    experts.assign(static_cast<std::size_t>(E), MlpWeights());
     for (std::int64_t e = 0; e < E; ++e) {
       MlpWeights& w = experts[static_cast<std::size_t>(e)];
       w.gate.resize(F, D);
@@ -278,10 +285,17 @@ Model load_mixtral_model(const HfCheckpoint& checkpoint) {
         checkpoint.read(expert_name(l, e, "w1"), std::vector<std::int64_t>{F, D}, span_of(w.gate));
         checkpoint.read(expert_name(l, e, "w3"), std::vector<std::int64_t>{F, D}, span_of(w.up));
         checkpoint.read(expert_name(l, e, "w2"), std::vector<std::int64_t>{D, F}, span_of(w.down));
+        for (const char* name : {"w1", "w2", "w3"}) checkpoint.release(expert_name(l, e, name));
       }
     }
-  }
-  return m;
+    if (layout == MixtralLayout::fused)
+      for (const std::string& name : {gate_up_name(l), down_name(l)}) checkpoint.release(name);
+  };
+  return fill;
+}
+
+Model load_mixtral_model(const HfCheckpoint& checkpoint) {
+  return load_whole(mixtral_layers(checkpoint), empty_mixtral_model(checkpoint));
 }
 
 }  // namespace dume

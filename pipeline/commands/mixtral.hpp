@@ -16,6 +16,7 @@
 #include <optional>
 
 #include "hf_checkpoint.hpp"
+#include "layer_stream.hpp"
 #include "model.hpp"
 
 namespace dume {
@@ -45,5 +46,9 @@ ModelConfig mixtral_config(const ModelConfig& source, std::int64_t experts, int 
 
 // Loads a Mixtral checkpoint (either layout) as an MoE: zero router biases, temperature 1.
 Model load_mixtral_model(const HfCheckpoint& checkpoint);
+// The same one layer at a time (layer_stream.hpp), into empty_mixtral_model's shape: its
+// experts and top-k, no weights.
+LayerFill mixtral_layers(const HfCheckpoint& checkpoint);
+Model empty_mixtral_model(const HfCheckpoint& checkpoint);
 
 }  // namespace dume

@@ -334,12 +334,35 @@ DatasetInfo info_of(hid_t dataset, const std::string& where) {
 
 // Reads the whole dataset into `out` (bytes of `mem_type`), first checking that all of its data
 // is stored: a dataset declared but never (fully) written reads as fill values otherwise.
-void read_all(hid_t dataset, hid_t mem_type, void* out, std::size_t bytes, const std::string& where) {
+// Reads the dataset (all of it, or the `rows` of its first dimension, ascending: HDF5 reads a
+// selection in file order) as mem_type.
+void read_all(hid_t dataset, hid_t mem_type, void* out, std::size_t bytes, const std::string& where,
+              std::span<const std::uint32_t> rows = {}) {
   const hsize_t stored = H5Dget_storage_size(dataset);
   if (stored < bytes)
     throw Error(where + ": only " + std::to_string(stored) + " of its " + std::to_string(bytes) +
                 " bytes are stored (never fully written?)");
-  if (H5Dread(dataset, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) >= 0) return;
+  H5Id file_space, memory_space;
+  if (!rows.empty()) {  // one hyperslab per row, in the order given
+    file_space = H5Id(h5_check(H5Dget_space(dataset), where + ": cannot read its shape"));
+    const int rank = H5Sget_simple_extent_ndims(file_space.get());
+    std::vector<hsize_t> dims(static_cast<std::size_t>(std::max(rank, 1))), start(dims.size(), 0), count;
+    H5Sget_simple_extent_dims(file_space.get(), dims.data(), nullptr);
+    count = dims;
+    count[0] = 1;
+    H5Sselect_none(file_space.get());
+    for (const std::uint32_t r : rows) {
+      start[0] = r;
+      h5_check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_OR, start.data(), nullptr, count.data(), nullptr),
+               where + ": cannot select row " + std::to_string(r));
+    }
+    std::vector<hsize_t> memory_dims = dims;
+    memory_dims[0] = rows.size();
+    memory_space = H5Id(h5_check(H5Screate_simple(rank, memory_dims.data(), nullptr), where + ": cannot read"));
+  }
+  if (H5Dread(dataset, mem_type, rows.empty() ? H5S_ALL : memory_space.get(), rows.empty() ? H5S_ALL : file_space.get(),
+              H5P_DEFAULT, out) >= 0)
+    return;
   const std::string detail = h5_error_detail();
   if (detail.find("Fletcher32") != std::string::npos)
     throw Error(where + ": checksum mismatch, the stored data is corrupt (HDF5: " + detail + ")");
@@ -358,14 +381,18 @@ DatasetInfo dataset_info(hid_t file, const std::string& path) {
 namespace {
 
 template <class T>
-std::vector<T> read_checked(hid_t file, const std::string& path, std::span<const std::int64_t> shape, DType want) {
+std::vector<T> read_checked(hid_t file, const std::string& path, std::span<const std::int64_t> shape, DType want,
+                           std::span<const std::uint32_t> rows = {}) {
   const H5Id dataset = open_dataset(file, path, file_name(file) + ": dataset '" + path + "'");
   const std::string where = file_name(dataset.get()) + ": dataset '" + path + "'";  // the shard's name
   const DatasetInfo info = info_of(dataset.get(), where);
   if (!std::equal(info.shape.begin(), info.shape.end(), shape.begin(), shape.end()))
     throw Error(where + " has shape " + shape_string(info.shape) + ", expected " + shape_string(shape));
   const std::size_t stored_bytes = info.numel() * dtype_size(info.dtype);
-  std::vector<T> out(info.numel());
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    if (rows[i] >= static_cast<std::uint64_t>(shape[0]) || (i > 0 && rows[i] <= rows[i - 1]))
+      throw Error(where + ": row " + std::to_string(rows[i]) + " is out of range or out of order");
+  std::vector<T> out(rows.empty() ? info.numel() : info.numel() / static_cast<std::size_t>(shape[0]) * rows.size());
   if (want == DType::I64) {
     if (info.dtype != DType::I64) throw Error(where + " is not int64");
     read_all(dataset.get(), H5T_NATIVE_INT64, out.data(), stored_bytes, where);
@@ -374,11 +401,12 @@ std::vector<T> read_checked(hid_t file, const std::string& path, std::span<const
   if (info.dtype == DType::I64) throw Error(where + " holds integers, expected floating point");
   if (info.dtype == DType::BF16 || info.dtype == DType::F16) {
     std::vector<std::uint16_t> raw(out.size());
-    read_all(dataset.get(), H5T_NATIVE_UINT16, raw.data(), stored_bytes, where);
+    read_all(dataset.get(), H5T_NATIVE_UINT16, raw.data(), stored_bytes, where, rows);
     for (std::size_t i = 0; i < raw.size(); ++i)
       out[i] = static_cast<T>(info.dtype == DType::BF16 ? bf16_to_f32(raw[i]) : f16_to_f32(raw[i]));
   } else {
-    read_all(dataset.get(), want == DType::F64 ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT, out.data(), stored_bytes, where);
+    read_all(dataset.get(), want == DType::F64 ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT, out.data(), stored_bytes, where,
+             rows);
   }
   for (std::size_t i = 0; i < out.size(); ++i)
     if (!std::isfinite(out[i]))
@@ -390,6 +418,12 @@ std::vector<T> read_checked(hid_t file, const std::string& path, std::span<const
 
 std::vector<float> read_f32(hid_t file, const std::string& path, std::span<const std::int64_t> shape) {
   return read_checked<float>(file, path, shape, DType::F32);
+}
+
+std::vector<float> read_f32_rows(hid_t file, const std::string& path, std::span<const std::int64_t> shape,
+                                 std::span<const std::uint32_t> rows) {
+  if (rows.empty()) return {};
+  return read_checked<float>(file, path, shape, DType::F32, rows);
 }
 
 std::vector<double> read_f64(hid_t file, const std::string& path, std::span<const std::int64_t> shape) {

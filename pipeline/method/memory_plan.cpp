@@ -6,6 +6,7 @@
 
 #include "comm.hpp"
 #include "error.hpp"
+#include "layer_stream.hpp"
 #include "resources.hpp"
 
 namespace dume {
@@ -32,7 +33,7 @@ std::int64_t MemoryPlan::peak() const {
 std::string MemoryPlan::describe() const {
   std::ostringstream out;
   out << "# memory per rank: budget " << bytes(budget) << ", predicted peak " << bytes(peak())
-      << "; calibration chunks of up to " << chunk_rounds << " batches (" << bytes(round_bytes) << " each)\n";
+      << "; chunks of up to " << chunk_rounds << " batches (" << bytes(round_bytes) << " each)\n";
   for (const auto& [phase, items] : phases) {
     std::int64_t sum = 0;
     std::string parts;
@@ -87,6 +88,35 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
       {"solve", {{"process", kBaseline}, {"one layer's statistics of every domain", 3 * experts * n * n * f64},
                  {"held-out inputs", heldout}}},
       {"write", {{"process", kBaseline}, {"one tensor (f32 and stored)", std::max(V, F) * D * (f32 + stored)}}}};
+  return plan;
+}
+
+MemoryPlan plan_eval_memory(const ModelConfig& c, std::int64_t experts, bool expert_attention, bool gaussian,
+                            std::int64_t batch_sequences, std::int64_t sequence_length, std::int64_t batches_per_rank,
+                            std::int64_t budget) {
+  MemoryPlan plan;
+  plan.budget = budget > 0 ? budget : memory_budget_default(mpi_local_size());
+  const std::int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, E = experts;
+  const std::int64_t T = batch_sequences * sequence_length, f32 = 4;
+  // x, h, q, attention output, k, v, gate, up; expert in/out, router logits, Gaussian whitening.
+  std::int64_t workspace = T * (2 * D + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * F) * f32;
+  if (E > 1) workspace += T * (2 * D + E + (gaussian ? E * D : 0)) * f32;
+  const std::vector<std::pair<std::string, std::int64_t>> fixed_items = {
+      {"process", kBaseline},
+      {"one layer's weights or the head", std::max(layer_bytes(c, E, expert_attention, gaussian), head_bytes(c))},
+      {"forward buffers", workspace},
+      {"a batch's logits (backend and host)", 2 * T * V * f32}};
+  std::int64_t fixed = 0;
+  for (const auto& [what, size] : fixed_items) fixed += size;
+  plan.round_bytes = 2 * T * D * f32;  // the residual stream, and its embedding rows until layer 0 has run
+  plan.minimum = fixed + plan.round_bytes;
+  if (plan.budget < plan.minimum)
+    throw Error("compute.memory " + bytes(plan.budget) + " per rank is too small to evaluate this model: it needs at least " +
+                bytes(plan.minimum) + " (one layer's weights, one batch's buffers and logits)");
+  plan.chunk_rounds = std::min((plan.budget - fixed) / plan.round_bytes, std::max<std::int64_t>(1, batches_per_rank));
+  auto items = fixed_items;
+  items.emplace_back("residual streams of a chunk", plan.chunk_rounds * plan.round_bytes);
+  plan.phases = {{"evaluation", items}};
   return plan;
 }
 

@@ -18,8 +18,8 @@ struct MemoryPlan {
   std::int64_t budget = 0;  // bytes per rank
   // Bytes per rank by phase, each a list of (what, bytes); the peak is the largest phase's sum.
   std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::int64_t>>>> phases;
-  std::int64_t round_bytes = 0;   // residual streams of one batch of windows (calibration)
-  std::int64_t chunk_rounds = 0;  // batches per rank a calibration chunk may carry
+  std::int64_t round_bytes = 0;   // residual streams of one batch of windows
+  std::int64_t chunk_rounds = 0;  // batches per rank a chunk may carry (run layer by layer at once)
   std::int64_t minimum = 0;       // the smallest budget that works: chunks of one batch
 
   std::int64_t peak() const;
@@ -32,6 +32,14 @@ struct MemoryPlan {
 // even one batch per chunk does not fit.
 MemoryPlan plan_memory(const ModelConfig& model, const MergeConfig& config, std::int64_t experts, DType dtype,
                        std::int64_t batches_per_rank, std::int64_t budget);
+
+// The plan of a layer-streamed evaluation (dume eval, ppl) of a model of `experts` MLPs per
+// layer (1: dense) whose ranks run at most `batches_per_rank` batches of `batch_sequences`
+// windows of S tokens: one layer's weights or the head in f32, the forward's buffers and a
+// batch's logits, and a chunk of residual streams. Throws like plan_memory.
+MemoryPlan plan_eval_memory(const ModelConfig& model, std::int64_t experts, bool expert_attention, bool gaussian,
+                            std::int64_t batch_sequences, std::int64_t sequence_length, std::int64_t batches_per_rank,
+                            std::int64_t budget);
 
 // This node's memory (MemTotal) divided by the ranks on it, less an eighth for the system and
 // the page cache: the default budget of compute.memory.

@@ -203,47 +203,65 @@ MoeInfo read_moe_info(const fs::path& dir) {
   return info;
 }
 
-Model read_moe_model(const fs::path& dir) {
-  const MoeInfo info = read_moe_info(dir);
-  const H5Id file = h5::open_file(dir / "moe.h5");
-  const hid_t f = file.get();
-  const ModelConfig& c = info.config;
-  const std::int64_t D = c.hidden_size, E = static_cast<std::int64_t>(info.experts.size());
-  Model m;
-  m.config = c;
+Model empty_moe_model(const MoeInfo& info) {
+  Model m = empty_model(info.config, static_cast<std::int64_t>(info.experts.size()), info.router.expert_attention);
+  if (m.routers.empty()) m.routers.resize(static_cast<std::size_t>(info.config.num_layers));  // one expert: routed still
   m.temperature = static_cast<float>(info.router.temperature);
   m.top_k = info.router.top_k;
   m.routing = info.router.routing;
-  const auto read_into = [f](const std::string& path, const std::vector<std::int64_t>& shape, auto& storage) {
-    const auto v = h5::read_f32(f, path, shape);
+  return m;
+}
+
+LayerFill moe_layers(const fs::path& dir, const MoeInfo& info) {
+  const auto file = std::make_shared<H5Id>(h5::open_file(dir / "moe.h5"));
+  const ModelConfig& c = info.config;
+  const std::int64_t D = c.hidden_size, V = c.vocab_size, E = static_cast<std::int64_t>(info.experts.size());
+  const auto read_into = [file](const std::string& path, const std::vector<std::int64_t>& shape, auto& storage) {
+    detail::resize_to(storage, shape.size() == 3 ? std::vector<std::int64_t>{shape[0] * shape[1], shape[2]} : shape);
+    const auto v = h5::read_f32(file->get(), path, shape);
     std::copy(v.begin(), v.end(), storage.data());
   };
-  m.shared = read_moe_shared(dir);
-  for (std::int64_t l = 0; l < c.num_layers; ++l) {
-    auto& experts = m.experts.emplace_back(static_cast<std::size_t>(E));
+  LayerFill fill;
+  fill.layer = [=, gaussian = info.router.method == RouterMethod::gaussian,
+                expert_attention = info.router.expert_attention](std::int64_t l, Model& m) {
+    const auto layer = static_cast<std::size_t>(l);
+    for_each_layer_tensor(c, l, m.shared.layers[layer], [&](const std::string&, const std::string& path,
+                                                             const std::vector<std::int64_t>& shape, auto& storage) {
+      read_into(path, shape, storage);
+    });
+    m.experts[layer].assign(static_cast<std::size_t>(E), MlpWeights());
     for (std::int64_t e = 0; e < E; ++e)
-      for_each_mlp_tensor(c, experts[static_cast<std::size_t>(e)], [&](const std::string&, const std::string& name,
-                                                                        const std::vector<std::int64_t>& shape, auto& storage) {
-        read_into(moe_path::expert(l, e, name), shape, storage);
-      });
-    if (info.router.expert_attention) {
-      auto& attention = m.expert_attention.emplace_back(static_cast<std::size_t>(E));
+      for_each_mlp_tensor(c, m.experts[layer][static_cast<std::size_t>(e)],
+                          [&](const std::string&, const std::string& name, const std::vector<std::int64_t>& shape,
+                              auto& storage) { read_into(moe_path::expert(l, e, name), shape, storage); });
+    if (expert_attention) {
+      m.expert_attention[layer].assign(static_cast<std::size_t>(E), AttentionWeights());
       for (std::int64_t e = 0; e < E; ++e)
-        for_each_attention_tensor(c, attention[static_cast<std::size_t>(e)],
+        for_each_attention_tensor(c, m.expert_attention[layer][static_cast<std::size_t>(e)],
                                   [&](const std::string&, const std::string& name, const std::vector<std::int64_t>& shape,
                                       auto& storage) { read_into(moe_path::expert(l, e, name), shape, storage); });
     }
-    Router& router = m.routers.emplace_back();
-    router.weight.resize(E, D);
-    router.bias.resize(E);
+    Router& router = m.routers[layer];
     read_into(moe_path::layer(l, "router/weight"), {E, D}, router.weight);
     read_into(moe_path::layer(l, "router/bias"), {E}, router.bias);
-    if (info.router.method == RouterMethod::gaussian) {
-      router.quadratic.resize(E * D, D);
-      read_into(moe_path::layer(l, "router/quadratic"), {E, D, D}, router.quadratic);
-    }
-  }
-  return m;
+    if (gaussian) read_into(moe_path::layer(l, "router/quadratic"), {E, D, D}, router.quadratic);
+  };
+  fill.head = [=](SharedWeights& shared) {
+    read_into("/norm", {D}, shared.norm);
+    if (!c.tie_word_embeddings) read_into("/lm_head", {V, D}, shared.lm_head);
+  };
+  fill.embedding = [file, D, V](std::span<const std::uint32_t> ids) {
+    Matrix rows(static_cast<Eigen::Index>(ids.size()), D);
+    const auto v = h5::read_f32_rows(file->get(), "/embed_tokens", std::vector<std::int64_t>{V, D}, ids);
+    std::copy(v.begin(), v.end(), rows.data());
+    return rows;
+  };
+  return fill;
+}
+
+Model read_moe_model(const fs::path& dir) {
+  const MoeInfo info = read_moe_info(dir);
+  return load_whole(moe_layers(dir, info), empty_moe_model(info));
 }
 
 SharedWeights read_moe_shared(const fs::path& dir) {

@@ -13,6 +13,7 @@
 
 #include "dtype.hpp"
 #include "merge_config.hpp"
+#include "layer_stream.hpp"
 #include "model.hpp"
 #include "statistics.hpp"
 
@@ -61,6 +62,10 @@ std::set<std::string> moe_dataset_paths(const MoeInfo& info);
 void check_moe_datasets(const std::filesystem::path& dir, const MoeInfo& info);
 // Reads the whole MoE (shared weights, every expert's MLPs, routers) widened to f32.
 Model read_moe_model(const std::filesystem::path& dir);
+// The same one part at a time (layer_stream.hpp), into empty_moe_model's shape: the MoE's
+// experts and router settings, no weights.
+LayerFill moe_layers(const std::filesystem::path& dir, const MoeInfo& info);
+Model empty_moe_model(const MoeInfo& info);
 // Only its shared weights, widened to f32.
 SharedWeights read_moe_shared(const std::filesystem::path& dir);
 

@@ -43,26 +43,28 @@ std::vector<int> tensor_owners(const ModelConfig& config, int ranks) {
 // tensor-sized temporaries are needed; the checkpoints' pages are let go once read.
 void average_into(const std::vector<const HfCheckpoint*>& checkpoints, const std::string& hf_name,
                   const std::vector<std::int64_t>& shape, DType dtype, float* out) {
-  constexpr std::size_t kSlice = 1 << 16;
-  std::vector<float> values(kSlice);
-  std::vector<double> sum(kSlice);
-  const double scale = 1.0 / static_cast<double>(checkpoints.size());
+  constexpr std::size_t kSlice = 1 << 16;  // slice by slice: 1 GB per expert for an 8B embedding
   const std::size_t n = numel(shape);
-  for (std::size_t begin = 0; begin < n; begin += kSlice) {
-    const std::size_t count = std::min(kSlice, n - begin);
-    sum.assign(count, 0.0);
-    for (const HfCheckpoint* checkpoint : checkpoints) {
-      checkpoint->read_slice(hf_name, shape, begin, {values.data(), count});
-      checkpoint->release(hf_name, begin, count);  // slice by slice: 1 GB per expert for an 8B embedding
-      for (std::size_t i = 0; i < count; ++i) sum[i] += values[i];
-    }
-    for (std::size_t i = 0; i < count; ++i) out[begin + i] = static_cast<float>(sum[i] * scale);
-    round_through(dtype, {out + begin, count});
-  }
+  for (std::size_t begin = 0; begin < n; begin += kSlice)
+    average_shared_slice(checkpoints, hf_name, shape, begin, dtype, {out + begin, std::min(kSlice, n - begin)});
   for (const HfCheckpoint* checkpoint : checkpoints) checkpoint->release(hf_name);  // the pages at slice edges
 }
 
 }  // namespace
+
+void average_shared_slice(const std::vector<const HfCheckpoint*>& checkpoints, const std::string& hf_name,
+                          const std::vector<std::int64_t>& shape, std::size_t begin, DType dtype, std::span<float> out) {
+  std::vector<float> values(out.size());
+  std::vector<double> sum(out.size(), 0.0);
+  const double scale = 1.0 / static_cast<double>(checkpoints.size());
+  for (const HfCheckpoint* checkpoint : checkpoints) {
+    checkpoint->read_slice(hf_name, shape, begin, values);
+    checkpoint->release(hf_name, begin, values.size());
+    for (std::size_t i = 0; i < values.size(); ++i) sum[i] += values[i];
+  }
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(sum[i] * scale);
+  round_through(dtype, out);
+}
 
 std::vector<float> average_shared_tensor(const std::vector<const HfCheckpoint*>& checkpoints, const std::string& hf_name,
                                          const std::vector<std::int64_t>& shape, DType dtype) {

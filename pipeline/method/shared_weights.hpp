@@ -28,6 +28,10 @@ SharedWeights average_shared_weights(const std::vector<const HfCheckpoint*>& che
 std::vector<float> average_shared_tensor(const std::vector<const HfCheckpoint*>& checkpoints, const std::string& hf_name,
                                          const std::vector<std::int64_t>& shape, DType dtype);
 
+// Elements [begin, begin + out.size()) of the flattened tensor averaged in the same way.
+void average_shared_slice(const std::vector<const HfCheckpoint*>& checkpoints, const std::string& hf_name,
+                          const std::vector<std::int64_t>& shape, std::size_t begin, DType dtype, std::span<float> out);
+
 // Over the dtype's name and every shared tensor's path and values: the MoE's `shared_hash`.
 std::string shared_weights_hash(const ModelConfig& config, const SharedWeights& shared, DType dtype);
 

@@ -126,41 +126,19 @@ std::vector<std::int64_t> heldout_batches(std::int64_t batches, double fraction)
 
 namespace {
 
-// This rank's batches of one domain, run layer by layer: each batch is embedded, then every
-// layer is loaded once and runs over all the batches (their residual streams are kept), so only
-// one layer's weights are resident at a time. `on_batch_layer(i, layer)` is called before
-// batch i of `batches` runs through `layer`; options.on_mlp_input sees its MLP input.
-void run_by_layer(Forward& forward, const LayerSource& load, const ModelConfig& config, const CorpusWindows& windows,
-                  std::int64_t batch_sequences, std::span<const std::int64_t> batches, const ForwardOptions& options,
-                  const std::function<void(std::size_t i, std::int64_t layer)>& on_batch_layer) {
+// This rank's batches of one domain, run layer by layer (run_by_layer), all with `options`.
+void run_by_layer(Forward& forward, const LayerSource& load, const CorpusWindows& windows, std::int64_t batch_sequences,
+                  std::span<const std::int64_t> batches, const ForwardOptions& options,
+                  const std::function<void(std::size_t i, std::int64_t layer)>& before = {}) {
   const auto S = static_cast<std::int64_t>(windows.length());
   const auto count = static_cast<std::int64_t>(windows.count());
-  std::vector<Buffer> streams;  // one per batch: (B * C, D) f32
-  std::vector<std::int64_t> sequences, lengths;
+  std::vector<Batch> runs;
   for (const std::int64_t b : batches) {
     const std::int64_t B = std::min(batch_sequences, count - b * batch_sequences);
-    std::int64_t length = S;
-    const auto tokens = windows.tokens().subspan(static_cast<std::size_t>(b * batch_sequences * S), static_cast<std::size_t>(B * S));
-    // The embedding rows this batch uses, as a table its tokens are renumbered to index.
-    std::vector<std::uint32_t> ids(tokens.begin(), tokens.end()), local(tokens.size());
-    std::sort(ids.begin(), ids.end());
-    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-    for (std::size_t t = 0; t < tokens.size(); ++t)
-      local[t] = static_cast<std::uint32_t>(std::lower_bound(ids.begin(), ids.end(), tokens[t]) - ids.begin());
-    const Matrix rows = load.embedding(ids);
-    const Buffer table = forward.backend().upload({rows.data(), static_cast<std::size_t>(rows.size())});
-    streams.push_back(forward.embed(local, B, length, options, table.data()));
-    sequences.push_back(B);
-    lengths.push_back(length);
+    runs.push_back({windows.tokens().subspan(static_cast<std::size_t>(b * batch_sequences * S), static_cast<std::size_t>(B * S)),
+                    B, S, options});
   }
-  for (std::int64_t l = 0; l < config.num_layers; ++l) {
-    load.layer(l);
-    for (std::size_t i = 0; i < streams.size(); ++i) {
-      on_batch_layer(i, l);
-      forward.run_layer(static_cast<std::size_t>(l), streams[i], sequences[i], lengths[i], options);
-    }
-  }
-  load.layer(-1);  // nothing resident after the last layer
+  run_by_layer(forward, load, runs, before);
 }
 
 }  // namespace
@@ -207,7 +185,7 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& lo
   const auto chunk = chunk_batches > 0 ? static_cast<std::size_t>(chunk_batches) : std::max<std::size_t>(1, mine.size());
   for (std::size_t begin = 0; begin < mine.size(); begin += chunk) {
     const std::size_t size = std::min(chunk, mine.size() - begin);
-    run_by_layer(forward, load, config, windows, batch_sequences, std::span(mine).subspan(begin, size), options,
+    run_by_layer(forward, load, windows, batch_sequences, std::span(mine).subspan(begin, size), options,
                  [&](std::size_t i, std::int64_t) { g0 = mine_first[begin + i]; });
   }
   std::vector<MatrixXfRow> heldout;
@@ -312,7 +290,7 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
     const auto size = static_cast<std::size_t>(std::min(take * ranks, jobs - round * ranks));
     const std::vector<std::int64_t> mine = rank_share(std::span(todo).subspan(first, size), rank, ranks);
     const auto chunk_start = Clock::now();
-    run_by_layer(forward, load, config, windows, batch_sequences, mine, options, [](std::size_t, std::int64_t) {});
+    run_by_layer(forward, load, windows, batch_sequences, mine, options);
     chunk_rounds[0] = next_chunk_rounds(take, since(chunk_start), most_rounds);
     round += take;
     for (const std::int64_t b : mine) {

@@ -92,14 +92,6 @@ struct CalibrationControl {
   int stopped_by = 0;                 // set when the calibration stopped early on this signal
 };
 
-// Where calibration, which runs layer by layer, gets its weights: `layer(l)` makes layer l's
-// (shared and the forced expert's MLP) resident in the Forward it runs, letting the previous
-// layer's go (-1: none); `embedding(ids)` gives the embedding rows of ids, [ids.size(), D].
-struct LayerSource {
-  std::function<void(std::int64_t layer)> layer;
-  std::function<Matrix(std::span<const std::uint32_t> ids)> embedding;
-};
-
 // Runs this rank's share of one domain's calibration windows through `forward`, forced to the
 // resident expert 0, truncated to C positions, stopping after the last layer's MLP input.
 // Windows are grouped into fixed batches of `batch_sequences` (global batch b holds windows

@@ -19,38 +19,28 @@ Buffer upload(Backend& backend, const Vector& v) {
 }  // namespace
 
 Forward::Forward(const Model& model, Backend& backend) : model_(model), backend_(backend) {
-  const SharedWeights& w = model.shared;
-  embed_ = upload(backend, w.embed);
-  norm_ = upload(backend, w.norm);
-  lm_head_ = upload(backend, w.output_embedding());
-  layers_.resize(w.layers.size());
+  layers_.resize(model.shared.layers.size());
   experts_.resize(model.experts.size());
   expert_attention_.resize(model.expert_attention.size());
+  // Sized once, never reallocated: the CPU backend aliases each quadratic_bias_host.
+  routers_.resize(model.routers.size());
   DUME_ASSERT(layers_.size() == experts_.size());
-  for (std::size_t l = 0; l < layers_.size(); ++l) load_layer(l);
-  routers_.reserve(model.routers.size());  // never reallocated: the CPU backend aliases quadratic_bias_host
-  for (const Router& r : model.routers) {
-    RouterBuffers& buffers = routers_.emplace_back();
-    buffers.weight = upload(backend, r.weight);
-    buffers.bias = upload(backend, r.bias);
-    if (r.quadratic.size()) {  // Q_e (x - W_e) = Q_e x + (-Q_e W_e): one GEMM with a bias for all e
-      const Eigen::Index E = r.weight.rows(), D = r.weight.cols();
-      Vector& shift = buffers.quadratic_bias_host;
-      shift.resize(E * D);
-      for (Eigen::Index e = 0; e < E; ++e)
-        shift.segment(e * D, D) = -(r.quadratic.middleRows(e * D, D).cast<double>() *
-                                    r.weight.row(e).transpose().cast<double>()).cast<float>();
-      buffers.quadratic = upload(backend, r.quadratic);
-      buffers.quadratic_bias = upload(backend, shift);
-    }
-  }
   DUME_ASSERT(routers_.empty() || routers_.size() == layers_.size());
   DUME_ASSERT(expert_attention_.empty() || expert_attention_.size() == layers_.size());
+  load_head();
+  for (std::size_t l = 0; l < layers_.size(); ++l) load_layer(l);
 }
 
 Forward::AttentionBuffers Forward::upload_attention(const AttentionWeights& a) {
   return {upload(backend_, a.q),      upload(backend_, a.k),      upload(backend_, a.v),      upload(backend_, a.o),
           upload(backend_, a.q_bias), upload(backend_, a.k_bias), upload(backend_, a.v_bias), upload(backend_, a.o_bias)};
+}
+
+void Forward::load_head() {
+  const SharedWeights& w = model_.shared;
+  embed_ = upload(backend_, w.embed);
+  norm_ = upload(backend_, w.norm);
+  lm_head_ = upload(backend_, w.output_embedding());
 }
 
 void Forward::load_layer(std::size_t l) {
@@ -63,6 +53,22 @@ void Forward::load_layer(std::size_t l) {
   experts_[l].clear();
   for (const MlpWeights& m : model_.experts.at(l))
     experts_[l].push_back({upload(backend_, m.gate), upload(backend_, m.up), upload(backend_, m.down)});
+  if (routers_.empty()) return;
+  const Router& r = model_.routers.at(l);
+  RouterBuffers& buffers = routers_[l];
+  buffers = RouterBuffers();
+  buffers.weight = upload(backend_, r.weight);
+  buffers.bias = upload(backend_, r.bias);
+  if (r.quadratic.size()) {  // Q_e (x - W_e) = Q_e x + (-Q_e W_e): one GEMM with a bias for all e
+    const Eigen::Index E = r.weight.rows(), D = r.weight.cols();
+    Vector& shift = buffers.quadratic_bias_host;
+    shift.resize(E * D);
+    for (Eigen::Index e = 0; e < E; ++e)
+      shift.segment(e * D, D) = -(r.quadratic.middleRows(e * D, D).cast<double>() *
+                                  r.weight.row(e).transpose().cast<double>()).cast<float>();
+    buffers.quadratic = upload(backend_, r.quadratic);
+    buffers.quadratic_bias = upload(backend_, shift);
+  }
 }
 
 void route_top_k(std::span<const float> logits, int k, std::span<std::int64_t> experts, std::span<float> weights) {
@@ -98,10 +104,8 @@ void Forward::ensure_workspace(std::int64_t T, std::int64_t S, bool logits) {
     if (!routers_.empty()) {
       ws_.expert_in = backend_.alloc(n(c.hidden_size));
       ws_.expert_out = backend_.alloc(n(c.hidden_size));
-      const auto E = static_cast<std::int64_t>(model_.routers[0].bias.size());
-      ws_.router_logits = backend_.alloc(n(E));
-      if (model_.routers[0].quadratic.size()) ws_.whitened = backend_.alloc(n(E * c.hidden_size));
     }
+    ws_.router_logits = ws_.whitened = Buffer();  // route() sizes them
     ws_.rows = T;
   }
   if (logits && ws_.logits.size() < n(c.vocab_size)) ws_.logits = backend_.alloc(n(c.vocab_size));
@@ -150,18 +154,19 @@ void Forward::attention(const AttentionBuffers& w, const float* h, std::int64_t 
   be.linear(ws_.attention.data(), w.o.data(), w.o_bias.data(), T, c.q_dim(), D, out, accumulate);
 }
 
-Forward::Dispatch Forward::route(std::size_t layer, std::int64_t T, const ForwardOptions& options) {
-  const std::int64_t D = model_.config.hidden_size;
+Forward::Dispatch Forward::route(std::size_t layer, Stream& stream, const ForwardOptions& options) {
+  const std::int64_t D = model_.config.hidden_size, T = stream.B * stream.S;
   const auto E = static_cast<std::int64_t>(experts_[layer].size());
   const int k = model_.top_k;
   const Routing& routing = model_.routing;
   std::vector<float> logits;
-  if (decided_ || (routing.from_layer >= 0 && static_cast<std::int64_t>(layer) > routing.from_layer)) {
-    logits = decision_logits_;
+  if (stream.decided || (routing.from_layer >= 0 && static_cast<std::int64_t>(layer) > routing.from_layer)) {
+    logits = stream.decision;
   } else {
     const RouterBuffers& router = routers_[layer];
     logits.resize(static_cast<std::size_t>(T * E));
     if (router.quadratic.size()) {
+      if (ws_.whitened.size() < static_cast<std::size_t>(T * E * D)) ws_.whitened = backend_.alloc(static_cast<std::size_t>(T * E * D));
       backend_.linear(ws_.h.data(), router.quadratic.data(), router.quadratic_bias.data(), T, D, E * D,
                       ws_.whitened.data());
       std::vector<float> whitened(static_cast<std::size_t>(T * E * D));
@@ -173,12 +178,13 @@ Forward::Dispatch Forward::route(std::size_t layer, std::int64_t T, const Forwar
           logits[static_cast<std::size_t>(t * E + e)] = bias(e) - 0.5f * z.squaredNorm();
         }
     } else {
+      if (ws_.router_logits.size() < logits.size()) ws_.router_logits = backend_.alloc(logits.size());
       backend_.linear(ws_.h.data(), router.weight.data(), router.bias.data(), T, D, E, ws_.router_logits.data());
       backend_.download(ws_.router_logits.data(), logits);
     }
     for (float& v : logits) v /= model_.temperature;
-    smooth_router_logits(routing, logits, sequence_length_, E);
-    if (static_cast<std::int64_t>(layer) == routing.from_layer) decision_logits_ = logits;
+    smooth_router_logits(routing, logits, stream.S, E);
+    if (static_cast<std::int64_t>(layer) == routing.from_layer) stream.decision = logits;
   }
   if (options.on_router_logits) options.on_router_logits(static_cast<std::int64_t>(layer), logits);
 
@@ -199,29 +205,29 @@ Forward::Dispatch Forward::route(std::size_t layer, std::int64_t T, const Forwar
 }
 
 template <class Apply>
-void Forward::mix_experts(const Dispatch& dispatch, const float* h, Apply&& apply) {
+void Forward::mix_experts(const Dispatch& dispatch, const float* h, float* x, Apply&& apply) {
   const std::int64_t D = model_.config.hidden_size;
   for (std::size_t e = 0; e < dispatch.rows.size(); ++e) {
     const auto& rows = dispatch.rows[e];
     if (rows.empty()) continue;
     const auto n = static_cast<std::int64_t>(rows.size());
     apply(e, h, rows, n, ws_.expert_out.data());
-    backend_.scatter_add_rows(ws_.expert_out.data(), D, rows, dispatch.weights[e], ws_.x.data());
+    backend_.scatter_add_rows(ws_.expert_out.data(), D, rows, dispatch.weights[e], x);
   }
 }
 
-void Forward::decide(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S) {
+void Forward::decide(Stream& stream) {
   const ModelConfig& c = model_.config;
-  const std::int64_t T = B * S, D = c.hidden_size;
+  const std::int64_t B = stream.B, S = stream.S, T = B * S, D = c.hidden_size;
   const auto eps = static_cast<float>(c.rms_norm_eps);
   DUME_ASSERT(model_.routing.from_layer == 0);  // the configs and resolve allow no other
-  backend_.embed(tokens, embed_.data(), D, ws_.x.data());
+  backend_.embed(stream.tokens, stream.table.size() ? stream.table.data() : embed_.data(), D, ws_.x.data());
   const LayerBuffers& w = layers_[0];
   backend_.rms_norm(ws_.x.data(), w.input_norm.data(), T, D, eps, ws_.h.data());
   attention(w.attention, ws_.h.data(), B, S, ws_.x.data(), /*accumulate=*/true, nullptr, 0);
   backend_.rms_norm(ws_.x.data(), w.post_attention_norm.data(), T, D, eps, ws_.h.data());
-  route(0, T, {});  // sets decision_logits_; no hooks: they see the real pass, not this one
-  decided_ = true;
+  route(0, stream, {});  // sets stream.decision; no hooks: they see the real pass, not this one
+  stream.decided = true;
 }
 
 namespace {
@@ -248,6 +254,14 @@ void check_forced(std::int64_t forced, std::size_t layer, std::size_t resident) 
 
 std::vector<float> Forward::run(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S,
                                 const ForwardOptions& options) {
+  Stream stream = begin(tokens, B, S, options);
+  for (std::size_t l = 0; l < layers_.size(); ++l)
+    if (!run_layer(l, stream, options)) return {};
+  return finish(stream, options);
+}
+
+Stream Forward::begin(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S,
+                      const ForwardOptions& options, const LayerSource& source) {
   const ModelConfig& c = model_.config;
   DUME_ASSERT(static_cast<std::int64_t>(tokens.size()) == B * S);
   std::vector<std::uint32_t> truncated;
@@ -255,55 +269,45 @@ std::vector<float> Forward::run(std::span<const std::uint32_t> tokens, std::int6
   if (c.sliding_window && S > *c.sliding_window)
     throw Error("sequences of " + std::to_string(S) + " tokens exceed the model's sliding_window of " +
                 std::to_string(*c.sliding_window) + ", which dume does not implement; use shorter sequences");
-  const std::int64_t T = B * S;
-  ensure_workspace(T, S, options.logits);
-  sequence_length_ = S;
   if (model_.routing.from_layer >= c.num_layers)
     throw Error("routing '" + model_.routing.to_string() + "' names a layer beyond the model's " +
                 std::to_string(c.num_layers));
-  decided_ = false;
-  const bool mixed_attention = !expert_attention_.empty() && options.forced_expert < 0;
-  if (mixed_attention) decide(tokens, B, S);
-
-  backend_.embed(tokens, embed_.data(), c.hidden_size, ws_.x.data());
-  for (std::size_t l = 0; l < layers_.size(); ++l)
-    if (!run_layer(l, B, S, options, mixed_attention)) return {};
-  if (!options.logits) return {};
-  backend_.rms_norm(ws_.x.data(), norm_.data(), T, c.hidden_size, static_cast<float>(c.rms_norm_eps), ws_.h.data());
-  if (options.on_shared_input) options.on_shared_input(ForwardOptions::SharedInput::lm_head, -1, ws_.h.data(), T);
-  backend_.linear(ws_.h.data(), lm_head_.data(), nullptr, T, c.hidden_size, c.vocab_size, ws_.logits.data());
-  std::vector<float> logits(static_cast<std::size_t>(T * c.vocab_size));
-  backend_.download(ws_.logits.data(), logits);
-  return logits;
-}
-
-Buffer Forward::embed(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t& S,
-                      const ForwardOptions& options, const float* table) {
-  const std::int64_t D = model_.config.hidden_size;
-  std::vector<std::uint32_t> truncated;
-  tokens = truncate_context(tokens, B, S, options.context_tokens, truncated);
-  Buffer x = backend_.alloc(static_cast<std::size_t>(B * S * D));
-  backend_.embed(tokens, table ? table : embed_.data(), D, x.data());
-  return x;
-}
-
-bool Forward::run_layer(std::size_t l, Buffer& x, std::int64_t B, std::int64_t S, const ForwardOptions& options) {
-  DUME_ASSERT(options.forced_expert >= 0 || routers_.empty());
   ensure_workspace(B * S, S, options.logits);
-  sequence_length_ = S;
-  std::swap(ws_.x, x);  // the layer works on ws_.x: lend it this batch's stream
-  const bool more = run_layer(l, B, S, options, /*mixed_attention=*/false);
-  std::swap(ws_.x, x);
-  return more;
+  Stream stream;
+  stream.B = B;
+  stream.S = S;
+  if (source.embedding) {  // the rows this batch uses, as a table its tokens are renumbered to index
+    std::vector<std::uint32_t> ids(tokens.begin(), tokens.end());
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    for (const std::uint32_t t : tokens)
+      stream.tokens.push_back(static_cast<std::uint32_t>(std::lower_bound(ids.begin(), ids.end(), t) - ids.begin()));
+    stream.rows = source.embedding(ids);
+    stream.table = backend_.upload({stream.rows.data(), static_cast<std::size_t>(stream.rows.size())});
+  } else {
+    stream.tokens.assign(tokens.begin(), tokens.end());
+  }
+  stream.x = backend_.alloc(static_cast<std::size_t>(B * S * c.hidden_size));
+  backend_.embed(stream.tokens, stream.table.size() ? stream.table.data() : embed_.data(), c.hidden_size,
+                 stream.x.data());
+  return stream;
 }
 
-bool Forward::run_layer(std::size_t l, std::int64_t B, std::int64_t S, const ForwardOptions& options,
-                        bool mixed_attention) {
+bool Forward::run_layer(std::size_t l, Stream& stream, const ForwardOptions& options) {
   const ModelConfig& c = model_.config;
-  const std::int64_t T = B * S, D = c.hidden_size;
+  const std::int64_t B = stream.B, S = stream.S, T = B * S, D = c.hidden_size;
   const auto eps = static_cast<float>(c.rms_norm_eps);
   Backend& be = backend_;
-  float* x = ws_.x.data();
+  ensure_workspace(T, S, options.logits);
+  const bool mixed_attention = !expert_attention_.empty() && options.forced_expert < 0;
+  if (l == 0) {
+    stream.decided = false;
+    if (mixed_attention) decide(stream);
+    stream.tokens = {};  // the embedding is not needed again
+    stream.table = Buffer();
+    stream.rows = Matrix();
+  }
+  float* x = stream.x.data();
   float* h = ws_.h.data();
   const LayerBuffers& w = layers_[l];
   const auto layer = static_cast<std::int64_t>(l);
@@ -312,9 +316,9 @@ bool Forward::run_layer(std::size_t l, std::int64_t B, std::int64_t S, const For
   be.rms_norm(x, w.input_norm.data(), T, D, eps, h);
   Dispatch dispatch;
   if (mixed_attention) {  // each routed token: the weighted sum of its experts' attention
-    dispatch = route(l, T, options);
-    mix_experts(dispatch, h, [&](std::size_t e, const float* in, const std::vector<std::int64_t>& rows, std::int64_t,
-                                 float* out) {
+    dispatch = route(l, stream, options);
+    mix_experts(dispatch, h, x, [&](std::size_t e, const float* in, const std::vector<std::int64_t>& rows, std::int64_t,
+                                    float* out) {
       attention(expert_attention_[l][e], in, B, S, ws_.expert_in.data(), /*accumulate=*/false, nullptr, layer);
       be.gather_rows(ws_.expert_in.data(), D, rows, out);
     });
@@ -333,9 +337,9 @@ bool Forward::run_layer(std::size_t l, std::int64_t B, std::int64_t S, const For
     check_forced(options.forced_expert, l, experts.size());
     mlp(experts[forced], h, T, x, /*accumulate=*/true);
   } else if (!routers_.empty()) {
-    if (!mixed_attention) dispatch = route(l, T, options);
-    mix_experts(dispatch, h, [&](std::size_t e, const float* in, const std::vector<std::int64_t>& rows, std::int64_t n,
-                                 float* out) {
+    if (!mixed_attention) dispatch = route(l, stream, options);
+    mix_experts(dispatch, h, x, [&](std::size_t e, const float* in, const std::vector<std::int64_t>& rows,
+                                    std::int64_t n, float* out) {
       be.gather_rows(in, D, rows, ws_.expert_in.data());
       mlp(experts[e], ws_.expert_in.data(), n, out, /*accumulate=*/false);
     });
@@ -344,6 +348,37 @@ bool Forward::run_layer(std::size_t l, std::int64_t B, std::int64_t S, const For
     mlp(experts[0], h, T, x, /*accumulate=*/true);
   }
   return true;
+}
+
+std::vector<float> Forward::finish(Stream& stream, const ForwardOptions& options) {
+  if (!options.logits) return {};
+  const ModelConfig& c = model_.config;
+  const std::int64_t T = stream.B * stream.S;
+  ensure_workspace(T, stream.S, /*logits=*/true);
+  backend_.rms_norm(stream.x.data(), norm_.data(), T, c.hidden_size, static_cast<float>(c.rms_norm_eps), ws_.h.data());
+  if (options.on_shared_input) options.on_shared_input(ForwardOptions::SharedInput::lm_head, -1, ws_.h.data(), T);
+  backend_.linear(ws_.h.data(), lm_head_.data(), nullptr, T, c.hidden_size, c.vocab_size, ws_.logits.data());
+  std::vector<float> logits(static_cast<std::size_t>(T * c.vocab_size));
+  backend_.download(ws_.logits.data(), logits);
+  return logits;
+}
+
+std::vector<Stream> run_by_layer(Forward& forward, const LayerSource& source, std::span<const Batch> batches,
+                                 const std::function<void(std::size_t i, std::int64_t layer)>& before) {
+  std::vector<Stream> streams;  // (B * S, D) f32 each
+  for (const Batch& b : batches) streams.push_back(forward.begin(b.tokens, b.B, b.S, b.options, source));
+  std::vector<bool> running(streams.size(), true);
+  const std::int64_t layers = forward.layers();
+  for (std::int64_t l = 0; l < layers; ++l) {
+    if (source.layer) source.layer(l);
+    for (std::size_t i = 0; i < streams.size(); ++i) {
+      if (!running[i]) continue;
+      if (before) before(i, l);
+      running[i] = forward.run_layer(static_cast<std::size_t>(l), streams[i], batches[i].options);
+    }
+  }
+  if (source.layer) source.layer(-1);  // nothing resident after the last layer
+  return streams;
 }
 
 double Forward::flops(const ModelConfig& c, std::int64_t B, std::int64_t S, bool logits) {

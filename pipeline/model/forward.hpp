@@ -40,6 +40,37 @@ struct ForwardOptions {
 // softmax over those k only. experts/weights receive k entries.
 void route_top_k(std::span<const float> logits, int k, std::span<std::int64_t> experts, std::span<float> weights);
 
+// Where a layer-streamed run gets its weights, so that only one layer needs to be resident:
+// `layer(l)` makes layer l's (shared weights, MLPs, router, expert attention: what the run uses)
+// resident in the Forward, letting the previous layer's go (-1: none); `head()` the final norm
+// and LM head; `embedding(ids)` gives the embedding rows of ids, [ids.size(), D]. Empty
+// functions mean the Forward's model holds those weights already.
+struct LayerSource {
+  std::function<void(std::int64_t layer)> layer;
+  std::function<void()> head;
+  std::function<Matrix(std::span<const std::uint32_t> ids)> embedding;
+};
+
+// One batch of a layer-streamed run between its layers.
+struct Stream {
+  std::int64_t B = 0, S = 0;  // sequences, and positions after truncation
+  Buffer x;                   // the residual stream (B * S, D)
+  // The tokens as indices into `table`, the embedding rows they use (empty: the model's
+  // embedding); kept until layer 0 has run, where expert attention embeds them again.
+  std::vector<std::uint32_t> tokens;
+  Buffer table;
+  Matrix rows;  // behind `table` (the CPU backend aliases it; a move keeps its storage)
+  std::vector<float> decision;  // router logits of routing.from_layer, which decide later layers
+  bool decided = false;         // expert attention: `decision` decides every layer
+};
+
+// A batch to run: B sequences of S tokens and their options.
+struct Batch {
+  std::span<const std::uint32_t> tokens;
+  std::int64_t B = 0, S = 0;
+  ForwardOptions options;
+};
+
 class Forward {
  public:
   // Makes the model's weights resident on the backend (the CPU aliases them: keep `model` alive).
@@ -50,22 +81,26 @@ class Forward {
   std::vector<float> run(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S,
                          const ForwardOptions& options = {});
 
-  // Layer-streamed runs (calibration): the caller keeps the residual stream of each batch and
-  // runs one layer over all of them before the next, so only that layer's weights need to be
-  // resident. Each step is the same as in run(), so the activations are bit for bit the same.
+  // Layer-streamed runs: the caller keeps each batch's Stream and runs one layer over all of
+  // them before the next (run_by_layer), so only that layer's weights need to be resident. run()
+  // is these steps on one batch, so both give the same activations bit for bit.
   //
-  // The residual stream entering layer 0 of B sequences of S tokens, truncated to
-  // options.context_tokens (S becomes the truncated length): (B * S, D) on the backend. `table`
-  // holds the embedding rows that `tokens` index (the model's embedding when null).
-  Buffer embed(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t& S, const ForwardOptions& options,
-               const float* table = nullptr);
-  // Decoder layer l on x in place, for a dense model or a forced expert (no routing); returns
-  // false where options want nothing past it (the last layer's MLP input without logits).
-  bool run_layer(std::size_t l, Buffer& x, std::int64_t B, std::int64_t S, const ForwardOptions& options);
-  // Makes layer l's weights, as the model holds them now, the ones its runs use: the caller
-  // fills the model's layer l before and may empty it after (a layer left empty is not resident).
+  // The stream of B sequences of S tokens entering layer 0, truncated to options.context_tokens;
+  // its embedding rows from source.embedding when set.
+  Stream begin(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S, const ForwardOptions& options,
+               const LayerSource& source = {});
+  // Decoder layer l on the stream; returns false where options want nothing past it (the last
+  // layer's MLP input without logits).
+  bool run_layer(std::size_t l, Stream& stream, const ForwardOptions& options);
+  // The final norm and LM head: logits (B * S, V) on the host, or nothing without options.logits.
+  std::vector<float> finish(Stream& stream, const ForwardOptions& options);
+  // Makes layer l's weights (shared, MLPs, router, expert attention) or the head's (final norm,
+  // LM head), as the model holds them now, the ones runs use: the caller fills the model before
+  // and may empty it after (what is left empty is not resident).
   void load_layer(std::size_t l);
+  void load_head();
   Backend& backend() const { return backend_; }
+  std::int64_t layers() const { return static_cast<std::int64_t>(layers_.size()); }
 
   // FLOPs of one run over B sequences of S tokens (2 per multiply-add; attention included).
   static double flops(const ModelConfig& config, std::int64_t B, std::int64_t S, bool logits = true);
@@ -88,7 +123,7 @@ class Forward {
   };
   struct Workspace {
     std::int64_t rows = 0;
-    Buffer x, h, q, k, v, attention, gate, up, logits, cos, sin, expert_in, expert_out, router_logits, whitened;
+    Buffer x, h, q, k, v, attention, gate, up, logits, cos, sin, expert_in, expert_out, router_logits, whitened;  // x: decide()'s
   };
 
   // One layer's routing: each expert's tokens (in token order) and their weights.
@@ -99,23 +134,20 @@ class Forward {
 
   void ensure_workspace(std::int64_t T, std::int64_t S, bool logits);
   AttentionBuffers upload_attention(const AttentionWeights& a);
-  // Decoder layer l on the residual stream ws_.x of B sequences of S tokens; false where the
-  // caller wants nothing past it (the last layer's MLP input, without logits).
-  bool run_layer(std::size_t l, std::int64_t B, std::int64_t S, const ForwardOptions& options, bool mixed_attention);
   // out (T, D) = attention block of h (projections, rotary, causal attention, o), or += with
   // accumulate; `hooks` (the shared attention's) see its inputs.
   void attention(const AttentionBuffers& w, const float* h, std::int64_t B, std::int64_t S, float* out, bool accumulate,
                  const ForwardOptions* hooks, std::int64_t layer);
   // out (T, D) = MLP(h), or += with accumulate (the residual stream).
   void mlp(const MlpBuffers& w, const float* h, std::int64_t T, float* out, bool accumulate);
-  // Layer `layer`'s router logits from ws_.h (or the decision taken before), the hook, top-k.
-  Dispatch route(std::size_t layer, std::int64_t T, const ForwardOptions& options);
+  // Layer `layer`'s router logits from ws_.h (or the stream's decision), the hook, top-k.
+  Dispatch route(std::size_t layer, Stream& stream, const ForwardOptions& options);
   // x += sum over experts of weight x f_e(h) for each routed token, f_e = `apply`(e, in, n, out).
   template <class Apply>
-  void mix_experts(const Dispatch& dispatch, const float* h, Apply&& apply);
-  // With expert attention: the routing pass, layers up to the decision with the shared
-  // attention, whose logits then decide every layer (decided_).
-  void decide(std::span<const std::uint32_t> tokens, std::int64_t B, std::int64_t S);
+  void mix_experts(const Dispatch& dispatch, const float* h, float* x, Apply&& apply);
+  // With expert attention: the routing pass, layer 0 up to its router with the shared
+  // attention (in ws_.x), whose logits then decide every layer (stream.decided).
+  void decide(Stream& stream);
 
   const Model& model_;
   Backend& backend_;
@@ -127,9 +159,13 @@ class Forward {
   Workspace ws_;
   std::vector<float> rope_cos_, rope_sin_;  // (S, hd/2) host tables behind ws_.cos / ws_.sin
   std::int64_t rope_positions_ = 0;
-  std::int64_t sequence_length_ = 0;     // S of the current run: routing averages along sequences
-  std::vector<float> decision_logits_;   // Routing::from_layer's logits, reused by later layers
-  bool decided_ = false;                 // decision_logits_ hold decide()'s decision for every layer
 };
+
+// Runs the batches layer by layer: each begins (source.embedding), then each layer is made
+// resident once (source.layer) and runs over every batch before the next, `before(i, l)` called
+// before batch i enters layer l. Returns the streams after the last layer (each stopped where its
+// options stop) with nothing resident; finish() gives their logits once source.head() has run.
+std::vector<Stream> run_by_layer(Forward& forward, const LayerSource& source, std::span<const Batch> batches,
+                                 const std::function<void(std::size_t i, std::int64_t layer)>& before = {});
 
 }  // namespace dume

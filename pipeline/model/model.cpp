@@ -5,6 +5,7 @@
 #include <random>
 
 #include "error.hpp"
+#include "layer_stream.hpp"
 
 namespace dume {
 
@@ -33,6 +34,16 @@ MlpWeights load_mlp(const HfCheckpoint& checkpoint, std::int64_t layer) {
   return w;
 }
 
+LayerWeights load_layer_shared(const HfCheckpoint& checkpoint, std::int64_t layer) {
+  LayerWeights w;
+  for_each_layer_tensor(checkpoint.config(), layer, w, [&](const std::string& name, const std::string&,
+                                                          const std::vector<std::int64_t>& shape, auto& storage) {
+    checkpoint.read(name, shape, span_of(storage));
+    checkpoint.release(name);
+  });
+  return w;
+}
+
 void save_dense_checkpoint(const Model& model, DType dtype, const std::filesystem::path& dir) {
   DUME_ASSERT(model.routers.empty());
   ModelConfig config = model.config;
@@ -57,11 +68,7 @@ void save_dense_checkpoint(const Model& model, DType dtype, const std::filesyste
 }
 
 Model load_dense_model(const HfCheckpoint& checkpoint) {
-  Model m;
-  m.config = checkpoint.config();
-  m.shared = load_shared_weights(checkpoint);
-  for (std::int64_t l = 0; l < m.config.num_layers; ++l) m.experts.push_back({load_mlp(checkpoint, l)});
-  return m;
+  return load_whole(checkpoint_layers(checkpoint), empty_model(checkpoint.config(), 1));
 }
 
 namespace {

@@ -82,6 +82,8 @@ void for_each_attention_tensor(const ModelConfig& c, Weights& a, Fn&& fn);
 
 SharedWeights load_shared_weights(const HfCheckpoint& checkpoint);
 MlpWeights load_mlp(const HfCheckpoint& checkpoint, std::int64_t layer);
+// Layer l's shared tensors (norms, attention), their mapped pages let go once read.
+LayerWeights load_layer_shared(const HfCheckpoint& checkpoint, std::int64_t layer);
 Model load_dense_model(const HfCheckpoint& checkpoint);
 // Writes a dense model (E = 1) as a Hugging Face checkpoint: config.json + model.safetensors,
 // weights rounded to `dtype`.

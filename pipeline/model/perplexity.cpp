@@ -22,24 +22,41 @@ double sequence_nll(const float* logits, std::span<const std::uint32_t> tokens, 
 }
 
 Perplexity perplexity(Forward& forward, const ModelConfig& config, const CorpusWindows& windows,
-                      const PerplexityRun& run) {
+                      const PerplexityRun& run, const LayerSource& source) {
   const auto S = static_cast<std::int64_t>(windows.length());
   const auto count = static_cast<std::int64_t>(windows.count());
   const std::int64_t batches = (count + run.batch - 1) / run.batch;
-  std::int64_t mine = 0;
-  for (std::int64_t b = run.rank; b < batches; b += run.ranks) mine += std::min(run.batch, count - b * run.batch) * S;
-  Perplexity result;
-  Progress progress(run.label, mine, "tokens", run.show_progress);
+  std::vector<std::int64_t> mine;
+  std::int64_t tokens = 0;
   for (std::int64_t b = run.rank; b < batches; b += run.ranks) {
-    const std::int64_t first = b * run.batch, B = std::min(run.batch, count - first);
-    const auto tokens = windows.tokens().subspan(static_cast<std::size_t>(first * S), static_cast<std::size_t>(B * S));
-    const std::vector<float> logits = forward.run(tokens, B, S, run.options ? run.options(first) : ForwardOptions{});
-    for (std::int64_t i = 0; i < B; ++i)
-      result.nll += sequence_nll(logits.data() + i * S * config.vocab_size,
-                                 tokens.subspan(static_cast<std::size_t>(i * S), static_cast<std::size_t>(S)),
-                                 config.vocab_size);
-    result.tokens += B * (S - 1);
-    progress.advance(B * S);
+    mine.push_back(b);
+    tokens += std::min(run.batch, count - b * run.batch) * S;
+  }
+  Perplexity result;
+  Progress progress(run.label, tokens * config.num_layers, "token-layers", run.show_progress);
+  const auto chunk = static_cast<std::size_t>(std::max<std::int64_t>(1, run.chunk_batches));
+  for (std::size_t begin = 0; begin < mine.size(); begin += chunk) {
+    std::vector<Batch> chunk_batches;
+    for (std::size_t i = begin; i < std::min(mine.size(), begin + chunk); ++i) {
+      const std::int64_t first = mine[i] * run.batch, B = std::min(run.batch, count - first);
+      chunk_batches.push_back({windows.tokens().subspan(static_cast<std::size_t>(first * S), static_cast<std::size_t>(B * S)),
+                               B, S, run.options ? run.options(first) : ForwardOptions{}});
+    }
+    std::vector<Stream> streams = run_by_layer(forward, source, chunk_batches, [&](std::size_t i, std::int64_t) {
+      progress.advance(chunk_batches[i].B * S);
+    });
+    if (source.head) source.head();
+    for (std::size_t i = 0; i < streams.size(); ++i) {
+      const Batch& b = chunk_batches[i];
+      const std::vector<float> logits = forward.finish(streams[i], b.options);
+      streams[i] = Stream();
+      for (std::int64_t j = 0; j < b.B; ++j)
+        result.nll += sequence_nll(logits.data() + j * S * config.vocab_size,
+                                   b.tokens.subspan(static_cast<std::size_t>(j * S), static_cast<std::size_t>(S)),
+                                   config.vocab_size);
+      result.tokens += b.B * (S - 1);
+    }
+    if (source.layer) source.layer(-1);  // the head goes too
   }
   progress.finish();
   return result;

@@ -30,10 +30,14 @@ struct PerplexityRun {
   std::string label = "ppl";
   // Forward options of the batch starting at window `first` (forced expert, routing hooks).
   std::function<ForwardOptions(std::int64_t first)> options;
+  // Batches run layer by layer at once (run_by_layer; each holds its residual stream, batch x S x
+  // D floats): the more, the fewer times a streamed model's layers are read.
+  std::int64_t chunk_batches = 1;
 };
 
-// This rank's share of the windows' negative log-likelihood.
+// This rank's share of the windows' negative log-likelihood; the weights come from `source`
+// (stream_layers) one layer at a time, or are the Forward's model's when it is empty.
 Perplexity perplexity(Forward& forward, const ModelConfig& config, const CorpusWindows& windows,
-                      const PerplexityRun& run = {});
+                      const PerplexityRun& run = {}, const LayerSource& source = {});
 
 }  // namespace dume
