@@ -39,7 +39,7 @@ MergePlan plan_from_moe(const fs::path& moe, std::shared_ptr<H5Id>& file) {
   MergePlan plan;
   plan.info = read_moe_info(moe);
   check_moe_datasets(moe, plan.info);
-  plan.stats = read_statistics(moe / "stats.h5");
+  plan.stats = open_statistics(moe / "stats.h5");
   if (plan.stats.shared_hash != plan.info.shared_hash)
     throw Error((moe / "stats.h5").string() + " was made with other shared weights (hash " + plan.stats.shared_hash +
                 ", the MoE's is " + plan.info.shared_hash + ")");

@@ -300,7 +300,7 @@ void write_statistics(const fs::path& path, const Statistics& stats) {
       h5::write_dataset(f, moe_path::layer(l, "A/" + d.name), DType::F64, a_shape, d.A[static_cast<std::size_t>(l)].data());
     const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> B = one.B(l);
     h5::write_dataset(f, moe_path::layer(l, "B"), DType::F64, b_shape, B.data());
-    for (const auto& d : stats.domains)
+    for (const auto& d : one.domains)
       if (!d.heldout.empty()) {
         const MatrixXfRow& X = d.heldout[static_cast<std::size_t>(l)];
         const std::int64_t shape[] = {X.rows(), X.cols()};
@@ -310,9 +310,12 @@ void write_statistics(const fs::path& path, const Statistics& stats) {
   h5_check(H5Fclose(file.release()), path.string() + ": cannot close (disk full?)");
 }
 
-Statistics read_statistics(const fs::path& path) {
-  const H5Id file = h5::open_file(path);
-  const hid_t f = file.get();
+namespace {
+
+// read_statistics, and open_statistics when `in_memory` is false.
+Statistics load_statistics(const fs::path& path, bool in_memory) {
+  const auto file = std::make_shared<const H5Id>(h5::open_file(path));
+  const hid_t f = file->get();
   if (!h5::has_attribute(f, "format") || h5::read_string_attribute(f, "format") != "dume-stats")
     throw Error(path.string() + ": not a dume statistics file (no format attribute 'dume-stats')");
   Statistics s;
@@ -332,8 +335,8 @@ Statistics read_statistics(const fs::path& path) {
     d.tokens = tokens[static_cast<std::size_t>(e)];
     for (std::int64_t l = 0; l < L; ++l) {
       const std::int64_t shape[] = {n, n};
-      const auto values = h5::read_f64(f, moe_path::layer(l, "A/" + d.name), shape);
-      d.A.emplace_back(Eigen::Map<const MatrixXdRow>(values.data(), n, n));
+      const auto values = h5::read_f64(f, moe_path::layer(l, "A/" + d.name), shape);  // checked either way
+      if (in_memory) d.A.emplace_back(Eigen::Map<const MatrixXdRow>(values.data(), n, n));
       const std::string heldout = moe_path::layer(l, "heldout/" + d.name);
       if (h5::exists(f, heldout)) {
         const std::vector<std::int64_t> rows_shape = h5::dataset_info(f, heldout).shape;
@@ -342,15 +345,25 @@ Statistics read_statistics(const fs::path& path) {
         if (rows_shape[0] > (std::int64_t{1} << 24))  // a dume merge keeps heldout_tokens, a few thousand
           throw Error(path.string() + ": dataset '" + heldout + "' claims " + std::to_string(rows_shape[0]) +
                       " held-out tokens, absurdly many");
-        const auto rows = h5::read_f32(f, heldout, rows_shape);
-        d.heldout.emplace_back(Eigen::Map<const MatrixXfRow>(rows.data(), rows_shape[0], rows_shape[1]));
+        const auto rows = h5::read_f32(f, heldout, rows_shape);  // checked either way
+        d.heldout.emplace_back(Eigen::Map<const MatrixXfRow>(rows.data(), in_memory ? rows_shape[0] : 0, rows_shape[1]));
       }
     }
     if (!d.heldout.empty() && static_cast<std::int64_t>(d.heldout.size()) != L)
       throw Error(path.string() + ": domain '" + d.name + "' has held-out tokens for some layers only");
+    if (!in_memory) {
+      d.stored = std::make_shared<const StoredStatistics>(file, d.name, L, n, !d.heldout.empty());
+      d.heldout = {};
+    }
     s.domains.push_back(std::move(d));
   }
   return s;
 }
+
+}  // namespace
+
+Statistics read_statistics(const fs::path& path) { return load_statistics(path, true); }
+
+Statistics open_statistics(const fs::path& path) { return load_statistics(path, false); }
 
 }  // namespace dume

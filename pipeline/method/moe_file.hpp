@@ -71,5 +71,8 @@ SharedWeights read_moe_shared(const std::filesystem::path& dir);
 
 void write_statistics(const std::filesystem::path& file, const Statistics& stats);
 Statistics read_statistics(const std::filesystem::path& file);
+// The same with each domain's A left in the file (StoredA: 4.3 GB per domain at 8B), read one
+// layer at a time where used; every layer is checked now, so a bad file fails before any work.
+Statistics open_statistics(const std::filesystem::path& file);
 
 }  // namespace dume

@@ -117,7 +117,8 @@ LambdaSweep sweep_gaussian(const Statistics& stats, std::int64_t layer) {
 
 void require_heldout(const Statistics& stats) {
   for (const auto& d : stats.domains)
-    if (std::all_of(d.heldout.begin(), d.heldout.end(), [](const MatrixXfRow& x) { return x.rows() == 0; }))
+    if (!d.has_heldout() ||
+        (!d.stored && std::all_of(d.heldout.begin(), d.heldout.end(), [](const MatrixXfRow& x) { return x.rows() == 0; })))
       throw Error("domain '" + d.name + "' has no held-out tokens to choose router settings on: calibrate it with "
                   "calibration.heldout_fraction > 0 (for example 0.1)");
 }
@@ -152,9 +153,11 @@ Eigen::MatrixXd router_logits(const RouterSolution& router, const MatrixXfRow& X
 double choose_temperature(const std::vector<RouterSolution>& routers, const Statistics& stats) {
   require_heldout(stats);
   std::vector<std::pair<Eigen::MatrixXd, Eigen::Index>> held;  // (logits, domain) per layer and domain
-  for (std::size_t l = 0; l < routers.size(); ++l)
-    for (std::size_t e = 0; e < stats.domains.size(); ++e)
-      held.emplace_back(router_logits(routers[l], stats.domains[e].heldout[l]), static_cast<Eigen::Index>(e));
+  for (std::size_t l = 0; l < routers.size(); ++l) {
+    const Statistics one = stats.only_layer(static_cast<std::int64_t>(l));  // its held-out inputs
+    for (std::size_t e = 0; e < one.domains.size(); ++e)
+      held.emplace_back(router_logits(routers[l], one.domains[e].heldout[l]), static_cast<Eigen::Index>(e));
+  }
   const auto cross_entropy = [&](double log_t) {
     const double t = std::exp(log_t);
     double sum = 0;

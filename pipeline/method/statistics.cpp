@@ -23,7 +23,7 @@ constexpr double kChunkSeconds = 30;
 std::int64_t Statistics::layers() const {
   if (domains.empty()) return 0;
   const DomainStatistics& d = domains[0];
-  return d.spilled ? d.spilled->layers() : static_cast<std::int64_t>(d.A.size());
+  return d.stored ? d.stored->layers() : static_cast<std::int64_t>(d.A.size());
 }
 
 Statistics Statistics::only_layer(std::int64_t layer) const {
@@ -37,48 +37,84 @@ Statistics Statistics::only_layer(std::int64_t layer) const {
     o.name = d.name;
     o.tokens = d.tokens;
     o.A.resize(L);
-    o.A[l] = d.spilled ? d.spilled->layer(layer) : d.A.at(l);
-    if (!d.heldout.empty()) {
+    o.A[l] = d.stored ? d.stored->A(layer) : d.A.at(l);
+    if (d.has_heldout()) {
       o.heldout.resize(L);
-      o.heldout[l] = d.heldout.at(l);
+      o.heldout[l] = d.stored ? d.stored->heldout(layer) : d.heldout.at(l);
     }
   }
   return one;
 }
 
-SpilledA::SpilledA(const std::filesystem::path& near, const std::vector<MatrixXdRow>& A)
-    : layers_(static_cast<std::int64_t>(A.size())), n_(A.empty() ? 0 : A[0].rows()) {
-  const std::filesystem::path path = temporary_name(near).string() + ".statistics.h5";
+bool DomainStatistics::has_heldout() const { return stored ? stored->has_heldout() : !heldout.empty(); }
+
+StoredStatistics::StoredStatistics(const std::filesystem::path& near, const DomainStatistics& domain)
+    : layers_(static_cast<std::int64_t>(domain.A.size())),
+      n_(domain.A.empty() ? 0 : domain.A[0].rows()),
+      heldout_(!domain.heldout.empty()) {
+  const std::filesystem::path file = temporary_name(near).string() + ".statistics.h5";
   try {
     {
-      H5Id file = h5::create_file(path);
+      H5Id out = h5::create_file(file);
       const std::int64_t shape[] = {n_, n_};
-      for (std::int64_t l = 0; l < layers_; ++l)
-        h5::write_dataset(file.get(), "/A" + std::to_string(l), DType::F64, shape, A[static_cast<std::size_t>(l)].data());
-      h5_check(H5Fclose(file.release()), path.string() + ": cannot close (disk full?)");
+      for (std::int64_t l = 0; l < layers_; ++l) {
+        const auto i = static_cast<std::size_t>(l);
+        h5::write_dataset(out.get(), path("A", l), DType::F64, shape, domain.A[i].data());
+        if (!heldout_) continue;
+        const MatrixXfRow& X = domain.heldout.at(i);
+        const std::int64_t rows_shape[] = {X.rows(), X.cols()};
+        h5::write_dataset(out.get(), path("heldout", l), DType::F32, rows_shape, X.data());
+      }
+      h5_check(H5Fclose(out.release()), file.string() + ": cannot close (disk full?)");
     }
-    file_ = std::make_unique<H5Id>(h5::open_file(path));
+    file_ = std::make_shared<const H5Id>(h5::open_file(file));
   } catch (...) {
-    std::filesystem::remove(path);
+    std::filesystem::remove(file);
     throw;
   }
-  std::filesystem::remove(path);
+  std::filesystem::remove(file);
 }
 
-SpilledA::~SpilledA() = default;
+StoredStatistics::StoredStatistics(std::shared_ptr<const H5Id> statistics_file, const std::string& name,
+                                   std::int64_t layers, std::int64_t n, bool heldout)
+    : layers_(layers), n_(n), heldout_(heldout), file_(std::move(statistics_file)), name_(name) {}
 
-MatrixXdRow SpilledA::layer(std::int64_t l) const {
-  // Raw: the sums are checked where they are used (a non-finite one names the layer there).
-  const std::vector<std::byte> bytes = h5::read_raw(file_->get(), "/A" + std::to_string(l));
-  DUME_ASSERT(bytes.size() == static_cast<std::size_t>(n_ * n_) * sizeof(double));
+StoredStatistics::~StoredStatistics() = default;
+
+std::string StoredStatistics::path(const char* what, std::int64_t l) const {
+  return name_.empty() ? "/" + std::string(what) + std::to_string(l)
+                       : "/layers/" + std::to_string(l) + "/" + what + "/" + name_;
+}
+
+MatrixXdRow StoredStatistics::A(std::int64_t l) const {
   MatrixXdRow A(n_, n_);
+  if (!name_.empty()) {  // an input: checked
+    const std::int64_t shape[] = {n_, n_};
+    const std::vector<double> values = h5::read_f64(file_->get(), path("A", l), shape);
+    std::copy(values.begin(), values.end(), A.data());
+    return A;
+  }
+  // Raw: the sums are checked where they are used (a non-finite one names the layer there).
+  const std::vector<std::byte> bytes = h5::read_raw(file_->get(), path("A", l));
+  DUME_ASSERT(bytes.size() == static_cast<std::size_t>(n_ * n_) * sizeof(double));
   std::memcpy(A.data(), bytes.data(), bytes.size());
   return A;
 }
 
+MatrixXfRow StoredStatistics::heldout(std::int64_t l) const {
+  DUME_ASSERT(heldout_);
+  const std::string where = path("heldout", l);
+  const std::vector<std::int64_t> shape = h5::dataset_info(file_->get(), where).shape;
+  if (shape.size() != 2 || shape[1] != n_ - 1)
+    throw Error(h5::file_name(file_->get()) + ": dataset '" + where + "' is not (tokens, " + std::to_string(n_ - 1) + ")");
+  const std::vector<float> values = h5::read_f32(file_->get(), where, shape);
+  return Eigen::Map<const MatrixXfRow>(values.data(), shape[0], shape[1]);
+}
+
 void spill(DomainStatistics& domain, const std::filesystem::path& near) {
-  domain.spilled = std::make_shared<const SpilledA>(near, domain.A);
+  domain.stored = std::make_shared<const StoredStatistics>(near, domain);
   domain.A = {};
+  domain.heldout = {};
 }
 
 MatrixXdRow Statistics::total_A(std::int64_t layer) const {
@@ -316,9 +352,9 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
 namespace {
 
 std::size_t packed_size(const DomainStatistics& domain) {
-  if (domain.spilled) {
-    const std::int64_t n = domain.spilled->rows();
-    return static_cast<std::size_t>(domain.spilled->layers() * (n * (n + 1) / 2)) + 1;
+  if (domain.stored) {
+    const std::int64_t n = domain.stored->rows();
+    return static_cast<std::size_t>(domain.stored->layers() * (n * (n + 1) / 2)) + 1;
   }
   const Eigen::Index n = domain.A.empty() ? 0 : domain.A[0].rows();
   return domain.A.size() * static_cast<std::size_t>(n * (n + 1) / 2) + 1;
@@ -333,8 +369,8 @@ void pack_into(const DomainStatistics& domain, double* packed) {
       k += static_cast<std::size_t>(n - i);
     }
   };
-  if (domain.spilled)
-    for (std::int64_t l = 0; l < domain.spilled->layers(); ++l) pack(domain.spilled->layer(l));
+  if (domain.stored)
+    for (std::int64_t l = 0; l < domain.stored->layers(); ++l) pack(domain.stored->A(l));
   else
     for (const auto& A : domain.A) pack(A);
   packed[k] = static_cast<double>(domain.tokens);  // exact: counts stay far below 2^53

@@ -24,17 +24,19 @@ using MatrixXdRow = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen:
 using MatrixXfRow = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 class H5Id;
-class SpilledA;
+class StoredStatistics;
 
 struct DomainStatistics {
   std::string name;
   std::int64_t tokens = 0;      // rows accumulated: sequences x context_tokens
-  std::vector<MatrixXdRow> A;   // [L]: (D+1) x (D+1), symmetric once complete; empty when spilled
-  // Where A is when it is not in memory (spill()): read back one layer at a time.
-  std::shared_ptr<const SpilledA> spilled;
+  std::vector<MatrixXdRow> A;   // [L]: (D+1) x (D+1), symmetric once complete; empty when stored
+  // Where A and the held-out inputs are when they are not in memory (spilled, or an MoE's
+  // stats.h5): read one layer at a time (Statistics::only_layer).
+  std::shared_ptr<const StoredStatistics> stored;
   // [L]: MLP inputs of held-out tokens (rows), which A does not contain; empty without a
-  // held-out split (calibration.heldout_fraction). Router settings are chosen on them.
+  // held-out split (calibration.heldout_fraction), or when stored. Router settings are chosen on them.
   std::vector<MatrixXfRow> heldout;
+  bool has_heldout() const;
 };
 
 struct Statistics {
@@ -47,30 +49,42 @@ struct Statistics {
   MatrixXdRow total_A(std::int64_t layer) const;  // sum over domains
   Eigen::MatrixXd B(std::int64_t layer) const;    // (D+1) x E
   // These statistics with only `layer`'s A and held-out inputs present (the other layers'
-  // entries empty), read back where spilled: what solving one layer needs, E (D+1)^2 doubles.
+  // entries empty), read back where stored: what solving one layer needs, E (D+1)^2 doubles.
   Statistics only_layer(std::int64_t layer) const;
 };
 
-// A domain's A on disk: L (D+1)^2 doubles (4.3 GB at 8B, 43 GB at 70B) that are written once
-// and then read one layer at a time.
-class SpilledA {
+// A domain's statistics on disk, read one layer at a time: its A, L (D+1)^2 doubles (4.3 GB at 8B,
+// 43 GB at 70B), and its held-out inputs (L x heldout_tokens x D floats, 1 GB at 8B), from a
+// scratch copy (spill()) or from an MoE's stats.h5.
+class StoredStatistics {
  public:
-  // Writes `A` into a temporary file beside `near`, keeps it open and unlinks it: it stays
-  // readable through the open file, and nothing is left on disk whatever ends the job.
-  SpilledA(const std::filesystem::path& near, const std::vector<MatrixXdRow>& A);
-  ~SpilledA();
-  SpilledA(const SpilledA&) = delete;
-  SpilledA& operator=(const SpilledA&) = delete;
+  // Writes `domain`'s A and held-out inputs into a temporary file beside `near`, keeps it open
+  // and unlinks it: it stays readable through the open file, and nothing is left on disk
+  // whatever ends the job.
+  StoredStatistics(const std::filesystem::path& near, const DomainStatistics& domain);
+  // Domain `name`'s in a dume statistics file (read_statistics), each layer checked (shape,
+  // finite values) when read.
+  StoredStatistics(std::shared_ptr<const H5Id> statistics_file, const std::string& name, std::int64_t layers,
+                   std::int64_t n, bool heldout);
+  ~StoredStatistics();
+  StoredStatistics(const StoredStatistics&) = delete;
+  StoredStatistics& operator=(const StoredStatistics&) = delete;
   std::int64_t layers() const { return layers_; }
   std::int64_t rows() const { return n_; }  // of each layer's A: D + 1
-  MatrixXdRow layer(std::int64_t l) const;
+  bool has_heldout() const { return heldout_; }
+  MatrixXdRow A(std::int64_t l) const;
+  MatrixXfRow heldout(std::int64_t l) const;
 
  private:
+  std::string path(const char* what, std::int64_t l) const;  // of layer l's A or held-out inputs
+
   std::int64_t layers_ = 0, n_ = 0;
-  std::unique_ptr<H5Id> file_;
+  bool heldout_ = false;
+  std::shared_ptr<const H5Id> file_;
+  std::string name_;  // of the domain in a statistics file; empty for a scratch copy
 };
 
-// Moves `domain`'s A to disk (SpilledA), freeing its memory.
+// Moves `domain`'s A and held-out inputs to disk (StoredStatistics), freeing their memory.
 void spill(DomainStatistics& domain, const std::filesystem::path& near);
 
 // Time spent in each part of a calibration, for the merge's summary (seconds).
