@@ -86,6 +86,7 @@ LayerFill average_layers(const std::vector<const HfCheckpoint*>& experts, DType 
     for (std::size_t i = 0; i < ids.size(); ++i)
       average_shared_slice(experts, std::string(hf::embed_tokens), {c.vocab_size, D}, ids[i] * static_cast<std::size_t>(D),
                            dtype, {rows.data() + i * static_cast<std::size_t>(D), static_cast<std::size_t>(D)});
+    for (const HfCheckpoint* checkpoint : experts) checkpoint->release(hf::embed_tokens);  // pages at row edges
     return rows;
   };
   return fill;

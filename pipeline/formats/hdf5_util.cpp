@@ -382,7 +382,7 @@ namespace {
 
 template <class T>
 std::vector<T> read_checked(hid_t file, const std::string& path, std::span<const std::int64_t> shape, DType want,
-                           std::span<const std::uint32_t> rows = {}) {
+                           std::span<const std::uint32_t> rows = {}, std::span<T> into = {}) {
   const H5Id dataset = open_dataset(file, path, file_name(file) + ": dataset '" + path + "'");
   const std::string where = file_name(dataset.get()) + ": dataset '" + path + "'";  // the shard's name
   const DatasetInfo info = info_of(dataset.get(), where);
@@ -392,11 +392,14 @@ std::vector<T> read_checked(hid_t file, const std::string& path, std::span<const
   for (std::size_t i = 0; i < rows.size(); ++i)
     if (rows[i] >= static_cast<std::uint64_t>(shape[0]) || (i > 0 && rows[i] <= rows[i - 1]))
       throw Error(where + ": row " + std::to_string(rows[i]) + " is out of range or out of order");
-  std::vector<T> out(rows.empty() ? info.numel() : info.numel() / static_cast<std::size_t>(shape[0]) * rows.size());
+  const std::size_t count = rows.empty() ? info.numel() : info.numel() / static_cast<std::size_t>(shape[0]) * rows.size();
+  std::vector<T> storage(into.empty() ? count : 0);  // the result, unless the caller gave `into`
+  const std::span<T> out = into.empty() ? std::span<T>(storage) : into;
+  DUME_ASSERT(out.size() == count);
   if (want == DType::I64) {
     if (info.dtype != DType::I64) throw Error(where + " is not int64");
     read_all(dataset.get(), H5T_NATIVE_INT64, out.data(), stored_bytes, where);
-    return out;
+    return storage;
   }
   if (info.dtype == DType::I64) throw Error(where + " holds integers, expected floating point");
   if (info.dtype == DType::BF16 || info.dtype == DType::F16) {
@@ -411,7 +414,7 @@ std::vector<T> read_checked(hid_t file, const std::string& path, std::span<const
   for (std::size_t i = 0; i < out.size(); ++i)
     if (!std::isfinite(out[i]))
       throw Error(where + " holds a non-finite value at flat index " + std::to_string(i));
-  return out;
+  return storage;
 }
 
 }  // namespace
@@ -420,10 +423,13 @@ std::vector<float> read_f32(hid_t file, const std::string& path, std::span<const
   return read_checked<float>(file, path, shape, DType::F32);
 }
 
-std::vector<float> read_f32_rows(hid_t file, const std::string& path, std::span<const std::int64_t> shape,
-                                 std::span<const std::uint32_t> rows) {
-  if (rows.empty()) return {};
-  return read_checked<float>(file, path, shape, DType::F32, rows);
+void read_f32(hid_t file, const std::string& path, std::span<const std::int64_t> shape, std::span<float> out) {
+  read_checked<float>(file, path, shape, DType::F32, {}, out);
+}
+
+void read_f32_rows(hid_t file, const std::string& path, std::span<const std::int64_t> shape,
+                   std::span<const std::uint32_t> rows, std::span<float> out) {
+  if (!rows.empty()) read_checked<float>(file, path, shape, DType::F32, rows, out);
 }
 
 std::vector<double> read_f64(hid_t file, const std::string& path, std::span<const std::int64_t> shape) {

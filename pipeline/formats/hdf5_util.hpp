@@ -125,8 +125,11 @@ DatasetInfo dataset_info(hid_t file, const std::string& path);
 // Reads a float dataset widened to f32 (or f64), checking the shape and that values are finite.
 std::vector<float> read_f32(hid_t file, const std::string& path, std::span<const std::int64_t> shape);
 // The same for the given rows of its first dimension (ascending, each once: an embedding's ids).
-std::vector<float> read_f32_rows(hid_t file, const std::string& path, std::span<const std::int64_t> shape,
-                                 std::span<const std::uint32_t> rows);
+// The same into `out` (as many floats as the dataset holds), without a second copy.
+void read_f32(hid_t file, const std::string& path, std::span<const std::int64_t> shape, std::span<float> out);
+// The rows go into `out` (rows x the other dimensions' floats).
+void read_f32_rows(hid_t file, const std::string& path, std::span<const std::int64_t> shape,
+                   std::span<const std::uint32_t> rows, std::span<float> out);
 std::vector<double> read_f64(hid_t file, const std::string& path, std::span<const std::int64_t> shape);
 std::vector<std::int64_t> read_i64(hid_t file, const std::string& path, std::span<const std::int64_t> shape);
 // The raw stored bytes of a dataset (dtype's encoding), for exact copies.

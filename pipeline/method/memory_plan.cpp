@@ -103,7 +103,8 @@ MemoryPlan plan_eval_memory(const ModelConfig& c, std::int64_t experts, bool exp
   if (E > 1) workspace += T * (2 * D + E + (gaussian ? E * D : 0)) * f32;
   const std::vector<std::pair<std::string, std::int64_t>> fixed_items = {
       {"process", kBaseline},
-      {"one layer's weights or the head", std::max(layer_bytes(c, E, expert_attention, gaussian), head_bytes(c))},
+      // The head's LM head is read whole: in f32, and its stored 16 bits while widened.
+      {"one layer's weights or the head", std::max(layer_bytes(c, E, expert_attention, gaussian), head_bytes(c) + V * D * 2)},
       {"forward buffers", workspace},
       {"a batch's logits (backend and host)", 2 * T * V * f32}};
   std::int64_t fixed = 0;

@@ -409,80 +409,78 @@ void write_moe_directory(const fs::path& output, bool force, const MergePlan& pl
   });
 }
 
-SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts, DType dtype,
-                                 std::span<const CorpusWindows> calibration) {
+SharedValues shared_values_for(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts, DType dtype,
+                               std::span<const CorpusWindows> calibration, std::int64_t chunk_batches) {
   const ModelConfig& mc = experts.at(0)->config();
   std::string difference;
-  const auto combined = [&] {
-    if (!config.shared_regmean) return average_shared_weights(experts, dtype);
-    DUME_ASSERT(calibration.size() == experts.size());
-    return regmean_shared_weights(config, experts, calibration, dtype);
-  };
-  if (config.shared_checkpoint) {
-    const HfCheckpoint base(*config.shared_checkpoint);
-    if (!same_architecture(mc, base.config(), &difference))
-      throw Error("shared checkpoint " + config.shared_checkpoint->string() + " does not match the experts: " + difference);
-    SharedWeights w = average_shared_weights({&base}, dtype);
-    if (config.shared_scale == 0.0) return w;
-    // Task arithmetic: base + s * (average - base), rounded once to the stored dtype.
-    const SharedWeights average = combined();
-    std::vector<const float*> averaged;
-    for_each_shared_tensor(mc, average, [&](const std::string&, const std::string&, const std::vector<std::int64_t>&,
-                                            const auto& values) { averaged.push_back(values.data()); });
-    std::size_t i = 0;
-    const double s = config.shared_scale;
-    for_each_shared_tensor(mc, w, [&](const std::string&, const std::string&, const std::vector<std::int64_t>&,
-                                      auto& values) {
-      const float* a = averaged[i++];
-      for (Eigen::Index j = 0; j < values.size(); ++j)
-        values.data()[j] = static_cast<float>(values.data()[j] + s * (static_cast<double>(a[j]) - values.data()[j]));
-      round_through(dtype, {values.data(), static_cast<std::size_t>(values.size())});
-    });
-    return w;
-  }
+  SharedValues out;
   if (config.shared_moe) {
     const MoeInfo info = read_moe_info(*config.shared_moe);
     if (!same_architecture(mc, info.config, &difference))
       throw Error("shared MoE " + config.shared_moe->string() + " does not match the experts: " + difference);
-    SharedWeights w = read_moe_shared(*config.shared_moe);
-    for_each_shared_tensor(mc, w, [dtype](const std::string&, const std::string&, const std::vector<std::int64_t>&,
-                                          auto& values) {
-      round_through(dtype, {values.data(), static_cast<std::size_t>(values.size())});
-    });
-    return w;
+    const auto file = std::make_shared<const H5Id>(h5::open_file(*config.shared_moe / "moe.h5"));
+    out.values = [file, dtype](const std::string&, const std::string& path, const std::vector<std::int64_t>& shape) {
+      std::vector<float> values = h5::read_f32(file->get(), path, shape);
+      round_through(dtype, values);
+      return values;
+    };
+    return out;
   }
-  return combined();
-}
-
-namespace {
-
-// The tensors of `shared` by their Hugging Face names, for a SharedStore.
-SharedStore::Values values_of(const ModelConfig& config, const SharedWeights& shared) {
-  auto tensors = std::make_shared<std::unordered_map<std::string, std::span<const float>>>();
-  for_each_shared_tensor(config, shared, [&](const std::string& hf_name, const std::string&,
-                                             const std::vector<std::int64_t>& shape, const auto& storage) {
-    tensors->emplace(hf_name, std::span<const float>(storage.data(), numel(shape)));
-  });
-  return [tensors](const std::string& hf_name, const std::string&, const std::vector<std::int64_t>&) {
-    const auto values = tensors->at(hf_name);
-    return std::vector<float>(values.begin(), values.end());
+  std::shared_ptr<const HfCheckpoint> base;
+  if (config.shared_checkpoint) {
+    base = std::make_shared<const HfCheckpoint>(*config.shared_checkpoint);
+    if (!same_architecture(mc, base->config(), &difference))
+      throw Error("shared checkpoint " + config.shared_checkpoint->string() + " does not match the experts: " + difference);
+  }
+  // The experts combined: averaged, or RegMean's merge of the linear layers (on rank 0, which
+  // holds the Grams).
+  SharedStore::Values combined = [experts, dtype](const std::string& hf_name, const std::string&,
+                                                  const std::vector<std::int64_t>& shape) {
+    return average_shared_tensor(experts, hf_name, shape, dtype);
   };
+  const bool combines = !base || config.shared_scale != 0.0;
+  if (combines && config.shared_regmean) {
+    DUME_ASSERT(calibration.size() == experts.size());
+    const auto grams = std::make_shared<const RegmeanGrams>(config, experts, calibration, chunk_batches);
+    combined = [grams, average = combined, dtype](const std::string& hf_name, const std::string& path,
+                                                  const std::vector<std::int64_t>& shape) {
+      return grams->merges(hf_name) ? grams->merged(hf_name, shape, dtype) : average(hf_name, path, shape);
+    };
+    out.root_only = [grams](const std::string& hf_name) { return grams->merges(hf_name); };
+  }
+  if (!base) {
+    out.values = combined;
+    return out;
+  }
+  // Task arithmetic: base + s * (combined - base), rounded once to the stored dtype.
+  out.values = [base, combined, dtype, s = config.shared_scale](const std::string& hf_name, const std::string& path,
+                                                                const std::vector<std::int64_t>& shape) {
+    std::vector<float> w = average_shared_tensor({base.get()}, hf_name, shape, dtype);
+    if (s == 0.0) return w;
+    const std::vector<float> a = combined(hf_name, path, shape);
+    for (std::size_t j = 0; j < w.size(); ++j) w[j] = static_cast<float>(w[j] + s * (static_cast<double>(a[j]) - w[j]));
+    round_through(dtype, w);
+    return w;
+  };
+  return out;
 }
-
-}  // namespace
 
 std::unique_ptr<SharedStore> shared_store_for(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts,
                                               DType dtype, std::span<const CorpusWindows> calibration) {
   const ModelConfig& mc = experts.at(0)->config();
-  if (!config.shared_checkpoint && !config.shared_moe && !config.shared_regmean)
-    return std::make_unique<SharedStore>(
-        config.output.path, mc, dtype,
-        [&](const std::string& hf_name, const std::string&, const std::vector<std::int64_t>& shape) {
-          return average_shared_tensor(experts, hf_name, shape, dtype);
-        });
-  SharedWeights whole;
-  collective_phase([&] { whole = shared_weights_for(config, experts, dtype, calibration); });
-  return std::make_unique<SharedStore>(config.output.path, mc, dtype, values_of(mc, whole));
+  // RegMean's forward runs in the chunks a calibration would (its Grams take the place of the
+  // statistics).
+  std::int64_t batches_per_rank = 0;
+  for (const CorpusWindows& windows : calibration)
+    batches_per_rank = std::max(batches_per_rank,
+                                (batch_count(windows, config.calibration.batch_sequences) + mpi_size() - 1) / mpi_size());
+  SharedValues shared;
+  collective_phase([&] {
+    const std::int64_t chunk = plan_memory(mc, config, static_cast<std::int64_t>(experts.size()), dtype,
+                                           batches_per_rank, config.memory).chunk_rounds;
+    shared = shared_values_for(config, experts, dtype, calibration, chunk);
+  });
+  return std::make_unique<SharedStore>(config.output.path, mc, dtype, shared.values, shared.root_only);
 }
 
 void run_merge(const MergeConfig& config, bool force, bool resume, const std::vector<InputPath>& also_read) {

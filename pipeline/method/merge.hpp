@@ -56,13 +56,17 @@ std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedStore&
                                    const std::vector<ExpertSource>& experts,
                                    const std::vector<RouterSolution>& routers, bool expert_attention);
 
-// The shared weights a merge config asks for: averaged over `experts` (or RegMean's merge on
-// their `calibration` windows), a base checkpoint's, task arithmetic between the two, or an
-// existing MoE's; rounded to dtype. Collective.
-SharedWeights shared_weights_for(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts, DType dtype,
-                                 std::span<const CorpusWindows> calibration = {});
-// The same in a store beside config.output. The plain average is computed tensor by tensor;
-// the others are computed whole first (RegMean, task arithmetic, an MoE's: not yet streamed).
+// The shared weights a merge config asks for, tensor by tensor: averaged over `experts` (or
+// RegMean's merge on their `calibration` windows, its forward in chunks of `chunk_batches`), a
+// base checkpoint's, task arithmetic between the two, or an existing MoE's; rounded to dtype.
+// Collective (RegMean's Grams are computed here).
+struct SharedValues {
+  SharedStore::Values values;
+  std::function<bool(const std::string& hf_name)> root_only;  // tensors only rank 0 can compute (RegMean's)
+};
+SharedValues shared_values_for(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts, DType dtype,
+                               std::span<const CorpusWindows> calibration = {}, std::int64_t chunk_batches = 1);
+// The same in a store beside config.output, one tensor in memory at a time.
 std::unique_ptr<SharedStore> shared_store_for(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts,
                                               DType dtype, std::span<const CorpusWindows> calibration);
 

@@ -218,8 +218,7 @@ LayerFill moe_layers(const fs::path& dir, const MoeInfo& info) {
   const std::int64_t D = c.hidden_size, V = c.vocab_size, E = static_cast<std::int64_t>(info.experts.size());
   const auto read_into = [file](const std::string& path, const std::vector<std::int64_t>& shape, auto& storage) {
     detail::resize_to(storage, shape.size() == 3 ? std::vector<std::int64_t>{shape[0] * shape[1], shape[2]} : shape);
-    const auto v = h5::read_f32(file->get(), path, shape);
-    std::copy(v.begin(), v.end(), storage.data());
+    h5::read_f32(file->get(), path, shape, {storage.data(), static_cast<std::size_t>(storage.size())});
   };
   LayerFill fill;
   fill.layer = [=, gaussian = info.router.method == RouterMethod::gaussian,
@@ -252,8 +251,8 @@ LayerFill moe_layers(const fs::path& dir, const MoeInfo& info) {
   };
   fill.embedding = [file, D, V](std::span<const std::uint32_t> ids) {
     Matrix rows(static_cast<Eigen::Index>(ids.size()), D);
-    const auto v = h5::read_f32_rows(file->get(), "/embed_tokens", std::vector<std::int64_t>{V, D}, ids);
-    std::copy(v.begin(), v.end(), rows.data());
+    h5::read_f32_rows(file->get(), "/embed_tokens", std::vector<std::int64_t>{V, D}, ids,
+                      {rows.data(), static_cast<std::size_t>(rows.size())});
     return rows;
   };
   return fill;

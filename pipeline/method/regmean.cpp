@@ -4,6 +4,8 @@
 
 #include "comm.hpp"
 #include "forward.hpp"
+#include "layer_stream.hpp"
+#include "outputs.hpp"
 #include "rank_backend.hpp"
 #include "shared_weights.hpp"
 #include "progress.hpp"
@@ -31,18 +33,16 @@ namespace {
 
 using Input = ForwardOptions::SharedInput;
 
-// One expert's Gram matrices on rank 0 (full symmetric): per layer the attention input's and
-// the attention output's, then the LM head input's.
-struct Grams {
-  std::vector<Eigen::MatrixXd> attention, output;
-  Eigen::MatrixXd head;
-};
+// The dataset of expert e's Gram `kind` (attention, output: per layer; head).
+std::string gram_dataset(std::size_t e, const std::string& kind) { return "/" + std::to_string(e) + "/" + kind; }
 
-Grams expert_grams(const HfCheckpoint& checkpoint, const CorpusWindows& windows, const MergeConfig& config,
-                   Backend& backend, bool head, const std::string& name) {
+// One expert's Gram sums on the backend, accumulated over its batches layer by layer:
+// stats_accumulate sums [x 1]^T [x 1] (upper triangle); the Gram is its top-left block.
+void accumulate_grams(const HfCheckpoint& checkpoint, const CorpusWindows& windows, const MergeConfig& config,
+                      Backend& backend, bool head, std::int64_t chunk_batches, const std::string& name,
+                      std::vector<Buffer64>& attention, std::vector<Buffer64>& output, Buffer64& head_sum) {
   const int rank = mpi_rank(), ranks = mpi_size();
-  const Model dense = load_dense_model(checkpoint);
-  const ModelConfig& c = dense.config;
+  const ModelConfig& c = checkpoint.config();
   const std::int64_t L = c.num_layers;
   const auto S = static_cast<std::int64_t>(windows.length());
   const std::int64_t C = std::min(config.router.context_tokens, S), per_batch = config.calibration.batch_sequences;
@@ -50,15 +50,12 @@ Grams expert_grams(const HfCheckpoint& checkpoint, const CorpusWindows& windows,
   const std::int64_t batches = batch_count(windows, per_batch);
   const std::vector<std::int64_t> mine =
       rank_share(batches_to_run(batches, heldout_batches(batches, config.calibration.heldout_fraction)), rank, ranks);
-
-  // stats_accumulate sums [x 1]^T [x 1] (upper triangle); the Gram is its top-left block.
   const auto buffer = [&](std::int64_t width) { return backend.alloc64(static_cast<std::size_t>((width + 1) * (width + 1))); };
-  std::vector<Buffer64> attention, output;
   for (std::int64_t l = 0; l < L; ++l) {
     attention.push_back(buffer(c.hidden_size));
     output.push_back(buffer(c.q_dim()));
   }
-  Buffer64 head_sum = buffer(head ? c.hidden_size : 0);
+  head_sum = buffer(head ? c.hidden_size : 0);
   ForwardOptions options;
   options.context_tokens = C;
   options.logits = head;
@@ -67,82 +64,115 @@ Grams expert_grams(const HfCheckpoint& checkpoint, const CorpusWindows& windows,
     if (which == Input::attention_output) backend.stats_accumulate(x, T, c.q_dim(), output[static_cast<std::size_t>(layer)].data());
     if (which == Input::lm_head && head) backend.stats_accumulate(x, T, c.hidden_size, head_sum.data());
   };
+  Model dense = empty_model(c, 1);
   Forward forward(dense, backend);
+  const LayerSource source = stream_layers(dense, forward, checkpoint_layers(checkpoint));
   std::int64_t tokens = 0;
   for (const std::int64_t b : mine) tokens += std::min(per_batch, count - b * per_batch) * C;
-  Progress progress("regmean " + name, tokens, "tokens", rank == 0);
-  for (const std::int64_t b : mine) {
-    const std::int64_t B = std::min(per_batch, count - b * per_batch);
-    forward.run(windows.tokens().subspan(static_cast<std::size_t>(b * per_batch * S), static_cast<std::size_t>(B * S)), B, S,
-                options);
-    progress.advance(B * C);
+  Progress progress("regmean " + name, tokens * L, "token-layers", rank == 0);
+  const auto chunk = static_cast<std::size_t>(std::max<std::int64_t>(1, chunk_batches));
+  for (std::size_t begin = 0; begin < mine.size(); begin += chunk) {
+    std::vector<Batch> runs;
+    for (std::size_t i = begin; i < std::min(mine.size(), begin + chunk); ++i) {
+      const std::int64_t b = mine[i], B = std::min(per_batch, count - b * per_batch);
+      runs.push_back({windows.tokens().subspan(static_cast<std::size_t>(b * per_batch * S), static_cast<std::size_t>(B * S)),
+                      B, S, options});
+    }
+    std::vector<Stream> streams =
+        run_by_layer(forward, source, runs, [&](std::size_t i, std::int64_t) { progress.advance(runs[i].B * C); });
+    if (!head) continue;
+    source.head();  // the LM head's input is the final norm's output
+    for (Stream& stream : streams) forward.finish(stream, options);
+    source.layer(-1);
   }
   progress.finish();
-
-  const auto gather = [&](const Buffer64& sum, std::int64_t width) {
-    const std::int64_t n = width + 1;
-    std::vector<double> host(static_cast<std::size_t>(n * n));
-    backend.download(sum.data(), host);
-    reduce_sum(host);
-    MatrixXdRow full = Eigen::Map<const MatrixXdRow>(host.data(), n, n);
-    symmetrize(full);
-    return Eigen::MatrixXd(full.topLeftCorner(width, width));
-  };
-  Grams grams;
-  for (std::int64_t l = 0; l < L; ++l) {
-    grams.attention.push_back(gather(attention[static_cast<std::size_t>(l)], c.hidden_size));
-    grams.output.push_back(gather(output[static_cast<std::size_t>(l)], c.q_dim()));
-  }
-  if (head) grams.head = gather(head_sum, c.hidden_size);
-  return grams;
 }
 
 }  // namespace
 
-SharedWeights regmean_shared_weights(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts,
-                                     std::span<const CorpusWindows> windows, DType dtype) {
-  SharedWeights merged = average_shared_weights(experts, dtype);  // embeddings, norms, biases
+RegmeanGrams::RegmeanGrams(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts,
+                           std::span<const CorpusWindows> windows, std::int64_t chunk_batches)
+    : experts_(experts) {
   const ModelConfig& c = experts.at(0)->config();
-  const bool head = merged.lm_head.size() > 0;
-  auto backend = rank_backend(config.backend, config.threads);
-  std::vector<Grams> grams;
-  for (std::size_t i = 0; i < experts.size(); ++i)
-    grams.push_back(expert_grams(*experts[i], windows[i], config, *backend, head, config.experts.at(i).name));
-
-  std::string error;  // rank 0's, rethrown on every rank after the broadcasts
-  // One layer: each expert's tensor `hf_name` (shaped as `out`) and Gram, merged on rank 0.
-  const auto merge_into = [&](Matrix& out, const std::string& hf_name,
-                              const std::function<const Eigen::MatrixXd&(const Grams&)>& gram) {
-    if (mpi_rank() == 0 && error.empty()) try {
-        std::vector<Eigen::MatrixXd> weights, inputs;
-        const std::int64_t shape[] = {out.rows(), out.cols()};
-        for (std::size_t i = 0; i < experts.size(); ++i) {
-          Matrix w(out.rows(), out.cols());
-          experts[i]->read(hf_name, shape, {w.data(), static_cast<std::size_t>(w.size())});
-          weights.push_back(w.cast<double>());
-          inputs.push_back(gram(grams[i]));
-        }
-        out = regmean_merge(weights, inputs, hf_name).cast<float>();
-        round_through(dtype, {out.data(), static_cast<std::size_t>(out.size())});
-      } catch (const std::exception& e) {
-        error = e.what();
-      }
-    broadcast(std::span<float>(out.data(), static_cast<std::size_t>(out.size())));
-  };
+  const bool head = !c.tie_word_embeddings;
   for (std::int64_t l = 0; l < c.num_layers; ++l) {
-    const auto i = static_cast<std::size_t>(l);
-    const auto attention_gram = [i](const Grams& g) -> const Eigen::MatrixXd& { return g.attention[i]; };
-    AttentionWeights& a = merged.layers[i].attention;
-    merge_into(a.q, hf::layer(l, hf::q_proj), attention_gram);
-    merge_into(a.k, hf::layer(l, hf::k_proj), attention_gram);
-    merge_into(a.v, hf::layer(l, hf::v_proj), attention_gram);
-    merge_into(a.o, hf::layer(l, hf::o_proj), [i](const Grams& g) -> const Eigen::MatrixXd& { return g.output[i]; });
+    const std::string layer = std::to_string(l);
+    for (const auto name : {hf::q_proj, hf::k_proj, hf::v_proj})
+      gram_of_[hf::layer(l, name)] = {"attention" + layer, c.hidden_size};
+    gram_of_[hf::layer(l, hf::o_proj)] = {"output" + layer, c.q_dim()};
   }
-  if (head) merge_into(merged.lm_head, std::string(hf::lm_head), [](const Grams& g) -> const Eigen::MatrixXd& { return g.head; });
+  if (head) gram_of_[std::string(hf::lm_head)] = {"head", c.hidden_size};
+
+  const bool root = mpi_rank() == 0;
+  const std::filesystem::path path = temporary_name(config.output.path).string() + ".regmean.h5";
+  H5Id out;
   collective_phase([&] {
-    if (!error.empty()) throw Error("shared: regmean: " + error);
+    if (root) out = h5::create_file(path);
   });
-  return merged;
+  auto backend = rank_backend(config.backend, config.threads);
+  try {
+    for (std::size_t e = 0; e < experts.size(); ++e) {
+      std::vector<Buffer64> attention, output;
+      Buffer64 head_sum;
+      accumulate_grams(*experts[e], windows[e], config, *backend, head, chunk_batches, config.experts.at(e).name, attention,
+                       output, head_sum);
+      // Each sum reduced to rank 0 and written there as the full symmetric Gram, then freed.
+      const auto keep = [&](Buffer64& sum, std::int64_t width, const std::string& kind) {
+        const std::int64_t n = width + 1;
+        std::vector<double> host(static_cast<std::size_t>(n * n));
+        backend->download(sum.data(), host);
+        sum = Buffer64();
+        reduce_sum(host);
+        if (!root) return;
+        MatrixXdRow full = Eigen::Map<const MatrixXdRow>(host.data(), n, n);
+        symmetrize(full);
+        const MatrixXdRow gram = full.topLeftCorner(width, width);
+        const std::int64_t shape[] = {width, width};
+        h5::write_dataset(out.get(), gram_dataset(e, kind), DType::F64, shape, gram.data());
+      };
+      for (std::int64_t l = 0; l < c.num_layers; ++l) {
+        keep(attention[static_cast<std::size_t>(l)], c.hidden_size, "attention" + std::to_string(l));
+        keep(output[static_cast<std::size_t>(l)], c.q_dim(), "output" + std::to_string(l));
+      }
+      if (head) keep(head_sum, c.hidden_size, "head");
+    }
+    collective_phase([&] {
+      if (!root) return;
+      h5_check(H5Fclose(out.release()), path.string() + ": cannot close (disk full?)");
+      file_ = std::make_unique<H5Id>(h5::open_file(path));
+    });
+  } catch (...) {
+    if (root) std::filesystem::remove(path);
+    throw;
+  }
+  if (root) std::filesystem::remove(path);  // readable through the open file until the merge is done
+}
+
+RegmeanGrams::~RegmeanGrams() = default;
+
+std::vector<float> RegmeanGrams::merged(const std::string& hf_name, const std::vector<std::int64_t>& shape,
+                                        DType dtype) const {
+  DUME_ASSERT(file_ && shape.size() == 2);
+  const auto& [kind, width] = gram_of_.at(hf_name);
+  std::vector<Eigen::MatrixXd> weights, grams;
+  for (std::size_t e = 0; e < experts_.size(); ++e) {
+    Matrix w(shape[0], shape[1]);
+    experts_[e]->read(hf_name, shape, {w.data(), static_cast<std::size_t>(w.size())});
+    experts_[e]->release(hf_name);
+    weights.push_back(w.cast<double>());
+    const std::int64_t gram_shape[] = {width, width};
+    const std::vector<double> gram = h5::read_f64(file_->get(), gram_dataset(e, kind), gram_shape);
+    grams.push_back(Eigen::Map<const MatrixXdRow>(gram.data(), width, width));
+  }
+  Matrix out;
+  try {
+    out = regmean_merge(weights, grams, hf_name).cast<float>();
+  } catch (const Error& e) {
+    throw Error(std::string("shared: regmean: ") + e.what());
+  }
+  std::vector<float> values(out.data(), out.data() + out.size());
+  round_through(dtype, values);
+  return values;
 }
 
 }  // namespace dume

@@ -7,9 +7,13 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <memory>
 #include <span>
+#include <string>
+#include <unordered_map>
 #include <vector>
 
+#include "hdf5_util.hpp"
 #include "hf_checkpoint.hpp"
 #include "corpus.hpp"
 #include "merge_config.hpp"
@@ -25,10 +29,30 @@ inline constexpr double kRegmeanOffDiagonal = 0.9;
 Eigen::MatrixXd regmean_merge(const std::vector<Eigen::MatrixXd>& weights, const std::vector<Eigen::MatrixXd>& grams,
                               const std::string& where);
 
-// Collective: each expert's own dense forward over its calibration windows (truncated to
-// router.context_tokens, held-out batches left out; batch i on rank i mod ranks), the Grams
-// summed on rank 0, the merged layers broadcast and rounded to dtype.
-SharedWeights regmean_shared_weights(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts,
-                                     std::span<const CorpusWindows> windows, DType dtype);
+// The Gram matrices RegMean merges with. Collective: each expert's own dense forward over its
+// calibration windows (truncated to router.context_tokens, held-out batches left out; batch i on
+// rank i mod ranks), read one layer at a time (layer_stream.hpp) over chunks of `chunk_batches`
+// batches; the sums are reduced to rank 0, which moves each expert's into an unlinked scratch
+// file beside the output (L (D^2 + q_dim^2) doubles: 8.6 GB per expert at 8B) and reads them
+// back one layer at a time to merge.
+class RegmeanGrams {
+ public:
+  RegmeanGrams(const MergeConfig& config, const std::vector<const HfCheckpoint*>& experts,
+               std::span<const CorpusWindows> windows, std::int64_t chunk_batches);
+  ~RegmeanGrams();
+  RegmeanGrams(const RegmeanGrams&) = delete;
+  RegmeanGrams& operator=(const RegmeanGrams&) = delete;
+
+  // Whether RegMean merges the shared tensor `hf_name`: q, k, v, o, and the LM head unless tied
+  // (the rest is averaged).
+  bool merges(const std::string& hf_name) const { return gram_of_.contains(hf_name); }
+  // Rank 0: that tensor merged over the experts, rounded to dtype.
+  std::vector<float> merged(const std::string& hf_name, const std::vector<std::int64_t>& shape, DType dtype) const;
+
+ private:
+  std::vector<const HfCheckpoint*> experts_;
+  std::unordered_map<std::string, std::pair<std::string, std::int64_t>> gram_of_;  // tensor -> (dataset, width)
+  std::unique_ptr<H5Id> file_;  // rank 0's scratch file
+};
 
 }  // namespace dume

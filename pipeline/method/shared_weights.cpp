@@ -17,21 +17,29 @@ std::size_t numel(const std::vector<std::int64_t>& shape) {
   return n;
 }
 
-// The tensors' owners in for_each_shared_tensor's order: largest first, each to the
-// least-loaded rank (the same on every rank).
-std::vector<int> tensor_owners(const ModelConfig& config, int ranks) {
+// The tensors' owners in for_each_shared_tensor's order: those `root_only` names to rank 0, the
+// rest largest first, each to the least-loaded rank (the same on every rank).
+std::vector<int> tensor_owners(const ModelConfig& config, int ranks,
+                               const std::function<bool(const std::string&)>& root_only = {}) {
   std::vector<std::size_t> sizes;
+  std::vector<bool> on_root;
   SharedWeights names;
   names.layers.resize(static_cast<std::size_t>(config.num_layers));  // the const walk indexes layers (UBSan)
   for_each_shared_tensor(config, static_cast<const SharedWeights&>(names),
-                         [&](const std::string&, const std::string&, const std::vector<std::int64_t>& shape,
-                             const auto&) { sizes.push_back(numel(shape)); });
+                         [&](const std::string& hf_name, const std::string&, const std::vector<std::int64_t>& shape,
+                             const auto&) {
+                           sizes.push_back(numel(shape));
+                           on_root.push_back(root_only && root_only(hf_name));
+                         });
   std::vector<std::size_t> order(sizes.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return sizes[a] > sizes[b]; });
   std::vector<int> owners(sizes.size());
   std::vector<std::size_t> load(static_cast<std::size_t>(ranks), 0);
+  for (std::size_t t = 0; t < sizes.size(); ++t)
+    if (on_root[t]) load[0] += sizes[t];
   for (const std::size_t t : order) {
+    if (on_root[t]) continue;  // owners[t] = 0
     const auto least = std::min_element(load.begin(), load.end()) - load.begin();
     owners[t] = static_cast<int>(least);
     load[static_cast<std::size_t>(least)] += sizes[t];
@@ -113,11 +121,11 @@ std::string shared_weights_hash(const ModelConfig& config, const SharedWeights& 
 }
 
 SharedStore::SharedStore(const std::filesystem::path& output, const ModelConfig& config, DType dtype,
-                         const Values& values)
+                         const Values& values, const std::function<bool(const std::string&)>& root_only)
     : config_(config), dtype_(dtype) {
   auto scratch = std::make_unique<ScratchDirectory>(output);
   const int rank = mpi_rank(), ranks = mpi_size();
-  const std::vector<int> owners = tensor_owners(config, ranks);
+  const std::vector<int> owners = tensor_owners(config, ranks, root_only);
   std::vector<TensorSource> mine;
   std::size_t index = 0;
   const SharedWeights names;

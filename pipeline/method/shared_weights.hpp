@@ -46,9 +46,11 @@ class SharedStore {
   // representable in the store's dtype.
   using Values = std::function<std::vector<float>(const std::string& hf_name, const std::string& moe_path,
                                                   const std::vector<std::int64_t>& shape)>;
-  // Collective: each rank computes and writes its share of the tensors (largest first, each to
-  // the least-loaded rank), then every rank maps all of them. An error on any rank is raised on all.
-  SharedStore(const std::filesystem::path& output, const ModelConfig& config, DType dtype, const Values& values);
+  // Collective: each rank computes and writes its share of the tensors (those `root_only` names
+  // on rank 0, the rest largest first, each to the least-loaded rank), then every rank maps all
+  // of them. An error on any rank is raised on all.
+  SharedStore(const std::filesystem::path& output, const ModelConfig& config, DType dtype, const Values& values,
+              const std::function<bool(const std::string& hf_name)>& root_only = {});
   ~SharedStore();  // collective when the job spans nodes
   SharedStore(const SharedStore&) = delete;
   SharedStore& operator=(const SharedStore&) = delete;

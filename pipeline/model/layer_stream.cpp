@@ -107,9 +107,11 @@ LayerFill checkpoint_layers(const HfCheckpoint& checkpoint) {
     const std::int64_t D = c.hidden_size;
     const std::vector<std::int64_t> shape{c.vocab_size, D};
     Matrix rows(static_cast<Eigen::Index>(ids.size()), D);
-    for (std::size_t i = 0; i < ids.size(); ++i)
+    for (std::size_t i = 0; i < ids.size(); ++i) {
       checkpoint.read_slice(hf::embed_tokens, shape, ids[i] * static_cast<std::size_t>(D),
                             {rows.data() + i * static_cast<std::size_t>(D), static_cast<std::size_t>(D)});
+      if (i % 4096 == 4095) checkpoint.release(hf::embed_tokens);  // a whole tied LM head is read this way
+    }
     checkpoint.release(hf::embed_tokens);
     return rows;
   };

@@ -30,6 +30,7 @@ MlpWeights load_mlp(const HfCheckpoint& checkpoint, std::int64_t layer) {
   for_each_mlp_tensor(checkpoint.config(), w, [&](const std::string& suffix, const std::string&,
                                                   const std::vector<std::int64_t>& shape, auto& storage) {
     checkpoint.read(hf::layer(layer, suffix), shape, span_of(storage));
+    checkpoint.release(hf::layer(layer, suffix));
   });
   return w;
 }

@@ -330,9 +330,11 @@ TEST_F(SharedStrategies, TaskArithmeticScalesFromTheBaseTowardTheAverage) {
     MergeConfig config = merge_config_parse(yaml, dir_ / "c.yaml");
     config.shared_checkpoint = dir_ / "d0";
     config.shared_scale = s;
-    const SharedWeights w = shared_weights_for(config, experts, DType::F32);
-    const Matrix expected = base.layers[1].attention.q + static_cast<float>(s) * (average.layers[1].attention.q - base.layers[1].attention.q);
-    EXPECT_LT((w.layers[1].attention.q - expected).cwiseAbs().maxCoeff(), 1e-6) << s;
+    const Matrix& q = average.layers[1].attention.q;
+    const std::vector<float> w = shared_values_for(config, experts, DType::F32)
+                                     .values(hf::layer(1, hf::q_proj), "/layers/1/self_attn/q_proj", {q.rows(), q.cols()});
+    const Matrix expected = base.layers[1].attention.q + static_cast<float>(s) * (q - base.layers[1].attention.q);
+    EXPECT_LT((Eigen::Map<const Matrix>(w.data(), q.rows(), q.cols()) - expected).cwiseAbs().maxCoeff(), 1e-6) << s;
   }
 }
 
