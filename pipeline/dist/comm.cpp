@@ -91,18 +91,21 @@ void chunked(std::span<T> data, Call&& call, std::size_t limit = mpi_chunk_eleme
     call(data.data() + begin, static_cast<int>(std::min(chunk, data.size() - begin)));
 }
 
-}  // namespace
-
-void reduce_sum(std::span<double> data, int root) {
+template <class T>
+void reduce_sum_as(std::span<T> data, int root, MPI_Datatype type) {
   const bool is_root = mpi_rank() == root;
   chunked(
       data,
-      [&](double* p, int n) {
-        MPI_CHECK(MPI_Reduce(is_root ? MPI_IN_PLACE : p, is_root ? p : nullptr, n, MPI_DOUBLE, MPI_SUM, root,
-                             MPI_COMM_WORLD));
+      [&](T* p, int n) {
+        MPI_CHECK(MPI_Reduce(is_root ? MPI_IN_PLACE : p, is_root ? p : nullptr, n, type, MPI_SUM, root, MPI_COMM_WORLD));
       },
       mpi_reduce_segment_elements());
 }
+
+}  // namespace
+
+void reduce_sum(std::span<double> data, int root) { reduce_sum_as(data, root, MPI_DOUBLE); }
+void reduce_sum(std::span<float> data, int root) { reduce_sum_as(data, root, MPI_FLOAT); }
 
 void allreduce_sum(std::span<double> data, std::size_t segment) {
   chunked(

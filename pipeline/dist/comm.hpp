@@ -49,6 +49,7 @@ std::size_t mpi_reduce_segment_elements();
 
 // Sums `data` over all ranks into rank `root`'s `data` (other ranks' data is left as it was).
 void reduce_sum(std::span<double> data, int root = 0);
+void reduce_sum(std::span<float> data, int root = 0);
 // Sums `data` over all ranks into every rank's `data`, at most `segment` elements per MPI call
 // (the benchmark's reference).
 void allreduce_sum(std::span<double> data, std::size_t segment);

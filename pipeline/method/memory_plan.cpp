@@ -61,9 +61,8 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
   const std::int64_t mlp = 3 * D * F * f32;
   // The forward's buffers: x, h, q, attention output, k, v, gate, up (T rows each).
   const std::int64_t workspace = T * (2 * D + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * F) * f32;
-  // Held-out MLP inputs while they are collected (f64, every layer) and kept (f32).
-  const std::int64_t heldout =
-      cs.heldout_fraction > 0 ? L * std::min<std::int64_t>(cs.heldout_tokens, 1 << 30) * D * (f64 + f32) : 0;
+  // Held-out MLP inputs while they are collected (every layer, until they go to disk).
+  const std::int64_t heldout = cs.heldout_fraction > 0 ? L * std::min<std::int64_t>(cs.heldout_tokens, 1 << 30) * D * f32 : 0;
   plan.round_bytes = T * D * f32;
   const std::vector<std::pair<std::string, std::int64_t>> calibration = {
       {"process", kBaseline},
@@ -71,23 +70,46 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
       {"one layer's weights", attention + mlp + mlp / f32 * stored},
       {"forward buffers", workspace + T * D * f32},
       {"held-out inputs", heldout}};
-  std::int64_t fixed = 0;
-  for (const auto& [what, size] : calibration) fixed += size;
+  // RegMean's forward (shared: regmean) runs in the same chunks, with one expert's Gram sums in
+  // place of the statistics: per layer the attention's input and output, and the LM head's.
+  const bool regmean_head = config.shared_regmean && !c.tie_word_embeddings;
+  const std::int64_t grams = L * (n * n + (c.q_dim() + 1) * (c.q_dim() + 1)) * f64 + (regmean_head ? n * n * f64 : 0);
+  std::vector<std::pair<std::string, std::int64_t>> regmean = {
+      {"process", kBaseline},
+      {"Gram sums of one expert", grams},
+      {"one layer's weights", attention + mlp + mlp / f32 * stored},
+      {"forward buffers and a batch's logits", workspace + T * D * f32 + (regmean_head ? 2 * T * V * f32 : 0)}};
+  const auto sum = [](const std::vector<std::pair<std::string, std::int64_t>>& items) {
+    std::int64_t total = 0;
+    for (const auto& [what, size] : items) total += size;
+    return total;
+  };
+  const std::int64_t fixed = std::max(sum(calibration), config.shared_regmean ? sum(regmean) : 0);
   plan.minimum = fixed + plan.round_bytes;
   if (plan.budget < plan.minimum)
     throw Error("compute.memory " + bytes(plan.budget) + " per rank is too small for this merge: it needs at least " +
                 bytes(plan.minimum) + " (one domain's statistics " + bytes(statistics) +
                 ", one layer's weights and one batch of windows)");
   plan.chunk_rounds = (plan.budget - fixed) / plan.round_bytes;
+  const std::int64_t streams = std::min(plan.chunk_rounds, std::max<std::int64_t>(1, batches_per_rank)) * plan.round_bytes;
   auto calibrating = calibration;
-  calibrating.emplace_back("residual streams of a chunk",
-                           std::min(plan.chunk_rounds, std::max<std::int64_t>(1, batches_per_rank)) * plan.round_bytes);
-  plan.phases = {
-      {"shared weights", {{"process", kBaseline}, {"largest tensor (f32 and stored)", V * D * (f32 + stored)}}},
-      {"calibration", calibrating},
-      {"solve", {{"process", kBaseline}, {"one layer's statistics of every domain", 3 * experts * n * n * f64},
-                 {"held-out inputs", heldout}}},
-      {"write", {{"process", kBaseline}, {"one tensor (f32 and stored)", std::max(V, F) * D * (f32 + stored)}}}};
+  calibrating.emplace_back("residual streams of a chunk", streams);
+  regmean.emplace_back("residual streams of a chunk", streams);
+  // Rank 0 merges RegMean's LM head whole: each expert's in f64, their weighted sum, the solution,
+  // and the result in f32 and stored.
+  const std::int64_t largest_shared = regmean_head ? (experts + 2) * V * D * f64 + V * D * (f32 + stored) + experts * n * n * f64
+                                                   : V * D * (f32 + stored);
+  plan.phases = {{"shared weights", {{"process", kBaseline}, {"largest tensor as it is computed", largest_shared}}}};
+  if (config.shared_regmean) plan.phases.emplace_back("RegMean Grams", regmean);
+  plan.phases.emplace_back("calibration", calibrating);
+  plan.phases.emplace_back(
+      "solve", std::vector<std::pair<std::string, std::int64_t>>{
+                   {"process", kBaseline},
+                   {"one layer's statistics of every domain", 3 * experts * n * n * f64},
+                   {"one layer's held-out inputs", cs.heldout_fraction > 0 ? experts * cs.heldout_tokens * D * f32 : 0}});
+  plan.phases.emplace_back("write", std::vector<std::pair<std::string, std::int64_t>>{
+                                        {"process", kBaseline},
+                                        {"one tensor (f32 and stored)", std::max(V, F) * D * (f32 + stored)}});
   return plan;
 }
 

@@ -197,8 +197,9 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& lo
   }
   const std::int64_t stride = std::max<std::int64_t>(1, (total + max_tokens - 1) / std::max<std::int64_t>(1, max_tokens));
   const std::int64_t kept = (total + stride - 1) / stride;
-  // Each rank fills the rows of its batches; a sum over ranks assembles them (every row once).
-  std::vector<std::vector<double>> rows(static_cast<std::size_t>(L), std::vector<double>(static_cast<std::size_t>(kept * D), 0.0));
+  // Each rank fills the rows of its batches; a sum over ranks assembles them (every row once, the
+  // others' zeros: exact in f32). L x kept x D floats: 1.1 GB at 8B with 2048 tokens.
+  std::vector<MatrixXfRow> rows(static_cast<std::size_t>(L), MatrixXfRow::Zero(kept, D));
   ForwardOptions options;
   options.forced_expert = 0;
   options.context_tokens = C;
@@ -211,7 +212,7 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& lo
     for (std::int64_t t = 0; t < T; ++t)
       if ((g0 + t) % stride == 0)
         std::copy(host.begin() + t * D, host.begin() + (t + 1) * D,
-                  rows[static_cast<std::size_t>(layer)].begin() + (g0 + t) / stride * D);
+                  rows[static_cast<std::size_t>(layer)].data() + (g0 + t) / stride * D);
   };
   std::vector<std::int64_t> mine, mine_first;
   for (std::size_t i = static_cast<std::size_t>(rank); i < batches.size(); i += static_cast<std::size_t>(ranks)) {
@@ -224,12 +225,9 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& lo
     run_by_layer(forward, load, windows, batch_sequences, std::span(mine).subspan(begin, size), options,
                  [&](std::size_t i, std::int64_t) { g0 = mine_first[begin + i]; });
   }
-  std::vector<MatrixXfRow> heldout;
-  for (auto& layer : rows) {
-    reduce_sum(layer);
-    if (rank == 0) heldout.push_back(Eigen::Map<const MatrixXdRow>(layer.data(), kept, D).cast<float>());
-  }
-  return heldout;
+  for (auto& layer : rows) reduce_sum(std::span<float>(layer.data(), static_cast<std::size_t>(layer.size())));
+  if (rank != 0) rows.clear();
+  return rows;
 }
 
 namespace {

@@ -290,6 +290,11 @@ Stream Forward::begin(std::span<const std::uint32_t> tokens, std::int64_t B, std
   stream.x = backend_.alloc(static_cast<std::size_t>(B * S * c.hidden_size));
   backend_.embed(stream.tokens, stream.table.size() ? stream.table.data() : embed_.data(), c.hidden_size,
                  stream.x.data());
+  if (expert_attention_.empty() || options.forced_expert >= 0) {  // no decide() at layer 0: not needed again
+    stream.tokens = {};
+    stream.table = Buffer();
+    stream.rows = Matrix();
+  }
   return stream;
 }
 
