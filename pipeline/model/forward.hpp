@@ -56,7 +56,7 @@ struct Stream {
   std::int64_t B = 0, S = 0;  // sequences, and positions after truncation
   Buffer x;                   // the residual stream (B * S, D)
   // The tokens as indices into `table`, the embedding rows they use (empty: the model's
-  // embedding); kept until layer 0 has run, where expert attention embeds them again.
+  // embedding); kept only where expert attention embeds them again at layer 0, until then.
   std::vector<std::uint32_t> tokens;
   Buffer table;
   Matrix rows;  // behind `table` (the CPU backend aliases it; a move keeps its storage)
@@ -123,7 +123,8 @@ class Forward {
   };
   struct Workspace {
     std::int64_t rows = 0;
-    Buffer x, h, q, k, v, attention, gate, up, logits, cos, sin, expert_in, expert_out, router_logits, whitened;  // x: decide()'s
+    // x: decide()'s routing pass (a stream keeps its own residual stream)
+    Buffer x, h, q, k, v, attention, gate, up, logits, cos, sin, expert_in, expert_out, router_logits, whitened;
   };
 
   // One layer's routing: each expert's tokens (in token order) and their weights.
