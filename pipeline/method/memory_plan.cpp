@@ -131,7 +131,7 @@ MemoryPlan plan_eval_memory(const ModelConfig& c, std::int64_t experts, bool exp
       {"a batch's logits (backend and host)", 2 * T * V * f32}};
   std::int64_t fixed = 0;
   for (const auto& [what, size] : fixed_items) fixed += size;
-  plan.round_bytes = 2 * T * D * f32;  // the residual stream, and its embedding rows until layer 0 has run
+  plan.round_bytes = 2 * T * D * f32;  // the residual stream, and (expert attention) its embedding rows until layer 0
   plan.minimum = fixed + plan.round_bytes;
   if (plan.budget < plan.minimum)
     throw Error("compute.memory " + bytes(plan.budget) + " per rank is too small to evaluate this model: it needs at least " +

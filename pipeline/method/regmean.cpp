@@ -110,6 +110,7 @@ RegmeanGrams::RegmeanGrams(const MergeConfig& config, const std::vector<const Hf
     if (root) out = h5::create_file(path);
   });
   auto backend = rank_backend(config.backend, config.threads);
+  std::string error;  // rank 0's failure to write, raised on every rank once the reductions are done
   try {
     for (std::size_t e = 0; e < experts.size(); ++e) {
       std::vector<Buffer64> attention, output;
@@ -123,12 +124,16 @@ RegmeanGrams::RegmeanGrams(const MergeConfig& config, const std::vector<const Hf
         backend->download(sum.data(), host);
         sum = Buffer64();
         reduce_sum(host);
-        if (!root) return;
+        if (!root || !error.empty()) return;
         MatrixXdRow full = Eigen::Map<const MatrixXdRow>(host.data(), n, n);
         symmetrize(full);
         const MatrixXdRow gram = full.topLeftCorner(width, width);
         const std::int64_t shape[] = {width, width};
-        h5::write_dataset(out.get(), gram_dataset(e, kind), DType::F64, shape, gram.data());
+        try {
+          h5::write_dataset(out.get(), gram_dataset(e, kind), DType::F64, shape, gram.data());
+        } catch (const std::exception& problem) {
+          error = problem.what();
+        }
       };
       for (std::int64_t l = 0; l < c.num_layers; ++l) {
         keep(attention[static_cast<std::size_t>(l)], c.hidden_size, "attention" + std::to_string(l));
@@ -137,6 +142,7 @@ RegmeanGrams::RegmeanGrams(const MergeConfig& config, const std::vector<const Hf
       if (head) keep(head_sum, c.hidden_size, "head");
     }
     collective_phase([&] {
+      if (!error.empty()) throw Error(error);
       if (!root) return;
       h5_check(H5Fclose(out.release()), path.string() + ": cannot close (disk full?)");
       file_ = std::make_unique<H5Id>(h5::open_file(path));
