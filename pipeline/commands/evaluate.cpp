@@ -53,8 +53,7 @@ bool wants(const MergeConfig& config, const std::string& method) {
 LayerFill average_layers(const std::vector<const HfCheckpoint*>& experts, DType dtype) {
   const ModelConfig& c = experts.at(0)->config();
   const auto average = [experts, dtype](const std::string& hf_name, const std::vector<std::int64_t>& shape, auto& storage) {
-    const std::vector<float> mean = average_shared_tensor(experts, hf_name, shape, dtype);
-    std::copy(mean.begin(), mean.end(), storage.data());
+    average_shared_tensor(experts, hf_name, shape, dtype, {storage.data(), static_cast<std::size_t>(storage.size())});
   };
   LayerFill fill;
   fill.layer = [experts, dtype, average, c](std::int64_t l, Model& m) {

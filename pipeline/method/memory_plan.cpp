@@ -123,12 +123,14 @@ MemoryPlan plan_eval_memory(const ModelConfig& c, std::int64_t experts, bool exp
   // x, h, q, attention output, k, v, gate, up; expert in/out, router logits, Gaussian whitening.
   std::int64_t workspace = T * (2 * D + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * F) * f32;
   if (E > 1) workspace += T * (2 * D + E + (gaussian ? E * D : 0)) * f32;
+  // The backend's logits buffer lives through the run; the host's copy only once the head is in,
+  // after its stored 16 bits (widened whole) have gone.
+  const std::int64_t logits = T * V * f32;
   const std::vector<std::pair<std::string, std::int64_t>> fixed_items = {
       {"process", kBaseline},
-      // The head's LM head is read whole: in f32, and its stored 16 bits while widened.
-      {"one layer's weights or the head", std::max(layer_bytes(c, E, expert_attention, gaussian), head_bytes(c) + V * D * 2)},
-      {"forward buffers", workspace},
-      {"a batch's logits (backend and host)", 2 * T * V * f32}};
+      {"one layer's weights, or the head and a batch's logits",
+       std::max(layer_bytes(c, E, expert_attention, gaussian), head_bytes(c) + std::max(V * D * 2, logits))},
+      {"forward buffers and the logits buffer", workspace + logits}};
   std::int64_t fixed = 0;
   for (const auto& [what, size] : fixed_items) fixed += size;
   plan.round_bytes = 2 * T * D * f32;  // the residual stream, and (expert attention) its embedding rows until layer 0

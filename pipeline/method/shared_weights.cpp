@@ -81,6 +81,12 @@ std::vector<float> average_shared_tensor(const std::vector<const HfCheckpoint*>&
   return out;
 }
 
+void average_shared_tensor(const std::vector<const HfCheckpoint*>& checkpoints, const std::string& hf_name,
+                           const std::vector<std::int64_t>& shape, DType dtype, std::span<float> out) {
+  DUME_ASSERT(out.size() == numel(shape));
+  average_into(checkpoints, hf_name, shape, dtype, out.data());
+}
+
 SharedWeights average_shared_weights(const std::vector<const HfCheckpoint*>& checkpoints, DType dtype) {
   const int rank = mpi_rank(), ranks = mpi_size();
   SharedWeights w;

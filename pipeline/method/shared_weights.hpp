@@ -27,6 +27,9 @@ SharedWeights average_shared_weights(const std::vector<const HfCheckpoint*>& che
 // One shared tensor averaged over the checkpoints in the same way (f64, rounded to `dtype`).
 std::vector<float> average_shared_tensor(const std::vector<const HfCheckpoint*>& checkpoints, const std::string& hf_name,
                                          const std::vector<std::int64_t>& shape, DType dtype);
+// The same into `out` (numel(shape) floats), with no tensor-sized temporary.
+void average_shared_tensor(const std::vector<const HfCheckpoint*>& checkpoints, const std::string& hf_name,
+                           const std::vector<std::int64_t>& shape, DType dtype, std::span<float> out);
 
 // Elements [begin, begin + out.size()) of the flattened tensor averaged in the same way.
 void average_shared_slice(const std::vector<const HfCheckpoint*>& checkpoints, const std::string& hf_name,
