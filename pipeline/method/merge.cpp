@@ -7,6 +7,7 @@
 
 #include "comm.hpp"
 #include "hdf5_util.hpp"
+#include "layer_stream.hpp"
 #include "memory_plan.hpp"
 #include "regmean.hpp"
 #include "resources.hpp"
@@ -68,7 +69,6 @@ MergeInputs merge_prepare(const MergeConfig& config) {
 MlpWeights calibration_mlp(const HfCheckpoint& expert, std::int64_t layer, DType dtype) {
   MlpWeights w = load_mlp(expert, layer);
   for (Matrix* m : {&w.gate, &w.up, &w.down}) round_through(dtype, {m->data(), static_cast<std::size_t>(m->size())});
-  for (const std::string_view t : {hf::gate_proj, hf::up_proj, hf::down_proj}) expert.release(hf::layer(layer, t));
   return w;
 }
 
@@ -216,23 +216,14 @@ SavedDomain load_saved(const ResumeStore* store, std::size_t k) {
 // (built on plan.model with every layer empty): the shared weights' and the expert's (its MLPs
 // are 22 GB in f32 at 8B); the last layer's MLP never (the statistics stop at its input).
 LayerSource domain_layers(MergePlan& plan, const HfCheckpoint& expert, Forward& forward) {
-  auto resident = std::make_shared<std::int64_t>(-1);
-  LayerSource source;
-  source.layer = [&plan, &expert, &forward, resident](std::int64_t layer) {
-    Model& model = plan.model;
-    if (*resident >= 0) {
-      model.shared.layers[static_cast<std::size_t>(*resident)] = LayerWeights();
-      model.experts[static_cast<std::size_t>(*resident)][0] = MlpWeights();
-      forward.load_layer(static_cast<std::size_t>(*resident));
-    }
-    if ((*resident = layer) < 0) return;
-    model.shared.layers[static_cast<std::size_t>(layer)] = plan.shared->layer(layer);
-    if (layer + 1 < model.config.num_layers)
-      model.experts[static_cast<std::size_t>(layer)][0] = calibration_mlp(expert, layer, plan.info.dtype);
-    forward.load_layer(static_cast<std::size_t>(layer));
+  LayerFill fill;
+  fill.layer = [&plan, &expert](std::int64_t l, Model& model) {
+    model.shared.layers[static_cast<std::size_t>(l)] = plan.shared->layer(l);
+    if (l + 1 < model.config.num_layers)
+      model.experts[static_cast<std::size_t>(l)] = {calibration_mlp(expert, l, plan.info.dtype)};
   };
-  source.embedding = [&plan](std::span<const std::uint32_t> ids) { return plan.shared->embedding_rows(ids); };
-  return source;
+  fill.embedding = [&plan](std::span<const std::uint32_t> ids) { return plan.shared->embedding_rows(ids); };
+  return stream_layers(plan.model, forward, std::move(fill));
 }
 
 // Calibrates plan.calibrate in order, appending each domain's reduced statistics to plan.stats;

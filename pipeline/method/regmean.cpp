@@ -72,12 +72,8 @@ void accumulate_grams(const HfCheckpoint& checkpoint, const CorpusWindows& windo
   Progress progress("regmean " + name, tokens * L, "token-layers", rank == 0);
   const auto chunk = static_cast<std::size_t>(std::max<std::int64_t>(1, chunk_batches));
   for (std::size_t begin = 0; begin < mine.size(); begin += chunk) {
-    std::vector<Batch> runs;
-    for (std::size_t i = begin; i < std::min(mine.size(), begin + chunk); ++i) {
-      const std::int64_t b = mine[i], B = std::min(per_batch, count - b * per_batch);
-      runs.push_back({windows.tokens().subspan(static_cast<std::size_t>(b * per_batch * S), static_cast<std::size_t>(B * S)),
-                      B, S, options});
-    }
+    const std::vector<Batch> runs =
+        window_batches(windows, per_batch, std::span(mine).subspan(begin, std::min(chunk, mine.size() - begin)), options);
     std::vector<Stream> streams =
         run_by_layer(forward, source, runs, [&](std::size_t i, std::int64_t) { progress.advance(runs[i].B * C); });
     if (!head) continue;

@@ -162,20 +162,6 @@ std::vector<std::int64_t> heldout_batches(std::int64_t batches, double fraction)
 
 namespace {
 
-// This rank's batches of one domain, run layer by layer (run_by_layer), all with `options`.
-void run_by_layer(Forward& forward, const LayerSource& load, const CorpusWindows& windows, std::int64_t batch_sequences,
-                  std::span<const std::int64_t> batches, const ForwardOptions& options,
-                  const std::function<void(std::size_t i, std::int64_t layer)>& before = {}) {
-  const auto S = static_cast<std::int64_t>(windows.length());
-  const auto count = static_cast<std::int64_t>(windows.count());
-  std::vector<Batch> runs;
-  for (const std::int64_t b : batches) {
-    const std::int64_t B = std::min(batch_sequences, count - b * batch_sequences);
-    runs.push_back({windows.tokens().subspan(static_cast<std::size_t>(b * batch_sequences * S), static_cast<std::size_t>(B * S)),
-                    B, S, options});
-  }
-  run_by_layer(forward, load, runs, before);
-}
 
 }  // namespace
 
@@ -222,7 +208,7 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& lo
   const auto chunk = chunk_batches > 0 ? static_cast<std::size_t>(chunk_batches) : std::max<std::size_t>(1, mine.size());
   for (std::size_t begin = 0; begin < mine.size(); begin += chunk) {
     const std::size_t size = std::min(chunk, mine.size() - begin);
-    run_by_layer(forward, load, windows, batch_sequences, std::span(mine).subspan(begin, size), options,
+    run_by_layer(forward, load, window_batches(windows, batch_sequences, std::span(mine).subspan(begin, size), options),
                  [&](std::size_t i, std::int64_t) { g0 = mine_first[begin + i]; });
   }
   for (auto& layer : rows) reduce_sum(std::span<float>(layer.data(), static_cast<std::size_t>(layer.size())));
@@ -324,7 +310,7 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
     const auto size = static_cast<std::size_t>(std::min(take * ranks, jobs - round * ranks));
     const std::vector<std::int64_t> mine = rank_share(std::span(todo).subspan(first, size), rank, ranks);
     const auto chunk_start = Clock::now();
-    run_by_layer(forward, load, windows, batch_sequences, mine, options);
+    run_by_layer(forward, load, window_batches(windows, batch_sequences, mine, options));
     chunk_rounds[0] = next_chunk_rounds(take, since(chunk_start), most_rounds);
     round += take;
     for (const std::int64_t b : mine) {

@@ -368,6 +368,25 @@ std::vector<float> Forward::finish(Stream& stream, const ForwardOptions& options
   return logits;
 }
 
+std::vector<Batch> window_batches(const CorpusWindows& windows, std::int64_t batch_sequences,
+                                  std::span<const std::int64_t> batches,
+                                  const std::function<ForwardOptions(std::int64_t first)>& options) {
+  const auto S = static_cast<std::int64_t>(windows.length());
+  const auto count = static_cast<std::int64_t>(windows.count());
+  std::vector<Batch> out;
+  for (const std::int64_t b : batches) {
+    const std::int64_t first = b * batch_sequences, B = std::min(batch_sequences, count - first);
+    out.push_back({windows.tokens().subspan(static_cast<std::size_t>(first * S), static_cast<std::size_t>(B * S)), B, S,
+                   options ? options(first) : ForwardOptions{}});
+  }
+  return out;
+}
+
+std::vector<Batch> window_batches(const CorpusWindows& windows, std::int64_t batch_sequences,
+                                  std::span<const std::int64_t> batches, const ForwardOptions& options) {
+  return window_batches(windows, batch_sequences, batches, [&options](std::int64_t) { return options; });
+}
+
 std::vector<Stream> run_by_layer(Forward& forward, const LayerSource& source, std::span<const Batch> batches,
                                  const std::function<void(std::size_t i, std::int64_t layer)>& before) {
   std::vector<Stream> streams;  // (B * S, D) f32 each

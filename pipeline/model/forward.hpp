@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "corpus.hpp"
 #include "model.hpp"
 
 namespace dume {
@@ -161,6 +162,14 @@ class Forward {
   std::vector<float> rope_cos_, rope_sin_;  // (S, hd/2) host tables behind ws_.cos / ws_.sin
   std::int64_t rope_positions_ = 0;
 };
+
+// Batches of `windows` by index (batch b holds windows b * batch_sequences...), each with
+// `options`, or with options(first window) when they differ from batch to batch.
+std::vector<Batch> window_batches(const CorpusWindows& windows, std::int64_t batch_sequences,
+                                  std::span<const std::int64_t> batches, const ForwardOptions& options);
+std::vector<Batch> window_batches(const CorpusWindows& windows, std::int64_t batch_sequences,
+                                  std::span<const std::int64_t> batches,
+                                  const std::function<ForwardOptions(std::int64_t first)>& options);
 
 // Runs the batches layer by layer: each begins (source.embedding), then each layer is made
 // resident once (source.layer) and runs over every batch before the next, `before(i, l)` called

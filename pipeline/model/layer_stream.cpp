@@ -87,12 +87,9 @@ LayerFill checkpoint_layers(const HfCheckpoint& checkpoint) {
     checkpoint.release(name);
   };
   LayerFill fill;
-  fill.layer = [&checkpoint, read](std::int64_t l, Model& model) {
-    const ModelConfig& c = checkpoint.config();
+  fill.layer = [&checkpoint](std::int64_t l, Model& model) {
     model.shared.layers[static_cast<std::size_t>(l)] = load_layer_shared(checkpoint, l);
-    MlpWeights& mlp = model.experts[static_cast<std::size_t>(l)].emplace_back();
-    for_each_mlp_tensor(c, mlp, [&](const std::string& suffix, const std::string&, const std::vector<std::int64_t>& shape,
-                                    auto& storage) { read(hf::layer(l, suffix), shape, storage); });
+    model.experts[static_cast<std::size_t>(l)] = {load_mlp(checkpoint, l)};
   };
   fill.head = [&checkpoint, read](SharedWeights& shared) {
     const ModelConfig& c = checkpoint.config();

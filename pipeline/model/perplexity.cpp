@@ -36,12 +36,8 @@ Perplexity perplexity(Forward& forward, const ModelConfig& config, const CorpusW
   Progress progress(run.label, tokens * config.num_layers, "token-layers", run.show_progress);
   const auto chunk = static_cast<std::size_t>(std::max<std::int64_t>(1, run.chunk_batches));
   for (std::size_t begin = 0; begin < mine.size(); begin += chunk) {
-    std::vector<Batch> chunk_batches;
-    for (std::size_t i = begin; i < std::min(mine.size(), begin + chunk); ++i) {
-      const std::int64_t first = mine[i] * run.batch, B = std::min(run.batch, count - first);
-      chunk_batches.push_back({windows.tokens().subspan(static_cast<std::size_t>(first * S), static_cast<std::size_t>(B * S)),
-                               B, S, run.options ? run.options(first) : ForwardOptions{}});
-    }
+    const std::vector<Batch> chunk_batches =
+        window_batches(windows, run.batch, std::span(mine).subspan(begin, std::min(chunk, mine.size() - begin)), run.options);
     std::vector<Stream> streams = run_by_layer(forward, source, chunk_batches, [&](std::size_t i, std::int64_t) {
       progress.advance(chunk_batches[i].B * S);
     });
