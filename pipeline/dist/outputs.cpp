@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -182,7 +183,7 @@ OutputLock::~OutputLock() {
     if (fs::is_directory(*it, ec) && fs::is_empty(*it, ec)) fs::remove(*it, ec);
 }
 
-// The scratch directories this process made (for release_output_locks).
+// The scratch directories and files this process made (for release_output_locks).
 std::vector<fs::path>& held_scratch() {
   static std::vector<fs::path> directories;
   return directories;
@@ -210,6 +211,40 @@ ScratchDirectory::~ScratchDirectory() {
   std::error_code ec;
   fs::remove_all(path_, ec);
   std::erase(held_scratch(), path_);
+}
+
+ScratchFile::ScratchFile(const fs::path& output, const std::string& suffix) {
+  const fs::path dir = output.parent_path().empty() ? fs::path(".") : output.parent_path();
+  fd_ = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
+  if (fd_ >= 0) {
+    path_ = "/proc/self/fd/" + std::to_string(fd_);
+    return;
+  }
+  named_ = temporary_name(output).string() + "." + suffix;
+  fd_ = ::open(named_.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw Error(named_.string() + ": cannot create: " + std::strerror(errno));
+  path_ = named_;
+  held_scratch().push_back(named_);
+}
+
+ScratchFile::~ScratchFile() {
+  ::close(fd_);
+  if (named_.empty()) return;
+  std::error_code ec;
+  if (!linked_) fs::remove(named_, ec);
+  std::erase(held_scratch(), named_);
+}
+
+void ScratchFile::link_to(const fs::path& target) {
+  std::error_code ec;
+  if (named_.empty()) {
+    if (::linkat(AT_FDCWD, path_.c_str(), AT_FDCWD, target.c_str(), AT_SYMLINK_FOLLOW) != 0)
+      ec = std::error_code(errno, std::generic_category());
+  } else {
+    fs::rename(named_, target, ec);
+  }
+  if (ec) throw Error(target.string() + ": cannot create: " + ec.message());
+  linked_ = true;
 }
 
 fs::path temporary_name(const fs::path& target) {
@@ -249,10 +284,11 @@ void write_output_atomically(const fs::path& output, bool force, const std::func
   // Temporaries of this output left by jobs that were killed while writing (any host, any pid):
   // the caller holds the output's lock, so no live job is writing one.
   const std::string stale = hidden_sibling(output, ".tmp-").filename().string();
-  const auto& mine = held_scratch();  // this job's scratch directory is not stale
+  const auto mine = [](const fs::path& entry) {  // this job's scratch is not stale
+    return std::ranges::any_of(held_scratch(), [&](const fs::path& p) { return p.filename() == entry.filename(); });
+  };
   for (const auto& entry : fs::directory_iterator(parent))
-    if (entry.path().filename().string().starts_with(stale) &&
-        std::find(mine.begin(), mine.end(), entry.path()) == mine.end()) {
+    if (entry.path().filename().string().starts_with(stale) && !mine(entry.path())) {
       std::fprintf(stderr, "dume: removing %s, left by an interrupted job\n", entry.path().c_str());
       fs::remove_all(entry.path());
     }

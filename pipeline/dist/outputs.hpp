@@ -80,6 +80,28 @@ class ScratchDirectory {
   std::filesystem::path path_;
 };
 
+// A file of one process in its output's directory, for a part of the output written over the
+// whole job (rank 0's statistics file) and named at the end: unnamed (O_TMPFILE), so that nothing
+// is left on disk whatever ends the job, until link_to names it `target` (in the same filesystem,
+// so no copy). Where the filesystem has no unnamed files (NFS), it is `.NAME.tmp-HOST-PID.SUFFIX`,
+// removed when destroyed unless linked, and by abort_job; a killed job's is cleared by the
+// output's next writer.
+class ScratchFile {
+ public:
+  ScratchFile(const std::filesystem::path& output, const std::string& suffix);
+  ~ScratchFile();
+  ScratchFile(const ScratchFile&) = delete;
+  ScratchFile& operator=(const ScratchFile&) = delete;
+  // Where to open it (it exists, empty at first): /proc/self/fd/N, or the named file.
+  const std::filesystem::path& path() const { return path_; }
+  void link_to(const std::filesystem::path& target);
+
+ private:
+  int fd_ = -1;
+  std::filesystem::path path_, named_;  // named_: the fallback's name, empty for an unnamed file
+  bool linked_ = false;
+};
+
 // A temporary name for `target` in its own directory, unique across hosts and processes:
 // `.NAME.tmp-HOST-PID`.
 std::filesystem::path temporary_name(const std::filesystem::path& target);

@@ -130,6 +130,15 @@ H5Id create_file(const std::filesystem::path& path) {
   return H5Id(h5_check(H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT), path.string() + ": cannot create"));
 }
 
+H5Id create_file_in(const std::filesystem::path& empty_file) {
+  h5_silence_errors();
+  DUME_ASSERT(std::filesystem::file_size(empty_file) == 0);
+  const H5Id access(h5_check(H5Pcreate(H5P_FILE_ACCESS), "H5Pcreate"));
+  h5_check(H5Pset_fapl_stdio(access.get()), "H5Pset_fapl_stdio");
+  return H5Id(h5_check(H5Fcreate(empty_file.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, access.get()),
+                       empty_file.string() + ": cannot create"));
+}
+
 H5Id open_file(const std::filesystem::path& path) {
   h5_silence_errors();
   if (!std::filesystem::exists(path)) throw Error(path.string() + ": no such file");

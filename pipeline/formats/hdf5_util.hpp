@@ -97,6 +97,9 @@ namespace h5 {
 std::string dtype_attribute(DType dtype);
 
 H5Id create_file(const std::filesystem::path& path);  // fails if it exists
+// In an empty file made for it (ScratchFile, opened by /proc/self/fd/N): through the stdio
+// driver, since the default one resolves the name to its target, and an unnamed file has none.
+H5Id create_file_in(const std::filesystem::path& empty_file);
 H5Id open_file(const std::filesystem::path& path);    // read-only; names the path in errors
 
 // Writes a dataset at `path` (intermediate groups created) holding `data` (dtype's bytes,

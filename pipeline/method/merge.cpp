@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 #include <numeric>
+#include <optional>
 #include <thread>
 
 #include "comm.hpp"
@@ -235,6 +236,7 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, std::int64_t chu
   const ModelConfig& mc = plan.model.config;
   const CalibrationSettings& cs = config.calibration;
   std::vector<bool> saved_whole(plan.calibrate.size(), false);  // a complete-domain file exists
+  if (root) plan.statistics = std::make_unique<StatisticsFile>(config.output.path);
   std::int64_t batches_run = 0;
   auto last_kept = Clock::now();
   for (std::size_t k = 0; k < plan.calibrate.size(); ++k) {
@@ -294,7 +296,7 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, std::int64_t chu
       store->save_complete(k, domain);
       saved_whole[k] = true;
     }
-    if (root) spill(domain, config.output.path);  // read back one layer at a time to solve and write
+    if (root) plan.statistics->add(domain);  // read back one layer at a time to solve
     plan.stats.domains.push_back(std::move(domain));
   }
   plan.model.experts.clear();
@@ -395,7 +397,9 @@ void write_moe_directory(const fs::path& output, bool force, const MergePlan& pl
                           plan.info.router.expert_attention),
               plan.info,
               shard_bytes);
-    write_statistics(dir / "stats.h5", plan.stats);
+    std::optional<StatisticsFile> fresh;  // a job that calibrated nothing writes it now
+    StatisticsFile& statistics = plan.statistics ? *plan.statistics : fresh.emplace(dir / "stats.h5");
+    statistics.finish(plan.stats, dir / "stats.h5");
     write_text_file(dir / "merge.yaml", yaml);
   });
 }

@@ -92,6 +92,7 @@ struct MergePlan {
   std::unique_ptr<SharedStore> shared;  // the output's shared weights
   MoeInfo info;                      // of the output: experts (all, in order), router settings, dtype, hash
   Statistics stats;                  // carried over; calibrated domains are appended
+  std::unique_ptr<StatisticsFile> statistics;  // rank 0: the output's stats.h5, as domains are calibrated
   std::vector<NewDomain> calibrate;  // in order, after the carried-over ones
   std::vector<ExpertSource> sources; // every expert of the output, in order
   std::string command = "dume merge"; // what the user runs again, with --resume, after a stop

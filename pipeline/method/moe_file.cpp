@@ -275,9 +275,38 @@ SharedWeights read_moe_shared(const fs::path& dir) {
   return w;
 }
 
-void write_statistics(const fs::path& path, const Statistics& stats) {
-  H5Id file = h5::create_file(path);
-  const hid_t f = file.get();
+StatisticsFile::StatisticsFile(const fs::path& output)
+    : scratch_(output, "stats.h5"),
+      file_(std::make_shared<const H5Id>(h5::create_file_in(scratch_.path()))) {}
+
+namespace {
+
+void write_domain_layer(hid_t f, std::int64_t l, const std::string& name, const MatrixXdRow& A, const MatrixXfRow* heldout) {
+  const std::int64_t a_shape[] = {A.rows(), A.cols()};
+  h5::write_dataset(f, moe_path::layer(l, "A/" + name), DType::F64, a_shape, A.data());
+  if (!heldout) return;
+  const std::int64_t shape[] = {heldout->rows(), heldout->cols()};
+  h5::write_dataset(f, moe_path::layer(l, "heldout/" + name), DType::F32, shape, heldout->data());
+}
+
+}  // namespace
+
+void StatisticsFile::add(DomainStatistics& domain) {
+  const auto L = static_cast<std::int64_t>(domain.A.size());
+  const bool heldout = !domain.heldout.empty();
+  for (std::int64_t l = 0; l < L; ++l) {
+    const auto i = static_cast<std::size_t>(l);
+    write_domain_layer(file_->get(), l, domain.name, domain.A[i], heldout ? &domain.heldout.at(i) : nullptr);
+  }
+  const std::int64_t n = L > 0 ? domain.A[0].rows() : 0;
+  domain.stored = std::make_shared<const StoredStatistics>(file_, domain.name, L, n, heldout, /*checked=*/false);
+  domain.A = {};
+  domain.heldout = {};
+  added_.insert(domain.name);
+}
+
+void StatisticsFile::finish(const Statistics& stats, const fs::path& target) {
+  const hid_t f = file_->get();
   const std::int64_t n = stats.hidden_size + 1, E = static_cast<std::int64_t>(stats.domains.size());
   std::vector<std::string> names;
   std::vector<std::int64_t> tokens;
@@ -294,19 +323,17 @@ void write_statistics(const fs::path& path, const Statistics& stats) {
   h5::write_dataset(f, "/tokens", DType::I64, tokens_shape, tokens.data());
   for (std::int64_t l = 0; l < stats.layers(); ++l) {
     const Statistics one = stats.only_layer(l);  // one layer's statistics in memory at a time
-    const std::int64_t a_shape[] = {n, n}, b_shape[] = {n, E};
+    const auto i = static_cast<std::size_t>(l);
     for (const auto& d : one.domains)
-      h5::write_dataset(f, moe_path::layer(l, "A/" + d.name), DType::F64, a_shape, d.A[static_cast<std::size_t>(l)].data());
+      if (!added_.contains(d.name))
+        write_domain_layer(f, l, d.name, d.A[i], d.heldout.empty() ? nullptr : &d.heldout[i]);
+    const std::int64_t b_shape[] = {n, E};
     const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> B = one.B(l);
     h5::write_dataset(f, moe_path::layer(l, "B"), DType::F64, b_shape, B.data());
-    for (const auto& d : one.domains)
-      if (!d.heldout.empty()) {
-        const MatrixXfRow& X = d.heldout[static_cast<std::size_t>(l)];
-        const std::int64_t shape[] = {X.rows(), X.cols()};
-        h5::write_dataset(f, moe_path::layer(l, "heldout/" + d.name), DType::F32, shape, X.data());
-      }
   }
-  h5_check(H5Fclose(file.release()), path.string() + ": cannot close (disk full?)");
+  // Stays open while the added domains' statistics are read from it (until the job ends).
+  h5_check(H5Fflush(f, H5F_SCOPE_GLOBAL), scratch_.path().string() + ": cannot write (disk full?)");
+  scratch_.link_to(target);
 }
 
 namespace {
@@ -351,7 +378,7 @@ Statistics load_statistics(const fs::path& path, bool in_memory) {
     if (!d.heldout.empty() && static_cast<std::int64_t>(d.heldout.size()) != L)
       throw Error(path.string() + ": domain '" + d.name + "' has held-out tokens for some layers only");
     if (!in_memory) {
-      d.stored = std::make_shared<const StoredStatistics>(file, d.name, L, n, !d.heldout.empty());
+      d.stored = std::make_shared<const StoredStatistics>(file, d.name, L, n, !d.heldout.empty(), /*checked=*/true);
       d.heldout = {};
     }
     s.domains.push_back(std::move(d));

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "merge_config.hpp"
 #include "layer_stream.hpp"
 #include "model.hpp"
+#include "outputs.hpp"
 #include "statistics.hpp"
 
 namespace dume {
@@ -69,9 +71,26 @@ Model empty_moe_model(const MoeInfo& info);
 // Only its shared weights, widened to f32.
 SharedWeights read_moe_shared(const std::filesystem::path& dir);
 
-void write_statistics(const std::filesystem::path& file, const Statistics& stats);
+// The stats.h5 of a job's output, written as the job goes (rank 0): a calibrated domain's A and
+// held-out inputs go in once (add: their memory is freed, and they are read back from here one
+// layer at a time to solve), and finish completes the file and moves it into the output. So a
+// domain's A (4.3 GB at 8B, 43 GB at 70B) is written to disk once, never copied. Until then a
+// ScratchFile: nothing is left if the job fails.
+class StatisticsFile {
+ public:
+  explicit StatisticsFile(const std::filesystem::path& output);
+  void add(DomainStatistics& domain);
+  // Writes what `stats` holds beyond the added domains (carried domains, B, attributes) and
+  // names the file `target`, in the output's directory.
+  void finish(const Statistics& stats, const std::filesystem::path& target);
+
+ private:
+  ScratchFile scratch_;
+  std::shared_ptr<const H5Id> file_;
+  std::set<std::string> added_;
+};
 Statistics read_statistics(const std::filesystem::path& file);
-// The same with each domain's A left in the file (StoredA: 4.3 GB per domain at 8B), read one
+// The same with each domain's A left in the file (StoredStatistics: 4.3 GB per domain at 8B), read one
 // layer at a time where used; every layer is checked now, so a bad file fails before any work.
 Statistics open_statistics(const std::filesystem::path& file);
 

@@ -7,7 +7,6 @@
 
 #include "comm.hpp"
 #include "hdf5_util.hpp"
-#include "outputs.hpp"
 #include "progress.hpp"
 
 namespace dume {
@@ -48,53 +47,24 @@ Statistics Statistics::only_layer(std::int64_t layer) const {
 
 bool DomainStatistics::has_heldout() const { return stored ? stored->has_heldout() : !heldout.empty(); }
 
-StoredStatistics::StoredStatistics(const std::filesystem::path& near, const DomainStatistics& domain)
-    : layers_(static_cast<std::int64_t>(domain.A.size())),
-      n_(domain.A.empty() ? 0 : domain.A[0].rows()),
-      heldout_(!domain.heldout.empty()) {
-  const std::filesystem::path file = temporary_name(near).string() + ".statistics.h5";
-  try {
-    {
-      H5Id out = h5::create_file(file);
-      const std::int64_t shape[] = {n_, n_};
-      for (std::int64_t l = 0; l < layers_; ++l) {
-        const auto i = static_cast<std::size_t>(l);
-        h5::write_dataset(out.get(), path("A", l), DType::F64, shape, domain.A[i].data());
-        if (!heldout_) continue;
-        const MatrixXfRow& X = domain.heldout.at(i);
-        const std::int64_t rows_shape[] = {X.rows(), X.cols()};
-        h5::write_dataset(out.get(), path("heldout", l), DType::F32, rows_shape, X.data());
-      }
-      h5_check(H5Fclose(out.release()), file.string() + ": cannot close (disk full?)");
-    }
-    file_ = std::make_shared<const H5Id>(h5::open_file(file));
-  } catch (...) {
-    std::filesystem::remove(file);
-    throw;
-  }
-  std::filesystem::remove(file);
-}
-
 StoredStatistics::StoredStatistics(std::shared_ptr<const H5Id> statistics_file, const std::string& name,
-                                   std::int64_t layers, std::int64_t n, bool heldout)
-    : layers_(layers), n_(n), heldout_(heldout), file_(std::move(statistics_file)), name_(name) {}
+                                   std::int64_t layers, std::int64_t n, bool heldout, bool checked)
+    : layers_(layers), n_(n), heldout_(heldout), checked_(checked), file_(std::move(statistics_file)), name_(name) {}
 
 StoredStatistics::~StoredStatistics() = default;
 
 std::string StoredStatistics::path(const char* what, std::int64_t l) const {
-  return name_.empty() ? "/" + std::string(what) + std::to_string(l)
-                       : "/layers/" + std::to_string(l) + "/" + what + "/" + name_;
+  return "/layers/" + std::to_string(l) + "/" + what + "/" + name_;
 }
 
 MatrixXdRow StoredStatistics::A(std::int64_t l) const {
   MatrixXdRow A(n_, n_);
-  if (!name_.empty()) {  // an input: checked
+  if (checked_) {
     const std::int64_t shape[] = {n_, n_};
     const std::vector<double> values = h5::read_f64(file_->get(), path("A", l), shape);
     std::copy(values.begin(), values.end(), A.data());
     return A;
   }
-  // Raw: the sums are checked where they are used (a non-finite one names the layer there).
   const std::vector<std::byte> bytes = h5::read_raw(file_->get(), path("A", l));
   DUME_ASSERT(bytes.size() == static_cast<std::size_t>(n_ * n_) * sizeof(double));
   std::memcpy(A.data(), bytes.data(), bytes.size());
@@ -109,12 +79,6 @@ MatrixXfRow StoredStatistics::heldout(std::int64_t l) const {
     throw Error(h5::file_name(file_->get()) + ": dataset '" + where + "' is not (tokens, " + std::to_string(n_ - 1) + ")");
   const std::vector<float> values = h5::read_f32(file_->get(), where, shape);
   return Eigen::Map<const MatrixXfRow>(values.data(), shape[0], shape[1]);
-}
-
-void spill(DomainStatistics& domain, const std::filesystem::path& near) {
-  domain.stored = std::make_shared<const StoredStatistics>(near, domain);
-  domain.A = {};
-  domain.heldout = {};
 }
 
 MatrixXdRow Statistics::total_A(std::int64_t layer) const {

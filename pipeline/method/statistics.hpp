@@ -30,8 +30,8 @@ struct DomainStatistics {
   std::string name;
   std::int64_t tokens = 0;      // rows accumulated: sequences x context_tokens
   std::vector<MatrixXdRow> A;   // [L]: (D+1) x (D+1), symmetric once complete; empty when stored
-  // Where A and the held-out inputs are when they are not in memory (spilled, or an MoE's
-  // stats.h5): read one layer at a time (Statistics::only_layer).
+  // Where A and the held-out inputs are when they are not in memory (the statistics file a job
+  // writes, or an MoE's stats.h5): read one layer at a time (Statistics::only_layer).
   std::shared_ptr<const StoredStatistics> stored;
   // [L]: MLP inputs of held-out tokens (rows), which A does not contain; empty without a
   // held-out split (calibration.heldout_fraction), or when stored. Router settings are chosen on them.
@@ -53,19 +53,16 @@ struct Statistics {
   Statistics only_layer(std::int64_t layer) const;
 };
 
-// A domain's statistics on disk, read one layer at a time: its A, L (D+1)^2 doubles (4.3 GB at 8B,
-// 43 GB at 70B), and its held-out inputs (L x heldout_tokens x D floats, 1 GB at 8B), from a
-// scratch copy (spill()) or from an MoE's stats.h5.
+// A domain's statistics in a dume statistics file (stats.h5), read one layer at a time: its A,
+// L (D+1)^2 doubles (4.3 GB at 8B, 43 GB at 70B), and its held-out inputs (L x heldout_tokens x
+// D floats, 1 GB at 8B).
 class StoredStatistics {
  public:
-  // Writes `domain`'s A and held-out inputs into a temporary file beside `near`, keeps it open
-  // and unlinks it: it stays readable through the open file, and nothing is left on disk
-  // whatever ends the job.
-  StoredStatistics(const std::filesystem::path& near, const DomainStatistics& domain);
-  // Domain `name`'s in a dume statistics file (read_statistics), each layer checked (shape,
-  // finite values) when read.
+  // Domain `name`'s in `statistics_file`. `checked`: each layer is checked (shape, finite values)
+  // when read, for an input; a job's own sums are checked where they are used, so that a
+  // non-finite one names its layer.
   StoredStatistics(std::shared_ptr<const H5Id> statistics_file, const std::string& name, std::int64_t layers,
-                   std::int64_t n, bool heldout);
+                   std::int64_t n, bool heldout, bool checked);
   ~StoredStatistics();
   StoredStatistics(const StoredStatistics&) = delete;
   StoredStatistics& operator=(const StoredStatistics&) = delete;
@@ -79,13 +76,10 @@ class StoredStatistics {
   std::string path(const char* what, std::int64_t l) const;  // of layer l's A or held-out inputs
 
   std::int64_t layers_ = 0, n_ = 0;
-  bool heldout_ = false;
+  bool heldout_ = false, checked_ = true;
   std::shared_ptr<const H5Id> file_;
-  std::string name_;  // of the domain in a statistics file; empty for a scratch copy
+  std::string name_;
 };
-
-// Moves `domain`'s A and held-out inputs to disk (StoredStatistics), freeing their memory.
-void spill(DomainStatistics& domain, const std::filesystem::path& near);
 
 // Time spent in each part of a calibration, for the merge's summary (seconds).
 struct CalibrationTiming {

@@ -133,6 +133,33 @@ TEST_F(Outputs, AFailedWriteLeavesNothing) {
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), "landed");
 }
 
+// A ScratchFile has no name until linked: not while written, not after a SIGKILL, not when
+// dropped; linked, it is the file written.
+TEST_F(Outputs, AScratchFileIsNamedOnlyWhenLinked) {
+  const fs::path output = dir_ / "moe";
+  const pid_t child = fork();
+  if (child == 0) {
+    ScratchFile scratch(output, "stats.h5");
+    std::ofstream(scratch.path()) << "killed";
+    raise(SIGKILL);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFSIGNALED(status));
+  EXPECT_TRUE(fs::is_empty(dir_));
+  {
+    ScratchFile dropped(output, "stats.h5");
+    std::ofstream(dropped.path()) << "dropped";
+  }
+  EXPECT_TRUE(fs::is_empty(dir_));
+  ScratchFile scratch(output, "stats.h5");
+  std::ofstream(scratch.path()) << "linked";
+  EXPECT_TRUE(fs::is_empty(dir_));
+  scratch.link_to(dir_ / "stats.h5");
+  std::ifstream in(dir_ / "stats.h5");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), "linked");
+}
+
 // `output: out/moe/` (a trailing slash) merges into out/moe; --force replaces that earlier MoE.
 TEST_F(Outputs, TrailingSlashAndReplacingAnEarlierMoe) {
   const std::string yaml = write_merge_inputs(dir_, 2, DType::F32, "runs/moe/");
