@@ -3,6 +3,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <unicode/normalizer2.h>
+#include <unicode/uniset.h>
 #include <unicode/uchar.h>
 #include <unicode/bytestream.h>
 
@@ -101,6 +102,36 @@ bool is_word_char(char32_t c) {
     case U_COMBINING_SPACING_MARK:
     case U_DECIMAL_DIGIT_NUMBER:
     case U_CONNECTOR_PUNCTUATION:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Rust's char::is_numeric (Nd, Nl, No), which the Digits pre-tokenizer splits at.
+bool is_numeric(char32_t c) {
+  if (c < 0x80) return c >= '0' && c <= '9';
+  const auto type = u_charType(static_cast<UChar32>(c));
+  return type == U_DECIMAL_DIGIT_NUMBER || type == U_LETTER_NUMBER || type == U_OTHER_NUMBER;
+}
+
+// The Punctuation pre-tokenizer's test: ASCII punctuation (which takes $+<=>^`| too) or a
+// character of a P* category as the library's unicode_categories crate has them: Unicode 8.0's,
+// where two characters since moved to other categories were still punctuation.
+bool is_punctuation(char32_t c) {
+  if (c < 0x80) return c > 0x20 && c < 0x7F && !((c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z'));
+  if (c == 0x166D || c == 0x111C9) return true;
+  UVersionInfo age;
+  u_charAge(static_cast<UChar32>(c), age);
+  if (age[0] > 8) return false;
+  switch (u_charType(static_cast<UChar32>(c))) {
+    case U_CONNECTOR_PUNCTUATION:
+    case U_DASH_PUNCTUATION:
+    case U_START_PUNCTUATION:
+    case U_END_PUNCTUATION:
+    case U_INITIAL_PUNCTUATION:
+    case U_FINAL_PUNCTUATION:
+    case U_OTHER_PUNCTUATION:
       return true;
     default:
       return false;
@@ -400,13 +431,22 @@ class Regex {
   Regex(const Regex&) = delete;
   Regex& operator=(const Regex&) = delete;
 
-  // The next non-empty match in `subject` at or after `from` (a code point boundary).
-  bool find(std::string_view subject, std::size_t from, std::size_t& begin, std::size_t& end, Scratch& scratch) const {
-    while (from <= subject.size()) {
+  // Where the next search starts and where the last match ended: the onig crate's find_iter,
+  // which the library splits and replaces with, yields empty matches too, but not one right where
+  // the last match ended.
+  struct Cursor {
+    std::size_t from = 0;
+    std::size_t last_end = std::string_view::npos;
+  };
+
+  // The next match in `subject` (valid UTF-8), empty ones included, as find_iter gives them.
+  bool next(std::string_view subject, Cursor& cursor, std::size_t& begin, std::size_t& end, Scratch& scratch) const {
+    while (cursor.from <= subject.size()) {
       const auto* text = reinterpret_cast<PCRE2_SPTR>(subject.data());
-      const int rc = jit_ ? pcre2_jit_match(code_, text, subject.size(), from, 0, scratch.match_data, scratch.match_context)
-                          : pcre2_match(code_, text, subject.size(), from, PCRE2_NO_UTF_CHECK, scratch.match_data,
-                                        scratch.match_context);
+      const int rc = jit_ ? pcre2_jit_match(code_, text, subject.size(), cursor.from, 0, scratch.match_data,
+                                            scratch.match_context)
+                          : pcre2_match(code_, text, subject.size(), cursor.from, PCRE2_NO_UTF_CHECK,
+                                        scratch.match_data, scratch.match_context);
       if (rc == PCRE2_ERROR_NOMATCH) return false;
       if (rc < 0) {
         PCRE2_UCHAR message[256];
@@ -416,13 +456,14 @@ class Regex {
       const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(scratch.match_data);
       begin = ovector[0];
       end = ovector[1];
-      if (end > begin) return true;
-      // An empty match makes no piece (the library drops empty splits): look on from the next
-      // code point.
-      if (begin >= subject.size()) return false;
+      if (begin != end || end != cursor.last_end) {
+        cursor.from = cursor.last_end = end;
+        return true;
+      }
+      if (cursor.from == subject.size()) return false;
       std::size_t length;
-      decode_utf8(subject, begin, length);
-      from = begin + length;
+      decode_utf8(subject, cursor.from, length);
+      cursor.from += length;
     }
     return false;
   }
@@ -432,6 +473,89 @@ class Regex {
   pcre2_code* code_ = nullptr;
   bool jit_ = false;
 };
+
+// --- splitting -------------------------------------------------------------------------------
+
+// What a split cuts at: a regex's matches, each character of a class, or (the Whitespace
+// pre-tokenizer's \w+|[^\w\s]+) each run of word characters or of other non-space ones.
+enum class SplitPattern { kRegex, kNumeric, kPunctuation, kWhiteSpace, kWordOrSymbolRun };
+// What becomes of the matches: the library's SplitDelimiterBehavior.
+enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
+
+// The next match of a character-class pattern in `text` at or after `from`, which it moves past
+// the match.
+bool next_class_match(SplitPattern pattern, std::string_view text, std::size_t& from, std::size_t& begin,
+                      std::size_t& end) {
+  std::size_t length;
+  while (from < text.size()) {
+    const char32_t c = decode_utf8(text, from, length);
+    begin = from;
+    from += length;
+    switch (pattern) {
+      case SplitPattern::kNumeric:
+        if (!is_numeric(c)) continue;
+        break;
+      case SplitPattern::kPunctuation:
+        if (!is_punctuation(c)) continue;
+        break;
+      case SplitPattern::kWhiteSpace:
+        if (!is_white_space(c)) continue;
+        break;
+      case SplitPattern::kWordOrSymbolRun: {
+        if (is_white_space(c)) continue;
+        const bool word = is_word_char(c);
+        while (from < text.size()) {
+          const char32_t d = decode_utf8(text, from, length);
+          if (is_white_space(d) || is_word_char(d) != word) break;
+          from += length;
+        }
+        break;
+      }
+      case SplitPattern::kRegex:
+        return false;
+    }
+    end = from;
+    return true;
+  }
+  return false;
+}
+
+// Cuts text of `size` bytes as the library's NormalizedString::split does: `next_match(begin,
+// end)` gives the pattern's matches in order (empty ones too), which with the text between them
+// make the segments; `invert` swaps which are matches; `behavior` drops the matches (Removed) or
+// says which neighbours join. `emit(begin, end)` gets each non-empty piece, as
+// PreTokenizedString::split keeps only those.
+template <class NextMatch, class Emit>
+void split_pieces(std::size_t size, NextMatch&& next_match, SplitBehavior behavior, bool invert, Emit&& emit) {
+  // The piece being grown, and whether its last segment is a match. An empty piece at the start
+  // that a segment joins is the same as a new piece.
+  std::size_t piece_begin = 0, piece_end = 0;
+  bool last_is_match = false;
+  auto take = [&](std::size_t begin, std::size_t end, bool is_match) {
+    is_match = is_match != invert;
+    if (behavior == SplitBehavior::kRemoved) {
+      if (!is_match && end > begin) emit(begin, end);
+      return;
+    }
+    const bool joins = (behavior == SplitBehavior::kContiguous && is_match == last_is_match) ||
+                       (behavior == SplitBehavior::kMergedWithPrevious && is_match && !last_is_match) ||
+                       (behavior == SplitBehavior::kMergedWithNext && last_is_match && !is_match);
+    if (!joins) {
+      if (piece_end > piece_begin) emit(piece_begin, piece_end);
+      piece_begin = begin;
+    }
+    piece_end = end;
+    last_is_match = is_match;
+  };
+  std::size_t done = 0, begin, end;
+  while (next_match(begin, end)) {
+    if (done != begin) take(done, begin, false);
+    take(begin, end, true);
+    done = end;
+  }
+  if (done != size) take(done, size, false);
+  if (piece_end > piece_begin) emit(piece_begin, piece_end);
+}
 
 // --- JSON reading --------------------------------------------------------------------------
 
@@ -470,10 +594,13 @@ class JsonReader {
     return string(object, where, key);
   }
   bool boolean(const json& object, const std::string& where, const char* key, bool fallback) const {
-    const json* value = optional_field(object, where, key);
-    if (!value) return fallback;
-    if (!value->is_boolean()) fail(path(where, key), "is not true or false");
-    return value->get<bool>();
+    if (!optional_field(object, where, key)) return fallback;
+    return boolean(object, where, key);
+  }
+  bool boolean(const json& object, const std::string& where, const char* key) const {
+    const json& value = field(object, where, key);
+    if (!value.is_boolean()) fail(path(where, key), "is not true or false");
+    return value.get<bool>();
   }
   std::uint32_t id(const json& value, const std::string& where) const {
     if (!value.is_number_integer() || value.get<std::int64_t>() < 0 ||
@@ -497,18 +624,25 @@ std::string type_of(const JsonReader& reader, const json& object, const std::str
 
 // --- the parts of the pipeline -------------------------------------------------------------
 
-enum class NormalizerKind { kNfc, kPrepend, kReplace };
+enum class NormalizerKind { kNfc, kNfkc, kLowercase, kStrip, kPrepend, kReplace };
 struct NormalizerStep {
   NormalizerKind kind;
-  std::string text;         // Prepend's string, Replace's pattern
-  std::string replacement;  // Replace's content
+  std::string text;              // Prepend's string, Replace's {"String": ...} pattern
+  std::unique_ptr<Regex> regex;  // Replace's {"Regex": ...} pattern, or an empty String one
+  std::string replacement;       // Replace's content
+  bool strip_left = false, strip_right = false;
 };
 
+// Split also stands for the pre-tokenizers that are splits: Digits, Punctuation, Whitespace and
+// WhitespaceSplit.
 enum class PreTokenizerKind { kSplit, kByteLevel, kMetaspace };
 enum class PrependScheme { kAlways, kFirst, kNever };
 struct PreTokenizerStep {
   PreTokenizerKind kind;
+  SplitPattern pattern = SplitPattern::kRegex;
   std::unique_ptr<Regex> regex;  // Split's pattern, ByteLevel's GPT-2 regex (when use_regex)
+  SplitBehavior behavior = SplitBehavior::kIsolated;
+  bool invert = false;  // Split: the text between the matches is what the behavior acts on
   bool add_prefix_space = false;  // ByteLevel
   std::string replacement;        // Metaspace
   PrependScheme prepend_scheme = PrependScheme::kAlways;
@@ -605,7 +739,10 @@ struct Tokenizer::Impl {
   bool known_id(std::uint32_t id) const;
 
   std::string normalize_string(std::string_view text) const;
-  std::string_view normalize(std::string_view text, Scratch& scratch) const;
+  // `starts_at_origin`: whether the normalized text's first character is the text's own first
+  // (not so once leading characters are stripped or replaced by nothing), which Metaspace's
+  // prepend_scheme "first" asks.
+  std::string_view normalize(std::string_view text, Scratch& scratch, bool& starts_at_origin) const;
   void encode_into(std::string_view text, std::vector<std::uint32_t>& out) const;
   void split_added(std::string_view text, const AddedTokenMatcher& matcher, bool at_origin, Scratch& scratch,
                    std::vector<std::uint32_t>& out, bool normalized_stage) const;
@@ -797,26 +934,61 @@ void Tokenizer::Impl::parse_model(const JsonReader& reader, const json& model) {
 
 void Tokenizer::Impl::parse_normalizer(const JsonReader& reader, const json& node, const std::string& where) {
   const std::string type = type_of(reader, node, where);
+  NormalizerStep step;
   if (type == "Sequence") {
     const json& list = reader.field(node, where, "normalizers");
     if (!list.is_array()) reader.fail(where + ".normalizers", "is not an array");
     for (std::size_t i = 0; i < list.size(); ++i)
       if (!list[i].is_null()) parse_normalizer(reader, list[i], where + ".normalizers[" + std::to_string(i) + "]");
+    return;
   } else if (type == "NFC") {
-    normalizer.push_back({NormalizerKind::kNfc, {}, {}});
+    step.kind = NormalizerKind::kNfc;
+  } else if (type == "NFKC") {
+    step.kind = NormalizerKind::kNfkc;
+  } else if (type == "Lowercase") {
+    step.kind = NormalizerKind::kLowercase;
+  } else if (type == "Strip") {
+    step.kind = NormalizerKind::kStrip;
+    step.strip_left = reader.boolean(node, where, "strip_left");
+    step.strip_right = reader.boolean(node, where, "strip_right");
   } else if (type == "Prepend") {
-    normalizer.push_back({NormalizerKind::kPrepend, reader.string(node, where, "prepend"), {}});
+    step.kind = NormalizerKind::kPrepend;
+    step.text = reader.string(node, where, "prepend");
   } else if (type == "Replace") {
+    step.kind = NormalizerKind::kReplace;
     const json& pattern = reader.field(node, where, "pattern");
-    if (!pattern.is_object() || !pattern.contains("String"))
-      reader.fail(where + ".pattern", "is not supported (Replace with a {\"String\": ...} pattern only)");
-    std::string from = reader.string(pattern, where + ".pattern", "String");
-    if (from.empty()) reader.fail(where + ".pattern.String", "is empty");
-    normalizer.push_back({NormalizerKind::kReplace, std::move(from), reader.string(node, where, "content")});
+    const std::string at = where + ".pattern";
+    if (pattern.is_object() && pattern.contains("Regex")) {
+      step.regex = std::make_unique<Regex>(reader.string(pattern, at, "Regex"), false, reader.file() + ": " + at + ".Regex");
+    } else if (pattern.is_object() && pattern.contains("String")) {
+      step.text = reader.string(pattern, at, "String");
+      // An empty string matches between every two characters, which only the regex path finds.
+      if (step.text.empty()) step.regex = std::make_unique<Regex>("", true, reader.file() + ": " + at + ".String");
+    } else {
+      reader.fail(at, "is neither {\"Regex\": ...} nor {\"String\": ...}");
+    }
+    step.replacement = reader.string(node, where, "content");
   } else {
-    reader.fail(where, "'" + type + "' is not supported (dume supports NFC, Prepend, Replace and Sequence)");
+    reader.fail(where, "'" + type +
+                           "' is not supported (dume supports NFC, NFKC, Lowercase, Strip, Replace, Prepend and "
+                           "Sequence)");
   }
+  normalizer.push_back(std::move(step));
 }
+
+namespace {
+SplitBehavior split_behavior(const JsonReader& reader, const std::string& name, const std::string& where) {
+  static constexpr std::pair<std::string_view, SplitBehavior> kNames[] = {
+      {"Removed", SplitBehavior::kRemoved},
+      {"Isolated", SplitBehavior::kIsolated},
+      {"MergedWithPrevious", SplitBehavior::kMergedWithPrevious},
+      {"MergedWithNext", SplitBehavior::kMergedWithNext},
+      {"Contiguous", SplitBehavior::kContiguous}};
+  for (const auto& [known, behavior] : kNames)
+    if (name == known) return behavior;
+  reader.fail(where, "'" + name + "' is not Removed, Isolated, MergedWithPrevious, MergedWithNext or Contiguous");
+}
+}  // namespace
 
 void Tokenizer::Impl::parse_pre_tokenizer(const JsonReader& reader, const json& node, const std::string& where) {
   const std::string type = type_of(reader, node, where);
@@ -828,13 +1000,11 @@ void Tokenizer::Impl::parse_pre_tokenizer(const JsonReader& reader, const json& 
     return;
   }
   PreTokenizerStep step;
+  step.kind = PreTokenizerKind::kSplit;
   if (type == "Split") {
     const json& pattern = reader.field(node, where, "pattern");
-    const std::string behavior = reader.string(node, where, "behavior");
-    if (behavior != "Isolated")
-      reader.fail(where + ".behavior", "'" + behavior + "' is not supported (dume supports Isolated)");
-    if (reader.boolean(node, where, "invert", false)) reader.fail(where + ".invert", "true is not supported");
-    step.kind = PreTokenizerKind::kSplit;
+    step.behavior = split_behavior(reader, reader.string(node, where, "behavior"), where + ".behavior");
+    step.invert = reader.boolean(node, where, "invert", false);
     if (pattern.is_object() && pattern.contains("Regex"))
       step.regex = std::make_unique<Regex>(reader.string(pattern, where + ".pattern", "Regex"), false,
                                            reader.file() + ": " + where + ".pattern.Regex");
@@ -843,6 +1013,22 @@ void Tokenizer::Impl::parse_pre_tokenizer(const JsonReader& reader, const json& 
                                            reader.file() + ": " + where + ".pattern.String");
     else
       reader.fail(where + ".pattern", "is neither {\"Regex\": ...} nor {\"String\": ...}");
+  } else if (type == "Digits") {
+    step.pattern = SplitPattern::kNumeric;
+    step.behavior =
+        reader.boolean(node, where, "individual_digits") ? SplitBehavior::kIsolated : SplitBehavior::kContiguous;
+  } else if (type == "Punctuation") {
+    step.pattern = SplitPattern::kPunctuation;
+    step.behavior = split_behavior(reader, reader.optional_string(node, where, "behavior").value_or("Isolated"),
+                                   where + ".behavior");
+  } else if (type == "WhitespaceSplit") {
+    step.pattern = SplitPattern::kWhiteSpace;
+    step.behavior = SplitBehavior::kRemoved;
+  } else if (type == "Whitespace") {
+    // The library keeps the matches of \w+|[^\w\s]+ and drops the rest.
+    step.pattern = SplitPattern::kWordOrSymbolRun;
+    step.behavior = SplitBehavior::kRemoved;
+    step.invert = true;
   } else if (type == "ByteLevel") {
     step.kind = PreTokenizerKind::kByteLevel;
     step.add_prefix_space = reader.boolean(node, where, "add_prefix_space", true);
@@ -866,7 +1052,9 @@ void Tokenizer::Impl::parse_pre_tokenizer(const JsonReader& reader, const json& 
           reader.boolean(node, where, "add_prefix_space", true) ? PrependScheme::kAlways : PrependScheme::kNever;
     }
   } else {
-    reader.fail(where, "'" + type + "' is not supported (dume supports Split, ByteLevel, Metaspace and Sequence)");
+    reader.fail(where, "'" + type +
+                           "' is not supported (dume supports Split, Digits, Punctuation, Whitespace, "
+                           "WhitespaceSplit, ByteLevel, Metaspace and Sequence)");
   }
   pre_tokenizer.push_back(std::move(step));
 }
@@ -986,10 +1174,28 @@ void Tokenizer::Impl::parse_post_processor(const JsonReader& reader, const json&
 // --- normalization ---------------------------------------------------------------------------
 
 namespace {
-void nfc(std::string_view text, std::string& out) {
+// NFC or NFKC as the library's unicode-normalization-alignments crate does them: with Unicode
+// 9.0's tables, so ICU's normalizer restricted to the characters assigned by then; the later
+// ones pass through unchanged, as characters unknown to the crate do.
+const icu::Normalizer2& unicode_9_normalizer(NormalizerKind kind) {
+  auto make = [](const char* name, const icu::Normalizer2* (*instance)(UErrorCode&)) {
+    UErrorCode status = U_ZERO_ERROR;
+    const icu::Normalizer2* full = instance(status);
+    auto* assigned = new icu::UnicodeSet(icu::UnicodeString("[:age=9.0:]"), status);
+    if (U_FAILURE(status))
+      throw Error(std::string("tokenizer: ICU's ") + name + " is unavailable: " + u_errorName(status));
+    assigned->freeze();
+    return new icu::FilteredNormalizer2(*full, *assigned);  // kept for the process's lifetime
+  };
+  static const icu::Normalizer2* nfc = make("NFC", icu::Normalizer2::getNFCInstance);
+  static const icu::Normalizer2* nfkc = make("NFKC", icu::Normalizer2::getNFKCInstance);
+  return kind == NormalizerKind::kNfkc ? *nfkc : *nfc;
+}
+
+void unicode_normalize(NormalizerKind kind, std::string_view text, std::string& out) {
+  const char* name = kind == NormalizerKind::kNfkc ? "NFKC" : "NFC";
+  const icu::Normalizer2* normalizer = &unicode_9_normalizer(kind);
   UErrorCode status = U_ZERO_ERROR;
-  const icu::Normalizer2* normalizer = icu::Normalizer2::getNFCInstance(status);
-  if (U_FAILURE(status)) throw Error(std::string("tokenizer: ICU's NFC is unavailable: ") + u_errorName(status));
   const icu::StringPiece piece(text.data(), static_cast<std::int32_t>(text.size()));
   if (normalizer->isNormalizedUTF8(piece, status) && U_SUCCESS(status)) {
     out.assign(text);
@@ -999,7 +1205,21 @@ void nfc(std::string_view text, std::string& out) {
   out.clear();
   icu::StringByteSink<std::string> sink(&out, static_cast<std::int32_t>(text.size()));
   normalizer->normalizeUTF8(0, piece, sink, nullptr, status);
-  if (U_FAILURE(status)) throw Error(std::string("tokenizer: NFC normalization failed: ") + u_errorName(status));
+  if (U_FAILURE(status))
+    throw Error(std::string("tokenizer: ") + name + " normalization failed: " + u_errorName(status));
+}
+
+// The library's Lowercase: Rust's char::to_lowercase on each character alone, so the simple
+// mappings plus İ's two characters (its one unconditional full mapping), and Σ is σ even at the
+// end of a word (no final sigma, which str::to_lowercase and ICU's string lowering apply).
+void lowercase(std::string_view text, std::string& out) {
+  out.clear();
+  for (std::size_t i = 0, length; i < text.size(); i += length) {
+    const char32_t c = decode_utf8(text, i, length);
+    if (c < 0x80) out += static_cast<char>(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+    else if (c == 0x130) out += "i\xCC\x87";
+    else append_utf8(out, static_cast<char32_t>(u_tolower(static_cast<UChar32>(c))));
+  }
 }
 
 void replace_all(std::string_view text, std::string_view from, std::string_view to, std::string& out) {
@@ -1011,10 +1231,29 @@ void replace_all(std::string_view text, std::string_view from, std::string_view 
   }
   out.append(text, start);
 }
+
+// Every match of `regex` (empty ones too, as NormalizedString::replace takes them) replaced by
+// `to`; true when a non-empty match at the start was replaced by nothing.
+bool replace_matches(const Regex& regex, std::string_view text, std::string_view to, std::string& out,
+                     Scratch& scratch) {
+  out.clear();
+  Regex::Cursor cursor;
+  std::size_t done = 0, begin, end;
+  bool removed_start = false;
+  while (regex.next(text, cursor, begin, end, scratch)) {
+    removed_start = removed_start || (begin == 0 && end > 0 && to.empty());
+    out.append(text, done, begin - done);
+    out.append(to);
+    done = end;
+  }
+  out.append(text, done);
+  return removed_start;
+}
 }  // namespace
 
 // The normalizer applied to `text`; the view lives in the scratch (or is `text` itself).
-std::string_view Tokenizer::Impl::normalize(std::string_view text, Scratch& scratch) const {
+std::string_view Tokenizer::Impl::normalize(std::string_view text, Scratch& scratch, bool& starts_at_origin) const {
+  starts_at_origin = true;
   if (normalizer.empty()) return text;
   std::string& current = scratch.normalized;
   std::string& tmp = scratch.normalize_tmp;
@@ -1022,16 +1261,38 @@ std::string_view Tokenizer::Impl::normalize(std::string_view text, Scratch& scra
   for (const NormalizerStep& step : normalizer) {
     switch (step.kind) {
       case NormalizerKind::kNfc:
+      case NormalizerKind::kNfkc:
         if (is_ascii(current)) continue;
-        nfc(current, tmp);
+        unicode_normalize(step.kind, current, tmp);
         break;
+      case NormalizerKind::kLowercase:
+        if (is_ascii(current) && std::none_of(current.begin(), current.end(), [](char c) { return c >= 'A' && c <= 'Z'; }))
+          continue;
+        lowercase(current, tmp);
+        break;
+      case NormalizerKind::kStrip: {
+        std::size_t begin = 0, end = current.size(), length;
+        while (step.strip_left && begin < end && is_white_space(decode_utf8(current, begin, length))) begin += length;
+        while (step.strip_right && end > begin &&
+               is_white_space(decode_utf8(current, previous_char_start(current, end), length)))
+          end -= length;
+        if (begin == 0 && end == current.size()) continue;
+        starts_at_origin = starts_at_origin && begin == 0;
+        tmp.assign(current, begin, end - begin);
+        break;
+      }
       case NormalizerKind::kPrepend:
         if (current.empty()) continue;
         tmp.assign(step.text);
         tmp.append(current);
         break;
       case NormalizerKind::kReplace:
+        if (step.regex) {
+          if (replace_matches(*step.regex, current, step.replacement, tmp, scratch)) starts_at_origin = false;
+          break;
+        }
         if (current.find(step.text) == std::string::npos) continue;
+        if (step.replacement.empty() && current.starts_with(step.text)) starts_at_origin = false;
         replace_all(current, step.text, step.replacement, tmp);
         break;
     }
@@ -1042,7 +1303,8 @@ std::string_view Tokenizer::Impl::normalize(std::string_view text, Scratch& scra
 
 std::string Tokenizer::Impl::normalize_string(std::string_view text) const {
   Scratch& scratch = thread_scratch();
-  return std::string(normalize(text, scratch));
+  bool starts_at_origin;
+  return std::string(normalize(text, scratch, starts_at_origin));
 }
 
 // --- encoding ------------------------------------------------------------------------------
@@ -1098,7 +1360,9 @@ void Tokenizer::Impl::split_added(std::string_view text, const AddedTokenMatcher
 void Tokenizer::Impl::segment(std::string_view text, bool at_origin, Scratch& scratch,
                               std::vector<std::uint32_t>& out) const {
   if (text.empty()) return;
-  const std::string_view normalized = normalize(text, scratch);
+  bool starts_at_origin;
+  const std::string_view normalized = normalize(text, scratch, starts_at_origin);
+  at_origin = at_origin && starts_at_origin;
   if (normalized_added.empty()) {
     pre_tokenize(0, normalized, at_origin, scratch, out);
     return;
@@ -1118,18 +1382,25 @@ void Tokenizer::Impl::pre_tokenize(std::size_t step_index, std::string_view piec
   }
   const PreTokenizerStep& step = pre_tokenizer[step_index];
   std::string& buffer = scratch.step_buffers[step_index];
-  auto split_regex = [&](std::string_view text) {
-    std::size_t done = 0, begin, end;
-    while (step.regex->find(text, done, begin, end, scratch)) {
-      if (done < begin) pre_tokenize(step_index + 1, text.substr(done, begin - done), at_origin && done == 0, scratch, out);
+  auto split = [&](std::string_view text) {
+    auto emit = [&](std::size_t begin, std::size_t end) {
       pre_tokenize(step_index + 1, text.substr(begin, end - begin), at_origin && begin == 0, scratch, out);
-      done = end;
+    };
+    if (step.pattern == SplitPattern::kRegex) {
+      Regex::Cursor cursor;
+      auto next = [&](std::size_t& begin, std::size_t& end) { return step.regex->next(text, cursor, begin, end, scratch); };
+      split_pieces(text.size(), next, step.behavior, step.invert, emit);
+    } else {
+      std::size_t from = 0;
+      auto next = [&](std::size_t& begin, std::size_t& end) {
+        return next_class_match(step.pattern, text, from, begin, end);
+      };
+      split_pieces(text.size(), next, step.behavior, step.invert, emit);
     }
-    if (done < text.size()) pre_tokenize(step_index + 1, text.substr(done), at_origin && done == 0, scratch, out);
   };
   switch (step.kind) {
     case PreTokenizerKind::kSplit:
-      split_regex(piece);
+      split(piece);
       return;
     case PreTokenizerKind::kByteLevel: {
       std::string_view text = piece;
@@ -1138,7 +1409,7 @@ void Tokenizer::Impl::pre_tokenize(std::size_t step_index, std::string_view piec
         buffer.append(piece);
         text = buffer;
       }
-      if (step.regex) split_regex(text);
+      if (step.regex) split(text);
       else pre_tokenize(step_index + 1, text, at_origin, scratch, out);
       return;
     }

@@ -1,7 +1,8 @@
 // A model's own tokenizer, read from its Hugging Face `tokenizer.json`: byte-level BPE (GPT-2,
-// Llama 3, Qwen2 pre-tokenizer regexes, through PCRE2 with Unicode properties) and
-// SentencePiece-style BPE with byte fallback (Llama 2, Mistral), added and special tokens, and the
-// BOS/EOS the post-processor adds. Token ids equal those of the `tokenizers` library.
+// Llama 3, Qwen2, SmolLM, DeepSeek; pre-tokenizer regexes through PCRE2 with Unicode properties)
+// and SentencePiece-style BPE with byte fallback (Llama 2, Mistral, Gemma), the normalizers and
+// pre-tokenizers those files use, added and special tokens, and the BOS/EOS the post-processor
+// adds. Token ids equal those of the `tokenizers` library. It does not decode ids back to text.
 #pragma once
 
 #include <cstdint>
@@ -17,7 +18,7 @@ namespace dume {
 class Tokenizer {
  public:
   // Throws Error naming the file and the part (e.g. "model.type 'Unigram' is not supported",
-  // "normalizer 'NFKC' is not supported") for anything it cannot reproduce exactly.
+  // "normalizer 'BertNormalizer' is not supported") for anything it cannot reproduce exactly.
   static Tokenizer from_file(const std::filesystem::path& tokenizer_json);
   ~Tokenizer();
   Tokenizer(Tokenizer&&) noexcept;

@@ -77,7 +77,8 @@ TEST_P(TokenizerFamily, ThreadsAgree) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Tokenizer, TokenizerFamily,
-                         ::testing::Values("llama3", "qwen2", "gpt2", "llama2", "mistral"),
+                         ::testing::Values("llama3", "qwen2", "gpt2", "llama2", "mistral", "smollm2", "deepseek3",
+                                           "whitespace", "punctuation"),
                          [](const ::testing::TestParamInfo<std::string>& family) { return family.param; });
 
 TEST(Tokenizer, PrefixSuffixAndKind) {
@@ -141,20 +142,35 @@ TEST_F(TokenizerFile, UnsupportedParts) {
   expect_error(data, {"model.type 'Unigram' is not supported (dume reads BPE tokenizers)"});
 
   data = base();
-  data["normalizer"] = {{"type", "NFKC"}};
-  expect_error(data, {"normalizer 'NFKC' is not supported"});
+  data["normalizer"] = {{"type", "BertNormalizer"}};
+  expect_error(data, {"normalizer 'BertNormalizer' is not supported (dume supports NFC, NFKC, Lowercase, Strip, "
+                      "Replace, Prepend and Sequence)"});
 
   data = base();
-  data["normalizer"] = {{"type", "Sequence"}, {"normalizers", {{{"type", "NFC"}}, {{"type", "Lowercase"}}}}};
-  expect_error(data, {"normalizer.normalizers[1] 'Lowercase' is not supported"});
+  data["normalizer"] = {{"type", "Sequence"}, {"normalizers", {{{"type", "NFKC"}}, {{"type", "NFD"}}}}};
+  expect_error(data, {"normalizer.normalizers[1] 'NFD' is not supported"});
 
   data = base();
-  data["pre_tokenizer"] = {{"type", "Whitespace"}};
-  expect_error(data, {"pre_tokenizer 'Whitespace' is not supported"});
+  data["normalizer"] = {{"type", "Precompiled"}, {"precompiled_charsmap", "AAAA"}};
+  expect_error(data, {"normalizer 'Precompiled' is not supported"});
 
   data = base();
-  data["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Removed";
-  expect_error(data, {"pre_tokenizer.pretokenizers[0].behavior 'Removed' is not supported"});
+  data["pre_tokenizer"] = {{"type", "BertPreTokenizer"}};
+  expect_error(data, {"pre_tokenizer 'BertPreTokenizer' is not supported (dume supports Split, Digits, Punctuation, "
+                      "Whitespace, WhitespaceSplit, ByteLevel, Metaspace and Sequence)"});
+
+  data = base();
+  data["pre_tokenizer"]["pretokenizers"][0] = {{"type", "UnicodeScripts"}};
+  expect_error(data, {"pre_tokenizer.pretokenizers[0] 'UnicodeScripts' is not supported"});
+
+  data = base();
+  data["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Sideways";
+  expect_error(data, {"pre_tokenizer.pretokenizers[0].behavior 'Sideways' is not Removed, Isolated, "
+                      "MergedWithPrevious, MergedWithNext or Contiguous"});
+
+  data = base();
+  data["pre_tokenizer"]["pretokenizers"][0] = {{"type", "Punctuation"}, {"behavior", "Merged"}};
+  expect_error(data, {"pre_tokenizer.pretokenizers[0].behavior 'Merged' is not Removed"});
 
   data = base();
   std::swap(data["pre_tokenizer"]["pretokenizers"][0], data["pre_tokenizer"]["pretokenizers"][1]);
@@ -243,10 +259,51 @@ TEST_F(TokenizerFile, BrokenFiles) {
   expect_error(data, {"pre_tokenizer.pretokenizers[0].pattern is neither"});
 
   data = base();
+  data["pre_tokenizer"]["pretokenizers"][0] = {{"type", "Digits"}};
+  expect_error(data, {"pre_tokenizer.pretokenizers[0].individual_digits is missing"});
+
+  data = base();
+  data["normalizer"] = {{"type", "Strip"}, {"strip_left", true}};
+  expect_error(data, {"normalizer.strip_right is missing"});
+
+  data = base();
+  data["normalizer"] = {{"type", "Replace"}, {"pattern", {{"Regex", "(unclosed"}}}, {"content", ""}};
+  expect_error(data, {"normalizer.pattern.Regex", "does not compile"});
+
+  data = base();
+  data["normalizer"] = {{"type", "Replace"}, {"pattern", "a"}, {"content", ""}};
+  expect_error(data, {"normalizer.pattern is neither"});
+
+  data = base();
   data["model"] = "BPE";
   expect_error(data, {"model is not an object"});
 
   expect_error(json::array(), {"the top level is not an object"});
+}
+
+// Each normalizer and pre-tokenizer alone (every Split behaviour, inverted or not) and the pairs
+// that interact, on one model: components/expected.json holds each variant's normalizer,
+// pre-tokenizer and the library's ids of each text.
+TEST_F(TokenizerFile, ComponentsEqualTheLibrary) {
+  const fs::path dir = kFixtures / "components";
+  const json model = read_json(dir / "tokenizer.json");
+  const json expected = read_json(dir / "expected.json");
+  const json& texts = expected.at("texts");
+  ASSERT_GT(expected.at("variants").size(), 30u);
+  for (const json& variant : expected.at("variants")) {
+    SCOPED_TRACE(variant.at("name").get<std::string>());
+    json data = model;
+    data["normalizer"] = variant.at("normalizer");
+    data["pre_tokenizer"] = variant.at("pre_tokenizer");
+    const Tokenizer tokenizer = Tokenizer::from_file(write_json(data));
+    const json& ids = variant.at("ids");
+    ASSERT_EQ(ids.size(), texts.size());
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+      const std::string text = texts[i].get<std::string>();
+      SCOPED_TRACE(preview(text));
+      EXPECT_EQ(tokenizer.encode(text), ids[i].get<std::vector<std::uint32_t>>());
+    }
+  }
 }
 
 // A small SentencePiece-style tokenizer whose one pre-tokenizer is `split` (fuzz findings).
