@@ -1,5 +1,5 @@
 #!/bin/bash
-# Not in CI (minutes, and 60 GB of disk at 8B): merges two synthetic experts of a preset shape
+# Not in CI (minutes, and 72 GB of disk at 8B: 30 GB of experts, 41 GB of MoE and statistics): merges two synthetic experts of a preset shape
 # on 1 and 2 ranks and prints, per run, `dume plan`'s predicted peak memory per rank beside the
 # measured one (each rank's getrusage peak, from the merge's own report) and the wall time.
 #   tools/scale.sh [PRESET] [DIR]     PRESET: llama-1b-shape (default) | llama-8b-shape | d1024
@@ -17,7 +17,8 @@ status=0
 for ranks in 1 2; do
   predicted=$("$dume" plan merge.yaml --ranks "$ranks" | sed -n 's/.*predicted peak \([0-9.]* [kMGT]*B\).*/\1/p')
   start=$SECONDS
-  mpirun --oversubscribe -n "$ranks" "$dume" merge merge.yaml --force > "merge-np$ranks.log" 2>&1
+  rm -rf moe  # not --force: the old MoE would stay on disk until the new one is written
+  mpirun --oversubscribe -n "$ranks" "$dume" merge merge.yaml > "merge-np$ranks.log" 2>&1
   wall=$((SECONDS - start))
   measured=$(sed -n 's/^# peak RSS per rank \([^;]*\);.*/\1/p' "merge-np$ranks.log")
   printf "| %s | %d | %s | %s | %d s |\n" "$preset" "$ranks" "$predicted" "$measured" "$wall"

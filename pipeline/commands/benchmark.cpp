@@ -801,7 +801,9 @@ void write_synthetic_experts(const ModelConfig& c, int experts, std::int64_t tok
     yaml += "  - {name: " + name + ", checkpoint: " + name + ", calibration: {path: " + name + ".u32, format: uint32}}\n";
   }
   yaml += "router: {context_tokens: " + std::to_string(sequence_length) + "}\ncalibration: {sequence_length: " +
-          std::to_string(sequence_length) + ", batch_sequences: " + std::to_string(batch) + "}\noutput: moe\n";
+          std::to_string(sequence_length) + ", batch_sequences: " + std::to_string(batch) +
+          ", checkpoint_minutes: 0}  # a timed checkpoint would add a domain's statistics to the disk needed\n"
+          "output: moe\n";
   write_text_file(dir / "merge.yaml", yaml);
 }
 

@@ -33,7 +33,9 @@ std::int64_t MemoryPlan::peak() const {
 std::string MemoryPlan::describe() const {
   std::ostringstream out;
   out << "# memory per rank: budget " << bytes(budget) << ", predicted peak " << bytes(peak())
-      << "; chunks of up to " << chunk_rounds << " batches (" << bytes(round_bytes) << " each)\n";
+      << (one_pass ? "; each domain's calibration in one pass" : "; chunks of up to " + std::to_string(chunk_rounds) +
+                                                                      " batches (" + bytes(round_bytes) + " each)")
+      << "\n";
   for (const auto& [phase, items] : phases) {
     std::int64_t sum = 0;
     std::string parts;
@@ -64,12 +66,19 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
   // Held-out MLP inputs while they are collected (every layer, until they go to disk).
   const std::int64_t heldout = cs.heldout_fraction > 0 ? L * std::min<std::int64_t>(cs.heldout_tokens, 1 << 30) * D * f32 : 0;
   plan.round_bytes = T * D * f32;
-  const std::vector<std::pair<std::string, std::int64_t>> calibration = {
+  // A domain whose batches all fit runs in one pass, holding one layer's statistics (calibrate_domain's
+  // layer_done); otherwise in chunks that each run every layer, holding all of its layers'.
+  std::vector<std::pair<std::string, std::int64_t>> calibration = {
       {"process", kBaseline},
-      {"statistics of one domain", statistics},
+      {"statistics of one layer", n * n * f64},
       {"one layer's weights", attention + mlp + mlp / f32 * stored},
       {"forward buffers", workspace + T * D * f32},
       {"held-out inputs", heldout}};
+  const auto sum = [](const std::vector<std::pair<std::string, std::int64_t>>& items) {
+    std::int64_t total = 0;
+    for (const auto& [what, size] : items) total += size;
+    return total;
+  };
   // RegMean's forward (shared: regmean) runs in the same chunks, with one expert's Gram sums in
   // place of the statistics: per layer the attention's input and output, and the LM head's.
   const bool regmean_head = config.shared_regmean && !c.tie_word_embeddings;
@@ -79,17 +88,24 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
       {"Gram sums of one expert", grams},
       {"one layer's weights", attention + mlp + mlp / f32 * stored},
       {"forward buffers and a batch's logits", workspace + T * D * f32 + (regmean_head ? 2 * T * V * f32 : 0)}};
-  const auto sum = [](const std::vector<std::pair<std::string, std::int64_t>>& items) {
-    std::int64_t total = 0;
-    for (const auto& [what, size] : items) total += size;
-    return total;
+  const auto fixed_with = [&](const std::vector<std::pair<std::string, std::int64_t>>& calibrating) {
+    return std::max(sum(calibrating), config.shared_regmean ? sum(regmean) : 0);
   };
-  const std::int64_t fixed = std::max(sum(calibration), config.shared_regmean ? sum(regmean) : 0);
-  plan.minimum = fixed + plan.round_bytes;
+  auto chunked = calibration;
+  chunked[1] = {"statistics of one domain", statistics};
+  const std::int64_t batches = std::max<std::int64_t>(1, batches_per_rank);
+  const std::int64_t one_pass_needs = fixed_with(calibration) + batches * plan.round_bytes;
+  const std::int64_t chunks_need = fixed_with(chunked) + plan.round_bytes;
+  // checkpoint_every splits a domain's batches into chunks whatever the memory.
+  const bool unsplit = cs.checkpoint_every <= 0 || (cs.checkpoint_every + cs.batch_sequences - 1) / cs.batch_sequences >= batches;
+  plan.one_pass = unsplit && plan.budget >= one_pass_needs;
+  if (!plan.one_pass) calibration = chunked;
+  const std::int64_t fixed = fixed_with(calibration);
+  plan.minimum = unsplit ? std::min(one_pass_needs, chunks_need) : chunks_need;
   if (plan.budget < plan.minimum)
     throw Error("compute.memory " + bytes(plan.budget) + " per rank is too small for this merge: it needs at least " +
-                bytes(plan.minimum) + " (one domain's statistics " + bytes(statistics) +
-                ", one layer's weights and one batch of windows)");
+                bytes(plan.minimum) + " (one layer's weights, and one domain's statistics " + bytes(statistics) +
+                " with one batch of windows at a time or one layer's with all of a rank's at once)");
   plan.chunk_rounds = (plan.budget - fixed) / plan.round_bytes;
   const std::int64_t streams = std::min(plan.chunk_rounds, std::max<std::int64_t>(1, batches_per_rank)) * plan.round_bytes;
   auto calibrating = calibration;

@@ -1,7 +1,8 @@
 // What a merge holds in memory on each rank, phase by phase, and how many calibration windows a
 // chunk may carry within a budget (compute.memory / --memory). Calibration runs layer by layer
-// over chunks of batches (statistics.hpp), so what grows with the model is one layer's weights
-// and one domain's statistics; what grows with the corpus is only the chunk.
+// (statistics.hpp): in one pass over a domain's batches where they fit, so what grows with the
+// model is one layer's weights and statistics; or in chunks of batches, holding one domain's
+// statistics. What grows with the corpus is only the batches held.
 #pragma once
 
 #include <cstdint>
@@ -20,7 +21,10 @@ struct MemoryPlan {
   std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::int64_t>>>> phases;
   std::int64_t round_bytes = 0;   // residual streams of one batch of windows
   std::int64_t chunk_rounds = 0;  // batches per rank a chunk may carry (run layer by layer at once)
-  std::int64_t minimum = 0;       // the smallest budget that works: chunks of one batch
+  std::int64_t minimum = 0;       // the smallest budget that works
+  // Calibration runs each domain in one pass, holding one layer's statistics (all of a rank's
+  // batches fit at once), rather than in chunks holding all of its layers'.
+  bool one_pass = false;
 
   std::int64_t peak() const;
   std::string describe() const;  // one line per phase, for the job's log (rank 0)

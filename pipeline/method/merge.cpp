@@ -199,7 +199,8 @@ SavedDomain load_saved(const ResumeStore* store, std::size_t k) {
 }
 
 // Ends a calibration stopped by `signal` in domain k of plan.calibrate, on every rank: each rank
-// has saved its part of domain k; rank 0 saves the domains completed before it.
+// has saved its part of domain k (nothing when it ran in one pass: its layers are all or none);
+// rank 0 saves the domains completed before it.
 [[noreturn]] void stop_calibration(const MergePlan& plan, const ResumeStore* store, std::size_t k,
                                    const std::vector<bool>& saved_whole, int signal) {
   const std::size_t carried = plan.stats.domains.size() - k;
@@ -236,7 +237,7 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, std::int64_t chu
   const ModelConfig& mc = plan.model.config;
   const CalibrationSettings& cs = config.calibration;
   std::vector<bool> saved_whole(plan.calibrate.size(), false);  // a complete-domain file exists
-  if (root) plan.statistics = std::make_unique<StatisticsFile>(config.output.path);
+  if (root) plan.statistics = std::make_unique<StatisticsFile>(config.output.path, mc.num_layers, mc.hidden_size);
   std::int64_t batches_run = 0;
   auto last_kept = Clock::now();
   for (std::size_t k = 0; k < plan.calibrate.size(); ++k) {
@@ -264,11 +265,19 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, std::int64_t chu
     }
     control.stop_requested = stop_signal_anywhere;
     control.after_batch = [rank, &batches_run] { test_fault_after_batch(rank, ++batches_run); };
+    // A layer's sums, complete: reduced with the checkpoint's and written into the output's stats.h5.
+    control.layer_done = [&](std::int64_t l, MatrixXdRow& partial) {
+      reduce_layer(partial, timing, root ? layer_slice(saved.packed, l, mc.hidden_size + 1) : std::span<const double>());
+      if (root) plan.statistics->write_layer(d.name, l, partial);
+    };
     DomainStatistics domain;
     std::vector<MatrixXfRow> heldout_inputs;
     if (todo.empty() && heldout.empty()) {  // all saved: only the sums are needed, not the expert
       domain.name = d.name;
-      domain.A.assign(static_cast<std::size_t>(mc.num_layers), MatrixXdRow::Zero(mc.hidden_size + 1, mc.hidden_size + 1));
+      for (std::int64_t l = 0; l < mc.num_layers; ++l) {
+        MatrixXdRow none = MatrixXdRow::Zero(mc.hidden_size + 1, mc.hidden_size + 1);
+        control.layer_done(l, none);
+      }
     } else {
       plan.model.shared.layers.assign(static_cast<std::size_t>(mc.num_layers), LayerWeights());
       plan.model.experts.assign(static_cast<std::size_t>(mc.num_layers), std::vector<MlpWeights>(1));
@@ -286,6 +295,7 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, std::int64_t chu
     // per domain: 4.3 GB at 8B, 43 GB at 70B).
     if (!root) domain.A.clear();
     domain.heldout = std::move(heldout_inputs);
+    if (root) plan.statistics->add(domain);  // read back one layer at a time to solve
     // A finished domain is kept when checkpoints are counted, or when the time since the last
     // kept domain (or the start) reaches checkpoint_minutes: a short merge leaves none behind.
     const bool due = cs.checkpoint_every > 0 ||
@@ -296,7 +306,6 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, std::int64_t chu
       store->save_complete(k, domain);
       saved_whole[k] = true;
     }
-    if (root) plan.statistics->add(domain);  // read back one layer at a time to solve
     plan.stats.domains.push_back(std::move(domain));
   }
   plan.model.experts.clear();
@@ -398,7 +407,8 @@ void write_moe_directory(const fs::path& output, bool force, const MergePlan& pl
               plan.info,
               shard_bytes);
     std::optional<StatisticsFile> fresh;  // a job that calibrated nothing writes it now
-    StatisticsFile& statistics = plan.statistics ? *plan.statistics : fresh.emplace(dir / "stats.h5");
+    StatisticsFile& statistics =
+        plan.statistics ? *plan.statistics : fresh.emplace(dir / "stats.h5", plan.stats.layers(), plan.stats.hidden_size);
     statistics.finish(plan.stats, dir / "stats.h5");
     write_text_file(dir / "merge.yaml", yaml);
   });

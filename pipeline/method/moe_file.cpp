@@ -275,31 +275,32 @@ SharedWeights read_moe_shared(const fs::path& dir) {
   return w;
 }
 
-StatisticsFile::StatisticsFile(const fs::path& output)
+StatisticsFile::StatisticsFile(const fs::path& output, std::int64_t layers, std::int64_t hidden_size)
     : scratch_(output, "stats.h5"),
+      layers_(layers),
+      n_(hidden_size + 1),
       file_(std::make_shared<const H5Id>(h5::create_file_in(scratch_.path()))) {}
 
-namespace {
-
-void write_domain_layer(hid_t f, std::int64_t l, const std::string& name, const MatrixXdRow& A, const MatrixXfRow* heldout) {
-  const std::int64_t a_shape[] = {A.rows(), A.cols()};
-  h5::write_dataset(f, moe_path::layer(l, "A/" + name), DType::F64, a_shape, A.data());
-  if (!heldout) return;
-  const std::int64_t shape[] = {heldout->rows(), heldout->cols()};
-  h5::write_dataset(f, moe_path::layer(l, "heldout/" + name), DType::F32, shape, heldout->data());
+void StatisticsFile::write_layer(const std::string& name, std::int64_t l, const MatrixXdRow& A) {
+  DUME_ASSERT(A.rows() == n_ && A.cols() == n_);
+  const std::int64_t shape[] = {n_, n_};
+  h5::write_dataset(file_->get(), moe_path::layer(l, "A/" + name), DType::F64, shape, A.data());
 }
 
-}  // namespace
+void StatisticsFile::write_heldout(const std::string& name, std::int64_t l, const MatrixXfRow& X) {
+  const std::int64_t shape[] = {X.rows(), X.cols()};
+  h5::write_dataset(file_->get(), moe_path::layer(l, "heldout/" + name), DType::F32, shape, X.data());
+}
 
 void StatisticsFile::add(DomainStatistics& domain) {
-  const auto L = static_cast<std::int64_t>(domain.A.size());
+  DUME_ASSERT(domain.A.empty() || static_cast<std::int64_t>(domain.A.size()) == layers_);
   const bool heldout = !domain.heldout.empty();
-  for (std::int64_t l = 0; l < L; ++l) {
+  for (std::int64_t l = 0; l < layers_; ++l) {
     const auto i = static_cast<std::size_t>(l);
-    write_domain_layer(file_->get(), l, domain.name, domain.A[i], heldout ? &domain.heldout.at(i) : nullptr);
+    if (!domain.A.empty()) write_layer(domain.name, l, domain.A[i]);
+    if (heldout) write_heldout(domain.name, l, domain.heldout.at(i));
   }
-  const std::int64_t n = L > 0 ? domain.A[0].rows() : 0;
-  domain.stored = std::make_shared<const StoredStatistics>(file_, domain.name, L, n, heldout, /*checked=*/false);
+  domain.stored = std::make_shared<const StoredStatistics>(file_, domain.name, layers_, n_, heldout, /*checked=*/false);
   domain.A = {};
   domain.heldout = {};
   added_.insert(domain.name);
@@ -324,9 +325,11 @@ void StatisticsFile::finish(const Statistics& stats, const fs::path& target) {
   for (std::int64_t l = 0; l < stats.layers(); ++l) {
     const Statistics one = stats.only_layer(l);  // one layer's statistics in memory at a time
     const auto i = static_cast<std::size_t>(l);
-    for (const auto& d : one.domains)
-      if (!added_.contains(d.name))
-        write_domain_layer(f, l, d.name, d.A[i], d.heldout.empty() ? nullptr : &d.heldout[i]);
+    for (const auto& d : one.domains) {
+      if (added_.contains(d.name)) continue;
+      write_layer(d.name, l, d.A[i]);
+      if (!d.heldout.empty()) write_heldout(d.name, l, d.heldout[i]);
+    }
     const std::int64_t b_shape[] = {n, E};
     const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> B = one.B(l);
     h5::write_dataset(f, moe_path::layer(l, "B"), DType::F64, b_shape, B.data());

@@ -78,14 +78,20 @@ SharedWeights read_moe_shared(const std::filesystem::path& dir);
 // ScratchFile: nothing is left if the job fails.
 class StatisticsFile {
  public:
-  explicit StatisticsFile(const std::filesystem::path& output);
+  StatisticsFile(const std::filesystem::path& output, std::int64_t layers, std::int64_t hidden_size);
+  // Layer l's reduced A of domain `name`, as soon as it is complete (a one-pass calibration).
+  void write_layer(const std::string& name, std::int64_t l, const MatrixXdRow& A);
+  // The domain's A (unless its layers were written already) and held-out inputs.
   void add(DomainStatistics& domain);
   // Writes what `stats` holds beyond the added domains (carried domains, B, attributes) and
   // names the file `target`, in the output's directory.
   void finish(const Statistics& stats, const std::filesystem::path& target);
 
  private:
+  void write_heldout(const std::string& name, std::int64_t l, const MatrixXfRow& X);
+
   ScratchFile scratch_;
+  std::int64_t layers_, n_;
   std::shared_ptr<const H5Id> file_;
   std::set<std::string> added_;
 };

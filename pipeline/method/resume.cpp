@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr const char* kFormat = "dume-resume";
+constexpr const char* kFormat = "dume-resume-2";  // 2: one dataset per layer
 
 std::string partial_name(std::size_t d, int generation, int rank) {
   return "domain-" + std::to_string(d) + ".g" + std::to_string(generation) + ".rank" + std::to_string(rank) + ".h5";
@@ -94,7 +94,7 @@ int ResumeStore::next_generation() const {
 }
 
 void ResumeStore::write(const fs::path& file, std::size_t d, const std::vector<std::int64_t>& batches,
-                        const std::vector<double>& packed) const {
+                        const DomainStatistics& sums) const {
   fs::create_directories(dir_);
   const fs::path tmp = file.string() + ".tmp";
   fs::remove(tmp);  // left by a writer that was killed
@@ -113,8 +113,13 @@ void ResumeStore::write(const fs::path& file, std::size_t d, const std::vector<s
     h5::write_attribute(f, "domain_batches", batches_[d]);
     const std::int64_t batches_shape[] = {static_cast<std::int64_t>(batches.size())};
     h5::write_dataset(f, "/batches", DType::I64, batches_shape, batches.data());
-    const std::int64_t packed_shape[] = {static_cast<std::int64_t>(packed.size())};
-    h5::write_dataset(f, "/statistics", DType::F64, packed_shape, packed.data());
+    for (std::int64_t l = 0; l < identity_.layers; ++l) {  // one layer in memory at a time
+      const std::vector<double> packed = pack_layer(sums, l);
+      const std::int64_t packed_shape[] = {static_cast<std::int64_t>(packed.size())};
+      h5::write_dataset(f, "/statistics/" + std::to_string(l), DType::F64, packed_shape, packed.data());
+    }
+    const std::int64_t tokens_shape[] = {1};
+    h5::write_dataset(f, "/tokens", DType::I64, tokens_shape, &sums.tokens);
     h5_check(H5Fclose(h5.release()), tmp.string() + ": cannot close (disk full?)");
   }
   sync_path(tmp, O_RDONLY);
@@ -126,13 +131,13 @@ void ResumeStore::save_partial(std::size_t d, int rank, const std::vector<std::i
                                const DomainStatistics& partial) const {
   std::vector<std::int64_t> sorted = batches;
   std::sort(sorted.begin(), sorted.end());
-  write(dir_ / partial_name(d, generation_, rank), d, sorted, pack_upper(partial));
+  write(dir_ / partial_name(d, generation_, rank), d, sorted, partial);
 }
 
 void ResumeStore::save_complete(std::size_t d, const DomainStatistics& reduced) const {
   std::vector<std::int64_t> all(static_cast<std::size_t>(batches_[d]));
   for (std::size_t b = 0; b < all.size(); ++b) all[b] = static_cast<std::int64_t>(b);
-  write(dir_ / complete_name(d), d, all, pack_upper(reduced));
+  write(dir_ / complete_name(d), d, all, reduced);
   for (const auto& [file, generation] : partial_files(dir_, d)) fs::remove(file);
 }
 
@@ -167,11 +172,16 @@ std::vector<std::int64_t> ResumeStore::read(const fs::path& file, std::size_t d,
     if (b < 0 || b >= batches_[d])
       throw Error(file.string() + ": batch " + std::to_string(b) + " out of range (domain '" + domains_[d] + "' has " +
                   std::to_string(batches_[d]) + ")" + remedy);
-  const std::int64_t n = identity_.hidden_size + 1;
-  const std::int64_t shape[] = {identity_.layers * n * (n + 1) / 2 + 1};
-  const auto values = h5::read_f64(f, "/statistics", shape);
-  if (sum.empty()) sum.assign(values.size(), 0.0);
-  for (std::size_t i = 0; i < values.size(); ++i) sum[i] += values[i];
+  const std::int64_t n = identity_.hidden_size + 1, layer_size = n * (n + 1) / 2;
+  if (sum.empty()) sum.assign(static_cast<std::size_t>(identity_.layers * layer_size + 1), 0.0);
+  for (std::int64_t l = 0; l < identity_.layers; ++l) {
+    const std::int64_t shape[] = {layer_size};
+    const auto values = h5::read_f64(f, "/statistics/" + std::to_string(l), shape);
+    double* into = sum.data() + l * layer_size;
+    for (std::size_t i = 0; i < values.size(); ++i) into[i] += values[i];
+  }
+  const std::int64_t tokens_shape[] = {1};
+  sum.back() += static_cast<double>(h5::read_i64(f, "/tokens", tokens_shape)[0]);
   return batches;
 }
 

@@ -64,7 +64,7 @@ class ResumeStore {
 
  private:
   void write(const std::filesystem::path& file, std::size_t d, const std::vector<std::int64_t>& batches,
-             const std::vector<double>& packed) const;
+             const DomainStatistics& sums) const;
   std::vector<std::int64_t> read(const std::filesystem::path& file, std::size_t d, std::vector<double>& sum) const;
 
   std::filesystem::path dir_;

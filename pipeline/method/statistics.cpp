@@ -223,18 +223,64 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
   const std::int64_t C = std::min(context_tokens, S);
   const auto jobs = static_cast<std::int64_t>(todo.size());
   const auto sequences = [&](std::int64_t b) { return std::min(batch_sequences, count - b * batch_sequences); };
-
-  // L (D+1)^2 doubles: 4.3 GB at 8B (D = 4096, L = 32), 43 GB at 70B.
-  std::vector<Buffer64> A;
-  for (std::int64_t l = 0; l < L; ++l) A.push_back(backend.alloc64(static_cast<std::size_t>(n * n)));
-
   // Rank 0 reports its own share; every rank has about the same.
   std::int64_t my_tokens = 0;
   for (const std::int64_t b : rank_share(todo, rank, ranks)) my_tokens += sequences(b) * C;
   Progress progress("calibrate " + name, my_tokens * L, "token-layers", show_progress);
-
   DomainStatistics stats;
   stats.name = name;
+  ForwardOptions options;
+  options.forced_expert = 0;
+  options.context_tokens = C;
+  options.logits = false;
+  double accumulate_seconds = 0;
+  const auto accumulate = [&](Buffer64& sums, const float* x, std::int64_t T) {
+    const auto t0 = Clock::now();
+    backend.stats_accumulate(x, T, D, sums.data());
+    accumulate_seconds += since(t0);
+    timing.multiply_adds += static_cast<double>(T) * static_cast<double>(n * (n + 1) / 2);
+    progress.advance(T);
+  };
+  const auto t0 = Clock::now();
+  const auto finish = [&] {
+    progress.finish();
+    timing.accumulate += accumulate_seconds;
+    timing.forward += since(t0) - accumulate_seconds;
+  };
+
+  const std::int64_t rounds = (jobs + ranks - 1) / ranks;
+  const std::int64_t most_rounds = most_chunk_rounds(control, batch_sequences, rounds);
+  if (control.layer_done && rounds <= most_rounds) {  // one pass: see CalibrationControl::layer_done
+    control.one_pass = true;
+    Buffer64 sums;  // one layer's: (D+1)^2 doubles, 134 MB at 8B, 537 MB at 70B
+    MatrixXdRow partial(n, n);
+    options.on_mlp_input = [&](std::int64_t, const float* x, std::int64_t T) { accumulate(sums, x, T); };
+    const std::vector<std::int64_t> mine = rank_share(todo, rank, ranks);
+    const std::vector<Batch> batches = window_batches(windows, batch_sequences, mine, options);
+    std::vector<Stream> streams;
+    for (const Batch& b : batches) streams.push_back(forward.begin(b.tokens, b.B, b.S, b.options, load));
+    for (std::int64_t l = 0; l < L; ++l) {
+      if (control.stop_requested && (control.stopped_by = control.stop_requested()) != 0) break;
+      if (load.layer) load.layer(l);
+      sums = backend.alloc64(static_cast<std::size_t>(n * n));
+      for (std::size_t i = 0; i < streams.size(); ++i)
+        forward.run_layer(static_cast<std::size_t>(l), streams[i], batches[i].options);
+      backend.download(sums.data(), {partial.data(), sums.size()});
+      control.layer_done(l, partial);
+    }
+    if (load.layer) load.layer(-1);
+    if (control.stopped_by == 0)
+      for (const std::int64_t b : mine) {
+        stats.tokens += sequences(b) * C;
+        if (control.after_batch) control.after_batch();
+      }
+    finish();
+    return stats;
+  }
+
+  // L (D+1)^2 doubles: 4.3 GB at 8B (D = 4096, L = 32), 43 GB at 70B.
+  std::vector<Buffer64> A;
+  for (std::int64_t l = 0; l < L; ++l) A.push_back(backend.alloc64(static_cast<std::size_t>(n * n)));
   std::vector<std::int64_t> done;  // global batch indices in this rank's sums
   std::int64_t unsaved = 0;        // sequences run since the last save
   auto last_save = Clock::now();
@@ -247,26 +293,14 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
     last_save = Clock::now();
   };
 
-  ForwardOptions options;
-  options.forced_expert = 0;
-  options.context_tokens = C;
-  options.logits = false;
-  double accumulate_seconds = 0;
   options.on_mlp_input = [&](std::int64_t layer, const float* x, std::int64_t T) {
-    const auto t0 = Clock::now();
-    backend.stats_accumulate(x, T, D, A[static_cast<std::size_t>(layer)].data());
-    accumulate_seconds += since(t0);
-    timing.multiply_adds += static_cast<double>(T) * static_cast<double>(n * (n + 1) / 2);
-    progress.advance(T);
+    accumulate(A[static_cast<std::size_t>(layer)], x, T);
   };
   // Rounds of one batch per rank, run in chunks of rounds layer by layer. A stop is agreed
   // between chunks, and saves happen there: a chunk is sized to take about kChunkSeconds (its
   // size at most doubling from one round), to hold at most checkpoint_every sequences, and to
   // fit the memory plan (control.chunk_batches).
-  const std::int64_t rounds = (jobs + ranks - 1) / ranks;
-  const std::int64_t most_rounds = most_chunk_rounds(control, batch_sequences, rounds);
   std::vector<std::int64_t> chunk_rounds{1};  // the first chunk measures the time of a round
-  const auto t0 = Clock::now();
   for (std::int64_t round = 0; round < rounds;) {
     if (control.stop_requested && (control.stopped_by = control.stop_requested()) != 0) break;
     const std::int64_t take = std::min(chunk_rounds[0], rounds - round);
@@ -290,9 +324,7 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
     broadcast(chunk_rounds);  // rank 0's choice, so every rank runs the same rounds
   }
   if (control.stopped_by != 0) save();
-  progress.finish();
-  timing.accumulate += accumulate_seconds;
-  timing.forward += since(t0) - accumulate_seconds;
+  finish();
   download_sums(backend, A, n, stats, /*release=*/true);
   return stats;
 }
@@ -308,27 +340,30 @@ std::size_t packed_size(const DomainStatistics& domain) {
   return domain.A.size() * static_cast<std::size_t>(n * (n + 1) / 2) + 1;
 }
 
-void pack_into(const DomainStatistics& domain, double* packed) {
-  std::size_t k = 0;  // row i's upper part, columns i..n-1, is contiguous in row-major storage
-  const auto pack = [&](const MatrixXdRow& A) {
-    const Eigen::Index n = A.rows();
-    for (Eigen::Index i = 0; i < n; ++i) {
-      std::copy(A.data() + i * n + i, A.data() + (i + 1) * n, packed + k);
-      k += static_cast<std::size_t>(n - i);
-    }
-  };
-  if (domain.stored)
-    for (std::int64_t l = 0; l < domain.stored->layers(); ++l) pack(domain.stored->A(l));
-  else
-    for (const auto& A : domain.A) pack(A);
-  packed[k] = static_cast<double>(domain.tokens);  // exact: counts stay far below 2^53
-}
-
 }  // namespace
 
+std::vector<double> pack_layer(const DomainStatistics& domain, std::int64_t l) {
+  const MatrixXdRow stored = domain.stored ? domain.stored->A(l) : MatrixXdRow();
+  const MatrixXdRow& A = domain.stored ? stored : domain.A.at(static_cast<std::size_t>(l));
+  const Eigen::Index n = A.rows();
+  std::vector<double> packed(static_cast<std::size_t>(n * (n + 1) / 2));
+  std::size_t k = 0;  // row i's upper part, columns i..n-1, is contiguous in row-major storage
+  for (Eigen::Index i = 0; i < n; ++i) {
+    std::copy(A.data() + i * n + i, A.data() + (i + 1) * n, packed.data() + k);
+    k += static_cast<std::size_t>(n - i);
+  }
+  return packed;
+}
+
 std::vector<double> pack_upper(const DomainStatistics& domain) {
-  std::vector<double> packed(packed_size(domain));
-  pack_into(domain, packed.data());
+  std::vector<double> packed;
+  packed.reserve(packed_size(domain));
+  const std::int64_t layers = domain.stored ? domain.stored->layers() : static_cast<std::int64_t>(domain.A.size());
+  for (std::int64_t l = 0; l < layers; ++l) {
+    const std::vector<double> layer = pack_layer(domain, l);
+    packed.insert(packed.end(), layer.begin(), layer.end());
+  }
+  packed.push_back(static_cast<double>(domain.tokens));  // exact: counts stay far below 2^53
   return packed;
 }
 
@@ -346,39 +381,64 @@ void unpack_upper(std::span<const double> packed, DomainStatistics& domain) {
   domain.tokens = static_cast<std::int64_t>(packed[k]);
 }
 
+namespace {
+
+// Sums one (n, n) matrix's upper triangle over the ranks into rank 0's, plus `base` there (its
+// packed upper triangle, or empty), and mirrors it. Band by band: pack a band of rows' upper
+// parts, reduce it in one MPI call, and on rank 0 write it back and mirror it while it is still in
+// cache. Whole-matrix passes (pack all, reduce all, unpack all) spent twice as long moving memory
+// as communicating.
+void reduce_matrix(MatrixXdRow& matrix, std::span<const double> base, std::vector<double>& band) {
+  const bool root = mpi_rank() == 0;
+  const Eigen::Index n = matrix.rows();
+  const auto segment = static_cast<Eigen::Index>(mpi_reduce_segment_elements());
+  band.resize(static_cast<std::size_t>(std::max(segment, n)));
+  double* A = matrix.data();
+  std::size_t offset = 0;  // of the band in the packed upper triangle, where `base` is
+  for (Eigen::Index r0 = 0, r1 = 0; r0 < n; r0 = r1) {
+    std::size_t k = 0;
+    for (; r1 < n && (r1 == r0 || static_cast<Eigen::Index>(k) + n - r1 <= segment); ++r1) {
+      std::copy(A + r1 * n + r1, A + (r1 + 1) * n, band.data() + k);  // row r1, columns r1..n-1
+      k += static_cast<std::size_t>(n - r1);
+    }
+    if (root && !base.empty())
+      for (std::size_t i = 0; i < k; ++i) band[i] += base[offset + i];
+    reduce_sum({band.data(), k});
+    offset += k;
+    if (!root) continue;
+    k = 0;
+    for (Eigen::Index i = r0; i < r1; ++i) {
+      std::copy(band.data() + k, band.data() + k + (n - i), A + i * n + i);
+      k += static_cast<std::size_t>(n - i);
+    }
+    for (Eigen::Index j = r0 + 1; j < n; ++j)  // mirror: row j's columns r0..min(r1, j) - 1
+      for (Eigen::Index i = r0; i < std::min(r1, j); ++i) A[j * n + i] = A[i * n + j];
+  }
+}
+
+}  // namespace
+
+std::span<const double> layer_slice(std::span<const double> packed, std::int64_t l, std::int64_t n) {
+  if (packed.empty()) return {};
+  const auto size = static_cast<std::size_t>(n * (n + 1) / 2);
+  return packed.subspan(static_cast<std::size_t>(l) * size, size);
+}
+
+void reduce_layer(MatrixXdRow& A, CalibrationTiming& timing, std::span<const double> base) {
+  const auto t0 = Clock::now();
+  std::vector<double> band;
+  reduce_matrix(A, base, band);
+  timing.reduce += since(t0);
+}
+
 void reduce_domain(DomainStatistics& domain, CalibrationTiming& timing, std::span<const double> base) {
   const auto t0 = Clock::now();
   const bool root = mpi_rank() == 0;
   const Eigen::Index n = domain.A.empty() ? 0 : domain.A[0].rows();
-  DUME_ASSERT(base.empty() || base.size() == packed_size(domain));
-  // Band by band: pack a band of rows' upper parts, reduce it in one MPI call, and on rank 0
-  // write it back and mirror it while it is still in cache. Whole-matrix passes (pack all,
-  // reduce all, unpack all) spent twice as long moving memory as communicating.
-  const auto segment = static_cast<Eigen::Index>(mpi_reduce_segment_elements());
-  std::vector<double> band(static_cast<std::size_t>(std::max(segment, n)));
-  std::size_t offset = 0;  // of the band in pack_upper's layout, where `base` is
-  for (auto& matrix : domain.A) {
-    double* A = matrix.data();
-    for (Eigen::Index r0 = 0, r1 = 0; r0 < n; r0 = r1) {
-      std::size_t k = 0;
-      for (; r1 < n && (r1 == r0 || static_cast<Eigen::Index>(k) + n - r1 <= segment); ++r1) {
-        std::copy(A + r1 * n + r1, A + (r1 + 1) * n, band.data() + k);  // row r1, columns r1..n-1
-        k += static_cast<std::size_t>(n - r1);
-      }
-      if (root && !base.empty())
-        for (std::size_t i = 0; i < k; ++i) band[i] += base[offset + i];
-      reduce_sum({band.data(), k});
-      offset += k;
-      if (!root) continue;
-      k = 0;
-      for (Eigen::Index i = r0; i < r1; ++i) {
-        std::copy(band.data() + k, band.data() + k + (n - i), A + i * n + i);
-        k += static_cast<std::size_t>(n - i);
-      }
-      for (Eigen::Index j = r0 + 1; j < n; ++j)  // mirror: row j's columns r0..min(r1, j) - 1
-        for (Eigen::Index i = r0; i < std::min(r1, j); ++i) A[j * n + i] = A[i * n + j];
-    }
-  }
+  DUME_ASSERT(base.empty() || domain.A.empty() || base.size() == packed_size(domain));
+  std::vector<double> band;
+  for (std::size_t l = 0; l < domain.A.size(); ++l)
+    reduce_matrix(domain.A[l], layer_slice(base, static_cast<std::int64_t>(l), n), band);
   double tokens = static_cast<double>(domain.tokens) + (root && !base.empty() ? base.back() : 0.0);
   reduce_sum({&tokens, 1});
   if (root) domain.tokens = static_cast<std::int64_t>(tokens);  // exact: counts stay far below 2^53

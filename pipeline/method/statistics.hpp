@@ -97,7 +97,14 @@ struct CalibrationControl {
   // Collective, before each round of batches: a stop signal caught on any rank (0: none).
   std::function<int()> stop_requested;
   std::function<void()> after_batch;  // fault injection in tests
-  int stopped_by = 0;                 // set when the calibration stopped early on this signal
+  // When set, and this rank's batches fit in one chunk (checkpoint_every does not split them),
+  // the domain runs in one pass and each layer's partial sums (upper triangle) are handed over
+  // as soon as that layer is done, not kept: one layer's statistics resident instead of L, and
+  // each layer's weights read once. Collective: every rank calls it for every layer, in order.
+  // A stop is then agreed between layers, and the domain's pass is given up (nothing saved).
+  std::function<void(std::int64_t layer, MatrixXdRow& partial)> layer_done;
+  bool one_pass = false;  // set when the domain ran in one pass (its A left empty)
+  int stopped_by = 0;     // set when the calibration stopped early on this signal
 };
 
 // Runs this rank's share of one domain's calibration windows through `forward`, forced to the
@@ -138,11 +145,19 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& lo
 
 // Sums every rank's partial statistics of one domain into rank 0's (upper triangles are sent
 // packed, half the bytes, in bands of rows), plus `base` (packed, from pack_upper) on rank 0 when
-// given, and mirrors them into full symmetric matrices on rank 0.
+// given, and mirrors them into full symmetric matrices on rank 0. A domain calibrated in one pass
+// (no A) has only its token count reduced here.
 void reduce_domain(DomainStatistics& domain, CalibrationTiming& timing, std::span<const double> base = {});
+// The same for one layer's sums; `base` is that layer's part of a packed domain (layer_slice).
+void reduce_layer(MatrixXdRow& A, CalibrationTiming& timing, std::span<const double> base = {});
+// Layer l's upper triangle in a packed domain of `layers` layers of (n, n) matrices (empty when
+// `packed` is).
+std::span<const double> layer_slice(std::span<const double> packed, std::int64_t l, std::int64_t n);
 
 // Every layer's upper triangle, row by row, then the token count: (L * n(n+1)/2 + 1) values.
 std::vector<double> pack_upper(const DomainStatistics& domain);
+// Layer l's upper triangle alone (read back where the domain is stored): n(n+1)/2 values.
+std::vector<double> pack_layer(const DomainStatistics& domain, std::int64_t l);
 // The inverse into `domain` (whose A must have its L matrices' shapes): full symmetric matrices.
 void unpack_upper(std::span<const double> packed, DomainStatistics& domain);
 

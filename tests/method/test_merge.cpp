@@ -347,11 +347,13 @@ TEST_F(MergeChecks, AMemoryBudgetThatForcesChunksGivesTheSameStatistics) {
   const MergeConfig config = merge_config_parse(replace(yaml, "output: out", "output: chunked"), dir_ / "merge.yaml");
   const MemoryPlan plan = plan_memory(HfCheckpoint(config.experts[0].checkpoint).config(), config, 2, DType::F32, 100,
                                       std::int64_t{1} << 40);
+  EXPECT_TRUE(plan.one_pass);     // unlimited: each domain in one pass, one layer's statistics at a time
   MergeConfig chunked = config;  // two batches per chunk: the windows run in several chunks
   chunked.memory = plan.minimum + plan.round_bytes;
-  EXPECT_EQ(plan_memory(HfCheckpoint(config.experts[0].checkpoint).config(), chunked, 2, DType::F32, 100, chunked.memory)
-                .chunk_rounds,
-            2);
+  const MemoryPlan tight_plan =
+      plan_memory(HfCheckpoint(config.experts[0].checkpoint).config(), chunked, 2, DType::F32, 100, chunked.memory);
+  EXPECT_EQ(tight_plan.chunk_rounds, 2);
+  EXPECT_FALSE(tight_plan.one_pass);
   run_merge(chunked, false);
   const Statistics a = read_statistics(dir_ / "out" / "stats.h5"), b = read_statistics(dir_ / "chunked" / "stats.h5");
   ASSERT_EQ(a.domains.size(), b.domains.size());
