@@ -20,6 +20,15 @@ ProcessUsage process_usage() {
   return usage;
 }
 
+std::uint64_t resident_bytes() {
+  std::ifstream status("/proc/self/status");
+  for (std::string key; status >> key;) {
+    std::uint64_t kib = 0;
+    if (key == "VmRSS:" && status >> kib) return kib * 1024;
+  }
+  return 0;
+}
+
 std::string format_bytes(double bytes) {
   const char* units[] = {"B", "kB", "MB", "GB", "TB"};
   int u = 0;

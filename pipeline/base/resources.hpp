@@ -14,6 +14,8 @@ struct ProcessUsage {
 };
 
 ProcessUsage process_usage();
+// What this process holds now (VmRSS): code, libraries, MPI, the corpora's tokens.
+std::uint64_t resident_bytes();
 
 // "1.74 GB" (decimal units, as `ls -l --si` and the issue tracker's figures).
 std::string format_bytes(double bytes);

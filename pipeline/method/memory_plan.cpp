@@ -15,8 +15,13 @@ namespace {
 
 std::string bytes(std::int64_t n) { return format_bytes(static_cast<double>(n)); }
 
-// What the process holds before any model: code, MPI, BLAS buffers (measured: about 0.1 GB).
-constexpr std::int64_t kBaseline = std::int64_t{150} << 20;
+// What the process holds besides the plan's items (code, libraries, MPI, the corpora's tokens):
+// as measured when its first plan is made (once, so that every plan of a process agrees), and
+// at least what a bare `dume` holds here, about 0.1 GB.
+std::int64_t process_bytes() {
+  static const std::int64_t measured = std::max<std::int64_t>(static_cast<std::int64_t>(resident_bytes()), 100 << 20);
+  return measured;
+}
 
 }  // namespace
 
@@ -52,6 +57,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
                        std::int64_t batches_per_rank, std::int64_t budget) {
   MemoryPlan plan;
   plan.budget = budget > 0 ? budget : memory_budget_default(mpi_local_size());
+  const std::int64_t baseline = process_bytes();
   const std::int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, L = c.num_layers, n = D + 1;
   const auto stored = static_cast<std::int64_t>(dtype_size(dtype));
   const CalibrationSettings& cs = config.calibration;
@@ -69,7 +75,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
   // A domain whose batches all fit runs in one pass, holding one layer's statistics (calibrate_domain's
   // layer_done); otherwise in chunks that each run every layer, holding all of its layers'.
   std::vector<std::pair<std::string, std::int64_t>> calibration = {
-      {"process", kBaseline},
+      {"process", baseline},
       {"statistics of one layer", n * n * f64},
       {"one layer's weights", attention + mlp + mlp / f32 * stored},
       {"forward buffers", workspace + T * D * f32},
@@ -84,7 +90,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
   const bool regmean_head = config.shared_regmean && !c.tie_word_embeddings;
   const std::int64_t grams = L * (n * n + (c.q_dim() + 1) * (c.q_dim() + 1)) * f64 + (regmean_head ? n * n * f64 : 0);
   std::vector<std::pair<std::string, std::int64_t>> regmean = {
-      {"process", kBaseline},
+      {"process", baseline},
       {"Gram sums of one expert", grams},
       {"one layer's weights", attention + mlp + mlp / f32 * stored},
       {"forward buffers and a batch's logits", workspace + T * D * f32 + (regmean_head ? 2 * T * V * f32 : 0)}};
@@ -115,16 +121,16 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
   // and the result in f32 and stored.
   const std::int64_t largest_shared = regmean_head ? (experts + 2) * V * D * f64 + V * D * (f32 + stored) + experts * n * n * f64
                                                    : V * D * (f32 + stored);
-  plan.phases = {{"shared weights", {{"process", kBaseline}, {"largest tensor as it is computed", largest_shared}}}};
+  plan.phases = {{"shared weights", {{"process", baseline}, {"largest tensor as it is computed", largest_shared}}}};
   if (config.shared_regmean) plan.phases.emplace_back("RegMean Grams", regmean);
   plan.phases.emplace_back("calibration", calibrating);
   plan.phases.emplace_back(
       "solve", std::vector<std::pair<std::string, std::int64_t>>{
-                   {"process", kBaseline},
+                   {"process", baseline},
                    {"one layer's statistics of every domain", 3 * experts * n * n * f64},
                    {"one layer's held-out inputs", cs.heldout_fraction > 0 ? experts * cs.heldout_tokens * D * f32 : 0}});
   plan.phases.emplace_back("write", std::vector<std::pair<std::string, std::int64_t>>{
-                                        {"process", kBaseline},
+                                        {"process", baseline},
                                         {"one tensor (f32 and stored)", std::max(V, F) * D * (f32 + stored)}});
   return plan;
 }
@@ -134,6 +140,7 @@ MemoryPlan plan_eval_memory(const ModelConfig& c, std::int64_t experts, bool exp
                             std::int64_t budget) {
   MemoryPlan plan;
   plan.budget = budget > 0 ? budget : memory_budget_default(mpi_local_size());
+  const std::int64_t baseline = process_bytes();
   const std::int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, E = experts;
   const std::int64_t T = batch_sequences * sequence_length, f32 = 4;
   // x, h, q, attention output, k, v, gate, up; expert in/out, router logits, Gaussian whitening.
@@ -143,7 +150,7 @@ MemoryPlan plan_eval_memory(const ModelConfig& c, std::int64_t experts, bool exp
   // after its stored 16 bits (widened whole) have gone.
   const std::int64_t logits = T * V * f32;
   const std::vector<std::pair<std::string, std::int64_t>> fixed_items = {
-      {"process", kBaseline},
+      {"process", baseline},
       {"one layer's weights, or the head and a batch's logits",
        std::max(layer_bytes(c, E, expert_attention, gaussian), head_bytes(c) + std::max(V * D * 2, logits))},
       {"forward buffers and the logits buffer", workspace + logits}};

@@ -198,7 +198,11 @@ Matrix SharedStore::embedding_rows(std::span<const std::uint32_t> ids) const {
     DUME_ASSERT(ids[i] < static_cast<std::uint64_t>(config_.vocab_size));
     read(std::string(hf::embed_tokens), ids[i] * static_cast<std::size_t>(D),
          {rows.data() + i * static_cast<std::size_t>(D), static_cast<std::size_t>(D)});
+    if (i % 4096 == 4095) release(std::string(hf::embed_tokens));  // a whole tied LM head is read this way
   }
+  // Rows scattered over the vocabulary fault in most of the matrix (the kernel maps pages around
+  // each one): 1 GB at 8B if kept.
+  release(std::string(hf::embed_tokens));
   return rows;
 }
 
