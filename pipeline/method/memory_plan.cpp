@@ -69,17 +69,19 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
   const std::int64_t mlp = 3 * D * F * f32;
   // The forward's buffers: x, h, q, attention output, k, v, gate, up (T rows each).
   const std::int64_t workspace = T * (2 * D + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * F) * f32;
-  // Held-out MLP inputs while they are collected (every layer, until they go to disk).
-  const std::int64_t heldout = cs.heldout_fraction > 0 ? L * std::min<std::int64_t>(cs.heldout_tokens, 1 << 30) * D * f32 : 0;
+  // Held-out MLP inputs while they are collected: one layer's until it goes to disk in one pass,
+  // every layer's in chunks.
+  const std::int64_t heldout = cs.heldout_fraction > 0 ? std::min<std::int64_t>(cs.heldout_tokens, 1 << 30) * D * f32 : 0;
   plan.round_bytes = T * D * f32;
   // A domain whose batches all fit runs in one pass, holding one layer's statistics (calibrate_domain's
-  // layer_done); otherwise in chunks that each run every layer, holding all of its layers'.
+  // layer_done), unless checkpoints are periodic; otherwise in chunks that each run every layer,
+  // holding all of its layers'.
   std::vector<std::pair<std::string, std::int64_t>> calibration = {
       {"process", baseline},
       {"statistics of one layer", n * n * f64},
       {"one layer's weights", attention + mlp + mlp / f32 * stored},
       {"forward buffers", workspace + T * D * f32},
-      {"held-out inputs", heldout}};
+      {"one layer's held-out inputs", heldout}};
   const auto sum = [](const std::vector<std::pair<std::string, std::int64_t>>& items) {
     std::int64_t total = 0;
     for (const auto& [what, size] : items) total += size;
@@ -99,11 +101,12 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
   };
   auto chunked = calibration;
   chunked[1] = {"statistics of one domain", statistics};
+  chunked[4] = {"every layer's held-out inputs", L * heldout};
   const std::int64_t batches = std::max<std::int64_t>(1, batches_per_rank);
   const std::int64_t one_pass_needs = fixed_with(calibration) + batches * plan.round_bytes;
   const std::int64_t chunks_need = fixed_with(chunked) + plan.round_bytes;
-  // checkpoint_every splits a domain's batches into chunks whatever the memory.
-  const bool unsplit = cs.checkpoint_every <= 0 || (cs.checkpoint_every + cs.batch_sequences - 1) / cs.batch_sequences >= batches;
+  // Periodic checkpoints (checkpoint_every, checkpoint_minutes) need chunks whatever the memory.
+  const bool unsplit = cs.checkpoint_every <= 0 && cs.checkpoint_minutes <= 0;
   plan.one_pass = unsplit && plan.budget >= one_pass_needs;
   if (!plan.one_pass) calibration = chunked;
   const std::int64_t fixed = fixed_with(calibration);

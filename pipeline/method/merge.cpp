@@ -265,18 +265,21 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, std::int64_t chu
     }
     control.stop_requested = stop_signal_anywhere;
     control.after_batch = [rank, &batches_run] { test_fault_after_batch(rank, ++batches_run); };
-    // A layer's sums, complete: reduced with the checkpoint's and written into the output's stats.h5.
-    control.layer_done = [&](std::int64_t l, MatrixXdRow& partial) {
+    // A layer's sums, complete: reduced with the checkpoint's and written into the output's
+    // stats.h5. Not with periodic checkpoints, which need the chunks' partial sums of every layer
+    // (a pass cut short by a stop or a kill is lost whole: one domain's pass can take hours).
+    const auto layer_done = [&](std::int64_t l, MatrixXdRow& partial) {
       reduce_layer(partial, timing, root ? layer_slice(saved.packed, l, mc.hidden_size + 1) : std::span<const double>());
       if (root) plan.statistics->write_layer(d.name, l, partial);
     };
+    if (cs.checkpoint_every == 0 && cs.checkpoint_minutes == 0) control.layer_done = layer_done;
     DomainStatistics domain;
     std::vector<MatrixXfRow> heldout_inputs;
     if (todo.empty() && heldout.empty()) {  // all saved: only the sums are needed, not the expert
       domain.name = d.name;
       for (std::int64_t l = 0; l < mc.num_layers; ++l) {
         MatrixXdRow none = MatrixXdRow::Zero(mc.hidden_size + 1, mc.hidden_size + 1);
-        control.layer_done(l, none);
+        layer_done(l, none);
       }
     } else {
       plan.model.shared.layers.assign(static_cast<std::size_t>(mc.num_layers), LayerWeights());
@@ -287,7 +290,10 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, std::int64_t chu
                                 todo, rank, ranks, d.name, timing, root, control);
       if (control.stopped_by == 0 && !heldout.empty())
         heldout_inputs = collect_heldout(forward, load, mc, *d.windows, plan.stats.context_tokens, cs.batch_sequences,
-                                         heldout, cs.heldout_tokens, control.chunk_batches, backend, rank, ranks);
+                                         heldout, cs.heldout_tokens, control.chunk_batches, backend, rank, ranks,
+                                         [&](std::int64_t l, const MatrixXfRow& rows) {
+                                           if (root) plan.statistics->write_heldout(d.name, l, rows);
+                                         });
     }
     if (control.stopped_by != 0) stop_calibration(plan, store, k, saved_whole, control.stopped_by);
     reduce_domain(domain, timing, root ? std::span<const double>(saved.packed) : std::span<const double>());

@@ -290,15 +290,16 @@ void StatisticsFile::write_layer(const std::string& name, std::int64_t l, const 
 void StatisticsFile::write_heldout(const std::string& name, std::int64_t l, const MatrixXfRow& X) {
   const std::int64_t shape[] = {X.rows(), X.cols()};
   h5::write_dataset(file_->get(), moe_path::layer(l, "heldout/" + name), DType::F32, shape, X.data());
+  heldout_written_.insert(name);
 }
 
 void StatisticsFile::add(DomainStatistics& domain) {
   DUME_ASSERT(domain.A.empty() || static_cast<std::int64_t>(domain.A.size()) == layers_);
-  const bool heldout = !domain.heldout.empty();
+  const bool heldout = !domain.heldout.empty() || heldout_written_.contains(domain.name);
   for (std::int64_t l = 0; l < layers_; ++l) {
     const auto i = static_cast<std::size_t>(l);
     if (!domain.A.empty()) write_layer(domain.name, l, domain.A[i]);
-    if (heldout) write_heldout(domain.name, l, domain.heldout.at(i));
+    if (!domain.heldout.empty()) write_heldout(domain.name, l, domain.heldout.at(i));
   }
   domain.stored = std::make_shared<const StoredStatistics>(file_, domain.name, layers_, n_, heldout, /*checked=*/false);
   domain.A = {};

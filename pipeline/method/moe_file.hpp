@@ -79,8 +79,10 @@ SharedWeights read_moe_shared(const std::filesystem::path& dir);
 class StatisticsFile {
  public:
   StatisticsFile(const std::filesystem::path& output, std::int64_t layers, std::int64_t hidden_size);
-  // Layer l's reduced A of domain `name`, as soon as it is complete (a one-pass calibration).
+  // Layer l's reduced A or held-out inputs of domain `name`, as soon as they are complete (a
+  // one-pass calibration).
   void write_layer(const std::string& name, std::int64_t l, const MatrixXdRow& A);
+  void write_heldout(const std::string& name, std::int64_t l, const MatrixXfRow& X);
   // The domain's A (unless its layers were written already) and held-out inputs.
   void add(DomainStatistics& domain);
   // Writes what `stats` holds beyond the added domains (carried domains, B, attributes) and
@@ -88,12 +90,10 @@ class StatisticsFile {
   void finish(const Statistics& stats, const std::filesystem::path& target);
 
  private:
-  void write_heldout(const std::string& name, std::int64_t l, const MatrixXfRow& X);
-
   ScratchFile scratch_;
   std::int64_t layers_, n_;
   std::shared_ptr<const H5Id> file_;
-  std::set<std::string> added_;
+  std::set<std::string> added_, heldout_written_;
 };
 Statistics read_statistics(const std::filesystem::path& file);
 // The same with each domain's A left in the file (StoredStatistics: 4.3 GB per domain at 8B), read one

@@ -133,7 +133,8 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& lo
                                          const CorpusWindows& windows, std::int64_t context_tokens,
                                          std::int64_t batch_sequences, const std::vector<std::int64_t>& batches,
                                          std::int64_t max_tokens, std::int64_t chunk_batches, Backend& backend,
-                                         int rank, int ranks) {
+                                         int rank, int ranks,
+                                         const std::function<void(std::int64_t layer, const MatrixXfRow& rows)>& layer_done) {
   const std::int64_t D = config.hidden_size, L = config.num_layers;
   const auto S = static_cast<std::int64_t>(windows.length());
   const auto count = static_cast<std::int64_t>(windows.count());
@@ -147,9 +148,17 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& lo
   }
   const std::int64_t stride = std::max<std::int64_t>(1, (total + max_tokens - 1) / std::max<std::int64_t>(1, max_tokens));
   const std::int64_t kept = (total + stride - 1) / stride;
+  std::vector<std::int64_t> mine, mine_first;
+  for (std::size_t i = static_cast<std::size_t>(rank); i < batches.size(); i += static_cast<std::size_t>(ranks)) {
+    mine.push_back(batches[i]);
+    mine_first.push_back(first_token[i]);
+  }
+  const auto chunk = chunk_batches > 0 ? static_cast<std::size_t>(chunk_batches) : std::max<std::size_t>(1, mine.size());
+  const bool one_pass = layer_done && mine.size() <= chunk;
   // Each rank fills the rows of its batches; a sum over ranks assembles them (every row once, the
-  // others' zeros: exact in f32). L x kept x D floats: 1.1 GB at 8B with 2048 tokens.
-  std::vector<MatrixXfRow> rows(static_cast<std::size_t>(L), MatrixXfRow::Zero(kept, D));
+  // others' zeros: exact in f32). kept x D floats per layer (32 MB at 8B with 2048 tokens), for
+  // one layer at a time in one pass, else for all (1.1 GB at 8B).
+  std::vector<MatrixXfRow> rows(one_pass ? 1 : static_cast<std::size_t>(L), MatrixXfRow::Zero(kept, D));
   ForwardOptions options;
   options.forced_expert = 0;
   options.context_tokens = C;
@@ -162,20 +171,28 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& lo
     for (std::int64_t t = 0; t < T; ++t)
       if ((g0 + t) % stride == 0)
         std::copy(host.begin() + t * D, host.begin() + (t + 1) * D,
-                  rows[static_cast<std::size_t>(layer)].data() + (g0 + t) / stride * D);
+                  rows[one_pass ? 0 : static_cast<std::size_t>(layer)].data() + (g0 + t) / stride * D);
   };
-  std::vector<std::int64_t> mine, mine_first;
-  for (std::size_t i = static_cast<std::size_t>(rank); i < batches.size(); i += static_cast<std::size_t>(ranks)) {
-    mine.push_back(batches[i]);
-    mine_first.push_back(first_token[i]);
+  const auto assemble = [](MatrixXfRow& layer) {
+    reduce_sum(std::span<float>(layer.data(), static_cast<std::size_t>(layer.size())));
+  };
+  if (one_pass) {
+    run_by_layer(forward, load, window_batches(windows, batch_sequences, mine, options),
+                 [&](std::size_t i, std::int64_t) { g0 = mine_first[i]; },
+                 [&](std::int64_t l) {
+                   assemble(rows[0]);
+                   layer_done(l, rows[0]);
+                   rows[0].setZero();
+                   return true;
+                 });
+    return {};
   }
-  const auto chunk = chunk_batches > 0 ? static_cast<std::size_t>(chunk_batches) : std::max<std::size_t>(1, mine.size());
   for (std::size_t begin = 0; begin < mine.size(); begin += chunk) {
     const std::size_t size = std::min(chunk, mine.size() - begin);
     run_by_layer(forward, load, window_batches(windows, batch_sequences, std::span(mine).subspan(begin, size), options),
                  [&](std::size_t i, std::int64_t) { g0 = mine_first[begin + i]; });
   }
-  for (auto& layer : rows) reduce_sum(std::span<float>(layer.data(), static_cast<std::size_t>(layer.size())));
+  for (auto& layer : rows) assemble(layer);
   if (rank != 0) rows.clear();
   return rows;
 }
@@ -252,23 +269,17 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
   const std::int64_t most_rounds = most_chunk_rounds(control, batch_sequences, rounds);
   if (control.layer_done && rounds <= most_rounds) {  // one pass: see CalibrationControl::layer_done
     control.one_pass = true;
-    Buffer64 sums;  // one layer's: (D+1)^2 doubles, 134 MB at 8B, 537 MB at 70B
+    Buffer64 sums = backend.alloc64(static_cast<std::size_t>(n * n));  // one layer's: 134 MB at 8B, 537 MB at 70B
     MatrixXdRow partial(n, n);
     options.on_mlp_input = [&](std::int64_t, const float* x, std::int64_t T) { accumulate(sums, x, T); };
     const std::vector<std::int64_t> mine = rank_share(todo, rank, ranks);
-    const std::vector<Batch> batches = window_batches(windows, batch_sequences, mine, options);
-    std::vector<Stream> streams;
-    for (const Batch& b : batches) streams.push_back(forward.begin(b.tokens, b.B, b.S, b.options, load));
-    for (std::int64_t l = 0; l < L; ++l) {
-      if (control.stop_requested && (control.stopped_by = control.stop_requested()) != 0) break;
-      if (load.layer) load.layer(l);
-      sums = backend.alloc64(static_cast<std::size_t>(n * n));
-      for (std::size_t i = 0; i < streams.size(); ++i)
-        forward.run_layer(static_cast<std::size_t>(l), streams[i], batches[i].options);
+    run_by_layer(forward, load, window_batches(windows, batch_sequences, mine, options), {}, [&](std::int64_t l) {
       backend.download(sums.data(), {partial.data(), sums.size()});
       control.layer_done(l, partial);
-    }
-    if (load.layer) load.layer(-1);
+      if (l + 1 == L || (control.stop_requested && (control.stopped_by = control.stop_requested()) != 0)) return false;
+      sums = backend.alloc64(static_cast<std::size_t>(n * n));  // zeroed for the next layer
+      return true;
+    });
     if (control.stopped_by == 0)
       for (const std::int64_t b : mine) {
         stats.tokens += sequences(b) * C;

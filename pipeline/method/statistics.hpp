@@ -97,11 +97,11 @@ struct CalibrationControl {
   // Collective, before each round of batches: a stop signal caught on any rank (0: none).
   std::function<int()> stop_requested;
   std::function<void()> after_batch;  // fault injection in tests
-  // When set, and this rank's batches fit in one chunk (checkpoint_every does not split them),
-  // the domain runs in one pass and each layer's partial sums (upper triangle) are handed over
-  // as soon as that layer is done, not kept: one layer's statistics resident instead of L, and
-  // each layer's weights read once. Collective: every rank calls it for every layer, in order.
-  // A stop is then agreed between layers, and the domain's pass is given up (nothing saved).
+  // When set, and this rank's batches fit in one chunk, the domain runs in one pass and each
+  // layer's partial sums (upper triangle) are handed over as soon as that layer is done, not
+  // kept: one layer's statistics resident instead of L, and each layer's weights read once.
+  // Collective: every rank calls it for every layer, in order. A stop is then agreed between
+  // layers, and the domain's pass is given up (nothing saved); so no periodic saves either.
   std::function<void(std::int64_t layer, MatrixXdRow& partial)> layer_done;
   bool one_pass = false;  // set when the domain ran in one pass (its A left empty)
   int stopped_by = 0;     // set when the calibration stopped early on this signal
@@ -136,12 +136,15 @@ std::vector<std::int64_t> rank_share(std::span<const std::int64_t> batches, int 
 // The MLP inputs, per layer, of every stride-th token (stride = ceil(tokens / max_tokens)) of the
 // held-out `batches`, in window and position order; batch i runs on rank i mod ranks, and the
 // result is complete on rank 0, the same for any number of ranks.
-// They run in chunks of at most `chunk_batches` batches per rank (0: one chunk).
+// They run in chunks of at most `chunk_batches` batches per rank (0: one chunk). Given
+// `layer_done`, and where this rank's batches fit one chunk, each layer's rows are handed to it
+// as soon as they are complete (on rank 0; called on every rank) and not kept: nothing is returned.
 std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& load, const ModelConfig& config,
                                          const CorpusWindows& windows, std::int64_t context_tokens,
                                          std::int64_t batch_sequences, const std::vector<std::int64_t>& batches,
                                          std::int64_t max_tokens, std::int64_t chunk_batches, Backend& backend,
-                                         int rank, int ranks);
+                                         int rank, int ranks,
+                                         const std::function<void(std::int64_t layer, const MatrixXfRow& rows)>& layer_done = {});
 
 // Sums every rank's partial statistics of one domain into rank 0's (upper triangles are sent
 // packed, half the bytes, in bands of rows), plus `base` (packed, from pack_upper) on rank 0 when

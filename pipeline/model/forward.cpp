@@ -388,7 +388,8 @@ std::vector<Batch> window_batches(const CorpusWindows& windows, std::int64_t bat
 }
 
 std::vector<Stream> run_by_layer(Forward& forward, const LayerSource& source, std::span<const Batch> batches,
-                                 const std::function<void(std::size_t i, std::int64_t layer)>& before) {
+                                 const std::function<void(std::size_t i, std::int64_t layer)>& before,
+                                 const std::function<bool(std::int64_t layer)>& after) {
   std::vector<Stream> streams;  // (B * S, D) f32 each
   for (const Batch& b : batches) streams.push_back(forward.begin(b.tokens, b.B, b.S, b.options, source));
   std::vector<bool> running(streams.size(), true);
@@ -400,6 +401,7 @@ std::vector<Stream> run_by_layer(Forward& forward, const LayerSource& source, st
       if (before) before(i, l);
       running[i] = forward.run_layer(static_cast<std::size_t>(l), streams[i], batches[i].options);
     }
+    if (after && !after(l)) break;
   }
   if (source.layer) source.layer(-1);  // nothing resident after the last layer
   return streams;

@@ -173,9 +173,12 @@ std::vector<Batch> window_batches(const CorpusWindows& windows, std::int64_t bat
 
 // Runs the batches layer by layer: each begins (source.embedding), then each layer is made
 // resident once (source.layer) and runs over every batch before the next, `before(i, l)` called
-// before batch i enters layer l. Returns the streams after the last layer (each stopped where its
-// options stop) with nothing resident; finish() gives their logits once source.head() has run.
+// before batch i enters layer l and `after(l)` once layer l has run over all of them (for every
+// layer, batches or none); `after` returning false ends the run there. Returns the streams after
+// the last layer run (each stopped where its options stop) with nothing resident; finish() gives
+// their logits once source.head() has run.
 std::vector<Stream> run_by_layer(Forward& forward, const LayerSource& source, std::span<const Batch> batches,
-                                 const std::function<void(std::size_t i, std::int64_t layer)>& before = {});
+                                 const std::function<void(std::size_t i, std::int64_t layer)>& before = {},
+                                 const std::function<bool(std::int64_t layer)>& after = {});
 
 }  // namespace dume

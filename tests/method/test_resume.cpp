@@ -206,14 +206,10 @@ TEST_F(ResumeMergeTest, StoppedTwiceThenResumedEqualsUninterrupted) {
 }
 
 TEST_F(ResumeMergeTest, StopWithoutPeriodicCheckpointsSavesToo) {
-  // Without checkpoint_every each domain runs in one pass, layer by layer: a stop is agreed
-  // between layers, the domains before are saved whole, and the one in progress starts over.
-  // (The hook counts a one-pass domain's batches once it is done: this stop lands in domain 1.)
   const MergeConfig c = config("out", "");
-  stopped_merge(c, 3);
+  stopped_merge(c, 30);  // in domain 1: domain 0 is saved whole, domain 1 in part
   EXPECT_TRUE(fs::exists(checkpoint_dir(c.output.path) / "domain-0.h5"));
-  for (const auto& entry : fs::directory_iterator(checkpoint_dir(c.output.path)))
-    EXPECT_EQ(entry.path().filename().string().find(".rank"), std::string::npos) << entry.path();
+  EXPECT_TRUE(fs::exists(checkpoint_dir(c.output.path) / "domain-1.g0.rank0.h5"));
   run_merge(c, false, true);
   run_merge(config("reference", ""), false);
   expect_same_statistics(dir_ / "out", dir_ / "reference");
@@ -222,6 +218,19 @@ TEST_F(ResumeMergeTest, StopWithoutPeriodicCheckpointsSavesToo) {
   stopped_merge(again, 3);
   run_merge(again, true);
   EXPECT_FALSE(fs::exists(checkpoint_dir(again.output.path)));
+}
+
+// Without periodic checkpoints each domain runs in one pass, layer by layer: a stop is agreed
+// between layers, the domains before are saved whole, and the one in progress starts over.
+TEST_F(ResumeMergeTest, AStopInAOnePassDomainRestartsIt) {
+  const MergeConfig c = config("out", "checkpoint_minutes: 0, ");
+  stopped_merge(c, 3);  // the hook counts a one-pass domain's batches once it is done: domain 1 stops
+  EXPECT_TRUE(fs::exists(checkpoint_dir(c.output.path) / "domain-0.h5"));
+  for (const auto& entry : fs::directory_iterator(checkpoint_dir(c.output.path)))
+    EXPECT_EQ(entry.path().filename().string().find(".rank"), std::string::npos) << entry.path();
+  run_merge(c, false, true);
+  run_merge(config("reference", ""), false);
+  expect_same_statistics(dir_ / "out", dir_ / "reference");
 }
 
 }  // namespace
