@@ -7,6 +7,7 @@
 #include "comm.hpp"
 #include "error.hpp"
 #include "layer_stream.hpp"
+#include "regmean.hpp"
 #include "resources.hpp"
 
 namespace dume {
@@ -120,9 +121,11 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
   auto calibrating = calibration;
   calibrating.emplace_back("residual streams of a chunk", streams);
   regmean.emplace_back("residual streams of a chunk", streams);
-  // Rank 0 merges RegMean's LM head whole: each expert's in f64, their weighted sum, the solution,
-  // and the result in f32 and stored.
-  const std::int64_t largest_shared = regmean_head ? (experts + 2) * V * D * f64 + V * D * (f32 + stored) + experts * n * n * f64
+  // Rank 0 merges RegMean's LM head by blocks of rows: each expert's block in f64, their weighted
+  // sum, the solution; the Grams, their sum's factor; and the result in f32 and stored.
+  const std::int64_t head_rows = std::min(V, RegmeanSolver::kBlockRows);
+  const std::int64_t largest_shared = regmean_head ? (experts + 2) * head_rows * D * f64 + (experts + 1) * D * D * f64 +
+                                                         V * D * (f32 + stored)
                                                    : V * D * (f32 + stored);
   plan.phases = {{"shared weights", {{"process", baseline}, {"largest tensor as it is computed", largest_shared}}}};
   if (config.shared_regmean) plan.phases.emplace_back("RegMean Grams", regmean);

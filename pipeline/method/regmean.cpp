@@ -13,20 +13,29 @@
 
 namespace dume {
 
+RegmeanSolver::RegmeanSolver(const std::vector<Eigen::MatrixXd>& grams, const std::string& where) {
+  const Eigen::Index in = grams.at(0).rows();
+  Eigen::MatrixXd sum = Eigen::MatrixXd::Zero(in, in);
+  for (const Eigen::MatrixXd& gram : grams) {
+    Eigen::MatrixXd g = kRegmeanOffDiagonal * gram;
+    g.diagonal() = gram.diagonal();
+    sum += g;
+    scaled_.push_back(std::move(g));
+  }
+  factor_.compute(sum);
+  if (factor_.info() != Eigen::Success || !(factor_.matrixLLT().diagonal().minCoeff() > 0))
+    throw Error(where + ": the experts' inputs are degenerate (their Gram matrix is singular); use shared: average");
+}
+
+Eigen::MatrixXd RegmeanSolver::merge(const std::vector<Eigen::MatrixXd>& rows) const {
+  Eigen::MatrixXd weighted = Eigen::MatrixXd::Zero(rows.at(0).rows(), rows.at(0).cols());
+  for (std::size_t i = 0; i < rows.size(); ++i) weighted += rows[i] * scaled_.at(i);
+  return factor_.solve(weighted.transpose()).transpose();  // the Gram is symmetric
+}
+
 Eigen::MatrixXd regmean_merge(const std::vector<Eigen::MatrixXd>& weights, const std::vector<Eigen::MatrixXd>& grams,
                               const std::string& where) {
-  const Eigen::Index in = grams.at(0).rows();
-  Eigen::MatrixXd gram = Eigen::MatrixXd::Zero(in, in), weighted = Eigen::MatrixXd::Zero(weights.at(0).rows(), in);
-  for (std::size_t i = 0; i < grams.size(); ++i) {
-    Eigen::MatrixXd g = kRegmeanOffDiagonal * grams[i];
-    g.diagonal() = grams[i].diagonal();
-    gram += g;
-    weighted += weights[i] * g;
-  }
-  const Eigen::LLT<Eigen::MatrixXd> cholesky(gram);
-  if (cholesky.info() != Eigen::Success || !(cholesky.matrixLLT().diagonal().minCoeff() > 0))
-    throw Error(where + ": the experts' inputs are degenerate (their Gram matrix is singular); use shared: average");
-  return cholesky.solve(weighted.transpose()).transpose();  // the Gram is symmetric
+  return RegmeanSolver(grams, where).merge(weights);
 }
 
 namespace {
@@ -156,23 +165,33 @@ std::vector<float> RegmeanGrams::merged(const std::string& hf_name, const std::v
                                         DType dtype) const {
   DUME_ASSERT(file_ && shape.size() == 2);
   const auto& [kind, width] = gram_of_.at(hf_name);
-  std::vector<Eigen::MatrixXd> weights, grams;
+  const std::int64_t out_rows = shape[0], in = shape[1];
+  std::vector<Eigen::MatrixXd> grams;  // E in^2 doubles: 268 MB for two 8B experts
   for (std::size_t e = 0; e < experts_.size(); ++e) {
-    Matrix w(shape[0], shape[1]);
-    experts_[e]->read(hf_name, shape, {w.data(), static_cast<std::size_t>(w.size())});
-    experts_[e]->release(hf_name);
-    weights.push_back(w.cast<double>());
     const std::int64_t gram_shape[] = {width, width};
     const std::vector<double> gram = h5::read_f64(file_->get(), gram_dataset(e, kind), gram_shape);
     grams.push_back(Eigen::Map<const MatrixXdRow>(gram.data(), width, width));
   }
-  Matrix out;
+  std::vector<float> values(static_cast<std::size_t>(out_rows * in));
   try {
-    out = regmean_merge(weights, grams, hf_name).cast<float>();
+    const RegmeanSolver solver(grams, hf_name);
+    // The LM head by blocks of rows (16.8 GB whole for two 8B experts).
+    for (std::int64_t r0 = 0; r0 < out_rows; r0 += RegmeanSolver::kBlockRows) {
+      const std::int64_t rows = std::min(RegmeanSolver::kBlockRows, out_rows - r0);
+      std::vector<Eigen::MatrixXd> weights;
+      for (const HfCheckpoint* expert : experts_) {
+        Matrix w(rows, in);
+        expert->read_slice(hf_name, shape, static_cast<std::size_t>(r0 * in), {w.data(), static_cast<std::size_t>(w.size())});
+        expert->release(hf_name, static_cast<std::size_t>(r0 * in), static_cast<std::size_t>(w.size()));
+        weights.push_back(w.cast<double>());
+      }
+      const Matrix merged = solver.merge(weights).cast<float>();
+      std::copy(merged.data(), merged.data() + merged.size(), values.begin() + r0 * in);
+    }
   } catch (const Error& e) {
     throw Error(std::string("shared: regmean: ") + e.what());
   }
-  std::vector<float> values(out.data(), out.data() + out.size());
+  for (const HfCheckpoint* expert : experts_) expert->release(hf_name);  // the pages at block edges
   round_through(dtype, values);
   return values;
 }

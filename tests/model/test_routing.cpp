@@ -371,6 +371,29 @@ TEST(Regmean, MergeSolvesTheNormalEquations) {
   expect_error_with([&] { regmean_merge(weights, grams, "layer 1 q_proj"); }, {"layer 1 q_proj", "singular", "shared: average"});
 }
 
+// An LM head merged by blocks of rows (as RegmeanGrams merges it) has the bits of the whole merge.
+TEST(Regmean, BlocksOfRowsGiveTheWholeMergesBits) {
+  const Eigen::Index rows = 2 * RegmeanSolver::kBlockRows + 101, in = 40;
+  std::mt19937 rng(3);
+  std::normal_distribution<double> normal;
+  const auto random = [&](Eigen::Index r, Eigen::Index c) {
+    return Eigen::MatrixXd(Eigen::MatrixXd::NullaryExpr(r, c, [&] { return normal(rng); }));
+  };
+  std::vector<Eigen::MatrixXd> weights, grams;
+  for (int i = 0; i < 2; ++i) {
+    weights.push_back(random(rows, in));
+    const Eigen::MatrixXd x = random(3 * in, in);
+    grams.push_back(x.transpose() * x);
+  }
+  const Eigen::MatrixXd whole = regmean_merge(weights, grams, "test");
+  const RegmeanSolver solver(grams, "test");
+  for (Eigen::Index r0 = 0; r0 < rows; r0 += RegmeanSolver::kBlockRows) {
+    const Eigen::Index n = std::min<Eigen::Index>(RegmeanSolver::kBlockRows, rows - r0);
+    const std::vector<Eigen::MatrixXd> block{weights[0].middleRows(r0, n), weights[1].middleRows(r0, n)};
+    EXPECT_TRUE(solver.merge(block) == whole.middleRows(r0, n)) << "rows from " << r0;
+  }
+}
+
 // A whole merge with shared: regmean: every q/k/v/o and LM head equals the merge of the experts'
 // weights with Grams of their inputs from the independent float64 forward (each expert on its own
 // calibration windows, truncated to context_tokens), to the f32 forward's rounding.
