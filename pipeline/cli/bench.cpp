@@ -10,6 +10,8 @@
 #include "benchmark.hpp"
 #include "comm.hpp"
 #include "commands.hpp"
+#include "layer_stream.hpp"
+#include "memory_plan.hpp"
 #include "merge.hpp"
 #include "outputs.hpp"
 
@@ -87,14 +89,29 @@ void check_json_output(const BenchOptions& o) {
   });
 }
 
+// The layers the benchmark holds in f32, beside the embedding and the LM head: as many of the
+// model's as fit this rank's memory budget (at least one; its rates are per layer, and an 8B
+// model whole would be 32 GB), or --layers for a preset.
+std::int64_t bench_layers(const ModelConfig& c, std::int64_t requested) {
+  if (requested > 0) return requested;
+  const std::int64_t f32 = 4, buffers = std::int64_t{1} << 30;
+  const std::int64_t left = memory_budget_default(mpi_local_size()) - 2 * c.vocab_size * c.hidden_size * f32 - buffers;
+  return std::clamp<std::int64_t>(left / layer_bytes(c, 1, false, false), 1, c.num_layers);
+}
+
 // The config's first expert and the first windows of its calibration corpus (repeated if short)
-// into `s`, the expert's weights into `model`. Returns the shape's name for the header.
-std::string load_first_expert(const BenchOptions& o, BenchSettings& s, std::optional<Model>& model) {
+// into `s`, the expert's weights (bench_layers of its `layers`) into `model`. Returns the shape's
+// name for the header.
+std::string load_first_expert(const BenchOptions& o, BenchSettings& s, std::optional<Model>& model,
+                              std::int64_t& layers) {
   std::string shape_name;
   collective_phase([&] {
     const MergeConfig config = merge_config_read(o.config);
     const HfCheckpoint checkpoint(config.experts[0].checkpoint);
-    model = load_dense_model(checkpoint);
+    ModelConfig held = checkpoint.config();
+    layers = held.num_layers;
+    held.num_layers = bench_layers(held, 0);
+    model = load_whole(checkpoint_layers(checkpoint), empty_model(held, 1));
     s.config = model->config;
     s.sequence_length = config.calibration.sequence_length;
     s.batch = config.calibration.batch_sequences;
@@ -179,10 +196,11 @@ void run_bench(const BenchOptions& o) {
   s.sequence_length = o.sequence_length;
   s.repeat = o.repeat;
   std::optional<Model> model;
+  std::int64_t layers = 0;  // the model's; the benchmark may hold fewer
   std::string shape_name = o.preset;
   if (!o.json.empty()) check_json_output(o);
   if (!o.config.empty()) {
-    shape_name = load_first_expert(o, s, model);
+    shape_name = load_first_expert(o, s, model, layers);
   } else {
     s.config = bench_preset(o.preset);
     if (o.layers > 0) s.config.num_layers = o.layers;
@@ -192,11 +210,19 @@ void run_bench(const BenchOptions& o) {
     write_experts(o, s.config);
     return;
   }
+  if (o.config.empty()) {
+    layers = s.config.num_layers;
+    s.config.num_layers = bench_layers(s.config, o.layers);
+  }
   const int threads = threads_per_rank(o.threads);
   auto backend = rank_backend(o.backend, threads);
   s.scratch = std::filesystem::temp_directory_path() / ("dume-bench-" + std::to_string(getpid()));
   std::filesystem::create_directories(s.scratch);
   print_header(o, s, shape_name, threads, *backend);
+  if (mpi_rank() == 0 && o.layers == 0 && s.config.num_layers < layers)
+    std::printf("# %lld of the model's %lld layers: what fits this rank's memory beside the embedding and LM head "
+                "(the rates are per layer)\n",
+                static_cast<long long>(s.config.num_layers), static_cast<long long>(layers));
   if (o.ranks_note) print_ranks_note(threads);
   const std::vector<PhaseResult> phases = run_benchmark(s, *backend);
   std::filesystem::remove_all(s.scratch);
