@@ -134,7 +134,9 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
       "solve", std::vector<std::pair<std::string, std::int64_t>>{
                    {"process", baseline},
                    {"one layer's statistics of every domain", 3 * experts * n * n * f64},
-                   {"one layer's held-out inputs", cs.heldout_fraction > 0 ? experts * cs.heldout_tokens * D * f32 : 0}});
+                   {"one layer's held-out inputs", cs.heldout_fraction > 0 ? experts * cs.heldout_tokens * D * f32 : 0},
+                   // Solved as it is written (layer_router), in f64 and its f32 copy.
+                   {"one layer's router", experts * D * (config.router.method == RouterMethod::gaussian ? D : 1) * (f64 + f32)}});
   plan.phases.emplace_back("write", std::vector<std::pair<std::string, std::int64_t>>{
                                         {"process", baseline},
                                         {"one tensor (f32 and stored)", std::max(V, F) * D * (f32 + stored)}});

@@ -90,8 +90,8 @@ ExpertSource expert_from_checkpoint(const HfCheckpoint& checkpoint, DType dtype)
 }
 
 std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedStore& shared, DType dtype,
-                                   const std::vector<ExpertSource>& experts,
-                                   const std::vector<RouterSolution>& routers, bool expert_attention) {
+                                   const std::vector<ExpertSource>& experts, const RouterSource& router,
+                                   bool gaussian, bool expert_attention) {
   DUME_ASSERT(shared.dtype() == dtype);
   std::vector<MoeTensor> tensors;
   const SharedWeights names;  // a const walk visits names and shapes only
@@ -99,7 +99,25 @@ std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedStore&
                                             const std::vector<std::int64_t>& shape, const auto&) {
     tensors.push_back({path, dtype, shape, [&shared, hf_name] { return shared.bytes(hf_name); }});
   });
-  const auto E = static_cast<std::int64_t>(experts.size());
+  const auto E = static_cast<std::int64_t>(experts.size()), D = config.hidden_size;
+  // Each layer's router is solved once, when its first tensor is written (the writer goes in
+  // this order), and let go at the next layer's.
+  struct Solved {
+    std::int64_t layer = -1;
+    RouterSolution router;
+  };
+  const auto solved = std::make_shared<Solved>();
+  const auto router_of = [solved, router](std::int64_t l) -> const RouterSolution& {
+    if (solved->layer != l) {
+      solved->router = router(l);
+      solved->layer = l;
+    }
+    return solved->router;
+  };
+  const auto f32_tensor = [](const Eigen::MatrixXd& m) {  // row-major f32 bytes
+    const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> f = m.cast<float>();
+    return encode(DType::F32, {f.data(), static_cast<std::size_t>(f.size())});
+  };
   const MlpWeights mlp_layout;  // only names and shapes are visited
   const AttentionWeights attention_layout;
   for (std::int64_t l = 0; l < config.num_layers; ++l) {
@@ -113,22 +131,16 @@ std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedStore&
       for_each_mlp_tensor(config, mlp_layout, add);
       if (expert_attention) for_each_attention_tensor(config, attention_layout, add);
     }
-    const RouterSolution& r = routers[static_cast<std::size_t>(l)];
-    const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> weight = r.weight.cast<float>();
-    const Eigen::VectorXf bias = r.bias.cast<float>();
-    tensors.push_back({moe_path::layer(l, "router/weight"), DType::F32, {E, config.hidden_size}, [weight] {
-                         return encode(DType::F32, {weight.data(), static_cast<std::size_t>(weight.size())});
-                       }});
-    tensors.push_back({moe_path::layer(l, "router/bias"), DType::F32, {E}, [bias] {
-                         return encode(DType::F32, {bias.data(), static_cast<std::size_t>(bias.size())});
-                       }});
-    if (r.quadratic.size()) {
-      const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> quadratic = r.quadratic.cast<float>();
-      tensors.push_back({moe_path::layer(l, "router/quadratic"), DType::F32, {E, config.hidden_size, config.hidden_size},
-                         [quadratic] {
-                           return encode(DType::F32, {quadratic.data(), static_cast<std::size_t>(quadratic.size())});
+    tensors.push_back({moe_path::layer(l, "router/weight"), DType::F32, {E, D},
+                       [=] { return f32_tensor(router_of(l).weight); }});
+    tensors.push_back({moe_path::layer(l, "router/bias"), DType::F32, {E},
+                       [=] { return f32_tensor(router_of(l).bias); }});
+    if (gaussian)
+      tensors.push_back({moe_path::layer(l, "router/quadratic"), DType::F32, {E, D, D}, [=] {
+                           const RouterSolution& r = router_of(l);
+                           DUME_ASSERT(r.quadratic.rows() == E * D && r.quadratic.cols() == D);
+                           return f32_tensor(r.quadratic);
                          }});
-    }
   }
   return tensors;
 }
@@ -324,21 +336,28 @@ void solve_and_write(MergePlan& plan, const MergeConfig& config, bool force, Pha
                      ResumeStore* store) {
   try {
     auto t = Clock::now();
-    const std::vector<RouterSolution> routers = build_routers(plan.info.router, plan.stats);
-    for (std::size_t l = 0; l < routers.size(); ++l) {
-      for (int e : routers[l].zero_norm)
-        std::fprintf(stderr, "dume: warning: layer %zu: router column of expert '%s' has zero norm (replaced by 1e-6)\n",
-                     l, plan.info.experts[static_cast<std::size_t>(e)].c_str());
-      if (plan.info.router.auto_lambda)
-        std::printf("# router: layer %zu: lambda %.3g (chosen on the held-out split)\n", l, plan.info.router.layer_lambda[l]);
-    }
-    if (plan.info.router.auto_temperature)
-      std::printf("# router: temperature %.4g (chosen on the held-out split)\n", plan.info.router.temperature);
-    phases.emplace_back("solve", std::chrono::duration<double>(Clock::now() - t).count());
+    RouterSettings& settings = plan.info.router;
+    tune_routers(settings, plan.stats);
+    for (std::size_t l = 0; l < settings.layer_lambda.size(); ++l)
+      std::printf("# router: layer %zu: lambda %.3g (chosen on the held-out split)\n", l, settings.layer_lambda[l]);
+    if (settings.auto_temperature)
+      std::printf("# router: temperature %.4g (chosen on the held-out split)\n", settings.temperature);
+    phases.emplace_back("tune routers", std::chrono::duration<double>(Clock::now() - t).count());
     t = Clock::now();
-    write_moe_directory(config.output.path, force, plan, routers, config.output.shard_bytes, config.resolved_yaml());
+    double solving = 0;
+    const RouterSource router = [&](std::int64_t l) {
+      const auto t0 = Clock::now();
+      RouterSolution r = layer_router(settings, plan.stats, l);
+      for (int e : r.zero_norm)
+        std::fprintf(stderr, "dume: warning: layer %lld: router column of expert '%s' has zero norm (replaced by 1e-6)\n",
+                     static_cast<long long>(l), plan.info.experts[static_cast<std::size_t>(e)].c_str());
+      solving += std::chrono::duration<double>(Clock::now() - t0).count();
+      return r;
+    };
+    write_moe_directory(config.output.path, force, plan, router, config.output.shard_bytes, config.resolved_yaml());
     if (store) store->remove();  // the output is complete: the checkpoint has served
-    phases.emplace_back("write", std::chrono::duration<double>(Clock::now() - t).count());
+    phases.emplace_back("solve (as written)", solving);
+    phases.emplace_back("write", std::chrono::duration<double>(Clock::now() - t).count() - solving);
   } catch (const std::exception& e) {
     abort_job(e.what());
   }
@@ -404,12 +423,12 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
   if (root) report_plan(plan, config, phases, timing, usage, memory);
 }
 
-void write_moe_directory(const fs::path& output, bool force, const MergePlan& plan,
-                         const std::vector<RouterSolution>& routers, std::uint64_t shard_bytes, const std::string& yaml) {
+void write_moe_directory(const fs::path& output, bool force, const MergePlan& plan, const RouterSource& router,
+                         std::uint64_t shard_bytes, const std::string& yaml) {
   write_output_atomically(output, force, [&](const fs::path& dir) {
     write_moe(dir,
-              moe_tensors(plan.model.config, *plan.shared, plan.info.dtype, plan.sources, routers,
-                          plan.info.router.expert_attention),
+              moe_tensors(plan.model.config, *plan.shared, plan.info.dtype, plan.sources, router,
+                          plan.info.router.method == RouterMethod::gaussian, plan.info.router.expert_attention),
               plan.info,
               shard_bytes);
     std::optional<StatisticsFile> fresh;  // a job that calibrated nothing writes it now

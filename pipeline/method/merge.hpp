@@ -50,11 +50,14 @@ using ExpertSource = std::function<std::vector<std::byte>(std::int64_t layer, co
 // From a checkpoint (kept alive by the caller): checked, copied exactly when the dtype matches.
 ExpertSource expert_from_checkpoint(const HfCheckpoint& checkpoint, DType dtype);
 
+// Layer l's router, solved (layer_router): called once per layer as the MoE is written.
+using RouterSource = std::function<RouterSolution(std::int64_t layer)>;
+
 // The tensors of the MoE file: shared weights (dtype), every expert's MLPs (and attention, with
-// expert_attention), routers (f32).
+// expert_attention), routers (f32; a Gaussian router's quadratic factors too).
 std::vector<MoeTensor> moe_tensors(const ModelConfig& config, const SharedStore& shared, DType dtype,
-                                   const std::vector<ExpertSource>& experts,
-                                   const std::vector<RouterSolution>& routers, bool expert_attention);
+                                   const std::vector<ExpertSource>& experts, const RouterSource& router,
+                                   bool gaussian, bool expert_attention);
 
 // The shared weights a merge config asks for, tensor by tensor: averaged over `experts` (or
 // RegMean's merge on their `calibration` windows, its forward in chunks of `chunk_batches`), a
@@ -112,9 +115,9 @@ using PhaseTimes = std::vector<std::pair<std::string, double>>;
 void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes& phases,
               ResumeStore* store = nullptr);
 
-// The MoE files of a plan with these routers, atomically.
+// The MoE files of a plan with its routers, atomically.
 void write_moe_directory(const std::filesystem::path& output, bool force, const MergePlan& plan,
-                         const std::vector<RouterSolution>& routers, std::uint64_t shard_bytes, const std::string& yaml);
+                         const RouterSource& router, std::uint64_t shard_bytes, const std::string& yaml);
 
 void print_phase_table(const PhaseTimes& phases);
 

@@ -150,14 +150,7 @@ Eigen::MatrixXd router_logits(const RouterSolution& router, const MatrixXfRow& X
   return logits;
 }
 
-double choose_temperature(const std::vector<RouterSolution>& routers, const Statistics& stats) {
-  require_heldout(stats);
-  std::vector<std::pair<Eigen::MatrixXd, Eigen::Index>> held;  // (logits, domain) per layer and domain
-  for (std::size_t l = 0; l < routers.size(); ++l) {
-    const Statistics one = stats.only_layer(static_cast<std::int64_t>(l));  // its held-out inputs
-    for (std::size_t e = 0; e < one.domains.size(); ++e)
-      held.emplace_back(router_logits(routers[l], one.domains[e].heldout[l]), static_cast<Eigen::Index>(e));
-  }
+double choose_temperature(const HeldoutLogits& held) {
   const auto cross_entropy = [&](double log_t) {
     const double t = std::exp(log_t);
     double sum = 0;
@@ -187,18 +180,46 @@ double choose_temperature(const std::vector<RouterSolution>& routers, const Stat
   return std::exp((lo + hi) / 2);
 }
 
-std::vector<RouterSolution> build_routers(RouterSettings& settings, const Statistics& stats) {
-  std::vector<RouterSolution> routers;
+namespace {
+
+// Layer l's held-out logits of every domain under `router` (l of `one`, only_layer's).
+void add_heldout_logits(const RouterSolution& router, const Statistics& one, std::int64_t l, HeldoutLogits& held) {
+  for (std::size_t e = 0; e < one.domains.size(); ++e)
+    held.emplace_back(router_logits(router, one.domains[e].heldout[static_cast<std::size_t>(l)]),
+                      static_cast<Eigen::Index>(e));
+}
+
+}  // namespace
+
+double choose_temperature(const std::vector<RouterSolution>& routers, const Statistics& stats) {
+  require_heldout(stats);
+  HeldoutLogits held;
+  for (std::size_t l = 0; l < routers.size(); ++l)
+    add_heldout_logits(routers[l], stats.only_layer(static_cast<std::int64_t>(l)), static_cast<std::int64_t>(l), held);
+  return choose_temperature(held);
+}
+
+void tune_routers(RouterSettings& settings, const Statistics& stats) {
   settings.layer_lambda.clear();
+  if (!settings.auto_lambda && !settings.auto_temperature) return;
+  if (settings.auto_temperature) require_heldout(stats);
+  HeldoutLogits held;
   for (std::int64_t l = 0; l < stats.layers(); ++l) {
     const Statistics one = stats.only_layer(l);  // one layer's statistics in memory at a time
     RouterSettings layer = settings;
-    if (settings.auto_lambda) layer.lambda = sweep_lambda(settings, one, l).best;
-    if (settings.auto_lambda) settings.layer_lambda.push_back(layer.lambda);
-    routers.push_back(build_router(layer, one, l));
+    if (settings.auto_lambda) {
+      layer.lambda = sweep_lambda(settings, one, l).best;
+      settings.layer_lambda.push_back(layer.lambda);
+    }
+    if (settings.auto_temperature) add_heldout_logits(build_router(layer, one, l), one, l, held);
   }
-  if (settings.auto_temperature) settings.temperature = choose_temperature(routers, stats);
-  return routers;
+  if (settings.auto_temperature) settings.temperature = choose_temperature(held);
+}
+
+RouterSolution layer_router(const RouterSettings& settings, const Statistics& stats, std::int64_t layer) {
+  RouterSettings tuned = settings;
+  if (settings.auto_lambda) tuned.lambda = settings.layer_lambda.at(static_cast<std::size_t>(layer));
+  return build_router(tuned, stats.only_layer(layer), layer);
 }
 
 }  // namespace dume

@@ -29,12 +29,22 @@ LambdaSweep sweep_lambda(const RouterSettings& settings, const Statistics& stats
 // The router's logits (before the temperature) for the rows of X, in f64.
 Eigen::MatrixXd router_logits(const RouterSolution& router, const MatrixXfRow& X);
 
+// Held-out router logits, each with the domain its rows come from: what the temperature is
+// chosen on.
+using HeldoutLogits = std::vector<std::pair<Eigen::MatrixXd, Eigen::Index>>;
 // The temperature minimizing the held-out cross-entropy of the routers' softmax (golden-section
 // search over log T in [1e-4, 1e4]).
+double choose_temperature(const HeldoutLogits& held);
+// The same for these routers (layer l's at l) on the statistics' held-out inputs.
 double choose_temperature(const std::vector<RouterSolution>& routers, const Statistics& stats);
 
-// Every layer's router under `settings`, lambda chosen per layer when settings.auto_lambda (the
-// choice goes into settings.layer_lambda) and the temperature when settings.auto_temperature.
-std::vector<RouterSolution> build_routers(RouterSettings& settings, const Statistics& stats);
+// Chooses what `settings` leave to the held-out split: lambda per layer when settings.auto_lambda
+// (into settings.layer_lambda), the temperature when settings.auto_temperature; one layer's
+// statistics and router in memory at a time.
+void tune_routers(RouterSettings& settings, const Statistics& stats);
+// Layer l's router under tuned settings (settings.layer_lambda[l] when auto_lambda): solved when
+// it is written, since a Gaussian router's factors are E D^2 doubles per layer (8.6 GB for two
+// 8B experts over all layers).
+RouterSolution layer_router(const RouterSettings& settings, const Statistics& stats, std::int64_t layer);
 
 }  // namespace dume
