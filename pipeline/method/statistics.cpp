@@ -154,7 +154,8 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& lo
     mine_first.push_back(first_token[i]);
   }
   const auto chunk = chunk_batches > 0 ? static_cast<std::size_t>(chunk_batches) : std::max<std::size_t>(1, mine.size());
-  const bool one_pass = layer_done && mine.size() <= chunk;
+  const std::size_t most = (batches.size() + static_cast<std::size_t>(ranks) - 1) / static_cast<std::size_t>(ranks);
+  const bool one_pass = layer_done && most <= chunk;  // the same on every rank: its steps are collective
   // Each rank fills the rows of its batches; a sum over ranks assembles them (every row once, the
   // others' zeros: exact in f32). kept x D floats per layer (32 MB at 8B with 2048 tokens), for
   // one layer at a time in one pass, else for all (1.1 GB at 8B).
@@ -267,8 +268,7 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
 
   const std::int64_t rounds = (jobs + ranks - 1) / ranks;
   const std::int64_t most_rounds = most_chunk_rounds(control, batch_sequences, rounds);
-  if (control.layer_done && rounds <= most_rounds) {  // one pass: see CalibrationControl::layer_done
-    control.one_pass = true;
+  if (control.layer_done && rounds <= most_rounds) {  // one pass (its A empty): see CalibrationControl::layer_done
     Buffer64 sums = backend.alloc64(static_cast<std::size_t>(n * n));  // one layer's: 134 MB at 8B, 537 MB at 70B
     MatrixXdRow partial(n, n);
     options.on_mlp_input = [&](std::int64_t, const float* x, std::int64_t T) { accumulate(sums, x, T); };

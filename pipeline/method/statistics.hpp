@@ -103,8 +103,7 @@ struct CalibrationControl {
   // Collective: every rank calls it for every layer, in order. A stop is then agreed between
   // layers, and the domain's pass is given up (nothing saved); so no periodic saves either.
   std::function<void(std::int64_t layer, MatrixXdRow& partial)> layer_done;
-  bool one_pass = false;  // set when the domain ran in one pass (its A left empty)
-  int stopped_by = 0;     // set when the calibration stopped early on this signal
+  int stopped_by = 0;  // set when the calibration stopped early on this signal
 };
 
 // Runs this rank's share of one domain's calibration windows through `forward`, forced to the
@@ -112,11 +111,12 @@ struct CalibrationControl {
 // Windows are grouped into fixed batches of `batch_sequences` (global batch b holds windows
 // b*batch_sequences...); of the batches listed in `todo` (every batch unless resuming), the
 // i-th runs on rank i mod ranks, so each sequence's activations are the same for any number of
-// ranks. The batches run in chunks, each layer by layer (`load` brings one layer in at a time);
-// a layer's sums take the batches in the same order whatever the chunks, so the statistics do
-// not depend on them. Returns this rank's partial statistics (upper triangles only). If
-// control.stop_requested says so, stops between chunks (every rank at the same one), saves,
-// and sets stopped_by.
+// ranks. The batches run in one pass or in chunks, each layer by layer (`load` brings one layer
+// in at a time); a layer's sums take the batches in the same order either way, so the statistics
+// do not depend on it. Returns this rank's partial statistics (upper triangles only; in one pass
+// only the token count, the sums having gone to control.layer_done). If control.stop_requested
+// says so, stops between chunks (every rank at the same one), saves, and sets stopped_by; or,
+// in one pass, between layers, saving nothing.
 DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Backend& backend, const ModelConfig& config,
                                   const CorpusWindows& windows, std::int64_t context_tokens,
                                   std::int64_t batch_sequences, const std::vector<std::int64_t>& todo, int rank,
