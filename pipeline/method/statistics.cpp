@@ -228,6 +228,22 @@ std::int64_t next_chunk_rounds(std::int64_t take, double seconds, std::int64_t m
   return std::clamp<std::int64_t>(std::min(timed, 2 * take), 1, most);
 }
 
+// Runs `batches` once, layer by layer, their MLP inputs summed into `sums` (by their options'
+// on_mlp_input): each layer's sums go to control.layer_done, and a stop is agreed after each.
+void run_one_pass(Forward& forward, const LayerSource& load, Backend& backend, std::span<const Batch> batches,
+                  Eigen::Index n, Buffer64& sums, CalibrationControl& control) {
+  const std::int64_t L = forward.layers();
+  MatrixXdRow partial(n, n);
+  sums = backend.alloc64(static_cast<std::size_t>(n * n));  // one layer's: 134 MB at 8B, 537 MB at 70B
+  run_by_layer(forward, load, batches, {}, [&](std::int64_t l) {
+    backend.download(sums.data(), {partial.data(), sums.size()});
+    control.layer_done(l, partial);
+    if (l + 1 == L || (control.stop_requested && (control.stopped_by = control.stop_requested()) != 0)) return false;
+    sums = backend.alloc64(static_cast<std::size_t>(n * n));  // zeroed for the next layer
+    return true;
+  });
+}
+
 }  // namespace
 
 DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Backend& backend, const ModelConfig& config,
@@ -269,17 +285,10 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
   const std::int64_t rounds = (jobs + ranks - 1) / ranks;
   const std::int64_t most_rounds = most_chunk_rounds(control, batch_sequences, rounds);
   if (control.layer_done && rounds <= most_rounds) {  // one pass (its A empty): see CalibrationControl::layer_done
-    Buffer64 sums = backend.alloc64(static_cast<std::size_t>(n * n));  // one layer's: 134 MB at 8B, 537 MB at 70B
-    MatrixXdRow partial(n, n);
+    Buffer64 sums;
     options.on_mlp_input = [&](std::int64_t, const float* x, std::int64_t T) { accumulate(sums, x, T); };
     const std::vector<std::int64_t> mine = rank_share(todo, rank, ranks);
-    run_by_layer(forward, load, window_batches(windows, batch_sequences, mine, options), {}, [&](std::int64_t l) {
-      backend.download(sums.data(), {partial.data(), sums.size()});
-      control.layer_done(l, partial);
-      if (l + 1 == L || (control.stop_requested && (control.stopped_by = control.stop_requested()) != 0)) return false;
-      sums = backend.alloc64(static_cast<std::size_t>(n * n));  // zeroed for the next layer
-      return true;
-    });
+    run_one_pass(forward, load, backend, window_batches(windows, batch_sequences, mine, options), n, sums, control);
     if (control.stopped_by == 0)
       for (const std::int64_t b : mine) {
         stats.tokens += sequences(b) * C;
