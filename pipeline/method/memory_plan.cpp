@@ -106,8 +106,7 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
   const std::int64_t batches = std::max<std::int64_t>(1, batches_per_rank);
   const std::int64_t one_pass_needs = fixed_with(calibration) + batches * plan.round_bytes;
   const std::int64_t chunks_need = fixed_with(chunked) + plan.round_bytes;
-  // Periodic checkpoints (checkpoint_every, checkpoint_minutes) need chunks whatever the memory.
-  const bool unsplit = cs.checkpoint_every <= 0 && cs.checkpoint_minutes <= 0;
+  const bool unsplit = cs.one_pass();  // periodic checkpoints need chunks whatever the memory
   plan.one_pass = unsplit && plan.budget >= one_pass_needs;
   if (!plan.one_pass) calibration = chunked;
   const std::int64_t fixed = fixed_with(calibration);

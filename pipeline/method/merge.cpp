@@ -277,14 +277,12 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, std::int64_t chu
     }
     control.stop_requested = stop_signal_anywhere;
     control.after_batch = [rank, &batches_run] { test_fault_after_batch(rank, ++batches_run); };
-    // A layer's sums, complete: reduced with the checkpoint's and written into the output's
-    // stats.h5. Not with periodic checkpoints, which need the chunks' partial sums of every layer
-    // (a pass cut short by a stop or a kill is lost whole: one domain's pass can take hours).
+    // A layer's sums, complete: reduced with the checkpoint's and written into the output's stats.h5.
     const auto layer_done = [&](std::int64_t l, MatrixXdRow& partial) {
       reduce_layer(partial, timing, root ? layer_slice(saved.packed, l, mc.hidden_size + 1) : std::span<const double>());
       if (root) plan.statistics->write_layer(d.name, l, partial);
     };
-    if (cs.checkpoint_every == 0 && cs.checkpoint_minutes == 0) control.layer_done = layer_done;
+    if (cs.one_pass()) control.layer_done = layer_done;
     DomainStatistics domain;
     std::vector<MatrixXfRow> heldout_inputs;
     if (todo.empty() && heldout.empty()) {  // all saved: only the sums are needed, not the expert

@@ -63,6 +63,10 @@ struct CalibrationSettings {
   // of their tokens at most heldout_tokens (evenly spaced) are kept, per domain and layer.
   double heldout_fraction = 0.0;
   std::int64_t heldout_tokens = 2048;
+  // Whether a domain may be calibrated in one pass, one layer's statistics at a time: not with
+  // periodic checkpoints, which need the chunks' partial sums of every layer (a pass cut short is
+  // lost whole, and one domain's pass can take hours).
+  bool one_pass() const { return checkpoint_every <= 0 && checkpoint_minutes <= 0; }
 };
 
 // `dume eval`: which methods to compare on each domain's test corpus.
