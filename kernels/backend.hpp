@@ -44,6 +44,7 @@ class Backend {
   virtual Buffer alloc(std::size_t n) = 0;                   // n floats, uninitialized
   virtual Buffer upload(std::span<const float> host) = 0;    // read-only data (weights); CPU aliases it
   virtual void download(const float* src, std::span<float> host) = 0;
+  virtual void copy_in(std::span<const float> host, float* dst) = 0;  // into a buffer from alloc
   virtual Buffer64 alloc64(std::size_t n) = 0;  // n doubles, zeroed
   virtual void download(const double* src, std::span<double> host) = 0;
 

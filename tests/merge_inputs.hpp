@@ -12,13 +12,13 @@
 
 namespace dume::test {
 
-inline ModelConfig tiny_config() {
+inline ModelConfig tiny_config(std::int64_t layers = 3) {
   ModelConfig c;
   c.architecture_name = "LlamaForCausalLM";
   c.vocab_size = 64;
   c.hidden_size = 48;
   c.intermediate_size = 96;
-  c.num_layers = 3;
+  c.num_layers = layers;
   c.num_heads = 4;
   c.num_kv_heads = 2;
   c.head_dim = 12;
@@ -30,8 +30,8 @@ inline ModelConfig tiny_config() {
 }
 
 // Expert e: the base's shared weights plus noise, and its own random MLPs.
-inline Model tiny_expert(int e) {
-  const ModelConfig c = tiny_config();
+inline Model tiny_expert(int e, std::int64_t layers = 3) {
+  const ModelConfig c = tiny_config(layers);
   Model base = random_model(c, 1);
   const Model own = random_model(c, 100 + static_cast<std::uint64_t>(e));
   std::mt19937_64 rng(1000 + static_cast<std::uint64_t>(e));
@@ -56,11 +56,12 @@ inline std::string tiny_corpus(int e, std::size_t n, std::uint64_t seed = 77) {
 // Writes experts d0.. with calibration and test corpora into dir; returns the YAML of a merge
 // writing to `output` (and evaluating into `output`/eval).
 inline std::string write_merge_inputs(const std::filesystem::path& dir, int E, DType dtype,
-                                      const std::string& output = "out", std::size_t corpus_bytes = 4096) {
+                                      const std::string& output = "out", std::size_t corpus_bytes = 4096,
+                                      std::int64_t layers = 3) {
   std::string yaml = "experts:\n";
   for (int e = 0; e < E; ++e) {
     const std::string name = "d" + std::to_string(e);
-    save_dense_checkpoint(tiny_expert(e), dtype, dir / name);
+    save_dense_checkpoint(tiny_expert(e, layers), dtype, dir / name);
     std::ofstream(dir / (name + ".bin"), std::ios::binary) << tiny_corpus(e, corpus_bytes);
     std::ofstream(dir / (name + ".test"), std::ios::binary) << tiny_corpus(e, corpus_bytes / 2, 99);
     yaml += "  - {name: " + name + ", checkpoint: " + name + ", calibration: {path: " + name +

@@ -58,6 +58,9 @@ class CpuBackend final : public Backend {
   void download(const float* src, std::span<float> host) override {
     if (src != host.data()) std::copy(src, src + host.size(), host.data());
   }
+  void copy_in(std::span<const float> host, float* dst) override {
+    if (dst != host.data()) std::copy(host.begin(), host.end(), dst);
+  }
   Buffer64 alloc64(std::size_t n) override {
     auto memory = std::shared_ptr<double[]>(new double[n]());
     return Buffer64(memory.get(), n, memory);

@@ -215,6 +215,9 @@ class CudaBackend final : public Backend {
   void download(const float* src, std::span<float> host) override {
     CUDA_CHECK(cudaMemcpy(host.data(), src, host.size_bytes(), cudaMemcpyDeviceToHost));
   }
+  void copy_in(std::span<const float> host, float* dst) override {
+    CUDA_CHECK(cudaMemcpy(dst, host.data(), host.size_bytes(), cudaMemcpyHostToDevice));
+  }
   Buffer64 alloc64(std::size_t n) override {
     Buffer64 b = device_alloc<double>(n);
     CUDA_CHECK(cudaMemset(b.data(), 0, std::max<std::size_t>(n, 1) * sizeof(double)));

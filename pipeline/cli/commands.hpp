@@ -35,6 +35,8 @@ void run_job(const std::function<void()>& body);
 // option's text; apply it to a config with apply_memory_option, where an error names it.
 std::shared_ptr<std::string> add_memory_option(CLI::App* cmd);
 void apply_memory_option(const std::string& memory, MergeConfig& config);
+// --stages P: the grid's stages (parallel.stages), overriding the config's; 0 when not given.
+std::shared_ptr<int> add_stages_option(CLI::App* cmd);
 
 // --field, --documents and --on-bad: how text and JSONL files become `spec`'s documents.
 void add_document_options(CLI::App* cmd, CorpusSpec& spec);

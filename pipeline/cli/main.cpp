@@ -39,6 +39,15 @@ std::shared_ptr<std::string> add_memory_option(CLI::App* cmd) {
   return memory;
 }
 
+std::shared_ptr<int> add_stages_option(CLI::App* cmd) {
+  auto stages = std::make_shared<int>(0);
+  cmd->add_option("--stages", *stages,
+                  "Stages of the grid of ranks (parallel.stages; default 1): each stage holds a contiguous range of "
+                  "layers, and the ranks must be a multiple of it")
+      ->check(CLI::PositiveNumber);
+  return stages;
+}
+
 void apply_memory_option(const std::string& memory, MergeConfig& config) {
   if (memory.empty()) return;
   try {

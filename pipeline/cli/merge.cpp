@@ -15,12 +15,14 @@ void add_merge(CLI::App& app) {
   cmd->add_flag("--resume", *resume,
                 "Continue an interrupted merge from its checkpoint (<output>.checkpoint), on any number of ranks");
   const auto memory = add_memory_option(cmd);
-  cmd->callback([config, force, resume, memory] {
+  const auto stages = add_stages_option(cmd);
+  cmd->callback([config, force, resume, memory, stages] {
     run_job([&] {
       MergeConfig c;
       collective_phase([&] {
         c = merge_config_read(*config);
         apply_memory_option(*memory, c);
+        if (*stages > 0) c.stages = *stages;
       });
       run_merge(c, *force, *resume);
     });

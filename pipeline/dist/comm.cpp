@@ -92,20 +92,83 @@ void chunked(std::span<T> data, Call&& call, std::size_t limit = mpi_chunk_eleme
 }
 
 template <class T>
-void reduce_sum_as(std::span<T> data, int root, MPI_Datatype type) {
-  const bool is_root = mpi_rank() == root;
+void reduce_sum_as(std::span<T> data, int root, MPI_Datatype type, MPI_Comm comm) {
+  const bool is_root = comm_rank(comm) == root;
   chunked(
       data,
       [&](T* p, int n) {
-        MPI_CHECK(MPI_Reduce(is_root ? MPI_IN_PLACE : p, is_root ? p : nullptr, n, type, MPI_SUM, root, MPI_COMM_WORLD));
+        MPI_CHECK(MPI_Reduce(is_root ? MPI_IN_PLACE : p, is_root ? p : nullptr, n, type, MPI_SUM, root, comm));
       },
       mpi_reduce_segment_elements());
 }
 
 }  // namespace
 
-void reduce_sum(std::span<double> data, int root) { reduce_sum_as(data, root, MPI_DOUBLE); }
-void reduce_sum(std::span<float> data, int root) { reduce_sum_as(data, root, MPI_FLOAT); }
+void reduce_sum(std::span<double> data, int root, MPI_Comm comm) { reduce_sum_as(data, root, MPI_DOUBLE, comm); }
+void reduce_sum(std::span<float> data, int root, MPI_Comm comm) { reduce_sum_as(data, root, MPI_FLOAT, comm); }
+
+int comm_rank(MPI_Comm comm) {
+  int rank = 0;
+  MPI_CHECK(MPI_Comm_rank(comm, &rank));
+  return rank;
+}
+
+int comm_size(MPI_Comm comm) {
+  int size = 1;
+  MPI_CHECK(MPI_Comm_size(comm, &size));
+  return size;
+}
+
+namespace {
+
+template <class T>
+void send_as(std::span<const T> data, int dest, int tag, MPI_Datatype type) {
+  chunked(std::span<T>(const_cast<T*>(data.data()), data.size()),
+          [&](T* p, int n) { MPI_CHECK(MPI_Send(p, n, type, dest, tag, MPI_COMM_WORLD)); });
+}
+
+template <class T>
+void recv_as(std::span<T> data, int source, int tag, MPI_Datatype type) {
+  chunked(data, [&](T* p, int n) {
+    MPI_Status status;
+    MPI_CHECK(MPI_Recv(p, n, type, source, tag, MPI_COMM_WORLD, &status));
+    int count = 0;
+    MPI_CHECK(MPI_Get_count(&status, type, &count));
+    if (count != n)
+      throw Error("rank " + std::to_string(source) + " sent " + std::to_string(count) + " values where " +
+                  std::to_string(n) + " were expected");
+  });
+}
+
+}  // namespace
+
+void send(std::span<const float> data, int dest, int tag) { send_as(data, dest, tag, MPI_FLOAT); }
+void recv(std::span<float> data, int source, int tag) { recv_as(data, source, tag, MPI_FLOAT); }
+void send(std::span<const std::int64_t> data, int dest, int tag) { send_as(data, dest, tag, MPI_INT64_T); }
+void recv(std::span<std::int64_t> data, int source, int tag) { recv_as(data, source, tag, MPI_INT64_T); }
+
+std::vector<std::string> gather_bytes(const std::string& bytes) {
+  constexpr int kGatherTag = 0x6761;  // apart from the pipeline's tags
+  const bool root = mpi_rank() == 0;
+  const auto size = static_cast<long long>(bytes.size());
+  std::vector<long long> sizes(root ? static_cast<std::size_t>(mpi_size()) : 0);
+  MPI_CHECK(MPI_Gather(&size, 1, MPI_LONG_LONG, sizes.data(), 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD));
+  std::vector<std::string> out(sizes.size());
+  if (root) {
+    out[0] = bytes;
+    for (std::size_t r = 1; r < out.size(); ++r) {
+      out[r].resize(static_cast<std::size_t>(sizes[r]));
+      for (std::size_t begin = 0; begin < out[r].size(); begin += INT_MAX / 2)
+        MPI_CHECK(MPI_Recv(out[r].data() + begin, static_cast<int>(std::min<std::size_t>(INT_MAX / 2, out[r].size() - begin)),
+                           MPI_CHAR, static_cast<int>(r), kGatherTag, MPI_COMM_WORLD, MPI_STATUS_IGNORE));
+    }
+  } else {
+    for (std::size_t begin = 0; begin < bytes.size(); begin += INT_MAX / 2)
+      MPI_CHECK(MPI_Send(bytes.data() + begin, static_cast<int>(std::min<std::size_t>(INT_MAX / 2, bytes.size() - begin)),
+                         MPI_CHAR, 0, kGatherTag, MPI_COMM_WORLD));
+  }
+  return out;
+}
 
 void allreduce_sum(std::span<double> data, std::size_t segment) {
   chunked(
@@ -113,8 +176,8 @@ void allreduce_sum(std::span<double> data, std::size_t segment) {
       segment);
 }
 
-void broadcast(std::span<double> data, int root) {
-  chunked(data, [root](double* p, int n) { MPI_CHECK(MPI_Bcast(p, n, MPI_DOUBLE, root, MPI_COMM_WORLD)); });
+void broadcast(std::span<double> data, int root, MPI_Comm comm) {
+  chunked(data, [root, comm](double* p, int n) { MPI_CHECK(MPI_Bcast(p, n, MPI_DOUBLE, root, comm)); });
 }
 
 void broadcast(std::span<float> data, int root) {

@@ -47,17 +47,28 @@ std::size_t mpi_chunk_elements();
 // same bytes in cache-sized segments (its temporaries leave the cache); broadcasts are not.
 std::size_t mpi_reduce_segment_elements();
 
-// Sums `data` over all ranks into rank `root`'s `data` (other ranks' data is left as it was).
-void reduce_sum(std::span<double> data, int root = 0);
-void reduce_sum(std::span<float> data, int root = 0);
+// Sums `data` over the ranks of `comm` into rank `root`'s `data` (other ranks' data is left as it
+// was); `root` is a rank of `comm`.
+void reduce_sum(std::span<double> data, int root = 0, MPI_Comm comm = MPI_COMM_WORLD);
+void reduce_sum(std::span<float> data, int root = 0, MPI_Comm comm = MPI_COMM_WORLD);
+int comm_rank(MPI_Comm comm);
+int comm_size(MPI_Comm comm);
 // Sums `data` over all ranks into every rank's `data`, at most `segment` elements per MPI call
 // (the benchmark's reference).
 void allreduce_sum(std::span<double> data, std::size_t segment);
-void broadcast(std::span<double> data, int root = 0);
+void broadcast(std::span<double> data, int root = 0, MPI_Comm comm = MPI_COMM_WORLD);
 void broadcast(std::span<float> data, int root = 0);
 void broadcast(std::string& text, int root = 0);
 void broadcast(std::vector<std::int64_t>& values, int root = 0);  // resized on the other ranks
 void broadcast(std::vector<std::uint32_t>& values, int root = 0);  // resized on the other ranks
+// Point-to-point between two ranks of the world, in messages of at most mpi_chunk_elements():
+// `recv` receives exactly data.size() values from `source` with `tag` (an Error otherwise).
+void send(std::span<const float> data, int dest, int tag);
+void recv(std::span<float> data, int source, int tag);
+void send(std::span<const std::int64_t> data, int dest, int tag);
+void recv(std::span<std::int64_t> data, int source, int tag);
+// Every rank's `bytes`, in rank order, on rank 0 (empty elsewhere).
+std::vector<std::string> gather_bytes(const std::string& bytes);
 // The largest of every rank's `value`, on every rank.
 int max_over_ranks(int value);
 // Every rank's `value`, in rank order, on rank 0 (empty elsewhere).

@@ -55,7 +55,7 @@ std::string MemoryPlan::describe() const {
 }
 
 MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int64_t experts, DType dtype,
-                       std::int64_t batches_per_rank, std::int64_t budget) {
+                       std::int64_t batches_per_rank, std::int64_t budget, const StageShare& stage) {
   MemoryPlan plan;
   plan.budget = budget > 0 ? budget : memory_budget_default(mpi_local_size());
   const std::int64_t baseline = process_bytes();
@@ -65,7 +65,6 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
   const std::int64_t C = std::min(config.router.context_tokens, cs.sequence_length);
   const std::int64_t T = cs.batch_sequences * C;  // rows of one batch
   const std::int64_t f32 = 4, f64 = 8;
-  const std::int64_t statistics = L * n * n * f64;  // one domain's A: 4.3 GB at 8B
   const std::int64_t attention = (2 * c.q_dim() * D + 2 * c.kv_dim() * D + 2 * D) * f32;
   const std::int64_t mlp = 3 * D * F * f32;
   // The forward's buffers: x, h, q, attention output, k, v, gate, up (T rows each).
@@ -101,19 +100,22 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
     return std::max(sum(calibrating), config.shared_regmean ? sum(regmean) : 0);
   };
   auto chunked = calibration;
-  chunked[1] = {"statistics of one domain", statistics};
-  chunked[4] = {"every layer's held-out inputs", L * heldout};
+  const bool staged = stage.stages > 1;  // chunks through the pipeline, the stage's layers' sums
+  const std::int64_t held_layers = staged ? stage.layers : L;
+  chunked[1] = {staged ? "statistics of the stage's " + std::to_string(held_layers) + " layers" : "statistics of one domain",
+                held_layers * n * n * f64};
+  chunked[4] = {staged ? "the stage's held-out inputs" : "every layer's held-out inputs", held_layers * heldout};
   const std::int64_t batches = std::max<std::int64_t>(1, batches_per_rank);
   const std::int64_t one_pass_needs = fixed_with(calibration) + batches * plan.round_bytes;
   const std::int64_t chunks_need = fixed_with(chunked) + plan.round_bytes;
-  const bool unsplit = cs.one_pass();  // periodic checkpoints need chunks whatever the memory
+  const bool unsplit = cs.one_pass() && !staged;  // periodic checkpoints need chunks whatever the memory
   plan.one_pass = unsplit && plan.budget >= one_pass_needs;
   if (!plan.one_pass) calibration = chunked;
   const std::int64_t fixed = fixed_with(calibration);
   plan.minimum = unsplit ? std::min(one_pass_needs, chunks_need) : chunks_need;
   if (plan.budget < plan.minimum)
     throw Error("compute.memory " + bytes(plan.budget) + " per rank is too small for this merge: it needs at least " +
-                bytes(plan.minimum) + " (one layer's weights, and one domain's statistics " + bytes(statistics) +
+                bytes(plan.minimum) + " (one layer's weights, and one domain's statistics " + bytes(held_layers * n * n * f64) +
                 " with one batch of windows at a time or one layer's with all of a rank's at once)");
   plan.chunk_rounds = (plan.budget - fixed) / plan.round_bytes;
   const std::int64_t streams = std::min(plan.chunk_rounds, std::max<std::int64_t>(1, batches_per_rank)) * plan.round_bytes;

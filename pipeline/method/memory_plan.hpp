@@ -30,12 +30,19 @@ struct MemoryPlan {
   std::string describe() const;  // one line per phase, for the job's log (rank 0)
 };
 
+// A stage's share of a merge by stages (grid.hpp): the grid's stages and the stage's layers.
+// Calibration then runs in chunks through the pipeline, each stage holding its own layers' sums.
+struct StageShare {
+  int stages = 1;
+  std::int64_t layers = 0;
+};
+
 // The plan of a merge of `experts` experts of shape `model` stored in `dtype`, whose ranks run at
 // most `batches_per_rank` batches of one domain, for a budget (bytes per rank; 0: the default
-// for this job's ranks on this node). Throws Error naming the smallest budget that works when
-// even one batch per chunk does not fit.
+// for this job's ranks on this node); by stages, of a rank of a stage of `stage.layers` layers.
+// Throws Error naming the smallest budget that works when even one batch per chunk does not fit.
 MemoryPlan plan_memory(const ModelConfig& model, const MergeConfig& config, std::int64_t experts, DType dtype,
-                       std::int64_t batches_per_rank, std::int64_t budget);
+                       std::int64_t batches_per_rank, std::int64_t budget, const StageShare& stage = {});
 
 // The plan of a layer-streamed evaluation (dume eval, ppl) of a model of `experts` MLPs per
 // layer (1: dense) whose ranks run at most `batches_per_rank` batches of `batch_sequences`

@@ -240,6 +240,61 @@ LayerSource domain_layers(MergePlan& plan, const HfCheckpoint& expert, Forward& 
   return stream_layers(plan.model, forward, std::move(fill));
 }
 
+// The batches of domain d that calibration.heldout_fraction keeps out (required by auto router
+// settings).
+std::vector<std::int64_t> heldout_batches_of(const MergePlan& plan, const NewDomain& d, std::int64_t batches,
+                                             const CalibrationSettings& cs) {
+  std::vector<std::int64_t> heldout = heldout_batches(batches, cs.heldout_fraction);
+  if ((plan.info.router.auto_lambda || plan.info.router.auto_temperature) && heldout.empty())
+    throw CollectiveError("domain '" + d.name + "': router settings 'auto' need held-out tokens, but " +
+                          std::to_string(batches) + " batches at calibration.heldout_fraction " +
+                          std::to_string(cs.heldout_fraction) + " hold none out; raise it");
+  return heldout;
+}
+
+// calibrate_plan on plan.grid: each domain runs through the stages (calibrate_staged) in chunks
+// of at most `chunk_batches` per replica, and each stage's first rank writes its layers'
+// statistics and held-out inputs into its own statistics file. A stop signal is acted on between
+// domains, with nothing saved (a merge by stages keeps no checkpoint).
+void calibrate_plan_staged(MergePlan& plan, const MergeConfig& config, std::int64_t chunk_batches, Backend& backend,
+                           CalibrationTiming& timing) {
+  const Grid& grid = *plan.grid;
+  const ModelConfig& mc = plan.model.config;
+  const CalibrationSettings& cs = config.calibration;
+  const auto L = static_cast<std::size_t>(mc.num_layers);
+  if (grid.stage_root()) plan.statistics = std::make_unique<StatisticsFile>(config.output.path, mc.num_layers, mc.hidden_size);
+  const auto chunk = [&](std::size_t batches) {
+    return pipeline_chunk((static_cast<std::int64_t>(batches) + grid.replicas() - 1) / grid.replicas(), grid.stages(),
+                          chunk_batches);
+  };
+  for (const NewDomain& d : plan.calibrate) {
+    const std::int64_t batches = batch_count(*d.windows, cs.batch_sequences);
+    const std::vector<std::int64_t> heldout = heldout_batches_of(plan, d, batches, cs);
+    const std::vector<std::int64_t> todo = batches_to_run(batches, heldout);
+    if (const int signal = stop_signal_anywhere())
+      throw JobStopped("stopped by " + signal_name(signal) + " before calibrating domain '" + d.name +
+                       "'; nothing saved (a merge by stages keeps no checkpoint)");
+    plan.model.shared.layers.assign(L, LayerWeights());
+    plan.model.experts.assign(L, std::vector<MlpWeights>(1));
+    Forward forward(plan.model, backend);
+    const LayerSource load = domain_layers(plan, *d.checkpoint, forward);
+    DomainStatistics domain;
+    domain.name = d.name;
+    domain.tokens = calibrate_staged(forward, load, grid, *d.windows, plan.stats.context_tokens, cs.batch_sequences, todo,
+                                     chunk(todo.size()), d.name, timing, mpi_rank() == 0,
+                                     [&](std::int64_t l, MatrixXdRow& A) { plan.statistics->write_layer(d.name, l, A); });
+    if (!heldout.empty())
+      collect_heldout_staged(forward, load, grid, *d.windows, plan.stats.context_tokens, cs.batch_sequences, heldout,
+                             cs.heldout_tokens, chunk(heldout.size()), [&](std::int64_t l, const MatrixXfRow& rows) {
+                               plan.statistics->write_heldout(d.name, l, rows);
+                             });
+    if (grid.stage_root()) plan.statistics->add(domain);  // read back one layer at a time to solve
+    plan.stats.domains.push_back(std::move(domain));
+  }
+  plan.model.experts.clear();
+  plan.model.shared.layers.clear();
+}
+
 // Calibrates plan.calibrate in order, appending each domain's reduced statistics to plan.stats;
 // saves checkpoints into `store` (if any) and throws JobStopped on a stop signal.
 void calibrate_plan(MergePlan& plan, const MergeConfig& config, std::int64_t chunk_batches, Backend& backend,
@@ -257,11 +312,7 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, std::int64_t chu
     const std::int64_t batches = batch_count(*d.windows, cs.batch_sequences);
     const SavedDomain saved = load_saved(store, k);
     saved_whole[k] = saved.complete;
-    const std::vector<std::int64_t> heldout = heldout_batches(batches, cs.heldout_fraction);
-    if ((plan.info.router.auto_lambda || plan.info.router.auto_temperature) && heldout.empty())
-      throw CollectiveError("domain '" + d.name + "': router settings 'auto' need held-out tokens, but " +
-                            std::to_string(batches) + " batches at calibration.heldout_fraction " +
-                            std::to_string(cs.heldout_fraction) + " hold none out; raise it");
+    const std::vector<std::int64_t> heldout = heldout_batches_of(plan, d, batches, cs);
     const std::vector<std::int64_t> todo = batches_to_run(batches, heldout, saved.batches);
     if (root && !saved.batches.empty())
       std::printf("# dume: domain '%s': %zu of %lld batches from the checkpoint, %zu to run\n", d.name.c_str(),
@@ -328,18 +379,23 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, std::int64_t chu
   plan.model.shared.layers.clear();
 }
 
-// Rank 0: solves every layer's router (auto settings are recorded in plan.info) and writes the
-// MoE directory; a failure aborts the job.
+// Rank 0 (by stages, every rank): solves every layer's router (auto settings are recorded in
+// plan.info) and writes the MoE directory; a failure aborts the job.
 void solve_and_write(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes& phases,
                      ResumeStore* store) {
   try {
     auto t = Clock::now();
     RouterSettings& settings = plan.info.router;
-    tune_routers(settings, plan.stats);
-    for (std::size_t l = 0; l < settings.layer_lambda.size(); ++l)
-      std::printf("# router: layer %zu: lambda %.3g (chosen on the held-out split)\n", l, settings.layer_lambda[l]);
-    if (settings.auto_temperature)
-      std::printf("# router: temperature %.4g (chosen on the held-out split)\n", settings.temperature);
+    if (plan.grid)
+      tune_routers(settings, plan.stats, *plan.grid);
+    else
+      tune_routers(settings, plan.stats);
+    if (mpi_rank() == 0) {
+      for (std::size_t l = 0; l < settings.layer_lambda.size(); ++l)
+        std::printf("# router: layer %zu: lambda %.3g (chosen on the held-out split)\n", l, settings.layer_lambda[l]);
+      if (settings.auto_temperature)
+        std::printf("# router: temperature %.4g (chosen on the held-out split)\n", settings.temperature);
+    }
     phases.emplace_back("tune routers", std::chrono::duration<double>(Clock::now() - t).count());
     t = Clock::now();
     double solving = 0;
@@ -385,17 +441,23 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
   auto backend = rank_backend(config.backend, config.threads);
   const StopSignals signals;
   MemoryPlan memory;
+  const int replicas = plan.grid ? plan.grid->replicas() : ranks;  // that share a domain's batches
   std::int64_t batches_per_rank = 0;
   for (const NewDomain& d : plan.calibrate)
-    batches_per_rank = std::max(batches_per_rank, (batch_count(*d.windows, config.calibration.batch_sequences) + ranks - 1) / ranks);
+    batches_per_rank =
+        std::max(batches_per_rank, (batch_count(*d.windows, config.calibration.batch_sequences) + replicas - 1) / replicas);
+  const auto E = static_cast<std::int64_t>(plan.info.experts.size());
+  const StageShare stage = plan.grid ? StageShare{plan.grid->stages(), plan.grid->end_layer() - plan.grid->first_layer()}
+                                     : StageShare{};
   collective_phase([&] {
-    memory = plan_memory(plan.model.config, config, static_cast<std::int64_t>(plan.info.experts.size()),
-                         plan.info.dtype, batches_per_rank, config.memory);
+    memory = plan_memory(plan.model.config, config, E, plan.info.dtype, batches_per_rank, config.memory, stage);
   });
   if (root) {
-    std::printf("# dume: %zu new domain%s to calibrate, %d rank%s x %d thread%s; %s\n%s", plan.calibrate.size(),
+    std::printf("# dume: %zu new domain%s to calibrate, %d rank%s x %d thread%s; %s\n%s%s", plan.calibrate.size(),
                 plan.calibrate.size() == 1 ? "" : "s", ranks, ranks == 1 ? "" : "s", threads, threads == 1 ? "" : "s",
-                backend->describe().c_str(), memory.describe().c_str());
+                backend->describe().c_str(),
+                plan.grid ? ("# grid: " + plan.grid->describe(plan.model.config, E) + "\n").c_str() : "",
+                memory.describe().c_str());
     std::fflush(stdout);
   }
   if (store) {
@@ -409,13 +471,16 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
 
   CalibrationTiming timing;
   const auto t0 = Clock::now();
-  calibrate_plan(plan, config, memory.chunk_rounds, *backend, store, timing);
+  if (plan.grid)
+    calibrate_plan_staged(plan, config, memory.chunk_rounds, *backend, timing);
+  else
+    calibrate_plan(plan, config, memory.chunk_rounds, *backend, store, timing);
   const double calibration = std::chrono::duration<double>(Clock::now() - t0).count();
   phases.emplace_back("forward (calibration)", calibration - timing.accumulate - timing.reduce);
   phases.emplace_back("statistics (A update)", timing.accumulate);
   phases.emplace_back("reduce", timing.reduce);
 
-  if (root) solve_and_write(plan, config, force, phases, store);
+  if (root || plan.grid) solve_and_write(plan, config, force, phases, store);
   barrier();
   const RankUsage usage = gather_rank_usage();
   if (root) report_plan(plan, config, phases, timing, usage, memory);
@@ -423,12 +488,31 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
 
 void write_moe_directory(const fs::path& output, bool force, const MergePlan& plan, const RouterSource& router,
                          std::uint64_t shard_bytes, const std::string& yaml) {
+  const auto tensors = [&] {
+    return moe_tensors(plan.model.config, *plan.shared, plan.info.dtype, plan.sources, router,
+                       plan.info.router.method == RouterMethod::gaussian, plan.info.router.expert_attention);
+  };
+  if (plan.grid) {  // rank 0 makes the directory, every stage writes its part into it
+    const auto fill = [&](const fs::path& dir) {
+      write_moe(dir, tensors(), plan.info, shard_bytes, *plan.grid);
+      StatisticsFile::finish(plan.statistics.get(), plan.stats, dir / "stats.h5", *plan.grid);
+      if (mpi_rank() == 0) write_text_file(dir / "merge.yaml", yaml);
+    };
+    std::string dir;
+    if (mpi_rank() != 0) {
+      broadcast(dir);
+      fill(dir);
+      return;
+    }
+    write_output_atomically(output, force, [&](const fs::path& tmp) {
+      dir = tmp.string();
+      broadcast(dir);
+      fill(tmp);
+    });
+    return;
+  }
   write_output_atomically(output, force, [&](const fs::path& dir) {
-    write_moe(dir,
-              moe_tensors(plan.model.config, *plan.shared, plan.info.dtype, plan.sources, router,
-                          plan.info.router.method == RouterMethod::gaussian, plan.info.router.expert_attention),
-              plan.info,
-              shard_bytes);
+    write_moe(dir, tensors(), plan.info, shard_bytes);
     std::optional<StatisticsFile> fresh;  // a job that calibrated nothing writes it now
     StatisticsFile& statistics =
         plan.statistics ? *plan.statistics : fresh.emplace(dir / "stats.h5", plan.stats.layers(), plan.stats.hidden_size);
@@ -530,10 +614,18 @@ void run_merge(const MergeConfig& config, bool force, bool resume, const std::ve
         std::printf("# calibration '%s': %s\n", config.experts[e].name.c_str(), line.c_str());
     std::fflush(stdout);
   }
+  MergePlan plan;
+  if (config.stages > 1) {  // refused before any work
+    collective_phase([&] {
+      if (config.shared_regmean)
+        throw Error("shared: regmean runs every expert whole on each rank: it is not implemented with parallel.stages > 1");
+      if (resume) throw Error("--resume: a merge by stages keeps no checkpoint to resume from");
+    });
+    plan.grid = std::make_unique<Grid>(in.experts[0].config(), static_cast<std::int64_t>(in.experts.size()), config.stages);
+  }
   phases.emplace_back("load + checks", std::chrono::duration<double>(Clock::now() - t).count());
 
   t = Clock::now();
-  MergePlan plan;
   std::vector<const HfCheckpoint*> experts;
   for (const auto& c : in.experts) experts.push_back(&c);
   plan.model.config = in.experts[0].config();
@@ -558,7 +650,7 @@ void run_merge(const MergeConfig& config, bool force, bool resume, const std::ve
     plan.calibrate.push_back({config.experts[e].name, experts[e], &in.calibration[e]});
   }
   phases.emplace_back("shared weights", std::chrono::duration<double>(Clock::now() - t).count());
-  const auto store = open_resume_store(config, plan, resume);
+  const auto store = plan.grid ? nullptr : open_resume_store(config, plan, resume);
   run_plan(plan, config, force, phases, store.get());
 }
 

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "grid.hpp"
 #include "hf_checkpoint.hpp"
 #include "merge_config.hpp"
 #include "moe_file.hpp"
@@ -98,6 +99,10 @@ struct MergePlan {
   std::unique_ptr<StatisticsFile> statistics;  // rank 0: the output's stats.h5, as domains are calibrated
   std::vector<NewDomain> calibrate;  // in order, after the carried-over ones
   std::vector<ExpertSource> sources; // every expert of the output, in order
+  // The grid when the job runs by stages (parallel.stages > 1; null: every rank runs every layer).
+  // Then each stage's first rank holds its layers' statistics (`statistics`), solves their
+  // routers and writes their shards.
+  std::unique_ptr<Grid> grid;
   std::string command = "dume merge"; // what the user runs again, with --resume, after a stop
 };
 
@@ -108,14 +113,15 @@ std::unique_ptr<ResumeStore> open_resume_store(const MergeConfig& config, const 
 using PhaseTimes = std::vector<std::pair<std::string, double>>;
 
 // Calibrates plan.calibrate, solves every layer's router, writes the MoE directory; on every
-// rank (rank 0 solves and writes), then prints the phase table. With a `store`, calibration
+// rank (rank 0 solves and writes, or by stages each stage's first rank its layers), then prints
+// the phase table. With a `store`, calibration
 // starts from what it holds, saves checkpoints into it (calibration.checkpoint_every, and on a
 // stop signal), and it is removed once the output is written. A stop signal ends calibration on
 // every rank at the same batch boundary with JobStopped.
 void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes& phases,
               ResumeStore* store = nullptr);
 
-// The MoE files of a plan with its routers, atomically.
+// The MoE files of a plan with its routers, atomically (on rank 0; by stages, on every rank).
 void write_moe_directory(const std::filesystem::path& output, bool force, const MergePlan& plan,
                          const RouterSource& router, std::uint64_t shard_bytes, const std::string& yaml);
 

@@ -390,7 +390,7 @@ void parse_eval(const Section& top, MergeConfig& c) {
   if (c.eval.routing.empty()) c.eval.routing = {c.router.routing};
 }
 
-// compute: threads, backend and memory.
+// compute: threads, backend and memory; parallel: the grid's stages.
 void parse_compute(const Section& top, MergeConfig& c) {
   const fs::path& source = c.source;
   if (top.has("compute")) {
@@ -408,6 +408,12 @@ void parse_compute(const Section& top, MergeConfig& c) {
       }
     }
     s.finish({"threads", "backend", "memory"});
+  }
+  if (top.has("parallel")) {
+    const Section s(top.node("parallel"), "parallel", source);
+    c.stages = s.get<int>("stages", "an integer", 1);
+    if (c.stages < 1) s.fail(s.node("stages"), "parallel.stages must be at least 1");
+    s.finish({"stages"});
   }
 }
 
@@ -434,7 +440,7 @@ MergeConfig parse_config(const std::string& text, const fs::path& source) {
   if (top.has("moe")) c.fold_into = resolve(source.parent_path(), top.get<std::string>("moe", "a path"));
   parse_eval(top, c);
   parse_compute(top, c);
-  top.finish({"experts", "recipe", "shared", "router", "calibration", "output", "eval", "compute", "moe"});
+  top.finish({"experts", "recipe", "shared", "router", "calibration", "output", "eval", "compute", "parallel", "moe"});
   for (const auto& item : root) c.keys.push_back(item.first.as<std::string>());
   return c;
 }
@@ -572,7 +578,9 @@ std::string MergeConfig::resolved_yaml() const {
   out << YAML::Key << "compute" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "threads"
       << YAML::Value << threads << YAML::Key << "backend" << YAML::Value << backend;
   if (memory > 0) out << YAML::Key << "memory" << YAML::Value << std::to_string(memory);
-  out << YAML::EndMap << YAML::EndMap;
+  out << YAML::EndMap;
+  out << YAML::Key << "parallel" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "stages" << YAML::Value
+      << stages << YAML::EndMap << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
 }
 

@@ -110,6 +110,7 @@ struct MergeConfig {
   int threads = 0;  // compute threads per rank; 0 = all cores / ranks on this node
   std::string backend = "cpu";  // compute.backend: cpu, cuda or auto (cuda where a GPU is visible)
   std::int64_t memory = 0;  // compute.memory: bytes per rank; 0 = the node's memory / its ranks, less 1/8
+  int stages = 1;  // parallel.stages: the ranks form stages x replicas (grid.hpp)
   std::vector<std::string> keys;  // the top-level keys the YAML gave
 
   // The configuration with every default filled in and paths resolved, as YAML.

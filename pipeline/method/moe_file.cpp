@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <numeric>
 
+#include "comm.hpp"
 #include "hdf5_util.hpp"
 
 namespace dume {
@@ -52,12 +54,15 @@ DType dtype_from_attribute(const std::string& name, const std::string& where) {
 
 }  // namespace
 
-std::vector<std::size_t> plan_shards(const std::vector<MoeTensor>& tensors, std::uint64_t shard_bytes) {
+std::vector<std::size_t> plan_shards(const std::vector<MoeTensor>& tensors, std::uint64_t shard_bytes,
+                                     std::span<const int> stage_of) {
+  DUME_ASSERT(stage_of.empty() || stage_of.size() == tensors.size());
   std::vector<std::size_t> shard_of(tensors.size());
   std::size_t shards = 0, filled = 0;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const std::size_t size = tensors[i].byte_size();
-    if (shards == 0 || (filled > 0 && filled + size > shard_bytes)) {
+    const bool next_stage = !stage_of.empty() && i > 0 && stage_of[i] != stage_of[i - 1];
+    if (shards == 0 || next_stage || (filled > 0 && filled + size > shard_bytes)) {
       ++shards;
       filled = 0;
     }
@@ -67,24 +72,57 @@ std::vector<std::size_t> plan_shards(const std::vector<MoeTensor>& tensors, std:
   return shard_of;
 }
 
-void write_moe(const fs::path& dir, const std::vector<MoeTensor>& tensors, const MoeInfo& info,
-               std::uint64_t shard_bytes) {
-  const std::vector<std::size_t> shard_of = plan_shards(tensors, shard_bytes);
-  const std::size_t shards = shard_of.empty() ? 0 : shard_of.back() + 1;
-  std::vector<std::string> names;
-  for (std::size_t s = 0; s < shards; ++s) names.push_back(shard_name(s, shards));
+std::vector<int> tensor_stages(const std::vector<MoeTensor>& tensors, const Grid& grid) {
+  std::vector<int> stages;
+  for (const MoeTensor& t : tensors) {
+    if (t.name.starts_with("/layers/"))
+      stages.push_back(grid.stage_of(std::stoll(t.name.substr(std::string("/layers/").size()))));
+    else
+      stages.push_back(t.name == "/embed_tokens" ? 0 : grid.stages() - 1);
+  }
+  return stages;
+}
 
-  for (std::size_t s = 0; s < shards; ++s) {
-    H5Id file = h5::create_file(dir / names[s]);
+namespace {
+
+// An external link at `path` of `file` to the dataset of the same path in `target` (a file name
+// in the same directory), with the groups it needs.
+void link_external(hid_t file, const std::string& target, const std::string& path, const std::string& where) {
+  H5Id lcpl(h5_check(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate"));
+  h5_check(H5Pset_create_intermediate_group(lcpl.get(), 1), "H5Pset_create_intermediate_group");
+  h5_check(H5Lcreate_external(target.c_str(), path.c_str(), file, path.c_str(), lcpl.get(), H5P_DEFAULT),
+           where + ": cannot link " + path);
+}
+
+struct ShardPlan {
+  std::vector<std::size_t> shard_of;  // per tensor
+  std::vector<std::string> names;     // per shard
+};
+
+ShardPlan shard_plan(const std::vector<MoeTensor>& tensors, std::uint64_t shard_bytes, std::span<const int> stage_of = {}) {
+  ShardPlan plan{plan_shards(tensors, shard_bytes, stage_of), {}};
+  const std::size_t shards = plan.shard_of.empty() ? 0 : plan.shard_of.back() + 1;
+  for (std::size_t s = 0; s < shards; ++s) plan.names.push_back(shard_name(s, shards));
+  return plan;
+}
+
+// The shards `mine` selects.
+void write_shards(const fs::path& dir, const std::vector<MoeTensor>& tensors, const ShardPlan& plan,
+                  const std::function<bool(std::size_t shard)>& mine) {
+  for (std::size_t s = 0; s < plan.names.size(); ++s) {
+    if (!mine(s)) continue;
+    H5Id file = h5::create_file(dir / plan.names[s]);
     for (std::size_t i = 0; i < tensors.size(); ++i) {
-      if (shard_of[i] != s) continue;
+      if (plan.shard_of[i] != s) continue;
       const std::vector<std::byte> bytes = tensors[i].bytes();
       DUME_ASSERT(bytes.size() == tensors[i].byte_size());
       h5::write_dataset(file.get(), tensors[i].name, tensors[i].dtype, tensors[i].shape, bytes.data());
     }
-    h5_check(H5Fclose(file.release()), (dir / names[s]).string() + ": cannot close (disk full?)");
+    h5_check(H5Fclose(file.release()), (dir / plan.names[s]).string() + ": cannot close (disk full?)");
   }
+}
 
+void write_index(const fs::path& dir, const std::vector<MoeTensor>& tensors, const ShardPlan& plan, const MoeInfo& info) {
   H5Id index = h5::create_file(dir / "moe.h5");
   const hid_t root = index.get();
   h5::write_attribute(root, "format", std::string("dume-moe"));
@@ -109,14 +147,47 @@ void write_moe(const fs::path& dir, const std::vector<MoeTensor>& tensors, const
   h5::write_attribute(root, "dtype", h5::dtype_attribute(info.dtype));
   h5::write_attribute(root, "shared", info.shared);
   h5::write_attribute(root, "shared_hash", info.shared_hash);
-  h5::write_attribute(root, "shards", names);
-  H5Id lcpl(h5_check(H5Pcreate(H5P_LINK_CREATE), "H5Pcreate"));
-  h5_check(H5Pset_create_intermediate_group(lcpl.get(), 1), "H5Pset_create_intermediate_group");
+  h5::write_attribute(root, "shards", plan.names);
   for (std::size_t i = 0; i < tensors.size(); ++i)
-    h5_check(H5Lcreate_external(names[shard_of[i]].c_str(), tensors[i].name.c_str(), root, tensors[i].name.c_str(),
-                                lcpl.get(), H5P_DEFAULT),
-             (dir / "moe.h5").string() + ": cannot link " + tensors[i].name);
+    link_external(root, plan.names[plan.shard_of[i]], tensors[i].name, (dir / "moe.h5").string());
   h5_check(H5Fclose(index.release()), (dir / "moe.h5").string() + ": cannot close (disk full?)");
+}
+
+}  // namespace
+
+void write_moe(const fs::path& dir, const std::vector<MoeTensor>& tensors, const MoeInfo& info,
+               std::uint64_t shard_bytes) {
+  const ShardPlan plan = shard_plan(tensors, shard_bytes);
+  write_shards(dir, tensors, plan, [](std::size_t) { return true; });
+  write_index(dir, tensors, plan, info);
+}
+
+void write_moe(const fs::path& dir, const std::vector<MoeTensor>& unordered, const MoeInfo& info,
+               std::uint64_t shard_bytes, const Grid& grid) {
+  // Stage by stage (the embedding, then each stage's layers, then the head), so that a shard
+  // holds one stage's tensors.
+  const std::vector<int> stage_of_unordered = tensor_stages(unordered, grid);
+  std::vector<std::size_t> order(unordered.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return stage_of_unordered[a] < stage_of_unordered[b]; });
+  std::vector<MoeTensor> tensors;
+  std::vector<int> stage_of;
+  for (const std::size_t i : order) {
+    tensors.push_back(unordered[i]);
+    stage_of.push_back(stage_of_unordered[i]);
+  }
+  const ShardPlan plan = shard_plan(tensors, shard_bytes, stage_of);
+  collective_phase([&] {
+    if (!grid.stage_root()) return;
+    write_shards(dir, tensors, plan, [&](std::size_t shard) {
+      const auto first = static_cast<std::size_t>(std::find(plan.shard_of.begin(), plan.shard_of.end(), shard) - plan.shard_of.begin());
+      return stage_of[first] == grid.stage();
+    });
+  });
+  collective_phase([&] {
+    if (mpi_rank() == 0) write_index(dir, tensors, plan, info);
+  });
 }
 
 std::set<std::string> moe_dataset_paths(const MoeInfo& info) {
@@ -275,6 +346,27 @@ SharedWeights read_moe_shared(const fs::path& dir) {
   return w;
 }
 
+namespace {
+
+// What a statistics file says besides its per-layer datasets.
+void write_statistics_attributes(hid_t f, const Statistics& stats) {
+  std::vector<std::string> names;
+  std::vector<std::int64_t> tokens;
+  for (const auto& d : stats.domains) {
+    names.push_back(d.name);
+    tokens.push_back(d.tokens);
+  }
+  h5::write_attribute(f, "format", std::string("dume-stats"));
+  h5::write_attribute(f, "domains", names);
+  h5::write_attribute(f, "hidden_size", stats.hidden_size);
+  h5::write_attribute(f, "context_tokens", stats.context_tokens);
+  h5::write_attribute(f, "shared_hash", stats.shared_hash);
+  const std::int64_t tokens_shape[] = {static_cast<std::int64_t>(tokens.size())};
+  h5::write_dataset(f, "/tokens", DType::I64, tokens_shape, tokens.data());
+}
+
+}  // namespace
+
 StatisticsFile::StatisticsFile(const fs::path& output, std::int64_t layers, std::int64_t hidden_size)
     : scratch_(output, "stats.h5"),
       layers_(layers),
@@ -307,23 +399,11 @@ void StatisticsFile::add(DomainStatistics& domain) {
   added_.insert(domain.name);
 }
 
-void StatisticsFile::finish(const Statistics& stats, const fs::path& target) {
+void StatisticsFile::write_rest(const Statistics& stats, std::int64_t first, std::int64_t end) {
   const hid_t f = file_->get();
   const std::int64_t n = stats.hidden_size + 1, E = static_cast<std::int64_t>(stats.domains.size());
-  std::vector<std::string> names;
-  std::vector<std::int64_t> tokens;
-  for (const auto& d : stats.domains) {
-    names.push_back(d.name);
-    tokens.push_back(d.tokens);
-  }
-  h5::write_attribute(f, "format", std::string("dume-stats"));
-  h5::write_attribute(f, "domains", names);
-  h5::write_attribute(f, "hidden_size", stats.hidden_size);
-  h5::write_attribute(f, "context_tokens", stats.context_tokens);
-  h5::write_attribute(f, "shared_hash", stats.shared_hash);
-  const std::int64_t tokens_shape[] = {E};
-  h5::write_dataset(f, "/tokens", DType::I64, tokens_shape, tokens.data());
-  for (std::int64_t l = 0; l < stats.layers(); ++l) {
+  write_statistics_attributes(f, stats);
+  for (std::int64_t l = first; l < end; ++l) {
     const Statistics one = stats.only_layer(l);  // one layer's statistics in memory at a time
     const auto i = static_cast<std::size_t>(l);
     for (const auto& d : one.domains) {
@@ -337,7 +417,39 @@ void StatisticsFile::finish(const Statistics& stats, const fs::path& target) {
   }
   // Stays open while the added domains' statistics are read from it (until the job ends).
   h5_check(H5Fflush(f, H5F_SCOPE_GLOBAL), scratch_.path().string() + ": cannot write (disk full?)");
+}
+
+void StatisticsFile::finish(const Statistics& stats, const fs::path& target) {
+  write_rest(stats, 0, stats.layers());
   scratch_.link_to(target);
+}
+
+void StatisticsFile::finish(StatisticsFile* stage_file, const Statistics& stats, const fs::path& target,
+                            const Grid& grid) {
+  const auto file_of = [&](int s) {
+    char name[64];
+    std::snprintf(name, sizeof name, "stats-%05d-of-%05d.h5", s + 1, grid.stages());
+    return std::string(name);
+  };
+  collective_phase([&] {
+    if (!stage_file) return;
+    stage_file->write_rest(stats, grid.first_layer(), grid.end_layer());
+    stage_file->scratch_.link_to(target.parent_path() / file_of(grid.stage()));
+  });
+  collective_phase([&] {
+    if (mpi_rank() != 0) return;
+    H5Id index = h5::create_file(target);
+    write_statistics_attributes(index.get(), stats);
+    for (std::int64_t l = 0; l < stats.layers(); ++l) {
+      const std::string file = file_of(grid.stage_of(l));
+      for (const DomainStatistics& d : stats.domains) {
+        link_external(index.get(), file, moe_path::layer(l, "A/" + d.name), target.string());
+        if (d.has_heldout()) link_external(index.get(), file, moe_path::layer(l, "heldout/" + d.name), target.string());
+      }
+      link_external(index.get(), file, moe_path::layer(l, "B"), target.string());
+    }
+    h5_check(H5Fclose(index.release()), target.string() + ": cannot close (disk full?)");
+  });
 }
 
 namespace {

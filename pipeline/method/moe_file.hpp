@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "dtype.hpp"
+#include "grid.hpp"
 #include "merge_config.hpp"
 #include "layer_stream.hpp"
 #include "model.hpp"
@@ -48,12 +49,22 @@ inline constexpr std::uint64_t kHashSeed = 1469598103934665603ull;
 std::string hash_hex(std::uint64_t hash);
 
 // Which shard each tensor goes to: tensors fill shards in order, and a shard closes before the
-// tensor that would overflow `shard_bytes` (a tensor larger than that gets a shard of its own).
-std::vector<std::size_t> plan_shards(const std::vector<MoeTensor>& tensors, std::uint64_t shard_bytes);
+// tensor that would overflow `shard_bytes` (a tensor larger than that gets a shard of its own),
+// or whose stage (`stage_of`, ascending; empty: all one stage) differs, so that a shard holds
+// one stage's tensors and each stage writes its own.
+std::vector<std::size_t> plan_shards(const std::vector<MoeTensor>& tensors, std::uint64_t shard_bytes,
+                                     std::span<const int> stage_of = {});
+// The stage of each tensor of an MoE on a grid: the embedding with the first stage, a layer's
+// tensors with the stage that owns the layer, the final norm and LM head with the last.
+std::vector<int> tensor_stages(const std::vector<MoeTensor>& tensors, const Grid& grid);
 
 // Writes the shards and moe.h5 into `dir` (which must exist and be empty).
 void write_moe(const std::filesystem::path& dir, const std::vector<MoeTensor>& tensors, const MoeInfo& info,
                std::uint64_t shard_bytes);
+// The same by stages: every rank calls it, each stage's first rank writes its shards, and rank 0
+// the index once they are all written.
+void write_moe(const std::filesystem::path& dir, const std::vector<MoeTensor>& tensors, const MoeInfo& info,
+               std::uint64_t shard_bytes, const Grid& grid);
 
 MoeInfo read_moe_info(const std::filesystem::path& dir);
 // Every dataset path an MoE with this index holds (shared weights, each expert's tensors,
@@ -88,8 +99,16 @@ class StatisticsFile {
   // Writes what `stats` holds beyond the added domains (carried domains, B, attributes) and
   // names the file `target`, in the output's directory.
   void finish(const Statistics& stats, const std::filesystem::path& target);
+  // The same for a stage's file, layers [first, end) only (collective over the grid: each stage's
+  // first rank writes its file `stats-0000s-of-0000P.h5` beside `target`, and rank 0 the index
+  // `target`, whose datasets link to them; `this` on the stages' first ranks, else null).
+  static void finish(StatisticsFile* stage_file, const Statistics& stats, const std::filesystem::path& target,
+                     const Grid& grid);
 
  private:
+  // B of layers [first, end), what stats hold beyond the added domains there, and the attributes.
+  void write_rest(const Statistics& stats, std::int64_t first, std::int64_t end);
+
   ScratchFile scratch_;
   std::int64_t layers_, n_;
   std::shared_ptr<const H5Id> file_;

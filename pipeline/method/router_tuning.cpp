@@ -4,7 +4,9 @@
 
 #include <Eigen/Eigenvalues>
 #include <cmath>
+#include <cstring>
 
+#include "comm.hpp"
 #include "error.hpp"
 
 namespace dume {
@@ -199,21 +201,76 @@ double choose_temperature(const std::vector<RouterSolution>& routers, const Stat
   return choose_temperature(held);
 }
 
+namespace {
+
+// tune_routers' work on layers [first, end): their lambdas into settings.layer_lambda (L entries
+// already) and their held-out logits (under the tuned lambda) into `held`.
+void tune_layers(RouterSettings& settings, const Statistics& stats, std::int64_t first, std::int64_t end,
+                 HeldoutLogits& held) {
+  for (std::int64_t l = first; l < end; ++l) {
+    const Statistics one = stats.only_layer(l);  // one layer's statistics in memory at a time
+    RouterSettings layer = settings;
+    if (settings.auto_lambda) settings.layer_lambda[static_cast<std::size_t>(l)] = layer.lambda = sweep_lambda(settings, one, l).best;
+    if (settings.auto_temperature) add_heldout_logits(build_router(layer, one, l), one, l, held);
+  }
+}
+
+}  // namespace
+
 void tune_routers(RouterSettings& settings, const Statistics& stats) {
   settings.layer_lambda.clear();
   if (!settings.auto_lambda && !settings.auto_temperature) return;
   if (settings.auto_temperature) require_heldout(stats);
+  if (settings.auto_lambda) settings.layer_lambda.assign(static_cast<std::size_t>(stats.layers()), 0.0);
   HeldoutLogits held;
-  for (std::int64_t l = 0; l < stats.layers(); ++l) {
-    const Statistics one = stats.only_layer(l);  // one layer's statistics in memory at a time
-    RouterSettings layer = settings;
-    if (settings.auto_lambda) {
-      layer.lambda = sweep_lambda(settings, one, l).best;
-      settings.layer_lambda.push_back(layer.lambda);
-    }
-    if (settings.auto_temperature) add_heldout_logits(build_router(layer, one, l), one, l, held);
-  }
+  tune_layers(settings, stats, 0, stats.layers(), held);
   if (settings.auto_temperature) settings.temperature = choose_temperature(held);
+}
+
+void tune_routers(RouterSettings& settings, const Statistics& stats, const Grid& grid) {
+  settings.layer_lambda.clear();
+  if (!settings.auto_lambda && !settings.auto_temperature) return;
+  const std::int64_t L = grid.first_layer(grid.stages());
+  if (settings.auto_lambda) settings.layer_lambda.assign(static_cast<std::size_t>(L), 0.0);
+  // Each stage's first rank sends rank 0 its layers' lambdas, then its held-out logits as
+  // (rows, columns, domain, values...), all as doubles.
+  std::vector<double> message;
+  if (grid.stage_root()) {
+    if (settings.auto_temperature) require_heldout(stats);
+    HeldoutLogits held;
+    tune_layers(settings, stats, grid.first_layer(), grid.end_layer(), held);
+    if (settings.auto_lambda)
+      for (std::int64_t l = grid.first_layer(); l < grid.end_layer(); ++l) message.push_back(settings.layer_lambda[static_cast<std::size_t>(l)]);
+    for (const auto& [logits, domain] : held) {
+      message.insert(message.end(), {static_cast<double>(logits.rows()), static_cast<double>(logits.cols()),
+                                     static_cast<double>(domain)});
+      message.insert(message.end(), logits.data(), logits.data() + logits.size());
+    }
+  }
+  const std::vector<std::string> messages =
+      gather_bytes(std::string(reinterpret_cast<const char*>(message.data()), message.size() * sizeof(double)));
+  HeldoutLogits held;  // every layer's, in layer order (as tune_routers has them)
+  for (int s = 0; s < static_cast<int>(messages.size()) / grid.replicas(); ++s) {
+    const std::string& bytes = messages[static_cast<std::size_t>(grid.rank_of(s, 0))];
+    std::vector<double> values(bytes.size() / sizeof(double));
+    std::memcpy(values.data(), bytes.data(), values.size() * sizeof(double));
+    std::size_t k = 0;
+    if (settings.auto_lambda)
+      for (std::int64_t l = grid.first_layer(s); l < grid.first_layer(s + 1); ++l) settings.layer_lambda[static_cast<std::size_t>(l)] = values.at(k++);
+    while (k < values.size()) {
+      const auto rows = static_cast<Eigen::Index>(values.at(k)), cols = static_cast<Eigen::Index>(values.at(k + 1));
+      const auto domain = static_cast<Eigen::Index>(values.at(k + 2));
+      k += 3;
+      DUME_ASSERT(k + static_cast<std::size_t>(rows * cols) <= values.size());
+      held.emplace_back(Eigen::Map<const Eigen::MatrixXd>(values.data() + k, rows, cols), domain);
+      k += static_cast<std::size_t>(rows * cols);
+    }
+  }
+  double temperature[] = {settings.temperature};
+  if (mpi_rank() == 0 && settings.auto_temperature) temperature[0] = choose_temperature(held);
+  broadcast(std::span<double>(temperature));
+  settings.temperature = temperature[0];
+  broadcast(std::span<double>(settings.layer_lambda));
 }
 
 RouterSolution layer_router(const RouterSettings& settings, const Statistics& stats, std::int64_t layer) {

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "grid.hpp"
 #include "routers.hpp"
 
 namespace dume {
@@ -42,6 +43,10 @@ double choose_temperature(const std::vector<RouterSolution>& routers, const Stat
 // (into settings.layer_lambda), the temperature when settings.auto_temperature; one layer's
 // statistics and router in memory at a time.
 void tune_routers(RouterSettings& settings, const Statistics& stats);
+// The same on a grid (collective): each stage's first rank tunes its own layers from its
+// statistics, rank 0 chooses the temperature over every layer's held-out logits, and every rank
+// learns the settings.
+void tune_routers(RouterSettings& settings, const Statistics& stats, const Grid& grid);
 // Layer l's router under tuned settings (settings.layer_lambda[l] when auto_lambda): solved when
 // it is written, since a Gaussian router's factors are E D^2 doubles per layer (8.6 GB for two
 // 8B experts over all layers).

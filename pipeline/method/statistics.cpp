@@ -129,6 +129,46 @@ namespace {
 
 }  // namespace
 
+namespace {
+
+// Held-out tokens numbered g = 0.. in batch, window, position order, every stride-th kept: the
+// first token of each batch, the stride, and the rows kept.
+struct HeldoutLayout {
+  std::vector<std::int64_t> first_token;
+  std::int64_t stride = 1, kept = 0;
+};
+
+HeldoutLayout heldout_layout(const CorpusWindows& windows, std::int64_t C, std::int64_t batch_sequences,
+                             const std::vector<std::int64_t>& batches, std::int64_t max_tokens) {
+  const auto count = static_cast<std::int64_t>(windows.count());
+  HeldoutLayout layout;
+  std::int64_t total = 0;
+  for (const std::int64_t b : batches) {
+    layout.first_token.push_back(total);
+    total += std::min(batch_sequences, count - b * batch_sequences) * C;
+  }
+  layout.stride = std::max<std::int64_t>(1, (total + max_tokens - 1) / std::max<std::int64_t>(1, max_tokens));
+  layout.kept = (total + layout.stride - 1) / layout.stride;
+  return layout;
+}
+
+// An on_mlp_input that copies the kept rows of a batch whose first token is `g0` into
+// rows_of(layer) (kept x D).
+std::function<void(std::int64_t, const float*, std::int64_t)> keep_heldout_rows(
+    Backend& backend, std::int64_t D, std::int64_t stride, const std::int64_t& g0,
+    std::function<MatrixXfRow&(std::int64_t layer)> rows_of) {
+  auto host = std::make_shared<std::vector<float>>();
+  return [&backend, D, stride, &g0, rows_of = std::move(rows_of), host](std::int64_t layer, const float* x, std::int64_t T) {
+    host->resize(static_cast<std::size_t>(T * D));
+    backend.download(x, *host);
+    for (std::int64_t t = 0; t < T; ++t)
+      if ((g0 + t) % stride == 0)
+        std::copy(host->begin() + t * D, host->begin() + (t + 1) * D, rows_of(layer).data() + (g0 + t) / stride * D);
+  };
+}
+
+}  // namespace
+
 std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& load, const ModelConfig& config,
                                          const CorpusWindows& windows, std::int64_t context_tokens,
                                          std::int64_t batch_sequences, const std::vector<std::int64_t>& batches,
@@ -136,22 +176,12 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& lo
                                          int rank, int ranks,
                                          const std::function<void(std::int64_t layer, const MatrixXfRow& rows)>& layer_done) {
   const std::int64_t D = config.hidden_size, L = config.num_layers;
-  const auto S = static_cast<std::int64_t>(windows.length());
-  const auto count = static_cast<std::int64_t>(windows.count());
-  const std::int64_t C = std::min(context_tokens, S);
-  const auto sequences = [&](std::int64_t b) { return std::min(batch_sequences, count - b * batch_sequences); };
-  std::int64_t total = 0;  // held-out tokens, numbered g = 0.. in batch, window, position order
-  std::vector<std::int64_t> first_token;
-  for (std::int64_t b : batches) {
-    first_token.push_back(total);
-    total += sequences(b) * C;
-  }
-  const std::int64_t stride = std::max<std::int64_t>(1, (total + max_tokens - 1) / std::max<std::int64_t>(1, max_tokens));
-  const std::int64_t kept = (total + stride - 1) / stride;
+  const std::int64_t C = std::min(context_tokens, static_cast<std::int64_t>(windows.length()));
+  const HeldoutLayout layout = heldout_layout(windows, C, batch_sequences, batches, max_tokens);
   std::vector<std::int64_t> mine, mine_first;
   for (std::size_t i = static_cast<std::size_t>(rank); i < batches.size(); i += static_cast<std::size_t>(ranks)) {
     mine.push_back(batches[i]);
-    mine_first.push_back(first_token[i]);
+    mine_first.push_back(layout.first_token[i]);
   }
   const auto chunk = chunk_batches > 0 ? static_cast<std::size_t>(chunk_batches) : std::max<std::size_t>(1, mine.size());
   const std::size_t most = (batches.size() + static_cast<std::size_t>(ranks) - 1) / static_cast<std::size_t>(ranks);
@@ -159,21 +189,15 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& lo
   // Each rank fills the rows of its batches; a sum over ranks assembles them (every row once, the
   // others' zeros: exact in f32). kept x D floats per layer (32 MB at 8B with 2048 tokens), for
   // one layer at a time in one pass, else for all (1.1 GB at 8B).
-  std::vector<MatrixXfRow> rows(one_pass ? 1 : static_cast<std::size_t>(L), MatrixXfRow::Zero(kept, D));
+  std::vector<MatrixXfRow> rows(one_pass ? 1 : static_cast<std::size_t>(L), MatrixXfRow::Zero(layout.kept, D));
   ForwardOptions options;
   options.forced_expert = 0;
   options.context_tokens = C;
   options.logits = false;
   std::int64_t g0 = 0;
-  std::vector<float> host;
-  options.on_mlp_input = [&](std::int64_t layer, const float* x, std::int64_t T) {
-    host.resize(static_cast<std::size_t>(T * D));
-    backend.download(x, host);
-    for (std::int64_t t = 0; t < T; ++t)
-      if ((g0 + t) % stride == 0)
-        std::copy(host.begin() + t * D, host.begin() + (t + 1) * D,
-                  rows[one_pass ? 0 : static_cast<std::size_t>(layer)].data() + (g0 + t) / stride * D);
-  };
+  options.on_mlp_input = keep_heldout_rows(backend, D, layout.stride, g0, [&](std::int64_t layer) -> MatrixXfRow& {
+    return rows[one_pass ? 0 : static_cast<std::size_t>(layer)];
+  });
   const auto assemble = [](MatrixXfRow& layer) {
     reduce_sum(std::span<float>(layer.data(), static_cast<std::size_t>(layer.size())));
   };
@@ -408,8 +432,9 @@ namespace {
 // parts, reduce it in one MPI call, and on rank 0 write it back and mirror it while it is still in
 // cache. Whole-matrix passes (pack all, reduce all, unpack all) spent twice as long moving memory
 // as communicating.
-void reduce_matrix(MatrixXdRow& matrix, std::span<const double> base, std::vector<double>& band) {
-  const bool root = mpi_rank() == 0;
+void reduce_matrix(MatrixXdRow& matrix, std::span<const double> base, std::vector<double>& band,
+                   MPI_Comm comm = MPI_COMM_WORLD) {
+  const bool root = comm_rank(comm) == 0;
   const Eigen::Index n = matrix.rows();
   const auto segment = static_cast<Eigen::Index>(mpi_reduce_segment_elements());
   band.resize(static_cast<std::size_t>(std::max(segment, n)));
@@ -423,7 +448,7 @@ void reduce_matrix(MatrixXdRow& matrix, std::span<const double> base, std::vecto
     }
     if (root && !base.empty())
       for (std::size_t i = 0; i < k; ++i) band[i] += base[offset + i];
-    reduce_sum({band.data(), k});
+    reduce_sum({band.data(), k}, 0, comm);
     offset += k;
     if (!root) continue;
     k = 0;
@@ -444,10 +469,10 @@ std::span<const double> layer_slice(std::span<const double> packed, std::int64_t
   return packed.subspan(static_cast<std::size_t>(l) * size, size);
 }
 
-void reduce_layer(MatrixXdRow& A, CalibrationTiming& timing, std::span<const double> base) {
+void reduce_layer(MatrixXdRow& A, CalibrationTiming& timing, std::span<const double> base, MPI_Comm comm) {
   const auto t0 = Clock::now();
   std::vector<double> band;
-  reduce_matrix(A, base, band);
+  reduce_matrix(A, base, band, comm);
   timing.reduce += since(t0);
 }
 
@@ -463,6 +488,82 @@ void reduce_domain(DomainStatistics& domain, CalibrationTiming& timing, std::spa
   reduce_sum({&tokens, 1});
   if (root) domain.tokens = static_cast<std::int64_t>(tokens);  // exact: counts stay far below 2^53
   timing.reduce += since(t0);
+}
+
+std::int64_t calibrate_staged(Forward& forward, const LayerSource& load, const Grid& grid, const CorpusWindows& windows,
+                              std::int64_t context_tokens, std::int64_t batch_sequences,
+                              const std::vector<std::int64_t>& todo, std::int64_t chunk, const std::string& name,
+                              CalibrationTiming& timing, bool show_progress,
+                              const std::function<void(std::int64_t layer, MatrixXdRow& A)>& layer_done) {
+  Backend& backend = forward.backend();
+  const std::int64_t D = forward.hidden_size(), n = D + 1, first = grid.first_layer(), end = grid.end_layer();
+  const auto count = static_cast<std::int64_t>(windows.count());
+  const std::int64_t C = std::min(context_tokens, static_cast<std::int64_t>(windows.length()));
+  const auto rows = [&](std::int64_t b) { return std::min(batch_sequences, count - b * batch_sequences) * C; };
+  const std::vector<std::int64_t> mine = rank_share(todo, grid.replica(), grid.replicas());
+  std::int64_t tokens = 0, my_tokens = 0;
+  for (const std::int64_t b : todo) tokens += rows(b);
+  for (const std::int64_t b : mine) my_tokens += rows(b);
+  Progress progress("calibrate " + name, my_tokens * (end - first), "token-layers", show_progress);
+  // The stage's layers' sums: (end - first) (D+1)^2 doubles, 2.1 GB on each of two stages at 8B
+  // (4.3 GB for all 32 layers), 5.4 GB on each of eight at 70B.
+  std::vector<Buffer64> A;
+  for (std::int64_t l = first; l < end; ++l) A.push_back(backend.alloc64(static_cast<std::size_t>(n * n)));
+  ForwardOptions options;
+  options.forced_expert = 0;
+  options.context_tokens = C;
+  options.logits = false;
+  double accumulate_seconds = 0;
+  options.on_mlp_input = [&](std::int64_t l, const float* x, std::int64_t T) {
+    const auto t0 = Clock::now();
+    backend.stats_accumulate(x, T, D, A[static_cast<std::size_t>(l - first)].data());
+    accumulate_seconds += since(t0);
+    timing.multiply_adds += static_cast<double>(T) * static_cast<double>(n * (n + 1) / 2);
+    progress.advance(T);
+  };
+  const auto t0 = Clock::now();
+  run_pipelined(forward, load, grid, window_batches(windows, batch_sequences, mine, options), chunk);
+  progress.finish();
+  timing.accumulate += accumulate_seconds;
+  timing.forward += since(t0) - accumulate_seconds;
+  MatrixXdRow partial(n, n);
+  for (std::int64_t l = first; l < end; ++l) {
+    Buffer64& sums = A[static_cast<std::size_t>(l - first)];
+    backend.download(sums.data(), {partial.data(), sums.size()});
+    sums = Buffer64();
+    reduce_layer(partial, timing, {}, grid.stage_comm());
+    if (grid.stage_root()) layer_done(l, partial);
+  }
+  return tokens;
+}
+
+void collect_heldout_staged(Forward& forward, const LayerSource& load, const Grid& grid, const CorpusWindows& windows,
+                            std::int64_t context_tokens, std::int64_t batch_sequences,
+                            const std::vector<std::int64_t>& batches, std::int64_t max_tokens, std::int64_t chunk,
+                            const std::function<void(std::int64_t layer, const MatrixXfRow& rows)>& layer_done) {
+  const std::int64_t D = forward.hidden_size(), first = grid.first_layer(), end = grid.end_layer();
+  const std::int64_t C = std::min(context_tokens, static_cast<std::int64_t>(windows.length()));
+  const HeldoutLayout layout = heldout_layout(windows, C, batch_sequences, batches, max_tokens);
+  const std::vector<std::int64_t> mine = rank_share(batches, grid.replica(), grid.replicas());
+  const std::vector<std::int64_t> mine_first = rank_share(layout.first_token, grid.replica(), grid.replicas());
+  // The stage's layers' rows, each replica filling its batches' (as collect_heldout).
+  std::vector<MatrixXfRow> rows(static_cast<std::size_t>(end - first), MatrixXfRow::Zero(layout.kept, D));
+  ForwardOptions options;
+  options.forced_expert = 0;
+  options.context_tokens = C;
+  options.logits = false;
+  std::int64_t g0 = 0;
+  options.on_mlp_input = keep_heldout_rows(forward.backend(), D, layout.stride, g0, [&](std::int64_t layer) -> MatrixXfRow& {
+    return rows[static_cast<std::size_t>(layer - first)];
+  });
+  run_pipelined(forward, load, grid, window_batches(windows, batch_sequences, mine, options), chunk,
+                [&](std::size_t i, std::int64_t) { g0 = mine_first[i]; });
+  for (std::int64_t l = first; l < end; ++l) {
+    MatrixXfRow& layer = rows[static_cast<std::size_t>(l - first)];
+    reduce_sum(std::span<float>(layer.data(), static_cast<std::size_t>(layer.size())), 0, grid.stage_comm());
+    if (grid.stage_root()) layer_done(l, layer);
+    layer = MatrixXfRow();
+  }
 }
 
 }  // namespace dume

@@ -392,9 +392,16 @@ std::vector<Stream> run_by_layer(Forward& forward, const LayerSource& source, st
                                  const std::function<bool(std::int64_t layer)>& after) {
   std::vector<Stream> streams;  // (B * S, D) f32 each
   for (const Batch& b : batches) streams.push_back(forward.begin(b.tokens, b.B, b.S, b.options, source));
+  run_layers(forward, source, batches, streams, 0, forward.layers(), before, after);
+  return streams;
+}
+
+void run_layers(Forward& forward, const LayerSource& source, std::span<const Batch> batches, std::span<Stream> streams,
+                std::int64_t first, std::int64_t end, const std::function<void(std::size_t i, std::int64_t layer)>& before,
+                const std::function<bool(std::int64_t layer)>& after) {
+  DUME_ASSERT(streams.size() == batches.size());
   std::vector<bool> running(streams.size(), true);
-  const std::int64_t layers = forward.layers();
-  for (std::int64_t l = 0; l < layers; ++l) {
+  for (std::int64_t l = first; l < end; ++l) {
     if (source.layer) source.layer(l);
     for (std::size_t i = 0; i < streams.size(); ++i) {
       if (!running[i]) continue;
@@ -404,7 +411,6 @@ std::vector<Stream> run_by_layer(Forward& forward, const LayerSource& source, st
     if (after && !after(l)) break;
   }
   if (source.layer) source.layer(-1);  // nothing resident after the last layer
-  return streams;
 }
 
 double Forward::flops(const ModelConfig& c, std::int64_t B, std::int64_t S, bool logits) {

@@ -102,6 +102,7 @@ class Forward {
   void load_head();
   Backend& backend() const { return backend_; }
   std::int64_t layers() const { return static_cast<std::int64_t>(layers_.size()); }
+  std::int64_t hidden_size() const { return model_.config.hidden_size; }
 
   // FLOPs of one run over B sequences of S tokens (2 per multiply-add; attention included).
   static double flops(const ModelConfig& config, std::int64_t B, std::int64_t S, bool logits = true);
@@ -180,5 +181,11 @@ std::vector<Batch> window_batches(const CorpusWindows& windows, std::int64_t bat
 std::vector<Stream> run_by_layer(Forward& forward, const LayerSource& source, std::span<const Batch> batches,
                                  const std::function<void(std::size_t i, std::int64_t layer)>& before = {},
                                  const std::function<bool(std::int64_t layer)>& after = {});
+// The same over layers [first, end) only, for streams that have run the layers before (a stage
+// of a grid: grid.hpp); streams[i] belongs to batches[i].
+void run_layers(Forward& forward, const LayerSource& source, std::span<const Batch> batches,
+                std::span<Stream> streams, std::int64_t first, std::int64_t end,
+                const std::function<void(std::size_t i, std::int64_t layer)>& before = {},
+                const std::function<bool(std::int64_t layer)>& after = {});
 
 }  // namespace dume

@@ -27,6 +27,7 @@ class FaultyBackend final : public Backend {
   Buffer alloc(std::size_t n) override { return cpu_->alloc(n); }
   Buffer upload(std::span<const float> host) override { return cpu_->upload(host); }
   void download(const float* src, std::span<float> host) override { cpu_->download(src, host); }
+  void copy_in(std::span<const float> host, float* dst) override { cpu_->copy_in(host, dst); }
   Buffer64 alloc64(std::size_t n) override { return cpu_->alloc64(n); }
   void download(const double* src, std::span<double> host) override { cpu_->download(src, host); }
   void embed(std::span<const std::uint32_t> tokens, const float* table, std::int64_t D, float* out) override {

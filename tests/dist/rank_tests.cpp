@@ -1,6 +1,7 @@
 // The same merge on 1, 2, 3 and 4 ranks and the same eval on 1 and 2 (ctest runs mpirun
 // between the steps here): RankInputs writes the experts and configs, RankResults compares.
-// Both work in the directory named by DUME_RANK_DIR.
+// Likewise the same merge on grids of stages x replicas: StageInputs, StageResults.
+// All work in the directory named by DUME_RANK_DIR.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -61,6 +62,50 @@ TEST(RankResults, EvalAgrees) {
     }
   EXPECT_EQ(compared, 3u * 7u);  // 3 domains x (3 experts, average, random, oracle, dume)
   EXPECT_EQ(one["routing_accuracy"], two["routing_accuracy"]);
+}
+
+// Five layers, so that 2, 3 and 4 stages hold unequal numbers of them; held-out tokens and
+// auto router settings, so that each stage's lambdas and held-out logits travel to rank 0.
+TEST(StageInputs, Write) {
+  const fs::path dir = rank_dir() / "stages";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string base = test::write_merge_inputs(dir, 3, DType::BF16, "OUT", 6000, /*layers=*/5);
+  base.insert(base.find("batch_sequences: 3") + 18, ", heldout_fraction: 0.2, checkpoint_minutes: 0");
+  base.replace(base.find("lambda: 0.01"), 12, "lambda: auto, temperature: auto");
+  for (const std::string grid : {"1x1", "1x2", "2x1", "2x2", "3x1", "4x1"}) {
+    std::string yaml = base;
+    yaml.replace(yaml.find("OUT"), 3, "out" + grid);
+    if (grid == "2x2") yaml += "parallel: {stages: 2}\n";  // the others by --stages
+    std::ofstream(dir / ("g" + grid + ".yaml")) << yaml;
+  }
+}
+
+TEST(StageResults, Agree) {
+  const fs::path dir = rank_dir() / "stages";
+  const MoeInfo reference = read_moe_info(dir / "out1x1");
+  ASSERT_EQ(reference.router.layer_lambda.size(), 5u);
+  for (const std::string grid : {"1x2", "2x1", "2x2", "3x1", "4x1"}) {
+    SCOPED_TRACE("grid " + grid);
+    const fs::path out = dir / ("out" + grid);
+    test::expect_same_merge(out, dir / "out1x1");
+    const MoeInfo info = read_moe_info(out);
+    ASSERT_EQ(info.router.layer_lambda.size(), reference.router.layer_lambda.size());
+    for (std::size_t l = 0; l < info.router.layer_lambda.size(); ++l)  // candidates scale with A's eigenvalues
+      EXPECT_LE(std::abs(info.router.layer_lambda[l] - reference.router.layer_lambda[l]),
+                1e-9 * reference.router.layer_lambda[l]) << "layer " << l;
+    EXPECT_LE(std::abs(info.router.temperature - reference.router.temperature), 1e-9 * reference.router.temperature);
+    // Each stage wrote its own shards and statistics file.
+    const int stages = grid[0] - '0';
+    if (stages > 1) {
+      EXPECT_GE(info.shard_files.size(), static_cast<std::size_t>(stages));
+      for (int s = 1; s <= stages; ++s) {
+        char name[64];
+        std::snprintf(name, sizeof name, "stats-%05d-of-%05d.h5", s, stages);
+        EXPECT_TRUE(fs::exists(out / name)) << name;
+      }
+    }
+  }
 }
 
 }  // namespace
