@@ -41,4 +41,15 @@ std::string format_bytes(double bytes) {
   return text;
 }
 
+std::string format_count(double count) {
+  char text[32];
+  if (count >= 1e9)
+    std::snprintf(text, sizeof text, "%.2f B", count / 1e9);
+  else if (count >= 1e6)
+    std::snprintf(text, sizeof text, "%.1f M", count / 1e6);
+  else
+    std::snprintf(text, sizeof text, "%.0f k", count / 1e3);
+  return text;
+}
+
 }  // namespace dume

@@ -19,5 +19,7 @@ std::uint64_t resident_bytes();
 
 // "1.74 GB" (decimal units, as `ls -l --si` and the issue tracker's figures).
 std::string format_bytes(double bytes);
+// "8.03 B", "103.8 M", "52 k": a parameter count.
+std::string format_count(double count);
 
 }  // namespace dume

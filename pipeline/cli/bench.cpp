@@ -246,7 +246,7 @@ void add_bench(CLI::App& app) {
                                  "A merge config: benchmark its first expert on its calibration corpus (sequence "
                                  "length and batch from the config; default: a synthetic preset)");
   cmd->add_flag("--ranks-note", o->ranks_note, "Print where each rank runs: host, ranks per host, threads, CPUs");
-  cmd->add_option("--preset", o->preset, "tiny | d1024 | llama-1b-shape | llama-8b-shape")
+  cmd->add_option("--preset", o->preset, "tiny | d1024 | llama-1b-shape | llama-8b-shape | llama-70b-shape")
       ->capture_default_str()
       ->excludes(config);
   cmd->add_option("--layers", o->layers, "Override the preset's layer count")

@@ -1,5 +1,8 @@
 // `dume plan CONFIG`: a merge's memory, reads, writes, FLOPs and expected time, before it runs.
+#include <cstdio>
+
 #include "commands.hpp"
+#include "error.hpp"
 #include "merge_plan.hpp"
 
 namespace dume::cli {
@@ -17,12 +20,30 @@ void add_plan(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--rates", *rates, "A `dume bench --json` file measured on the nodes, for the expected time");
   const auto memory = add_memory_option(cmd);
+  const auto stages = add_stages_option(cmd);
   cmd->callback([=] {
     run_job([&] {
       MergeConfig c = merge_config_read(*config);
       apply_memory_option(*memory, c);
-      print_merge_plan(c, *ranks, *per_node > 0 ? std::min(*per_node, *ranks) : *ranks,
-                       rates->empty() ? std::nullopt : std::optional<std::filesystem::path>(*rates));
+      if (*stages > 0) c.stages = *stages;
+      const int node = *per_node > 0 ? std::min(*per_node, *ranks) : *ranks;
+      // The fewest stages of these ranks that fit the budget: with --memory, or when the plan does not fit.
+      const auto propose = [&] {
+        const std::optional<int> P = smallest_grid(c, *ranks, node);
+        if (P)
+          std::printf("# grid: the fewest stages of these %d ranks that fit the budget: %d x %d (--stages %d)\n", *ranks,
+                      *P, *ranks / *P, *P);
+        else
+          std::printf("# grid: no grid of these %d ranks fits the budget\n", *ranks);
+        std::fflush(stdout);
+      };
+      try {
+        print_merge_plan(c, *ranks, node, rates->empty() ? std::nullopt : std::optional<std::filesystem::path>(*rates));
+      } catch (const Error&) {
+        propose();
+        throw;
+      }
+      if (!memory->empty()) propose();
     });
   });
 }

@@ -38,6 +38,7 @@ ModelConfig bench_preset(const std::string& name) {
       {"d1024", 1024, 2816, 8, 16, 8, 32000},
       {"llama-1b-shape", 2048, 8192, 16, 32, 8, 128256},
       {"llama-8b-shape", 4096, 14336, 32, 32, 8, 128256},
+      {"llama-70b-shape", 8192, 28672, 80, 64, 8, 128256},
   };
   for (const auto& p : presets)
     if (name == p.name) {
@@ -56,7 +57,7 @@ ModelConfig bench_preset(const std::string& name) {
       c.json_text = model_config_to_json(c);
       return c;
     }
-  throw Error("unknown preset '" + name + "' (presets: tiny, d1024, llama-1b-shape, llama-8b-shape)");
+  throw Error("unknown preset '" + name + "' (presets: tiny, d1024, llama-1b-shape, llama-8b-shape, llama-70b-shape)");
 }
 
 double median(std::vector<double> v) {

@@ -7,6 +7,7 @@
 
 #include "error.hpp"
 #include "forward.hpp"
+#include "grid.hpp"
 #include "hf_checkpoint.hpp"
 #include "merge.hpp"
 #include "progress.hpp"
@@ -41,6 +42,51 @@ std::uintmax_t checkpoint_bytes(const HfCheckpoint& checkpoint) {
 
 }  // namespace
 
+namespace {
+
+// A merge's plan on a grid of `stages` stages of `replicas` ranks: each stage's memory plan (the
+// largest decides), the pipeline's chunks and its expected utilization.
+struct GridPlan {
+  std::vector<std::int64_t> first;  // stage_layers
+  std::vector<MemoryPlan> stages;   // per stage
+  std::int64_t chunk = 0, chunks = 0;  // batches per chunk and chunks per domain, per replica
+  double utilization = 1;              // of the ranks while calibrating: fill and drain, and balance
+
+  const MemoryPlan& largest() const {
+    return *std::max_element(stages.begin(), stages.end(),
+                             [](const MemoryPlan& a, const MemoryPlan& b) { return a.peak() < b.peak(); });
+  }
+};
+
+GridPlan plan_grid(const ModelConfig& mc, const MergeConfig& config, std::int64_t E, DType dtype, int stages,
+                   std::int64_t batches_per_replica, std::int64_t budget) {
+  GridPlan grid;
+  grid.first = stage_layers(mc, E, stages);
+  std::int64_t most_layers = 0;
+  for (int s = 0; s < stages; ++s) {
+    const std::int64_t layers = grid.first[static_cast<std::size_t>(s) + 1] - grid.first[static_cast<std::size_t>(s)];
+    most_layers = std::max(most_layers, layers);
+    grid.stages.push_back(plan_memory(mc, config, E, dtype, batches_per_replica, budget,
+                                      stages > 1 ? StageShare{stages, layers} : StageShare{}));
+  }
+  if (stages == 1) return grid;
+  grid.chunk = pipeline_chunk(batches_per_replica, stages, grid.largest().chunk_rounds);
+  grid.chunks = (std::max<std::int64_t>(1, batches_per_replica) + grid.chunk - 1) / grid.chunk;
+  // Each stage idles P - 1 chunk times of M + P - 1 (fill and drain), and the stage with the most
+  // layers sets the pace.
+  grid.utilization = static_cast<double>(grid.chunks) / static_cast<double>(grid.chunks + stages - 1) *
+                     (static_cast<double>(mc.num_layers) / stages) / static_cast<double>(most_layers);
+  return grid;
+}
+
+void check_grid(int ranks, int stages) {
+  if (ranks % stages != 0)
+    throw Error("parallel.stages " + std::to_string(stages) + " does not divide the job's " + std::to_string(ranks) +
+                " ranks: every stage needs the same number of replicas");
+}
+
+}  // namespace
+
 MemoryPlan print_merge_plan(const MergeConfig& config, int ranks, int ranks_per_node,
                             const std::optional<std::filesystem::path>& rates) {
   const std::optional<double> rate = rates ? std::optional(measured_rate(*rates)) : std::nullopt;
@@ -49,11 +95,15 @@ MemoryPlan print_merge_plan(const MergeConfig& config, int ranks, int ranks_per_
   const auto E = static_cast<std::int64_t>(in.experts.size());
   const CalibrationSettings& cs = config.calibration;
   const std::int64_t C = std::min(config.router.context_tokens, cs.sequence_length);
-  std::int64_t batches_per_rank = 0, tokens = 0;
+  const int P = config.stages;
+  stage_layers(mc, E, P);  // more stages than layers: refused first, as by the merge
+  check_grid(ranks, P);
+  const int replicas = ranks / P;
+  const auto per_replica = [replicas](std::int64_t batches) { return (batches + replicas - 1) / replicas; };
+  std::int64_t batches_per_replica = 0, tokens = 0;
   double flops = 0;
   for (const CorpusWindows& windows : in.calibration) {
-    const std::int64_t batches = batch_count(windows, cs.batch_sequences);
-    batches_per_rank = std::max(batches_per_rank, (batches + ranks - 1) / ranks);
+    batches_per_replica = std::max(batches_per_replica, per_replica(batch_count(windows, cs.batch_sequences)));
     const auto sequences = static_cast<std::int64_t>(windows.count());
     tokens += sequences * C;
     const double n = static_cast<double>(mc.hidden_size + 1);
@@ -61,7 +111,8 @@ MemoryPlan print_merge_plan(const MergeConfig& config, int ranks, int ranks_per_
              2.0 * static_cast<double>(sequences * C * mc.num_layers) * n * (n + 1) / 2;  // the A updates
   }
   const std::int64_t budget = config.memory > 0 ? config.memory : memory_budget_default(ranks_per_node);
-  const MemoryPlan memory = plan_memory(mc, config, E, in.dtype, batches_per_rank, budget);
+  const GridPlan grid = plan_grid(mc, config, E, in.dtype, P, batches_per_replica, budget);
+  const MemoryPlan& memory = grid.largest();
 
   std::uintmax_t experts = 0;
   for (const HfCheckpoint& e : in.experts) experts += checkpoint_bytes(e);
@@ -79,19 +130,60 @@ MemoryPlan print_merge_plan(const MergeConfig& config, int ranks, int ranks_per_
               static_cast<long long>(mc.intermediate_size), static_cast<long long>(mc.num_layers),
               static_cast<long long>(mc.vocab_size), std::string(to_string(in.dtype)).c_str(),
               static_cast<long long>(tokens), ranks, ranks == 1 ? "" : "s", ranks_per_node);
+  if (P > 1) {
+    std::printf("# grid: %d stages x %d replica%s\n", P, replicas, replicas == 1 ? "" : "s");
+    for (int s = 0; s < P; ++s)
+      std::printf("#   stage %d: layers %lld-%lld, %s parameters, reads %s of each expert; predicted peak %s per rank\n", s,
+                  static_cast<long long>(grid.first[static_cast<std::size_t>(s)]),
+                  static_cast<long long>(grid.first[static_cast<std::size_t>(s) + 1] - 1),
+                  format_count(static_cast<double>(stage_parameters(mc, E, grid.first, s)) / static_cast<double>(E)).c_str(),
+                  format_bytes(static_cast<double>(experts) / static_cast<double>(E) *
+                               static_cast<double>(grid.first[static_cast<std::size_t>(s) + 1] - grid.first[static_cast<std::size_t>(s)]) / L)
+                      .c_str(),
+                  format_bytes(static_cast<double>(grid.stages[static_cast<std::size_t>(s)].peak())).c_str());
+    // Every calibration and held-out token's residual stream crosses each boundary once.
+    std::printf("# pipeline: %s sent between stages (%s per boundary, in chunks of %lld batches, %lld per domain "
+                "and replica); expected utilization %.0f %% (fill and drain, and the largest stage)\n",
+                format_bytes(static_cast<double>(P - 1) * static_cast<double>(tokens) * D * 4).c_str(),
+                format_bytes(static_cast<double>(tokens) * D * 4).c_str(), static_cast<long long>(grid.chunk),
+                static_cast<long long>(grid.chunks), 100 * grid.utilization);
+    std::printf("# memory of the largest stage's ranks:\n");
+  }
   std::printf("%s", memory.describe().c_str());
   std::printf("# reads: the experts (%s) once per calibration chunk and once to write; writes: the MoE (%s), "
               "stats.h5 (%s), and the shared weights once to scratch (%s)\n",
               format_bytes(static_cast<double>(experts)).c_str(), format_bytes(moe).c_str(),
               format_bytes(statistics).c_str(), format_bytes(shared).c_str());
-  std::printf("# compute: %.3g TFLOP of forward and statistics (%.3g per rank)", flops / 1e12, flops / 1e12 / ranks);
+  const double per_rank = flops / ranks / grid.utilization;
+  std::printf("# compute: %.3g TFLOP of forward and statistics (%.3g per rank%s)", flops / 1e12, per_rank / 1e12,
+              P > 1 ? ", with the pipeline's idle time" : "");
   if (rate) {
     std::printf("; at %.1f GFLOP/s per rank (%s) about %s, reads and writes not included\n", *rate, rates->c_str(),
-                format_duration(flops / ranks / (*rate * 1e9)).c_str());
+                format_duration(per_rank / (*rate * 1e9)).c_str());
   } else {
     std::printf("; pass --rates BENCH.json (`dume bench --json`) for the expected time\n");
   }
   return memory;
+}
+
+std::optional<int> smallest_grid(const MergeConfig& config, int ranks, int ranks_per_node) {
+  const MergeInputs in = merge_prepare(config);
+  const ModelConfig& mc = in.experts.at(0).config();
+  const auto E = static_cast<std::int64_t>(in.experts.size());
+  const std::int64_t budget = config.memory > 0 ? config.memory : memory_budget_default(ranks_per_node);
+  for (int P = 1; P <= std::min<std::int64_t>(ranks, mc.num_layers); ++P) {
+    if (ranks % P != 0) continue;
+    std::int64_t batches_per_replica = 0;
+    for (const CorpusWindows& windows : in.calibration)
+      batches_per_replica = std::max(batches_per_replica,
+                                     (batch_count(windows, config.calibration.batch_sequences) + ranks / P - 1) / (ranks / P));
+    try {
+      plan_grid(mc, config, E, in.dtype, P, batches_per_replica, budget);
+      return P;
+    } catch (const Error&) {  // too small for this grid: try more stages
+    }
+  }
+  return std::nullopt;
 }
 
 }  // namespace dume

@@ -115,8 +115,11 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
   plan.minimum = unsplit ? std::min(one_pass_needs, chunks_need) : chunks_need;
   if (plan.budget < plan.minimum)
     throw Error("compute.memory " + bytes(plan.budget) + " per rank is too small for this merge: it needs at least " +
-                bytes(plan.minimum) + " (one layer's weights, and one domain's statistics " + bytes(held_layers * n * n * f64) +
-                " with one batch of windows at a time or one layer's with all of a rank's at once)");
+                bytes(plan.minimum) +
+                (staged ? " (one layer's weights, and the stage's statistics " + bytes(held_layers * n * n * f64) +
+                              " with one batch of windows at a time)"
+                        : " (one layer's weights, and one domain's statistics " + bytes(held_layers * n * n * f64) +
+                              " with one batch of windows at a time or one layer's with all of a rank's at once)"));
   plan.chunk_rounds = (plan.budget - fixed) / plan.round_bytes;
   const std::int64_t streams = std::min(plan.chunk_rounds, std::max<std::int64_t>(1, batches_per_rank)) * plan.round_bytes;
   auto calibrating = calibration;

@@ -476,14 +476,28 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
   else
     calibrate_plan(plan, config, memory.chunk_rounds, *backend, store, timing);
   const double calibration = std::chrono::duration<double>(Clock::now() - t0).count();
-  phases.emplace_back("forward (calibration)", calibration - timing.accumulate - timing.reduce);
+  phases.emplace_back("forward (calibration)", calibration - timing.accumulate - timing.reduce - timing.pipeline_wait);
+  if (plan.grid) phases.emplace_back("pipeline wait (fill, drain)", timing.pipeline_wait);
   phases.emplace_back("statistics (A update)", timing.accumulate);
   phases.emplace_back("reduce", timing.reduce);
 
+  // By stages: each rank's wait for its neighbours, the pipeline's fill and drain.
+  const std::vector<double> waits = plan.grid ? gather_to_root(timing.pipeline_wait) : std::vector<double>();
   if (root || plan.grid) solve_and_write(plan, config, force, phases, store);
   barrier();
   const RankUsage usage = gather_rank_usage();
-  if (root) report_plan(plan, config, phases, timing, usage, memory);
+  if (!root) return;
+  report_plan(plan, config, phases, timing, usage, memory);
+  if (plan.grid) {
+    std::string each;
+    for (const double w : waits) {
+      char part[64];
+      std::snprintf(part, sizeof part, "%s%.1f s (%.0f %%)", each.empty() ? "" : ", ", w, 100 * w / std::max(calibration, 1e-9));
+      each += part;
+    }
+    std::printf("# pipeline: each rank waited for the stage before or after %s of the calibration's %.1f s\n",
+                each.c_str(), calibration);
+  }
 }
 
 void write_moe_directory(const fs::path& output, bool force, const MergePlan& plan, const RouterSource& router,

@@ -522,10 +522,11 @@ std::int64_t calibrate_staged(Forward& forward, const LayerSource& load, const G
     progress.advance(T);
   };
   const auto t0 = Clock::now();
-  run_pipelined(forward, load, grid, window_batches(windows, batch_sequences, mine, options), chunk);
+  const double waited = run_pipelined(forward, load, grid, window_batches(windows, batch_sequences, mine, options), chunk);
   progress.finish();
   timing.accumulate += accumulate_seconds;
-  timing.forward += since(t0) - accumulate_seconds;
+  timing.pipeline_wait += waited;
+  timing.forward += since(t0) - accumulate_seconds - waited;
   MatrixXdRow partial(n, n);
   for (std::int64_t l = first; l < end; ++l) {
     Buffer64& sums = A[static_cast<std::size_t>(l - first)];
@@ -557,7 +558,7 @@ void collect_heldout_staged(Forward& forward, const LayerSource& load, const Gri
     return rows[static_cast<std::size_t>(layer - first)];
   });
   run_pipelined(forward, load, grid, window_batches(windows, batch_sequences, mine, options), chunk,
-                [&](std::size_t i, std::int64_t) { g0 = mine_first[i]; });
+                [&](std::size_t i, std::int64_t) { g0 = mine_first[i]; });  // its waits count as forward time
   for (std::int64_t l = first; l < end; ++l) {
     MatrixXfRow& layer = rows[static_cast<std::size_t>(l - first)];
     reduce_sum(std::span<float>(layer.data(), static_cast<std::size_t>(layer.size())), 0, grid.stage_comm());

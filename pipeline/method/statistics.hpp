@@ -85,6 +85,7 @@ class StoredStatistics {
 // Time spent in each part of a calibration, for the merge's summary (seconds).
 struct CalibrationTiming {
   double forward = 0, accumulate = 0, reduce = 0;
+  double pipeline_wait = 0;  // by stages: waiting for the stage before or after (fill and drain)
   double multiply_adds = 0;  // of the A updates
 };
 

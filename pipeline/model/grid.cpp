@@ -1,10 +1,12 @@
 #include "grid.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <limits>
 
 #include "comm.hpp"
 #include "layer_stream.hpp"
+#include "resources.hpp"
 
 namespace dume {
 
@@ -90,13 +92,9 @@ int Grid::stage_of(std::int64_t layer) const {
 std::string Grid::describe(const ModelConfig& config, std::int64_t experts) const {
   std::string text = std::to_string(stages_) + (stages_ == 1 ? " stage x " : " stages x ") + std::to_string(replicas_) +
                      (replicas_ == 1 ? " replica" : " replicas") + ": layers ";
-  for (int s = 0; s < stages_; ++s) {
-    char part[96];
-    std::snprintf(part, sizeof part, "%s%lld-%lld (%.3g B parameters)", s ? ", " : "", static_cast<long long>(first_layer(s)),
-                  static_cast<long long>(first_layer(s + 1) - 1),
-                  static_cast<double>(stage_parameters(config, experts, first_, s)) / 1e9);
-    text += part;
-  }
+  for (int s = 0; s < stages_; ++s)
+    text += (s ? ", " : "") + std::to_string(first_layer(s)) + "-" + std::to_string(first_layer(s + 1) - 1) + " (" +
+            format_count(static_cast<double>(stage_parameters(config, experts, first_, s))) + " parameters)";
   return text;
 }
 
@@ -140,25 +138,32 @@ Stream receive_stream(Backend& backend, const Batch& batch, std::int64_t D, int 
 
 }  // namespace
 
-void run_pipelined(Forward& forward, const LayerSource& source, const Grid& grid, std::span<const Batch> batches,
-                   std::int64_t chunk, const std::function<void(std::size_t i, std::int64_t layer)>& before) {
+double run_pipelined(Forward& forward, const LayerSource& source, const Grid& grid, std::span<const Batch> batches,
+                     std::int64_t chunk, const std::function<void(std::size_t i, std::int64_t layer)>& before) {
+  using Clock = std::chrono::steady_clock;
   Backend& backend = forward.backend();
   const std::int64_t D = forward.hidden_size();
   const auto size = static_cast<std::size_t>(std::max<std::int64_t>(1, chunk));
+  double waited = 0;
   for (std::size_t begin = 0; begin < batches.size(); begin += size) {
     const std::span<const Batch> part = batches.subspan(begin, std::min(size, batches.size() - begin));
     std::vector<Stream> streams;  // (B * S, D) f32 each
+    auto t0 = Clock::now();
     for (const Batch& b : part)
       streams.push_back(grid.first_stage()
                             ? forward.begin(b.tokens, b.B, b.S, b.options, source)
                             : receive_stream(backend, b, D, grid.rank_of(grid.stage() - 1, grid.replica())));
+    if (!grid.first_stage()) waited += std::chrono::duration<double>(Clock::now() - t0).count();
     run_layers(forward, source, part, streams, grid.first_layer(), grid.end_layer(),
                [&](std::size_t i, std::int64_t l) {
                  if (before) before(begin + i, l);
                });
+    t0 = Clock::now();
     if (!grid.last_stage())
       for (const Stream& s : streams) send_stream(backend, s, D, grid.rank_of(grid.stage() + 1, grid.replica()));
+    waited += std::chrono::duration<double>(Clock::now() - t0).count();
   }
+  return waited;
 }
 
 std::int64_t pipeline_chunk(std::int64_t batches, int stages, std::int64_t most) {
