@@ -19,12 +19,14 @@ void add_dynamic(CLI::App& app) {
     cmd->add_flag("--reaverage", *reaverage,
                   "Re-average the shared weights over all experts and recompute everything (a full merge)");
     const auto memory = add_memory_option(cmd);
+    const auto stages = add_stages_option(cmd);
     cmd->callback([=] {
       run_job([&] {
         MergeConfig c;
         collective_phase([&] {
           c = merge_config_read(*config);
           apply_memory_option(*memory, c);
+          if (*stages > 0) c.stages = *stages;
         });
         run_fold_in(c, *force, *reaverage, *resume);
       });
@@ -40,7 +42,8 @@ void add_dynamic(CLI::App& app) {
     cmd->add_option("--domain", *domain, "The domain (expert name) to drop")->required();
     cmd->add_option("--output", *output, "The new MoE directory")->required();
     cmd->add_flag("--force", *force, "Replace the output directory if it exists");
-    cmd->callback([=] { run_job([&] { run_remove(*moe, *domain, *output, *force); }); });
+    const auto stages = add_stages_option(cmd);
+    cmd->callback([=] { run_job([&] { run_remove(*moe, *domain, *output, *force, std::max(1, *stages)); }); });
   }
   {
     auto* cmd = app.add_subcommand("resolve", "New routers from an MoE's stored statistics (no forward pass)");
@@ -73,6 +76,7 @@ void add_dynamic(CLI::App& app) {
     auto* a = cmd->add_option("--expert-attention", *expert_attention,
                               "false: keep only the shared attention (the experts' own attention is dropped)");
     cmd->add_flag("--force", *force, "Replace the output directory if it exists");
+    const auto stages = add_stages_option(cmd);
     cmd->callback([=] {
       if (*l) o->lambda = *lambda;
       if (*t) o->temperature = *temperature;
@@ -82,7 +86,7 @@ void add_dynamic(CLI::App& app) {
       if (*b) o->bias = *bias;
       if (*r) o->routing = Routing::parse(*routing);
       if (*a) o->expert_attention = *expert_attention;
-      run_job([&] { run_resolve(*moe, *o, *output, *force); });
+      run_job([&] { run_resolve(*moe, *o, *output, *force, std::max(1, *stages)); });
     });
   }
 }

@@ -68,6 +68,17 @@ void store_moe_shared(MergePlan& plan, const fs::path& moe, const fs::path& outp
   });
 }
 
+// By stages (stages > 1): the grid of a job writing `plan`'s MoE, whose experts are all in
+// plan.info (collective, refused in one line like a merge's); a job by stages keeps no
+// checkpoint, so there is nothing to resume.
+void set_grid(MergePlan& plan, int stages, bool resume) {
+  if (stages <= 1) return;
+  collective_phase([&] {
+    if (resume) throw Error("--resume: a job by stages keeps no checkpoint to resume from");
+  });
+  plan.grid = std::make_unique<Grid>(plan.info.config, static_cast<std::int64_t>(plan.info.experts.size()), stages);
+}
+
 }  // namespace
 
 void run_fold_in(const MergeConfig& config, bool force, bool reaverage, bool resume) {
@@ -81,6 +92,7 @@ void run_fold_in(const MergeConfig& config, bool force, bool reaverage, bool res
       all = *original;
       all.experts.insert(all.experts.end(), config.experts.begin(), config.experts.end());
       all.output = config.output;
+      all.stages = config.stages;
       all.fold_into.reset();
     });
     return run_merge(all, force, resume, input_paths(config));
@@ -127,6 +139,7 @@ void run_fold_in(const MergeConfig& config, bool force, bool reaverage, bool res
     // This job's own checkpoint settings (the MoE's merge.yaml records the merge's).
     resolved.calibration.checkpoint_every = config.calibration.checkpoint_every;
     resolved.calibration.checkpoint_minutes = config.calibration.checkpoint_minutes;
+    resolved.stages = config.stages;
     resolved.router = plan.info.router;
     if (plan.info.router.auto_lambda || plan.info.router.auto_temperature) require_heldout(plan.stats);
   });
@@ -143,7 +156,8 @@ void run_fold_in(const MergeConfig& config, bool force, bool reaverage, bool res
   }
   phases.emplace_back("load + checks", std::chrono::duration<double>(Clock::now() - t).count());
   plan.command = "dume fold-in";
-  const auto store = open_resume_store(resolved, plan, resume);
+  set_grid(plan, config.stages, resume);
+  const auto store = plan.grid ? nullptr : open_resume_store(resolved, plan, resume);
   run_plan(plan, resolved, force, phases, store.get());
 }
 
@@ -163,7 +177,8 @@ void rewrite(MergePlan& plan, const fs::path& moe, const fs::path& output, bool 
 
 // remove and resolve: the MoE's plan, changed by `edit` (collective: an error on any rank stops
 // all), written to `given` with no calibration.
-void edit_moe(const fs::path& moe, const fs::path& given, bool force, const std::function<void(MergePlan&)>& edit) {
+void edit_moe(const fs::path& moe, const fs::path& given, bool force, int stages,
+              const std::function<void(MergePlan&)>& edit) {
   const fs::path output = output_path(given);
   const auto lock = claim_moe_output(output, {{"the MoE", moe}}, force, /*resume=*/false);
   MergePlan plan;
@@ -173,13 +188,14 @@ void edit_moe(const fs::path& moe, const fs::path& given, bool force, const std:
     edit(plan);
   });
   store_moe_shared(plan, moe, output, *file);
+  set_grid(plan, stages, /*resume=*/false);
   rewrite(plan, moe, output, force);
 }
 
 }  // namespace
 
-void run_remove(const fs::path& moe, const std::string& name, const fs::path& given, bool force) {
-  edit_moe(moe, given, force, [&](MergePlan& plan) {
+void run_remove(const fs::path& moe, const std::string& name, const fs::path& given, bool force, int stages) {
+  edit_moe(moe, given, force, stages, [&](MergePlan& plan) {
     const auto it = std::find(plan.info.experts.begin(), plan.info.experts.end(), name);
     if (it == plan.info.experts.end()) throw Error("no domain '" + name + "' in " + moe.string());
     if (plan.info.experts.size() == 1) throw Error("cannot remove the only domain of " + moe.string());
@@ -191,8 +207,8 @@ void run_remove(const fs::path& moe, const std::string& name, const fs::path& gi
   });
 }
 
-void run_resolve(const fs::path& moe, const ResolveOverrides& o, const fs::path& given, bool force) {
-  edit_moe(moe, given, force, [&](MergePlan& plan) {
+void run_resolve(const fs::path& moe, const ResolveOverrides& o, const fs::path& given, bool force, int stages) {
+  edit_moe(moe, given, force, stages, [&](MergePlan& plan) {
     RouterSettings& r = plan.info.router;
     r.lambda = o.lambda.value_or(r.lambda);
     r.temperature = o.temperature.value_or(r.temperature);

@@ -15,12 +15,14 @@ namespace dume {
 // domains, with the MoE's stored shared weights and router settings, then every layer re-solved.
 // With reaverage, merges everything again from the original experts (the MoE's merge.yaml) plus
 // the new ones instead. `resume`: continue from the checkpoint an interrupted fold-in of this
-// config left (as `dume merge --resume`). Call on every rank.
+// config left (as `dume merge --resume`). By stages (config.stages), each stage calibrates, solves
+// and writes only its own layers. Call on every rank.
 void run_fold_in(const MergeConfig& config, bool force, bool reaverage, bool resume = false);
 
-// Drops domain `name` (its expert and statistics) from the MoE at `moe` and re-solves.
+// Drops domain `name` (its expert and statistics) from the MoE at `moe` and re-solves. `stages`:
+// the grid's stages (grid.hpp), each solving and writing its own layers, as for a merge.
 void run_remove(const std::filesystem::path& moe, const std::string& name, const std::filesystem::path& output,
-                bool force);
+                bool force, int stages = 1);
 
 // New routers from the stored statistics with changed settings; no forward pass at all.
 struct ResolveOverrides {
@@ -32,6 +34,6 @@ struct ResolveOverrides {
   bool auto_lambda = false, auto_temperature = false;  // chosen on the stored held-out split
 };
 void run_resolve(const std::filesystem::path& moe, const ResolveOverrides& overrides,
-                 const std::filesystem::path& output, bool force);
+                 const std::filesystem::path& output, bool force, int stages = 1);
 
 }  // namespace dume

@@ -477,7 +477,7 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
     calibrate_plan(plan, config, memory.chunk_rounds, *backend, store, timing);
   const double calibration = std::chrono::duration<double>(Clock::now() - t0).count();
   phases.emplace_back("forward (calibration)", calibration - timing.accumulate - timing.reduce - timing.pipeline_wait);
-  if (plan.grid) phases.emplace_back("pipeline wait (fill, drain)", timing.pipeline_wait);
+  if (plan.grid) phases.emplace_back("pipeline wait", timing.pipeline_wait);
   phases.emplace_back("statistics (A update)", timing.accumulate);
   phases.emplace_back("reduce", timing.reduce);
 

@@ -79,6 +79,16 @@ TEST(StageInputs, Write) {
     if (grid == "2x2") yaml += "parallel: {stages: 2}\n";  // the others by --stages
     std::ofstream(dir / ("g" + grid + ".yaml")) << yaml;
   }
+  // Fold-in, remove and resolve by stages: a two-domain MoE, d2 folded into it.
+  std::string two = base;
+  two.erase(two.find("  - {name: d2"), two.find("\n", two.find("  - {name: d2")) - two.find("  - {name: d2") + 1);
+  two.replace(two.find("OUT"), 3, "outbase");
+  std::ofstream(dir / "base.yaml") << two;
+  const std::string d2 = base.substr(base.find("  - {name: d2"), base.find("\n", base.find("  - {name: d2")) - base.find("  - {name: d2") + 1);
+  for (const std::string grid : {"1x1", "2x1"})
+    std::ofstream(dir / ("fold" + grid + ".yaml"))
+        << "moe: outbase\nexperts:\n" << d2 << "calibration: {sequence_length: 32, batch_sequences: 3, heldout_fraction: 0.2, "
+        << "checkpoint_minutes: 0}\ncompute: {threads: 1}\noutput: outfold" << grid << "\n";
 }
 
 TEST(StageResults, Agree) {
@@ -105,6 +115,15 @@ TEST(StageResults, Agree) {
         EXPECT_TRUE(fs::exists(out / name)) << name;
       }
     }
+  }
+}
+
+// Fold-in (2x1), remove (3x1) and resolve (2x1) by stages against the same on one rank.
+TEST(StageResults, EditsAgree) {
+  const fs::path dir = rank_dir() / "stages";
+  for (const std::string job : {"fold", "remove", "resolve"}) {
+    SCOPED_TRACE(job);
+    test::expect_same_merge(dir / ("out" + job + (job == "remove" ? "3x1" : "2x1")), dir / ("out" + job + "1x1"));
   }
 }
 
