@@ -133,10 +133,10 @@ MemoryPlan print_merge_plan(const MergeConfig& config, int ranks, int ranks_per_
   if (P > 1) {
     std::printf("# grid: %d stages x %d replica%s\n", P, replicas, replicas == 1 ? "" : "s");
     for (int s = 0; s < P; ++s)
-      std::printf("#   stage %d: layers %lld-%lld, %s parameters, reads %s of each expert; predicted peak %s per rank\n", s,
+      std::printf("#   stage %d: layers %lld-%lld, %s parameters of the MoE, reads %s of each expert; predicted peak %s per rank\n", s,
                   static_cast<long long>(grid.first[static_cast<std::size_t>(s)]),
                   static_cast<long long>(grid.first[static_cast<std::size_t>(s) + 1] - 1),
-                  format_count(static_cast<double>(stage_parameters(mc, E, grid.first, s)) / static_cast<double>(E)).c_str(),
+                  format_count(static_cast<double>(stage_parameters(mc, E, grid.first, s))).c_str(),
                   format_bytes(static_cast<double>(experts) / static_cast<double>(E) *
                                static_cast<double>(grid.first[static_cast<std::size_t>(s) + 1] - grid.first[static_cast<std::size_t>(s)]) / L)
                       .c_str(),

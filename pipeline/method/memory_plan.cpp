@@ -6,6 +6,7 @@
 
 #include "comm.hpp"
 #include "error.hpp"
+#include "grid.hpp"
 #include "layer_stream.hpp"
 #include "regmean.hpp"
 #include "resources.hpp"
@@ -121,7 +122,10 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
                         : " (one layer's weights, and one domain's statistics " + bytes(held_layers * n * n * f64) +
                               " with one batch of windows at a time or one layer's with all of a rank's at once)"));
   plan.chunk_rounds = (plan.budget - fixed) / plan.round_bytes;
-  const std::int64_t streams = std::min(plan.chunk_rounds, std::max<std::int64_t>(1, batches_per_rank)) * plan.round_bytes;
+  // By stages the pipeline runs smaller chunks (pipeline_chunk), one resident at a time.
+  const std::int64_t streams = (staged ? pipeline_chunk(batches, stage.stages, plan.chunk_rounds)
+                                       : std::min(plan.chunk_rounds, batches)) *
+                               plan.round_bytes;
   auto calibrating = calibration;
   calibrating.emplace_back("residual streams of a chunk", streams);
   regmean.emplace_back("residual streams of a chunk", streams);
