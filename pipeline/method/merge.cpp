@@ -417,9 +417,11 @@ void solve_and_write(MergePlan& plan, const MergeConfig& config, bool force, Pha
   }
 }
 
-// Rank 0: the phase table, what the calibration processed, and each rank's memory and reads.
+// Rank 0: the phase table, what the calibration processed, each rank's memory and reads, and by
+// stages each rank's wait for its neighbours (`waits`) in the calibration's `seconds`.
 void report_plan(const MergePlan& plan, const MergeConfig& config, const PhaseTimes& phases,
-                 const CalibrationTiming& timing, const RankUsage& usage, const MemoryPlan& memory) {
+                 const CalibrationTiming& timing, const RankUsage& usage, const MemoryPlan& memory,
+                 const std::vector<double>& waits, double seconds) {
   print_phase_table(phases);
   std::int64_t tokens = 0;
   for (const NewDomain& d : plan.calibrate)
@@ -430,7 +432,34 @@ void report_plan(const MergePlan& plan, const MergeConfig& config, const PhaseTi
               "multiply-adds/s (f64)\n",
               static_cast<long long>(tokens), plan.calibrate.size(), plan.stats.domains.size(), rate / 1e9);
   std::printf("# %s (predicted peak %s)\n", usage.line().c_str(), format_bytes(static_cast<double>(memory.peak())).c_str());
+  if (plan.grid) {
+    std::string each;
+    for (const double w : waits) {
+      char part[64];
+      std::snprintf(part, sizeof part, "%s%.1f s (%.0f %%)", each.empty() ? "" : ", ", w, 100 * w / std::max(seconds, 1e-9));
+      each += part;
+    }
+    std::printf("# pipeline: each rank waited for the stage before or after %s of the calibration's %.1f s\n",
+                each.c_str(), seconds);
+  }
   std::printf("# wrote %s\n", config.output.path.c_str());
+}
+
+// The memory plan of a plan's ranks (collective), by stages of this rank's stage.
+MemoryPlan plan_memory_of(const MergePlan& plan, const MergeConfig& config) {
+  const int replicas = plan.grid ? plan.grid->replicas() : mpi_size();  // that share a domain's batches
+  std::int64_t batches_per_rank = 0;
+  for (const NewDomain& d : plan.calibrate)
+    batches_per_rank =
+        std::max(batches_per_rank, (batch_count(*d.windows, config.calibration.batch_sequences) + replicas - 1) / replicas);
+  const StageShare stage = plan.grid ? StageShare{plan.grid->stages(), plan.grid->end_layer() - plan.grid->first_layer()}
+                                     : StageShare{};
+  MemoryPlan memory;
+  collective_phase([&] {
+    memory = plan_memory(plan.model.config, config, static_cast<std::int64_t>(plan.info.experts.size()),
+                         plan.info.dtype, batches_per_rank, config.memory, stage);
+  });
+  return memory;
 }
 
 }  // namespace
@@ -440,19 +469,9 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
   const int threads = threads_per_rank(config.threads), ranks = mpi_size();
   auto backend = rank_backend(config.backend, config.threads);
   const StopSignals signals;
-  MemoryPlan memory;
-  const int replicas = plan.grid ? plan.grid->replicas() : ranks;  // that share a domain's batches
-  std::int64_t batches_per_rank = 0;
-  for (const NewDomain& d : plan.calibrate)
-    batches_per_rank =
-        std::max(batches_per_rank, (batch_count(*d.windows, config.calibration.batch_sequences) + replicas - 1) / replicas);
-  const auto E = static_cast<std::int64_t>(plan.info.experts.size());
-  const StageShare stage = plan.grid ? StageShare{plan.grid->stages(), plan.grid->end_layer() - plan.grid->first_layer()}
-                                     : StageShare{};
-  collective_phase([&] {
-    memory = plan_memory(plan.model.config, config, E, plan.info.dtype, batches_per_rank, config.memory, stage);
-  });
+  const MemoryPlan memory = plan_memory_of(plan, config);
   if (root) {
+    const auto E = static_cast<std::int64_t>(plan.info.experts.size());
     std::printf("# dume: %zu new domain%s to calibrate, %d rank%s x %d thread%s; %s\n%s%s", plan.calibrate.size(),
                 plan.calibrate.size() == 1 ? "" : "s", ranks, ranks == 1 ? "" : "s", threads, threads == 1 ? "" : "s",
                 backend->describe().c_str(),
@@ -480,24 +499,12 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
   if (plan.grid) phases.emplace_back("pipeline wait", timing.pipeline_wait);
   phases.emplace_back("statistics (A update)", timing.accumulate);
   phases.emplace_back("reduce", timing.reduce);
-
-  // By stages: each rank's wait for its neighbours, the pipeline's fill and drain.
   const std::vector<double> waits = plan.grid ? gather_to_root(timing.pipeline_wait) : std::vector<double>();
+
   if (root || plan.grid) solve_and_write(plan, config, force, phases, store);
   barrier();
   const RankUsage usage = gather_rank_usage();
-  if (!root) return;
-  report_plan(plan, config, phases, timing, usage, memory);
-  if (plan.grid) {
-    std::string each;
-    for (const double w : waits) {
-      char part[64];
-      std::snprintf(part, sizeof part, "%s%.1f s (%.0f %%)", each.empty() ? "" : ", ", w, 100 * w / std::max(calibration, 1e-9));
-      each += part;
-    }
-    std::printf("# pipeline: each rank waited for the stage before or after %s of the calibration's %.1f s\n",
-                each.c_str(), calibration);
-  }
+  if (root) report_plan(plan, config, phases, timing, usage, memory, waits, calibration);
 }
 
 void write_moe_directory(const fs::path& output, bool force, const MergePlan& plan, const RouterSource& router,
