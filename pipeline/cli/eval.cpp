@@ -13,12 +13,14 @@ void add_eval(CLI::App& app) {
   auto config = std::make_shared<std::string>();
   cmd->add_option("config", *config, "The merge configuration, with experts[].test and an eval section")->required();
   const auto memory = add_memory_option(cmd);
-  cmd->callback([config, memory] {
+  const auto stages = add_stages_option(cmd);
+  cmd->callback([config, memory, stages] {
     run_job([&] {
       MergeConfig c;
       collective_phase([&] {
         c = merge_config_read(*config);
         apply_memory_option(*memory, c);
+        if (*stages > 0) c.stages = *stages;
       });
       const EvalResult result = run_eval(c);
       if (mpi_rank() != 0) return;

@@ -5,6 +5,7 @@
 #include "comm.hpp"
 #include "commands.hpp"
 #include "corpus.hpp"
+#include "grid.hpp"
 #include "memory_plan.hpp"
 #include "mixtral.hpp"
 #include "perplexity.hpp"
@@ -20,6 +21,7 @@ struct PplOptions {
   std::int64_t sequence_length = 256, max_sequences = 0, batch = 0;
   std::string memory;
   int threads = 0;
+  int stages = 1;
   std::string backend = "cpu";
 };
 
@@ -50,6 +52,11 @@ void run_ppl(const PplOptions& o) {
   const MemoryPlan plan = plan_eval_memory(c, std::max<std::int64_t>(1, c.num_experts), false, false, batch,
                                            o.sequence_length, batches, budget);
   std::printf("%s", plan.describe().c_str());
+  // By stages the ranks run the model's layers in a pipeline and the replicas share the windows;
+  // otherwise every rank runs them all.
+  const std::int64_t experts = std::max<std::int64_t>(1, c.num_experts);
+  const std::unique_ptr<Grid> grid = o.stages > 1 ? std::make_unique<Grid>(c, experts, o.stages) : nullptr;
+  if (grid && mpi_rank() == 0) std::printf("# grid: %s\n", grid->describe(c, experts).c_str());
   Model model = c.num_experts ? empty_mixtral_model(checkpoint) : empty_model(c, 1);
   auto backend = make_backend(parse_backend(o.backend), o.threads, mpi_local_rank());
   Forward forward(model, *backend);
@@ -58,8 +65,19 @@ void run_ppl(const PplOptions& o) {
   PerplexityRun run;
   run.batch = batch;
   run.chunk_batches = plan.chunk_rounds;
-  run.show_progress = true;
-  const Perplexity p = perplexity(forward, c, windows, run, source);
+  run.show_progress = !grid || mpi_rank() == 0;
+  if (grid) {
+    run.grid = grid.get();
+    run.rank = grid->replica();
+    run.ranks = grid->replicas();
+  }
+  Perplexity p = perplexity(forward, c, windows, run, source);
+  if (grid) {  // the last stage's replicas hold the sums
+    double sums[] = {p.nll, static_cast<double>(p.tokens)};
+    reduce_sum(std::span<double>(sums));
+    p = {sums[0], static_cast<std::int64_t>(sums[1])};
+    if (mpi_rank() != 0) return;
+  }
   std::printf("perplexity %.6f over %lld predicted tokens (%zu windows of %lld tokens from %s)\n", p.value(),
               static_cast<long long>(p.tokens), windows.count(), static_cast<long long>(o.sequence_length),
               o.corpus.c_str());
@@ -92,6 +110,10 @@ void add_ppl(CLI::App& app) {
                   "Memory budget, e.g. 8GB (default: the node's memory / its ranks, less 1/8); the model is read one "
                   "layer at a time, over as many windows at once as it holds");
   cmd->add_option("--threads", o->threads, "Compute threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--stages", o->stages,
+                  "Stages of the grid of ranks (default 1: every rank runs every layer): each stage runs a contiguous "
+                  "range of layers, and the ranks must be a multiple of it")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--backend", o->backend, "cpu | cuda | auto (cuda where a GPU is visible)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
       ->capture_default_str();

@@ -137,13 +137,15 @@ using DomainOptions = std::function<ForwardOptions(std::size_t d, std::int64_t f
 // ranks line up element by element for the one reduce_sum at the end.
 class DomainRuns {
  public:
+  // By stages (`grid`), the replicas share the batches and the last stage has the results.
   DomainRuns(const MergeConfig& config, const ModelConfig& model_config, const std::vector<CorpusWindows>& tests,
-             int rank, int ranks, std::int64_t chunk_batches)
+             const Grid* grid, std::int64_t chunk_batches)
       : mc_(model_config), tests_(tests) {
     base_.batch = config.calibration.batch_sequences;
-    base_.rank = rank;
-    base_.ranks = ranks;
+    base_.rank = grid ? grid->replica() : mpi_rank();
+    base_.ranks = grid ? grid->replicas() : mpi_size();
     base_.chunk_batches = chunk_batches;
+    base_.grid = grid;
   }
 
   // Runs `method`'s model, read one layer at a time through `fill` into `model` (empty).
@@ -156,7 +158,7 @@ class DomainRuns {
       if (options) run.options = [&, d](std::int64_t first) { return options(d, first); };
       record(method, d, perplexity(forward, mc_, tests_[d], run, source));
     }
-    if (base_.rank == 0) std::fprintf(stderr, "eval: %s done\n", method.c_str());
+    if (mpi_rank() == 0) std::fprintf(stderr, "eval: %s done\n", method.c_str());
   }
 
   std::vector<std::pair<std::string, std::size_t>> keys;  // (method, domain), in the order run
@@ -308,10 +310,15 @@ EvalResult run_eval(const MergeConfig& config) {
   const ModelConfig& mc = in.info.config;
   auto backend = rank_backend(config.backend, config.threads);
 
+  // By stages, each stage runs its own layers of every model (grid.hpp).
+  const std::unique_ptr<Grid> grid = config.stages > 1 ? std::make_unique<Grid>(mc, E, config.stages) : nullptr;
+  if (grid && root) std::printf("# grid: %s\n", grid->describe(mc, E).c_str());
   // Every model runs one layer at a time over chunks of batches (what the budget holds).
+  const int replicas = grid ? grid->replicas() : ranks;
   std::int64_t batches_per_rank = 0;
   for (const CorpusWindows& test : in.tests)
-    batches_per_rank = std::max(batches_per_rank, (batch_count(test, config.calibration.batch_sequences) + ranks - 1) / ranks);
+    batches_per_rank =
+        std::max(batches_per_rank, (batch_count(test, config.calibration.batch_sequences) + replicas - 1) / replicas);
   const MemoryPlan memory =
       plan_eval_memory(mc, E, in.info.router.expert_attention, in.info.router.method == RouterMethod::gaussian,
                        config.calibration.batch_sequences, config.calibration.sequence_length, batches_per_rank,
@@ -320,7 +327,7 @@ EvalResult run_eval(const MergeConfig& config) {
 
   EvalResult result;
   for (const auto& e : config.experts) result.domains.push_back(e.name);
-  DomainRuns runs(config, mc, in.tests, rank, ranks, memory.chunk_rounds);
+  DomainRuns runs(config, mc, in.tests, grid.get(), memory.chunk_rounds);
   eval_dense_baselines(config, in, *backend, runs);
 
   Model moe = empty_moe_model(in.info);

@@ -139,7 +139,8 @@ Stream receive_stream(Backend& backend, const Batch& batch, std::int64_t D, int 
 }  // namespace
 
 double run_pipelined(Forward& forward, const LayerSource& source, const Grid& grid, std::span<const Batch> batches,
-                     std::int64_t chunk, const std::function<void(std::size_t i, std::int64_t layer)>& before) {
+                     std::int64_t chunk, const std::function<void(std::size_t i, std::int64_t layer)>& before,
+                     const std::function<void(std::size_t first, std::span<Stream> streams)>& finished) {
   using Clock = std::chrono::steady_clock;
   Backend& backend = forward.backend();
   const std::int64_t D = forward.hidden_size();
@@ -158,9 +159,12 @@ double run_pipelined(Forward& forward, const LayerSource& source, const Grid& gr
                [&](std::size_t i, std::int64_t l) {
                  if (before) before(begin + i, l);
                });
+    if (grid.last_stage()) {
+      if (finished) finished(begin, streams);
+      continue;
+    }
     t0 = Clock::now();
-    if (!grid.last_stage())
-      for (const Stream& s : streams) send_stream(backend, s, D, grid.rank_of(grid.stage() + 1, grid.replica()));
+    for (const Stream& s : streams) send_stream(backend, s, D, grid.rank_of(grid.stage() + 1, grid.replica()));
     waited += std::chrono::duration<double>(Clock::now() - t0).count();
   }
   return waited;

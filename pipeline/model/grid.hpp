@@ -65,10 +65,13 @@ class Grid {
 // `batches` enters layer l) and sends them on to the next stage's same replica, which receives
 // them before its layers. A send waits for its receive, so while stage s runs chunk c, stage
 // s - 1 runs chunk c + 1: with M chunks and P stages, a stage idles for P - 1 chunk times of
-// M + P - 1 (the pipeline's fill and drain). Returns the seconds this rank waited for the stage
-// before (to receive) and after (to take what it sends).
+// M + P - 1 (the pipeline's fill and drain). On the last stage, `finished(first, streams)` takes
+// each chunk's streams once its layers have run (batches[first...]), where a run wants logits.
+// Returns the seconds this rank waited for the stage before (to receive) and after (to take what
+// it sends).
 double run_pipelined(Forward& forward, const LayerSource& source, const Grid& grid, std::span<const Batch> batches,
-                   std::int64_t chunk, const std::function<void(std::size_t i, std::int64_t layer)>& before = {});
+                     std::int64_t chunk, const std::function<void(std::size_t i, std::int64_t layer)>& before = {},
+                     const std::function<void(std::size_t first, std::span<Stream> streams)>& finished = {});
 
 // Chunks of a replica's `batches` batches for P stages: enough that the pipeline idles for at
 // most about a fifth of the time (4P chunks where the batches allow), at most `most` batches each.

@@ -33,17 +33,13 @@ Perplexity perplexity(Forward& forward, const ModelConfig& config, const CorpusW
     tokens += std::min(run.batch, count - b * run.batch) * S;
   }
   Perplexity result;
-  Progress progress(run.label, tokens * config.num_layers, "token-layers", run.show_progress);
-  const auto chunk = static_cast<std::size_t>(std::max<std::int64_t>(1, run.chunk_batches));
-  for (std::size_t begin = 0; begin < mine.size(); begin += chunk) {
-    const std::vector<Batch> chunk_batches =
-        window_batches(windows, run.batch, std::span(mine).subspan(begin, std::min(chunk, mine.size() - begin)), run.options);
-    std::vector<Stream> streams = run_by_layer(forward, source, chunk_batches, [&](std::size_t i, std::int64_t) {
-      progress.advance(chunk_batches[i].B * S);
-    });
+  const std::int64_t layers = run.grid ? run.grid->end_layer() - run.grid->first_layer() : config.num_layers;
+  Progress progress(run.label, tokens * layers, "token-layers", run.show_progress);
+  // The logits of a chunk's streams, once they have run every layer.
+  const auto finish = [&](std::span<const Batch> batches, std::span<Stream> streams) {
     if (source.head) source.head();
     for (std::size_t i = 0; i < streams.size(); ++i) {
-      const Batch& b = chunk_batches[i];
+      const Batch& b = batches[i];
       const std::vector<float> logits = forward.finish(streams[i], b.options);
       streams[i] = Stream();
       for (std::int64_t j = 0; j < b.B; ++j)
@@ -53,6 +49,27 @@ Perplexity perplexity(Forward& forward, const ModelConfig& config, const CorpusW
       result.tokens += b.B * (S - 1);
     }
     if (source.layer) source.layer(-1);  // the head goes too
+  };
+  if (run.grid) {
+    const std::vector<Batch> batches = window_batches(windows, run.batch, mine, run.options);
+    run_pipelined(
+        forward, source, *run.grid, batches,
+        pipeline_chunk(static_cast<std::int64_t>(batches.size()), run.grid->stages(), run.chunk_batches),
+        [&](std::size_t i, std::int64_t) { progress.advance(batches[i].B * S); },
+        [&](std::size_t first, std::span<Stream> streams) {
+          finish(std::span(batches).subspan(first, streams.size()), streams);
+        });
+    progress.finish();
+    return result;
+  }
+  const auto chunk = static_cast<std::size_t>(std::max<std::int64_t>(1, run.chunk_batches));
+  for (std::size_t begin = 0; begin < mine.size(); begin += chunk) {
+    const std::vector<Batch> chunk_batches =
+        window_batches(windows, run.batch, std::span(mine).subspan(begin, std::min(chunk, mine.size() - begin)), run.options);
+    std::vector<Stream> streams = run_by_layer(forward, source, chunk_batches, [&](std::size_t i, std::int64_t) {
+      progress.advance(chunk_batches[i].B * S);
+    });
+    finish(chunk_batches, streams);
   }
   progress.finish();
   return result;

@@ -9,6 +9,7 @@
 
 #include "corpus.hpp"
 #include "forward.hpp"
+#include "grid.hpp"
 
 namespace dume {
 
@@ -33,6 +34,9 @@ struct PerplexityRun {
   // Batches run layer by layer at once (run_by_layer; each holds its residual stream, batch x S x
   // D floats): the more, the fewer times a streamed model's layers are read.
   std::int64_t chunk_batches = 1;
+  // By stages (grid.hpp): the batches go through the grid's pipeline (rank, ranks: the replica and
+  // the replicas), and only the last stage's ranks have logits and a share of the result.
+  const Grid* grid = nullptr;
 };
 
 // This rank's share of the windows' negative log-likelihood; the weights come from `source`

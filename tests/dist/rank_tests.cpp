@@ -24,6 +24,9 @@ fs::path rank_dir() {
   return dir;
 }
 
+// The grid tests' directory, beside the rank tests' (which RankInputs empties).
+fs::path stage_dir() { return rank_dir().parent_path() / "stages"; }
+
 TEST(RankInputs, Write) {
   const fs::path dir = rank_dir();
   fs::remove_all(dir);
@@ -67,7 +70,7 @@ TEST(RankResults, EvalAgrees) {
 // Five layers, so that 2, 3 and 4 stages hold unequal numbers of them; held-out tokens and
 // auto router settings, so that each stage's lambdas and held-out logits travel to rank 0.
 TEST(StageInputs, Write) {
-  const fs::path dir = rank_dir() / "stages";
+  const fs::path dir = stage_dir();
   fs::remove_all(dir);
   fs::create_directories(dir);
   std::string base = test::write_merge_inputs(dir, 3, DType::BF16, "OUT", 6000, /*layers=*/5);
@@ -78,6 +81,12 @@ TEST(StageInputs, Write) {
     yaml.replace(yaml.find("OUT"), 3, "out" + grid);
     if (grid == "2x2") yaml += "parallel: {stages: 2}\n";  // the others by --stages
     std::ofstream(dir / ("g" + grid + ".yaml")) << yaml;
+  }
+  // The same eval of out1x1 on one rank and on two stages.
+  for (const std::string grid : {"1x1", "2x1"}) {
+    std::string yaml = base;
+    yaml.replace(yaml.find("OUT"), 3, "out1x1");
+    std::ofstream(dir / ("e" + grid + ".yaml")) << yaml << "eval: {output: eval" << grid << "}\n";
   }
   // Fold-in, remove and resolve by stages: a two-domain MoE, d2 folded into it.
   std::string two = base;
@@ -92,7 +101,7 @@ TEST(StageInputs, Write) {
 }
 
 TEST(StageResults, Agree) {
-  const fs::path dir = rank_dir() / "stages";
+  const fs::path dir = stage_dir();
   const MoeInfo reference = read_moe_info(dir / "out1x1");
   ASSERT_EQ(reference.router.layer_lambda.size(), 5u);
   for (const std::string grid : {"1x2", "2x1", "2x2", "3x1", "4x1"}) {
@@ -118,9 +127,25 @@ TEST(StageResults, Agree) {
   }
 }
 
+// Every method's perplexity and the routing on two stages, against one rank.
+TEST(StageResults, EvalAgrees) {
+  const fs::path dir = stage_dir();
+  const auto one = nlohmann::json::parse(std::ifstream(dir / "eval1x1" / "eval.json"));
+  const auto two = nlohmann::json::parse(std::ifstream(dir / "eval2x1" / "eval.json"));
+  std::size_t compared = 0;
+  for (const auto& [domain, methods] : one["perplexity"].items())
+    for (const auto& [method, value] : methods.items()) {
+      const double a = value.get<double>(), b = two["perplexity"][domain][method].get<double>();
+      EXPECT_LE(std::abs(a - b), 1e-12 * std::abs(a)) << domain << " " << method;
+      ++compared;
+    }
+  EXPECT_EQ(compared, 3u * 7u);  // 3 domains x (3 experts, average, random, oracle, dume)
+  EXPECT_EQ(one["routing"], two["routing"]);
+}
+
 // Fold-in (2x1), remove (3x1) and resolve (2x1) by stages against the same on one rank.
 TEST(StageResults, EditsAgree) {
-  const fs::path dir = rank_dir() / "stages";
+  const fs::path dir = stage_dir();
   for (const std::string job : {"fold", "remove", "resolve"}) {
     SCOPED_TRACE(job);
     test::expect_same_merge(dir / ("out" + job + (job == "remove" ? "3x1" : "2x1")), dir / ("out" + job + "1x1"));
