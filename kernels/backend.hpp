@@ -47,6 +47,7 @@ class Backend {
   virtual void copy_in(std::span<const float> host, float* dst) = 0;  // into a buffer from alloc
   virtual Buffer64 alloc64(std::size_t n) = 0;  // n doubles, zeroed
   virtual void download(const double* src, std::span<double> host) = 0;
+  virtual void copy_in(std::span<const double> host, double* dst) = 0;  // into a buffer from alloc64
 
   // out (T, D) = table[tokens[t]] rows; token ids are host memory, already checked < V.
   virtual void embed(std::span<const std::uint32_t> tokens, const float* table, std::int64_t D, float* out) = 0;

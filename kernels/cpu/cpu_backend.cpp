@@ -68,6 +68,9 @@ class CpuBackend final : public Backend {
   void download(const double* src, std::span<double> host) override {
     if (src != host.data()) std::copy(src, src + host.size(), host.data());
   }
+  void copy_in(std::span<const double> host, double* dst) override {
+    if (dst != host.data()) std::copy(host.begin(), host.end(), dst);
+  }
 
   void embed(std::span<const std::uint32_t> tokens, const float* table, std::int64_t D, float* out) override {
     const auto T = static_cast<std::int64_t>(tokens.size());

@@ -226,6 +226,9 @@ class CudaBackend final : public Backend {
   void download(const double* src, std::span<double> host) override {
     CUDA_CHECK(cudaMemcpy(host.data(), src, host.size_bytes(), cudaMemcpyDeviceToHost));
   }
+  void copy_in(std::span<const double> host, double* dst) override {
+    CUDA_CHECK(cudaMemcpy(dst, host.data(), host.size_bytes(), cudaMemcpyHostToDevice));
+  }
 
   void embed(std::span<const std::uint32_t> tokens, const float* table, std::int64_t D, float* out) override {
     const auto T = static_cast<std::int64_t>(tokens.size());

@@ -103,8 +103,10 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
   auto chunked = calibration;
   const bool staged = stage.stages > 1;  // chunks through the pipeline, the stage's layers' sums
   const std::int64_t held_layers = staged ? stage.layers : L;
+  // By stages each layer's upper triangle is kept packed, and the layer being run unpacked.
+  const std::int64_t held_statistics = staged ? (held_layers * n * (n + 1) / 2 + n * n) * f64 : L * n * n * f64;
   chunked[1] = {staged ? "statistics of the stage's " + std::to_string(held_layers) + " layers" : "statistics of one domain",
-                held_layers * n * n * f64};
+                held_statistics};
   chunked[4] = {staged ? "the stage's held-out inputs" : "every layer's held-out inputs", held_layers * heldout};
   const std::int64_t batches = std::max<std::int64_t>(1, batches_per_rank);
   const std::int64_t one_pass_needs = fixed_with(calibration) + batches * plan.round_bytes;
@@ -117,9 +119,9 @@ MemoryPlan plan_memory(const ModelConfig& c, const MergeConfig& config, std::int
   if (plan.budget < plan.minimum)
     throw Error("compute.memory " + bytes(plan.budget) + " per rank is too small for this merge: it needs at least " +
                 bytes(plan.minimum) +
-                (staged ? " (one layer's weights, and the stage's statistics " + bytes(held_layers * n * n * f64) +
+                (staged ? " (one layer's weights, and the stage's statistics " + bytes(held_statistics) +
                               " with one batch of windows at a time)"
-                        : " (one layer's weights, and one domain's statistics " + bytes(held_layers * n * n * f64) +
+                        : " (one layer's weights, and one domain's statistics " + bytes(held_statistics) +
                               " with one batch of windows at a time or one layer's with all of a rank's at once)"));
   plan.chunk_rounds = (plan.budget - fixed) / plan.round_bytes;
   // By stages the pipeline runs smaller chunks (pipeline_chunk), one resident at a time.

@@ -17,6 +17,17 @@ double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 // A calibration chunk takes about this long, so that a stop signal is acted on soon and
 // time-based checkpoints are taken on time (every layer's weights are read once per chunk).
 constexpr double kChunkSeconds = 30;
+// An (n, n) row-major matrix's upper triangle, row by row, into `packed` (n(n+1)/2), and back
+// (row i's columns i..n-1 are contiguous in row-major storage).
+void pack_rows(const double* A, std::int64_t n, double* packed) {
+  for (std::int64_t i = 0; i < n; ++i) packed = std::copy(A + i * n + i, A + (i + 1) * n, packed);
+}
+void unpack_rows(const double* packed, std::int64_t n, double* A) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    std::copy(packed, packed + (n - i), A + i * n + i);
+    packed += n - i;
+  }
+}
 }  // namespace
 
 std::int64_t Statistics::layers() const {
@@ -391,11 +402,7 @@ std::vector<double> pack_layer(const DomainStatistics& domain, std::int64_t l) {
   const MatrixXdRow& A = domain.stored ? stored : domain.A.at(static_cast<std::size_t>(l));
   const Eigen::Index n = A.rows();
   std::vector<double> packed(static_cast<std::size_t>(n * (n + 1) / 2));
-  std::size_t k = 0;  // row i's upper part, columns i..n-1, is contiguous in row-major storage
-  for (Eigen::Index i = 0; i < n; ++i) {
-    std::copy(A.data() + i * n + i, A.data() + (i + 1) * n, packed.data() + k);
-    k += static_cast<std::size_t>(n - i);
-  }
+  pack_rows(A.data(), n, packed.data());
   return packed;
 }
 
@@ -416,10 +423,8 @@ void unpack_upper(std::span<const double> packed, DomainStatistics& domain) {
   DUME_ASSERT(packed.size() == packed_size(domain));
   std::size_t k = 0;
   for (auto& A : domain.A) {
-    for (Eigen::Index i = 0; i < n; ++i) {
-      std::copy(packed.data() + k, packed.data() + k + (n - i), A.data() + i * n + i);
-      k += static_cast<std::size_t>(n - i);
-    }
+    unpack_rows(packed.data() + k, n, A.data());
+    k += static_cast<std::size_t>(n * (n + 1) / 2);
     symmetrize(A);
   }
   domain.tokens = static_cast<std::int64_t>(packed[k]);
@@ -505,10 +510,28 @@ std::int64_t calibrate_staged(Forward& forward, const LayerSource& load, const G
   for (const std::int64_t b : todo) tokens += rows(b);
   for (const std::int64_t b : mine) my_tokens += rows(b);
   Progress progress("calibrate " + name, my_tokens * (end - first), "token-layers", show_progress);
-  // The stage's layers' sums: (end - first) (D+1)^2 doubles, 2.1 GB on each of two stages at 8B
-  // (4.3 GB for all 32 layers), 5.4 GB on each of eight at 70B.
-  std::vector<Buffer64> A;
-  for (std::int64_t l = first; l < end; ++l) A.push_back(backend.alloc64(static_cast<std::size_t>(n * n)));
+  // The stage's layers' sums, each its upper triangle packed (n(n+1)/2 doubles: 1.1 GB on each of
+  // two stages at 8B, 2.7 GB on each of eight at 70B), and the layer being run unpacked into
+  // `work` ((D+1)^2 doubles, 134 MB at 8B): restored exactly, so each layer's sums take the
+  // batches in the order one resident matrix would.
+  const auto half = static_cast<std::size_t>(n * (n + 1) / 2);
+  std::vector<std::vector<double>> packed(static_cast<std::size_t>(end - first), std::vector<double>(half, 0.0));
+  Buffer64 work = backend.alloc64(static_cast<std::size_t>(n * n));
+  std::vector<double> staging(backend.kind() == BackendKind::cpu ? 0 : static_cast<std::size_t>(n * n));
+  double* host = staging.empty() ? work.data() : staging.data();  // work's upper triangle, on the host
+  std::int64_t resident = -1;                                      // the layer in `work`
+  const auto make_resident = [&](std::int64_t l) {
+    if (l == resident) return;
+    if (resident >= 0) {
+      if (!staging.empty()) backend.download(work.data(), staging);
+      pack_rows(host, n, packed[static_cast<std::size_t>(resident - first)].data());
+    }
+    if (l >= 0) {
+      unpack_rows(packed[static_cast<std::size_t>(l - first)].data(), n, host);
+      if (!staging.empty()) backend.copy_in(staging, work.data());
+    }
+    resident = l;
+  };
   ForwardOptions options;
   options.forced_expert = 0;
   options.context_tokens = C;
@@ -516,22 +539,26 @@ std::int64_t calibrate_staged(Forward& forward, const LayerSource& load, const G
   double accumulate_seconds = 0;
   options.on_mlp_input = [&](std::int64_t l, const float* x, std::int64_t T) {
     const auto t0 = Clock::now();
-    backend.stats_accumulate(x, T, D, A[static_cast<std::size_t>(l - first)].data());
+    make_resident(l);
+    backend.stats_accumulate(x, T, D, work.data());
     accumulate_seconds += since(t0);
     timing.multiply_adds += static_cast<double>(T) * static_cast<double>(n * (n + 1) / 2);
     progress.advance(T);
   };
   const auto t0 = Clock::now();
   const double waited = run_pipelined(forward, load, grid, window_batches(windows, batch_sequences, mine, options), chunk);
+  make_resident(-1);
+  work = Buffer64();
+  staging = {};
   progress.finish();
   timing.accumulate += accumulate_seconds;
   timing.pipeline_wait += waited;
   timing.forward += since(t0) - accumulate_seconds - waited;
   MatrixXdRow partial(n, n);
   for (std::int64_t l = first; l < end; ++l) {
-    Buffer64& sums = A[static_cast<std::size_t>(l - first)];
-    backend.download(sums.data(), {partial.data(), sums.size()});
-    sums = Buffer64();
+    std::vector<double>& sums = packed[static_cast<std::size_t>(l - first)];
+    unpack_rows(sums.data(), n, partial.data());
+    sums = {};
     reduce_layer(partial, timing, {}, grid.stage_comm());
     if (grid.stage_root()) layer_done(l, partial);
   }

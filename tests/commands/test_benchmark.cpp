@@ -30,6 +30,7 @@ class FaultyBackend final : public Backend {
   void copy_in(std::span<const float> host, float* dst) override { cpu_->copy_in(host, dst); }
   Buffer64 alloc64(std::size_t n) override { return cpu_->alloc64(n); }
   void download(const double* src, std::span<double> host) override { cpu_->download(src, host); }
+  void copy_in(std::span<const double> host, double* dst) override { cpu_->copy_in(host, dst); }
   void embed(std::span<const std::uint32_t> tokens, const float* table, std::int64_t D, float* out) override {
     cpu_->embed(tokens, table, D, out);
   }
