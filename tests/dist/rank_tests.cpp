@@ -114,8 +114,15 @@ TEST(StageResults, Agree) {
       EXPECT_LE(std::abs(info.router.layer_lambda[l] - reference.router.layer_lambda[l]),
                 1e-9 * reference.router.layer_lambda[l]) << "layer " << l;
     EXPECT_LE(std::abs(info.router.temperature - reference.router.temperature), 1e-9 * reference.router.temperature);
-    // Each stage wrote its own shards and statistics file.
+    // Stages alone change no sum: one replica per stage gives 1x1's statistics exactly.
     const int stages = grid[0] - '0';
+    if (grid[2] == '1') {
+      const Statistics a = read_statistics(out / "stats.h5"), b = read_statistics(dir / "out1x1" / "stats.h5");
+      for (std::size_t e = 0; e < a.domains.size(); ++e)
+        for (std::size_t l = 0; l < a.domains[e].A.size(); ++l)
+          EXPECT_TRUE(a.domains[e].A[l] == b.domains[e].A[l]) << "domain " << e << " layer " << l;
+    }
+    // Each stage wrote its own shards and statistics file.
     if (stages > 1) {
       EXPECT_GE(info.shard_files.size(), static_cast<std::size_t>(stages));
       for (int s = 1; s <= stages; ++s) {
