@@ -253,7 +253,7 @@ std::vector<std::int64_t> heldout_batches_of(const MergePlan& plan, const NewDom
 }
 
 // calibrate_plan on plan.grid: each domain runs through the stages (calibrate_staged) in chunks
-// of at most `chunk_batches` per replica, and each stage's first rank writes its layers'
+// of at most `chunk_batches` per replica, and each rank that solves layers writes their
 // statistics and held-out inputs into its own statistics file. A stop signal is acted on between
 // domains, with nothing saved (a merge by stages keeps no checkpoint).
 void calibrate_plan_staged(MergePlan& plan, const MergeConfig& config, std::int64_t chunk_batches, Backend& backend,
@@ -262,7 +262,7 @@ void calibrate_plan_staged(MergePlan& plan, const MergeConfig& config, std::int6
   const ModelConfig& mc = plan.model.config;
   const CalibrationSettings& cs = config.calibration;
   const auto L = static_cast<std::size_t>(mc.num_layers);
-  if (grid.stage_root()) plan.statistics = std::make_unique<StatisticsFile>(config.output.path, mc.num_layers, mc.hidden_size);
+  if (grid.solves_any()) plan.statistics = std::make_unique<StatisticsFile>(config.output.path, mc.num_layers, mc.hidden_size);
   const auto chunk = [&](std::size_t batches) {
     return pipeline_chunk((static_cast<std::int64_t>(batches) + grid.replicas() - 1) / grid.replicas(), grid.stages(),
                           chunk_batches);
@@ -288,7 +288,7 @@ void calibrate_plan_staged(MergePlan& plan, const MergeConfig& config, std::int6
                              cs.heldout_tokens, chunk(heldout.size()), [&](std::int64_t l, const MatrixXfRow& rows) {
                                plan.statistics->write_heldout(d.name, l, rows);
                              });
-    if (grid.stage_root()) plan.statistics->add(domain);  // read back one layer at a time to solve
+    if (grid.solves_any()) plan.statistics->add(domain);  // read back one layer at a time to solve
     plan.stats.domains.push_back(std::move(domain));
   }
   plan.model.experts.clear();

@@ -96,12 +96,12 @@ struct MergePlan {
   std::unique_ptr<SharedStore> shared;  // the output's shared weights
   MoeInfo info;                      // of the output: experts (all, in order), router settings, dtype, hash
   Statistics stats;                  // carried over; calibrated domains are appended
-  std::unique_ptr<StatisticsFile> statistics;  // rank 0: the output's stats.h5, as domains are calibrated
+  std::unique_ptr<StatisticsFile> statistics;  // rank 0 (by stages, each solving rank): stats.h5, as domains are calibrated
   std::vector<NewDomain> calibrate;  // in order, after the carried-over ones
   std::vector<ExpertSource> sources; // every expert of the output, in order
   // The grid when the job runs by stages (parallel.stages > 1; null: every rank runs every layer).
-  // Then each stage's first rank holds its layers' statistics (`statistics`), solves their
-  // routers and writes their shards.
+  // Then the rank that solves a layer (Grid::solves) holds its statistics (`statistics`), solves
+  // its router and writes its shard.
   std::unique_ptr<Grid> grid;
   std::string command = "dume merge"; // what the user runs again, with --resume, after a stop
 };
@@ -113,7 +113,7 @@ std::unique_ptr<ResumeStore> open_resume_store(const MergeConfig& config, const 
 using PhaseTimes = std::vector<std::pair<std::string, double>>;
 
 // Calibrates plan.calibrate, solves every layer's router, writes the MoE directory; on every
-// rank (rank 0 solves and writes, or by stages each stage's first rank its layers), then prints
+// rank (rank 0 solves and writes, or by stages the ranks of each stage their layers), then prints
 // the phase table. With a `store`, calibration
 // starts from what it holds, saves checkpoints into it (calibration.checkpoint_every, and on a
 // stop signal), and it is removed once the output is written. A stop signal ends calibration on

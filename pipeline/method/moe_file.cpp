@@ -55,14 +55,14 @@ DType dtype_from_attribute(const std::string& name, const std::string& where) {
 }  // namespace
 
 std::vector<std::size_t> plan_shards(const std::vector<MoeTensor>& tensors, std::uint64_t shard_bytes,
-                                     std::span<const int> stage_of) {
-  DUME_ASSERT(stage_of.empty() || stage_of.size() == tensors.size());
+                                     std::span<const int> writer_of) {
+  DUME_ASSERT(writer_of.empty() || writer_of.size() == tensors.size());
   std::vector<std::size_t> shard_of(tensors.size());
   std::size_t shards = 0, filled = 0;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const std::size_t size = tensors[i].byte_size();
-    const bool next_stage = !stage_of.empty() && i > 0 && stage_of[i] != stage_of[i - 1];
-    if (shards == 0 || next_stage || (filled > 0 && filled + size > shard_bytes)) {
+    const bool next_writer = !writer_of.empty() && i > 0 && writer_of[i] != writer_of[i - 1];
+    if (shards == 0 || next_writer || (filled > 0 && filled + size > shard_bytes)) {
       ++shards;
       filled = 0;
     }
@@ -72,15 +72,15 @@ std::vector<std::size_t> plan_shards(const std::vector<MoeTensor>& tensors, std:
   return shard_of;
 }
 
-std::vector<int> tensor_stages(const std::vector<MoeTensor>& tensors, const Grid& grid) {
-  std::vector<int> stages;
+std::vector<int> tensor_writers(const std::vector<MoeTensor>& tensors, const Grid& grid) {
+  std::vector<int> writers;
   for (const MoeTensor& t : tensors) {
     if (t.name.starts_with("/layers/"))
-      stages.push_back(grid.stage_of(std::stoll(t.name.substr(std::string("/layers/").size()))));
+      writers.push_back(grid.writer_of(std::stoll(t.name.substr(std::string("/layers/").size()))));
     else
-      stages.push_back(t.name == "/embed_tokens" ? 0 : grid.stages() - 1);
+      writers.push_back(grid.rank_of(t.name == "/embed_tokens" ? 0 : grid.stages() - 1, 0));
   }
-  return stages;
+  return writers;
 }
 
 namespace {
@@ -99,8 +99,8 @@ struct ShardPlan {
   std::vector<std::string> names;     // per shard
 };
 
-ShardPlan shard_plan(const std::vector<MoeTensor>& tensors, std::uint64_t shard_bytes, std::span<const int> stage_of = {}) {
-  ShardPlan plan{plan_shards(tensors, shard_bytes, stage_of), {}};
+ShardPlan shard_plan(const std::vector<MoeTensor>& tensors, std::uint64_t shard_bytes, std::span<const int> writer_of = {}) {
+  ShardPlan plan{plan_shards(tensors, shard_bytes, writer_of), {}};
   const std::size_t shards = plan.shard_of.empty() ? 0 : plan.shard_of.back() + 1;
   for (std::size_t s = 0; s < shards; ++s) plan.names.push_back(shard_name(s, shards));
   return plan;
@@ -164,25 +164,23 @@ void write_moe(const fs::path& dir, const std::vector<MoeTensor>& tensors, const
 
 void write_moe(const fs::path& dir, const std::vector<MoeTensor>& unordered, const MoeInfo& info,
                std::uint64_t shard_bytes, const Grid& grid) {
-  // Stage by stage (the embedding, then each stage's layers, then the head), so that a shard
-  // holds one stage's tensors.
-  const std::vector<int> stage_of_unordered = tensor_stages(unordered, grid);
+  // Writer by writer (ranks ascending: stage by stage), so that a shard holds one rank's tensors.
+  const std::vector<int> writer_of_unordered = tensor_writers(unordered, grid);
   std::vector<std::size_t> order(unordered.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(),
-                   [&](std::size_t a, std::size_t b) { return stage_of_unordered[a] < stage_of_unordered[b]; });
+                   [&](std::size_t a, std::size_t b) { return writer_of_unordered[a] < writer_of_unordered[b]; });
   std::vector<MoeTensor> tensors;
-  std::vector<int> stage_of;
+  std::vector<int> writer_of;
   for (const std::size_t i : order) {
     tensors.push_back(unordered[i]);
-    stage_of.push_back(stage_of_unordered[i]);
+    writer_of.push_back(writer_of_unordered[i]);
   }
-  const ShardPlan plan = shard_plan(tensors, shard_bytes, stage_of);
+  const ShardPlan plan = shard_plan(tensors, shard_bytes, writer_of);
   collective_phase([&] {
-    if (!grid.stage_root()) return;
     write_shards(dir, tensors, plan, [&](std::size_t shard) {
       const auto first = static_cast<std::size_t>(std::find(plan.shard_of.begin(), plan.shard_of.end(), shard) - plan.shard_of.begin());
-      return stage_of[first] == grid.stage();
+      return writer_of[first] == mpi_rank();
     });
   });
   collective_phase([&] {
@@ -399,11 +397,11 @@ void StatisticsFile::add(DomainStatistics& domain) {
   added_.insert(domain.name);
 }
 
-void StatisticsFile::write_rest(const Statistics& stats, std::int64_t first, std::int64_t end) {
+void StatisticsFile::write_rest(const Statistics& stats, std::span<const std::int64_t> layers) {
   const hid_t f = file_->get();
   const std::int64_t n = stats.hidden_size + 1, E = static_cast<std::int64_t>(stats.domains.size());
   write_statistics_attributes(f, stats);
-  for (std::int64_t l = first; l < end; ++l) {
+  for (const std::int64_t l : layers) {
     const Statistics one = stats.only_layer(l);  // one layer's statistics in memory at a time
     const auto i = static_cast<std::size_t>(l);
     for (const auto& d : one.domains) {
@@ -420,28 +418,35 @@ void StatisticsFile::write_rest(const Statistics& stats, std::int64_t first, std
 }
 
 void StatisticsFile::finish(const Statistics& stats, const fs::path& target) {
-  write_rest(stats, 0, stats.layers());
+  std::vector<std::int64_t> every(static_cast<std::size_t>(stats.layers()));
+  std::iota(every.begin(), every.end(), 0);
+  write_rest(stats, every);
   scratch_.link_to(target);
 }
 
 void StatisticsFile::finish(StatisticsFile* stage_file, const Statistics& stats, const fs::path& target,
                             const Grid& grid) {
-  const auto file_of = [&](int s) {
+  const std::vector<int> writers = grid.solving_ranks();
+  const auto file_of = [&](int rank) {  // of a writer rank
     char name[64];
-    std::snprintf(name, sizeof name, "stats-%05d-of-%05d.h5", s + 1, grid.stages());
+    std::snprintf(name, sizeof name, "stats-%05d-of-%05zu.h5",
+                  static_cast<int>(std::find(writers.begin(), writers.end(), rank) - writers.begin()) + 1, writers.size());
     return std::string(name);
   };
   collective_phase([&] {
     if (!stage_file) return;
-    stage_file->write_rest(stats, grid.first_layer(), grid.end_layer());
-    stage_file->scratch_.link_to(target.parent_path() / file_of(grid.stage()));
+    std::vector<std::int64_t> mine;
+    for (std::int64_t l = grid.first_layer(); l < grid.end_layer(); ++l)
+      if (grid.solves(l)) mine.push_back(l);
+    stage_file->write_rest(stats, mine);
+    stage_file->scratch_.link_to(target.parent_path() / file_of(mpi_rank()));
   });
   collective_phase([&] {
     if (mpi_rank() != 0) return;
     H5Id index = h5::create_file(target);
     write_statistics_attributes(index.get(), stats);
     for (std::int64_t l = 0; l < stats.layers(); ++l) {
-      const std::string file = file_of(grid.stage_of(l));
+      const std::string file = file_of(grid.writer_of(l));
       for (const DomainStatistics& d : stats.domains) {
         link_external(index.get(), file, moe_path::layer(l, "A/" + d.name), target.string());
         if (d.has_heldout()) link_external(index.get(), file, moe_path::layer(l, "heldout/" + d.name), target.string());

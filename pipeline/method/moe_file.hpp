@@ -50,19 +50,20 @@ std::string hash_hex(std::uint64_t hash);
 
 // Which shard each tensor goes to: tensors fill shards in order, and a shard closes before the
 // tensor that would overflow `shard_bytes` (a tensor larger than that gets a shard of its own),
-// or whose stage (`stage_of`, ascending; empty: all one stage) differs, so that a shard holds
-// one stage's tensors and each stage writes its own.
+// or whose writer (`writer_of`, ascending; empty: one writer) differs, so that each rank of a
+// grid writes shards of its own.
 std::vector<std::size_t> plan_shards(const std::vector<MoeTensor>& tensors, std::uint64_t shard_bytes,
-                                     std::span<const int> stage_of = {});
-// The stage of each tensor of an MoE on a grid: the embedding with the first stage, a layer's
-// tensors with the stage that owns the layer, the final norm and LM head with the last.
-std::vector<int> tensor_stages(const std::vector<MoeTensor>& tensors, const Grid& grid);
+                                     std::span<const int> writer_of = {});
+// The rank of a grid that writes each tensor of an MoE: a layer's tensors the rank that solves
+// the layer (Grid::writer_of), the embedding the first stage's first rank, the final norm and
+// LM head the last stage's.
+std::vector<int> tensor_writers(const std::vector<MoeTensor>& tensors, const Grid& grid);
 
 // Writes the shards and moe.h5 into `dir` (which must exist and be empty).
 void write_moe(const std::filesystem::path& dir, const std::vector<MoeTensor>& tensors, const MoeInfo& info,
                std::uint64_t shard_bytes);
-// The same by stages: every rank calls it, each stage's first rank writes its shards, and rank 0
-// the index once they are all written.
+// The same by stages: every rank calls it, each rank writes the shards of the layers it solves,
+// and rank 0 the index once they are all written.
 void write_moe(const std::filesystem::path& dir, const std::vector<MoeTensor>& tensors, const MoeInfo& info,
                std::uint64_t shard_bytes, const Grid& grid);
 
@@ -99,15 +100,15 @@ class StatisticsFile {
   // Writes what `stats` holds beyond the added domains (carried domains, B, attributes) and
   // names the file `target`, in the output's directory.
   void finish(const Statistics& stats, const std::filesystem::path& target);
-  // The same for a stage's file, layers [first, end) only (collective over the grid: each stage's
-  // first rank writes its file `stats-0000s-of-0000P.h5` beside `target`, and rank 0 the index
-  // `target`, whose datasets link to them; `this` on the stages' first ranks, else null).
+  // The same by stages (collective over the grid): each rank that solves layers writes their B and
+  // the rest into its file `stats-0000k-of-0000N.h5` beside `target`, and rank 0 the index `target`,
+  // whose datasets link to them (`stage_file`: this rank's, null where it solves none).
   static void finish(StatisticsFile* stage_file, const Statistics& stats, const std::filesystem::path& target,
                      const Grid& grid);
 
  private:
-  // B of layers [first, end), what stats hold beyond the added domains there, and the attributes.
-  void write_rest(const Statistics& stats, std::int64_t first, std::int64_t end);
+  // The attributes, and for each of `layers` its B and what stats hold beyond the added domains.
+  void write_rest(const Statistics& stats, std::span<const std::int64_t> layers);
 
   ScratchFile scratch_;
   std::int64_t layers_, n_;

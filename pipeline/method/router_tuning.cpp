@@ -5,6 +5,7 @@
 #include <Eigen/Eigenvalues>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 
 #include "comm.hpp"
 #include "error.hpp"
@@ -232,15 +233,16 @@ void tune_routers(RouterSettings& settings, const Statistics& stats, const Grid&
   if (!settings.auto_lambda && !settings.auto_temperature) return;
   const std::int64_t L = grid.first_layer(grid.stages());
   if (settings.auto_lambda) settings.layer_lambda.assign(static_cast<std::size_t>(L), 0.0);
-  // Each stage's first rank sends rank 0 its layers' lambdas, then its held-out logits as
-  // (rows, columns, domain, values...), all as doubles.
+  // Each rank tunes the layers it solves and sends rank 0, per layer: (layer, lambda, entries),
+  // then each held-out entry as (rows, columns, domain, values...), all as doubles.
   std::vector<double> message;
-  if (grid.stage_root()) {
-    if (settings.auto_temperature) require_heldout(stats);
+  if (grid.solves_any() && settings.auto_temperature) require_heldout(stats);
+  for (std::int64_t l = grid.first_layer(); l < grid.end_layer(); ++l) {
+    if (!grid.solves(l)) continue;
     HeldoutLogits held;
-    tune_layers(settings, stats, grid.first_layer(), grid.end_layer(), held);
-    if (settings.auto_lambda)
-      for (std::int64_t l = grid.first_layer(); l < grid.end_layer(); ++l) message.push_back(settings.layer_lambda[static_cast<std::size_t>(l)]);
+    tune_layers(settings, stats, l, l + 1, held);
+    message.insert(message.end(), {static_cast<double>(l), settings.auto_lambda ? settings.layer_lambda[static_cast<std::size_t>(l)] : 0.0,
+                                   static_cast<double>(held.size())});
     for (const auto& [logits, domain] : held) {
       message.insert(message.end(), {static_cast<double>(logits.rows()), static_cast<double>(logits.cols()),
                                      static_cast<double>(domain)});
@@ -249,23 +251,27 @@ void tune_routers(RouterSettings& settings, const Statistics& stats, const Grid&
   }
   const std::vector<std::string> messages =
       gather_bytes(std::string(reinterpret_cast<const char*>(message.data()), message.size() * sizeof(double)));
-  HeldoutLogits held;  // every layer's, in layer order (as tune_routers has them)
-  for (int s = 0; s < static_cast<int>(messages.size()) / grid.replicas(); ++s) {
-    const std::string& bytes = messages[static_cast<std::size_t>(grid.rank_of(s, 0))];
+  std::vector<HeldoutLogits> by_layer(static_cast<std::size_t>(L));  // on rank 0
+  for (const std::string& bytes : messages) {
     std::vector<double> values(bytes.size() / sizeof(double));
     std::memcpy(values.data(), bytes.data(), values.size() * sizeof(double));
-    std::size_t k = 0;
-    if (settings.auto_lambda)
-      for (std::int64_t l = grid.first_layer(s); l < grid.first_layer(s + 1); ++l) settings.layer_lambda[static_cast<std::size_t>(l)] = values.at(k++);
-    while (k < values.size()) {
-      const auto rows = static_cast<Eigen::Index>(values.at(k)), cols = static_cast<Eigen::Index>(values.at(k + 1));
-      const auto domain = static_cast<Eigen::Index>(values.at(k + 2));
+    for (std::size_t k = 0; k < values.size();) {
+      const auto l = static_cast<std::size_t>(values.at(k));
+      if (settings.auto_lambda) settings.layer_lambda.at(l) = values.at(k + 1);
+      const auto entries = static_cast<std::size_t>(values.at(k + 2));
       k += 3;
-      DUME_ASSERT(k + static_cast<std::size_t>(rows * cols) <= values.size());
-      held.emplace_back(Eigen::Map<const Eigen::MatrixXd>(values.data() + k, rows, cols), domain);
-      k += static_cast<std::size_t>(rows * cols);
+      for (std::size_t i = 0; i < entries; ++i) {
+        const auto rows = static_cast<Eigen::Index>(values.at(k)), cols = static_cast<Eigen::Index>(values.at(k + 1));
+        const auto domain = static_cast<Eigen::Index>(values.at(k + 2));
+        k += 3;
+        DUME_ASSERT(k + static_cast<std::size_t>(rows * cols) <= values.size());
+        by_layer.at(l).emplace_back(Eigen::Map<const Eigen::MatrixXd>(values.data() + k, rows, cols), domain);
+        k += static_cast<std::size_t>(rows * cols);
+      }
     }
   }
+  HeldoutLogits held;  // every layer's, in layer order (as tune_routers has them)
+  for (HeldoutLogits& layer : by_layer) std::move(layer.begin(), layer.end(), std::back_inserter(held));
   double temperature[] = {settings.temperature};
   if (mpi_rank() == 0 && settings.auto_temperature) temperature[0] = choose_temperature(held);
   broadcast(std::span<double>(temperature));

@@ -43,7 +43,7 @@ double choose_temperature(const std::vector<RouterSolution>& routers, const Stat
 // (into settings.layer_lambda), the temperature when settings.auto_temperature; one layer's
 // statistics and router in memory at a time.
 void tune_routers(RouterSettings& settings, const Statistics& stats);
-// The same on a grid (collective): each stage's first rank tunes its own layers from its
+// The same on a grid (collective): each rank tunes the layers it solves (Grid::solves) from its
 // statistics, rank 0 chooses the temperature over every layer's held-out logits, and every rank
 // learns the settings.
 void tune_routers(RouterSettings& settings, const Statistics& stats, const Grid& grid);

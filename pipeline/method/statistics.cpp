@@ -438,8 +438,8 @@ namespace {
 // cache. Whole-matrix passes (pack all, reduce all, unpack all) spent twice as long moving memory
 // as communicating.
 void reduce_matrix(MatrixXdRow& matrix, std::span<const double> base, std::vector<double>& band,
-                   MPI_Comm comm = MPI_COMM_WORLD) {
-  const bool root = comm_rank(comm) == 0;
+                   MPI_Comm comm = MPI_COMM_WORLD, int root_rank = 0) {
+  const bool root = comm_rank(comm) == root_rank;
   const Eigen::Index n = matrix.rows();
   const auto segment = static_cast<Eigen::Index>(mpi_reduce_segment_elements());
   band.resize(static_cast<std::size_t>(std::max(segment, n)));
@@ -453,7 +453,7 @@ void reduce_matrix(MatrixXdRow& matrix, std::span<const double> base, std::vecto
     }
     if (root && !base.empty())
       for (std::size_t i = 0; i < k; ++i) band[i] += base[offset + i];
-    reduce_sum({band.data(), k}, 0, comm);
+    reduce_sum({band.data(), k}, root_rank, comm);
     offset += k;
     if (!root) continue;
     k = 0;
@@ -474,10 +474,10 @@ std::span<const double> layer_slice(std::span<const double> packed, std::int64_t
   return packed.subspan(static_cast<std::size_t>(l) * size, size);
 }
 
-void reduce_layer(MatrixXdRow& A, CalibrationTiming& timing, std::span<const double> base, MPI_Comm comm) {
+void reduce_layer(MatrixXdRow& A, CalibrationTiming& timing, std::span<const double> base, MPI_Comm comm, int root) {
   const auto t0 = Clock::now();
   std::vector<double> band;
-  reduce_matrix(A, base, band, comm);
+  reduce_matrix(A, base, band, comm, root);
   timing.reduce += since(t0);
 }
 
@@ -559,8 +559,8 @@ std::int64_t calibrate_staged(Forward& forward, const LayerSource& load, const G
     std::vector<double>& sums = packed[static_cast<std::size_t>(l - first)];
     unpack_rows(sums.data(), n, partial.data());
     sums = {};
-    reduce_layer(partial, timing, {}, grid.stage_comm());
-    if (grid.stage_root()) layer_done(l, partial);
+    reduce_layer(partial, timing, {}, grid.stage_comm(), grid.solver_of(l));
+    if (grid.solves(l)) layer_done(l, partial);
   }
   return tokens;
 }
@@ -588,8 +588,9 @@ void collect_heldout_staged(Forward& forward, const LayerSource& load, const Gri
                 [&](std::size_t i, std::int64_t) { g0 = mine_first[i]; });  // its waits count as forward time
   for (std::int64_t l = first; l < end; ++l) {
     MatrixXfRow& layer = rows[static_cast<std::size_t>(l - first)];
-    reduce_sum(std::span<float>(layer.data(), static_cast<std::size_t>(layer.size())), 0, grid.stage_comm());
-    if (grid.stage_root()) layer_done(l, layer);
+    reduce_sum(std::span<float>(layer.data(), static_cast<std::size_t>(layer.size())), grid.solver_of(l),
+               grid.stage_comm());
+    if (grid.solves(l)) layer_done(l, layer);
     layer = MatrixXfRow();
   }
 }

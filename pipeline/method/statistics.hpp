@@ -153,10 +153,10 @@ std::vector<MatrixXfRow> collect_heldout(Forward& forward, const LayerSource& lo
 // given, and mirrors them into full symmetric matrices on rank 0. A domain calibrated in one pass
 // (no A) has only its token count reduced here.
 void reduce_domain(DomainStatistics& domain, CalibrationTiming& timing, std::span<const double> base = {});
-// The same for one layer's sums, among the ranks of `comm` (into its rank 0); `base` is that
-// layer's part of a packed domain (layer_slice).
+// The same for one layer's sums, among the ranks of `comm` (into its rank `root`); `base` is
+// that layer's part of a packed domain (layer_slice).
 void reduce_layer(MatrixXdRow& A, CalibrationTiming& timing, std::span<const double> base = {},
-                  MPI_Comm comm = MPI_COMM_WORLD);
+                  MPI_Comm comm = MPI_COMM_WORLD, int root = 0);
 // Layer l's upper triangle in a packed domain of `layers` layers of (n, n) matrices (empty when
 // `packed` is).
 std::span<const double> layer_slice(std::span<const double> packed, std::int64_t l, std::int64_t n);
@@ -175,7 +175,7 @@ void symmetrize(MatrixXdRow& A);
 // i on replica i mod R, as ranks share it unstaged) runs through the stages in chunks of at most
 // `chunk` batches (run_pipelined), and each stage sums only its own layers. Once every batch has
 // run, each of the stage's layers is reduced among the stage's ranks and handed to `layer_done`
-// on the stage's first rank, in order. A layer's sums take the batches in the same order as
+// on the rank that solves it (Grid::solves), in order. A layer's sums take the batches in the same order as
 // calibrate_domain's, so a grid of P stages x R replicas gives the statistics of R ranks.
 // Returns the domain's rows (tokens), on every rank.
 std::int64_t calibrate_staged(Forward& forward, const LayerSource& load, const Grid& grid, const CorpusWindows& windows,
@@ -184,7 +184,7 @@ std::int64_t calibrate_staged(Forward& forward, const LayerSource& load, const G
                               CalibrationTiming& timing, bool show_progress,
                               const std::function<void(std::int64_t layer, MatrixXdRow& A)>& layer_done);
 // collect_heldout on a grid: the stage's layers' rows, complete, handed to `layer_done` on the
-// stage's first rank.
+// rank that solves each layer.
 void collect_heldout_staged(Forward& forward, const LayerSource& load, const Grid& grid, const CorpusWindows& windows,
                             std::int64_t context_tokens, std::int64_t batch_sequences,
                             const std::vector<std::int64_t>& batches, std::int64_t max_tokens, std::int64_t chunk,

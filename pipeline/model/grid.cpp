@@ -89,6 +89,17 @@ int Grid::stage_of(std::int64_t layer) const {
   return static_cast<int>(std::upper_bound(first_.begin(), first_.end(), layer) - first_.begin()) - 1;
 }
 
+int Grid::solver_of(std::int64_t layer) const {
+  return static_cast<int>((layer - first_layer(stage_of(layer))) % replicas_);
+}
+
+std::vector<int> Grid::solving_ranks() const {
+  std::vector<int> ranks;
+  for (int s = 0; s < stages_; ++s)
+    for (int q = 0; q < replicas_ && q < first_layer(s + 1) - first_layer(s); ++q) ranks.push_back(rank_of(s, q));
+  return ranks;
+}
+
 std::string Grid::describe(const ModelConfig& config, std::int64_t experts) const {
   std::string text = std::to_string(stages_) + (stages_ == 1 ? " stage x " : " stages x ") + std::to_string(replicas_) +
                      (replicas_ == 1 ? " replica" : " replicas") + ": layers ";

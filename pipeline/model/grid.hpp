@@ -42,7 +42,14 @@ class Grid {
   bool staged() const { return stages_ > 1; }
   bool first_stage() const { return stage_ == 0; }
   bool last_stage() const { return stage_ + 1 == stages_; }
-  bool stage_root() const { return replica_ == 0; }  // writes the stage's files
+  // Layer l's statistics are reduced to, solved and written by one rank of its stage: replica
+  // (l - first) mod R, so that a stage's solves and writes are spread over its ranks. The
+  // embedding goes with the first stage's replica 0, the final norm and LM head with the last's.
+  int solver_of(std::int64_t layer) const;  // the replica, within the layer's stage
+  int writer_of(std::int64_t layer) const { return rank_of(stage_of(layer), solver_of(layer)); }  // world rank
+  bool solves(std::int64_t layer) const { return owns(layer) && solver_of(layer) == replica_; }
+  bool solves_any() const { return replica_ < end_layer() - first_layer(); }  // some layer of this stage
+  std::vector<int> solving_ranks() const;  // the world ranks that solve some layer, ascending
   std::int64_t first_layer(int s) const { return first_[static_cast<std::size_t>(s)]; }
   std::int64_t first_layer() const { return first_layer(stage_); }  // this stage's layers: [first, end)
   std::int64_t end_layer() const { return first_layer(stage_ + 1); }
