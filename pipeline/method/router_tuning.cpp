@@ -249,12 +249,13 @@ void tune_routers(RouterSettings& settings, const Statistics& stats, const Grid&
       message.insert(message.end(), logits.data(), logits.data() + logits.size());
     }
   }
-  const std::vector<std::string> messages =
-      gather_bytes(std::string(reinterpret_cast<const char*>(message.data()), message.size() * sizeof(double)));
+  std::string bytes(message.size() * sizeof(double), '\0');
+  if (!message.empty()) std::memcpy(bytes.data(), message.data(), bytes.size());
+  const std::vector<std::string> messages = gather_bytes(bytes);
   std::vector<HeldoutLogits> by_layer(static_cast<std::size_t>(L));  // on rank 0
-  for (const std::string& bytes : messages) {
-    std::vector<double> values(bytes.size() / sizeof(double));
-    std::memcpy(values.data(), bytes.data(), values.size() * sizeof(double));
+  for (const std::string& received : messages) {
+    std::vector<double> values(received.size() / sizeof(double));
+    if (!values.empty()) std::memcpy(values.data(), received.data(), values.size() * sizeof(double));
     for (std::size_t k = 0; k < values.size();) {
       const auto l = static_cast<std::size_t>(values.at(k));
       if (settings.auto_lambda) settings.layer_lambda.at(l) = values.at(k + 1);
