@@ -1,5 +1,6 @@
 #include "resources.hpp"
 
+#include <malloc.h>
 #include <sys/resource.h>
 
 #include <cstdio>
@@ -51,5 +52,7 @@ std::string format_count(double count) {
     std::snprintf(text, sizeof text, "%.0f k", count / 1e3);
   return text;
 }
+
+void release_free_memory() { malloc_trim(0); }
 
 }  // namespace dume

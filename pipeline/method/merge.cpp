@@ -290,6 +290,7 @@ void calibrate_plan_staged(MergePlan& plan, const MergeConfig& config, std::int6
                              });
     if (grid.solves_any()) plan.statistics->add(domain);  // read back one layer at a time to solve
     plan.stats.domains.push_back(std::move(domain));
+    release_free_memory();
   }
   plan.model.experts.clear();
   plan.model.shared.layers.clear();
@@ -374,6 +375,7 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, std::int64_t chu
       saved_whole[k] = true;
     }
     plan.stats.domains.push_back(std::move(domain));
+    release_free_memory();
   }
   plan.model.experts.clear();
   plan.model.shared.layers.clear();
@@ -489,6 +491,7 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
   }
 
   CalibrationTiming timing;
+  release_free_memory();  // what the shared weights left
   const auto t0 = Clock::now();
   if (plan.grid)
     calibrate_plan_staged(plan, config, memory.chunk_rounds, *backend, timing);
@@ -500,6 +503,7 @@ void run_plan(MergePlan& plan, const MergeConfig& config, bool force, PhaseTimes
   phases.emplace_back("statistics (A update)", timing.accumulate);
   phases.emplace_back("reduce", timing.reduce);
   const std::vector<double> waits = plan.grid ? gather_to_root(timing.pipeline_wait) : std::vector<double>();
+  release_free_memory();  // what calibration left
 
   if (root || plan.grid) solve_and_write(plan, config, force, phases, store);
   barrier();
