@@ -113,12 +113,6 @@ int comm_rank(MPI_Comm comm) {
   return rank;
 }
 
-int comm_size(MPI_Comm comm) {
-  int size = 1;
-  MPI_CHECK(MPI_Comm_size(comm, &size));
-  return size;
-}
-
 namespace {
 
 template <class T>

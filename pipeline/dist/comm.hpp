@@ -52,7 +52,6 @@ std::size_t mpi_reduce_segment_elements();
 void reduce_sum(std::span<double> data, int root = 0, MPI_Comm comm = MPI_COMM_WORLD);
 void reduce_sum(std::span<float> data, int root = 0, MPI_Comm comm = MPI_COMM_WORLD);
 int comm_rank(MPI_Comm comm);
-int comm_size(MPI_Comm comm);
 // Sums `data` over all ranks into every rank's `data`, at most `segment` elements per MPI call
 // (the benchmark's reference).
 void allreduce_sum(std::span<double> data, std::size_t segment);

@@ -228,13 +228,11 @@ void tune_routers(RouterSettings& settings, const Statistics& stats) {
   if (settings.auto_temperature) settings.temperature = choose_temperature(held);
 }
 
-void tune_routers(RouterSettings& settings, const Statistics& stats, const Grid& grid) {
-  settings.layer_lambda.clear();
-  if (!settings.auto_lambda && !settings.auto_temperature) return;
-  const std::int64_t L = grid.first_layer(grid.stages());
-  if (settings.auto_lambda) settings.layer_lambda.assign(static_cast<std::size_t>(L), 0.0);
-  // Each rank tunes the layers it solves and sends rank 0, per layer: (layer, lambda, entries),
-  // then each held-out entry as (rows, columns, domain, values...), all as doubles.
+namespace {
+
+// What a rank of a grid tells rank 0 of the layers it solves, as doubles: per layer (layer,
+// lambda, entries), then each held-out entry as (rows, columns, domain, values...).
+std::string tuned_layers_message(RouterSettings& settings, const Statistics& stats, const Grid& grid) {
   std::vector<double> message;
   if (grid.solves_any() && settings.auto_temperature) require_heldout(stats);
   for (std::int64_t l = grid.first_layer(); l < grid.end_layer(); ++l) {
@@ -251,8 +249,13 @@ void tune_routers(RouterSettings& settings, const Statistics& stats, const Grid&
   }
   std::string bytes(message.size() * sizeof(double), '\0');
   if (!message.empty()) std::memcpy(bytes.data(), message.data(), bytes.size());
-  const std::vector<std::string> messages = gather_bytes(bytes);
-  std::vector<HeldoutLogits> by_layer(static_cast<std::size_t>(L));  // on rank 0
+  return bytes;
+}
+
+// Rank 0: every rank's message read back, the lambdas into settings.layer_lambda; returns the
+// held-out logits of every layer in layer order (as tune_routers has them).
+HeldoutLogits read_tuned_layers(const std::vector<std::string>& messages, RouterSettings& settings, std::int64_t L) {
+  std::vector<HeldoutLogits> by_layer(static_cast<std::size_t>(L));
   for (const std::string& received : messages) {
     std::vector<double> values(received.size() / sizeof(double));
     if (!values.empty()) std::memcpy(values.data(), received.data(), values.size() * sizeof(double));
@@ -271,8 +274,20 @@ void tune_routers(RouterSettings& settings, const Statistics& stats, const Grid&
       }
     }
   }
-  HeldoutLogits held;  // every layer's, in layer order (as tune_routers has them)
+  HeldoutLogits held;
   for (HeldoutLogits& layer : by_layer) std::move(layer.begin(), layer.end(), std::back_inserter(held));
+  return held;
+}
+
+}  // namespace
+
+void tune_routers(RouterSettings& settings, const Statistics& stats, const Grid& grid) {
+  settings.layer_lambda.clear();
+  if (!settings.auto_lambda && !settings.auto_temperature) return;
+  const std::int64_t L = grid.first_layer(grid.stages());
+  if (settings.auto_lambda) settings.layer_lambda.assign(static_cast<std::size_t>(L), 0.0);
+  const std::vector<std::string> messages = gather_bytes(tuned_layers_message(settings, stats, grid));
+  const HeldoutLogits held = read_tuned_layers(messages, settings, L);  // empty except on rank 0
   double temperature[] = {settings.temperature};
   if (mpi_rank() == 0 && settings.auto_temperature) temperature[0] = choose_temperature(held);
   broadcast(std::span<double>(temperature));

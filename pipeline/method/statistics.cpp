@@ -17,6 +17,7 @@ double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 // A calibration chunk takes about this long, so that a stop signal is acted on soon and
 // time-based checkpoints are taken on time (every layer's weights are read once per chunk).
 constexpr double kChunkSeconds = 30;
+
 // An (n, n) row-major matrix's upper triangle, row by row, into `packed` (n(n+1)/2), and back
 // (row i's columns i..n-1 are contiguous in row-major storage).
 void pack_rows(const double* A, std::int64_t n, double* packed) {
@@ -134,11 +135,6 @@ std::vector<std::int64_t> heldout_batches(std::int64_t batches, double fraction)
     if (std::floor(static_cast<double>(b + 1) * fraction) > std::floor(static_cast<double>(b) * fraction)) held.push_back(b);
   return held;
 }
-
-namespace {
-
-
-}  // namespace
 
 namespace {
 

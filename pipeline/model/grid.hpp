@@ -39,7 +39,6 @@ class Grid {
   int replicas() const { return replicas_; }
   int stage() const { return stage_; }
   int replica() const { return replica_; }
-  bool staged() const { return stages_ > 1; }
   bool first_stage() const { return stage_ == 0; }
   bool last_stage() const { return stage_ + 1 == stages_; }
   // Layer l's statistics are reduced to, solved and written by one rank of its stage: replica
