@@ -68,15 +68,15 @@ void store_moe_shared(MergePlan& plan, const fs::path& moe, const fs::path& outp
   });
 }
 
-// By stages (stages > 1): the grid of a job writing `plan`'s MoE, whose experts are all in
-// plan.info (collective, refused in one line like a merge's); a job by stages keeps no
-// checkpoint, so there is nothing to resume.
-void set_grid(MergePlan& plan, int stages, bool resume) {
+// By stages (stages > 1): the grid of a job writing an MoE of `experts` experts like `plan`'s,
+// made before any work (collective, refused in one line like a merge's); a job by stages keeps
+// no checkpoint, so there is nothing to resume.
+void set_grid(MergePlan& plan, std::size_t experts, int stages, bool resume) {
   if (stages <= 1) return;
   collective_phase([&] {
     if (resume) throw Error("--resume: a job by stages keeps no checkpoint to resume from");
   });
-  plan.grid = std::make_unique<Grid>(plan.info.config, static_cast<std::int64_t>(plan.info.experts.size()), stages);
+  plan.grid = std::make_unique<Grid>(plan.info.config, static_cast<std::int64_t>(experts), stages);
 }
 
 }  // namespace
@@ -143,6 +143,7 @@ void run_fold_in(const MergeConfig& config, bool force, bool reaverage, bool res
     resolved.router = plan.info.router;
     if (plan.info.router.auto_lambda || plan.info.router.auto_temperature) require_heldout(plan.stats);
   });
+  set_grid(plan, plan.info.experts.size() + config.experts.size(), config.stages, resume);
   store_moe_shared(plan, moe, config.output.path, *file);
   for (std::size_t e = 0; e < config.experts.size(); ++e) {
     plan.info.experts.push_back(config.experts[e].name);
@@ -156,7 +157,6 @@ void run_fold_in(const MergeConfig& config, bool force, bool reaverage, bool res
   }
   phases.emplace_back("load + checks", std::chrono::duration<double>(Clock::now() - t).count());
   plan.command = "dume fold-in";
-  set_grid(plan, config.stages, resume);
   const auto store = plan.grid ? nullptr : open_resume_store(resolved, plan, resume);
   run_plan(plan, resolved, force, phases, store.get());
 }
@@ -187,8 +187,8 @@ void edit_moe(const fs::path& moe, const fs::path& given, bool force, int stages
     plan = plan_from_moe(moe, file);
     edit(plan);
   });
+  set_grid(plan, plan.info.experts.size(), stages, /*resume=*/false);
   store_moe_shared(plan, moe, output, *file);
-  set_grid(plan, stages, /*resume=*/false);
   rewrite(plan, moe, output, force);
 }
 
