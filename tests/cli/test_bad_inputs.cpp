@@ -317,6 +317,18 @@ std::vector<BadInput> cases() {
                  return kMerge;
                }, {"merge.yaml:4:", "router.lambda or router.temperature 'auto' is chosen on a held-out split",
                    "calibration.heldout_fraction"}});
+  c.push_back({"stages-more-than-layers", [](const fs::path& d) {
+                 merge_inputs(d);
+                 return std::vector<std::string>{"merge", "merge.yaml", "--stages", "4"};
+               }, {"parallel.stages 4 is more than the model's 3 layers: each stage needs a layer"}});
+  c.push_back({"stages-not-dividing-the-ranks", [](const fs::path& d) {
+                 set_yaml(d, merge_inputs(d) + "parallel: {stages: 2}\n");
+                 return kMerge;
+               }, {"parallel.stages 2 does not divide the job's 1 ranks: every stage needs the same number of replicas"}});
+  c.push_back({"stages-with-regmean", [](const fs::path& d) {
+                 set_yaml(d, merge_inputs(d) + "shared: regmean\nparallel: {stages: 2}\n");
+                 return kMerge;
+               }, {"shared: regmean runs every expert whole on each rank: it is not implemented with parallel.stages > 1"}});
   c.push_back({"yaml-unknown-key", [](const fs::path& d) {
                  set_yaml(d, replace(merge_inputs(d), "lambda: 0.01", "lamda: 0.01"));
                  return kMerge;
