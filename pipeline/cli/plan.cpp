@@ -27,9 +27,10 @@ void add_plan(CLI::App& app) {
       apply_memory_option(*memory, c);
       if (*stages > 0) c.stages = *stages;
       const int node = *per_node > 0 ? std::min(*per_node, *ranks) : *ranks;
+      const MergeInputs in = merge_prepare(c);  // every check a merge makes before any work
       // The fewest stages of these ranks that fit the budget: with --memory, or when the plan does not fit.
       const auto propose = [&] {
-        const std::optional<int> P = smallest_grid(c, *ranks, node);
+        const std::optional<int> P = smallest_grid(c, in, *ranks, node);
         if (P)
           std::printf("# grid: the fewest stages of these %d ranks that fit the budget: %d x %d (--stages %d)\n", *ranks,
                       *P, *ranks / *P, *P);
@@ -38,7 +39,7 @@ void add_plan(CLI::App& app) {
         std::fflush(stdout);
       };
       try {
-        print_merge_plan(c, *ranks, node, rates->empty() ? std::nullopt : std::optional<std::filesystem::path>(*rates));
+        print_merge_plan(c, in, *ranks, node, rates->empty() ? std::nullopt : std::optional<std::filesystem::path>(*rates));
       } catch (const Error&) {
         propose();
         throw;

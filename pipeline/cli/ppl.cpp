@@ -1,4 +1,5 @@
 // `dume ppl`: perplexity of a checkpoint (dense, or a Mixtral MoE) on a token corpus.
+#include <algorithm>
 #include <cstdio>
 
 #include "hf_checkpoint.hpp"
@@ -110,15 +111,15 @@ void add_ppl(CLI::App& app) {
                   "Memory budget, e.g. 8GB (default: the node's memory / its ranks, less 1/8); the model is read one "
                   "layer at a time, over as many windows at once as it holds");
   cmd->add_option("--threads", o->threads, "Compute threads (0: all cores)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--stages", o->stages,
-                  "Stages of the grid of ranks (default 1: every rank runs every layer): each stage runs a contiguous "
-                  "range of layers, and the ranks must be a multiple of it")
-      ->check(CLI::PositiveNumber);
+  const auto stages = add_stages_option(cmd);
   cmd->add_option("--backend", o->backend, "cpu | cuda | auto (cuda where a GPU is visible)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
       ->capture_default_str();
   // A job (text corpora are tokenized collectively); every error is every rank's, reported once.
-  cmd->callback([o] { run_job([&] { collective_phase([&] { run_ppl(*o); }); }); });
+  cmd->callback([o, stages] {
+    o->stages = std::max(1, *stages);
+    run_job([&] { collective_phase([&] { run_ppl(*o); }); });
+  });
 }
 
 }  // namespace dume::cli

@@ -52,9 +52,10 @@ struct GridPlan {
   std::int64_t chunk = 0, chunks = 0;  // batches per chunk and chunks per domain, per replica
   double utilization = 1;              // of the ranks while calibrating: fill and drain, and balance
 
-  const MemoryPlan& largest() const {
-    return *std::max_element(stages.begin(), stages.end(),
-                             [](const MemoryPlan& a, const MemoryPlan& b) { return a.peak() < b.peak(); });
+  const MemoryPlan& largest() const {  // the highest peak; of equal peaks, the largest minimum
+    return *std::max_element(stages.begin(), stages.end(), [](const MemoryPlan& a, const MemoryPlan& b) {
+      return std::pair(a.peak(), a.minimum) < std::pair(b.peak(), b.minimum);
+    });
   }
 };
 
@@ -87,10 +88,9 @@ void check_grid(int ranks, int stages) {
 
 }  // namespace
 
-MemoryPlan print_merge_plan(const MergeConfig& config, int ranks, int ranks_per_node,
+MemoryPlan print_merge_plan(const MergeConfig& config, const MergeInputs& in, int ranks, int ranks_per_node,
                             const std::optional<std::filesystem::path>& rates) {
   const std::optional<double> rate = rates ? std::optional(measured_rate(*rates)) : std::nullopt;
-  const MergeInputs in = merge_prepare(config);  // every check a merge makes before any work
   const ModelConfig& mc = in.experts.at(0).config();
   const auto E = static_cast<std::int64_t>(in.experts.size());
   const CalibrationSettings& cs = config.calibration;
@@ -133,7 +133,7 @@ MemoryPlan print_merge_plan(const MergeConfig& config, int ranks, int ranks_per_
   if (P > 1) {
     std::printf("# grid: %d stages x %d replica%s\n", P, replicas, replicas == 1 ? "" : "s");
     for (int s = 0; s < P; ++s)
-      std::printf("#   stage %d: layers %lld-%lld, %s parameters of the MoE, reads %s of each expert; predicted peak %s per rank\n", s,
+      std::printf("#   stage %d: layers %lld-%lld, %s parameters of the MoE, reads %s of each expert per chunk; predicted peak %s per rank\n", s,
                   static_cast<long long>(grid.first[static_cast<std::size_t>(s)]),
                   static_cast<long long>(grid.first[static_cast<std::size_t>(s) + 1] - 1),
                   format_count(static_cast<double>(stage_parameters(mc, E, grid.first, s))).c_str(),
@@ -166,8 +166,7 @@ MemoryPlan print_merge_plan(const MergeConfig& config, int ranks, int ranks_per_
   return memory;
 }
 
-std::optional<int> smallest_grid(const MergeConfig& config, int ranks, int ranks_per_node) {
-  const MergeInputs in = merge_prepare(config);
+std::optional<int> smallest_grid(const MergeConfig& config, const MergeInputs& in, int ranks, int ranks_per_node) {
   const ModelConfig& mc = in.experts.at(0).config();
   const auto E = static_cast<std::int64_t>(in.experts.size());
   const std::int64_t budget = config.memory > 0 ? config.memory : memory_budget_default(ranks_per_node);

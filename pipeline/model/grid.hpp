@@ -56,7 +56,7 @@ class Grid {
   int stage_of(std::int64_t layer) const;
   int rank_of(int stage, int replica) const { return stage * replicas_ + replica; }
   MPI_Comm stage_comm() const { return stage_comm_; }  // this stage's ranks, in replica order
-  // "2 stages x 1 replica: layers 0-15 (3.92 B parameters), 16-31 (3.97 B)"
+  // "2 stages x 1 replica: layers 0-15 (6.83 B parameters), 16-31 (6.83 B parameters)"
   std::string describe(const ModelConfig& config, std::int64_t experts) const;
 
  private:

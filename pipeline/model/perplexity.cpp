@@ -36,10 +36,10 @@ Perplexity perplexity(Forward& forward, const ModelConfig& config, const CorpusW
   const std::int64_t layers = run.grid ? run.grid->end_layer() - run.grid->first_layer() : config.num_layers;
   Progress progress(run.label, tokens * layers, "token-layers", run.show_progress);
   // The logits of a chunk's streams, once they have run every layer.
-  const auto finish = [&](std::span<const Batch> batches, std::span<Stream> streams) {
+  const auto finish = [&](std::span<const Batch> done, std::span<Stream> streams) {
     if (source.head) source.head();
     for (std::size_t i = 0; i < streams.size(); ++i) {
-      const Batch& b = batches[i];
+      const Batch& b = done[i];
       const std::vector<float> logits = forward.finish(streams[i], b.options);
       streams[i] = Stream();
       for (std::int64_t j = 0; j < b.B; ++j)
@@ -51,13 +51,13 @@ Perplexity perplexity(Forward& forward, const ModelConfig& config, const CorpusW
     if (source.layer) source.layer(-1);  // the head goes too
   };
   if (run.grid) {
-    const std::vector<Batch> batches = window_batches(windows, run.batch, mine, run.options);
+    const std::vector<Batch> runs = window_batches(windows, run.batch, mine, run.options);
     run_pipelined(
-        forward, source, *run.grid, batches,
-        pipeline_chunk(static_cast<std::int64_t>(batches.size()), run.grid->stages(), run.chunk_batches),
-        [&](std::size_t i, std::int64_t) { progress.advance(batches[i].B * S); },
+        forward, source, *run.grid, runs,
+        pipeline_chunk(static_cast<std::int64_t>(runs.size()), run.grid->stages(), run.chunk_batches),
+        [&](std::size_t i, std::int64_t) { progress.advance(runs[i].B * S); },
         [&](std::size_t first, std::span<Stream> streams) {
-          finish(std::span(batches).subspan(first, streams.size()), streams);
+          finish(std::span(runs).subspan(first, streams.size()), streams);
         });
     progress.finish();
     return result;

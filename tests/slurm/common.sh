@@ -64,3 +64,12 @@ wait_job() {
   awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
          print f["ArrayTaskId"] + 0, f["JobId"], f["JobState"], f["ExitCode"] }' <<<"$out" | sort -n | cut -d' ' -f2-
 }
+
+# `same_merge REFERENCE OUT`: OUT's moe.h5 and stats.h5 hold REFERENCE's datasets exactly (through
+# their links; attributes aside); fails the test naming the first file that differs.
+same_merge() {
+  local f
+  for f in moe.h5 stats.h5; do
+    h5diff --follow-symlinks --exclude-attribute / "$1/$f" "$2/$f" || { echo "FAILED: $2/$f differs from $1/$f"; exit 1; }
+  done
+}

@@ -16,8 +16,5 @@ grep -qx "# wrote $PWD/slurm-moe" "dume-merge-$id.out" || { echo "FAILED: the lo
 grep -q '2 ranks' "dume-merge-$id.out" || { echo "FAILED: not 2 ranks"; cat "dume-merge-$id.out"; exit 1; }
 
 "$DUME_SOURCE_DIR/jobs/merge.sh" mpirun.yaml 2 > mpirun.log 2>&1 || { echo "FAILED: jobs/merge.sh"; cat mpirun.log; exit 1; }
-for f in moe.h5 stats.h5; do
-  h5diff --follow-symlinks --exclude-attribute / "mpirun-moe/$f" "slurm-moe/$f" ||
-    { echo "FAILED: slurm-moe/$f differs from mpirun-moe/$f"; exit 1; }
-done
+same_merge mpirun-moe slurm-moe
 echo "the Slurm job's MoE and statistics equal the mpirun merge's"

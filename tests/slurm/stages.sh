@@ -15,8 +15,5 @@ grep -q '^# grid: 2 stages x 1 replica' "dume-merge-$id.out" || { echo "FAILED: 
 [ -f slurm-moe/stats-00002-of-00002.h5 ] || { echo "FAILED: no statistics file of stage 2"; ls slurm-moe; exit 1; }
 
 "$DUME_SOURCE_DIR/jobs/merge.sh" one.yaml 1 > one.log 2>&1 || { echo "FAILED: jobs/merge.sh"; cat one.log; exit 1; }
-for f in moe.h5 stats.h5; do
-  h5diff --follow-symlinks --exclude-attribute / "one-moe/$f" "slurm-moe/$f" ||
-    { echo "FAILED: slurm-moe/$f differs from one-moe/$f"; exit 1; }
-done
+same_merge one-moe slurm-moe
 echo "the Slurm job's MoE and statistics by stages equal the one-rank merge's"
