@@ -1,5 +1,7 @@
 // `dume export`: a DUME MoE as a Hugging Face Mixtral checkpoint, for the inference engines
 // users already run (transformers, vLLM, SGLang, llama.cpp).
+#include <algorithm>
+
 #include "commands.hpp"
 #include "merge_config.hpp"
 #include "mixtral.hpp"
@@ -27,13 +29,15 @@ void add_export(CLI::App& app) {
   cmd->add_option("--tokenizer", o->tokenizer,
                   "Directory to copy tokenizer files from (default: the first expert's checkpoint)");
   cmd->add_flag("--force", o->force, "Replace the output directory if it exists");
-  cmd->callback([o] {
+  const auto stages = add_stages_option(cmd);
+  cmd->callback([o, stages] {
     ExportOptions options;
     if (!o->dtype.empty()) options.dtype = weight_dtype_from_name(o->dtype);
     options.shard_bytes = parse_size(o->shard_size);
     options.layout = o->layout == "fused" ? MixtralLayout::fused : MixtralLayout::per_expert;
     if (!o->tokenizer.empty()) options.tokenizer = o->tokenizer;
-    export_mixtral(o->moe, o->output, options, o->force);
+    options.stages = std::max(1, *stages);
+    run_job([&] { export_mixtral(o->moe, o->output, options, o->force); });
   });
 }
 

@@ -8,7 +8,9 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
+#include "comm.hpp"
 #include "error.hpp"
+#include "grid.hpp"
 #include "hdf5_util.hpp"
 #include "merge_config.hpp"
 #include "moe_file.hpp"
@@ -53,10 +55,20 @@ std::vector<std::byte> encode_checked(DType dtype, std::span<const float> values
   return bytes;
 }
 
+// A tensor of the export and the rank that writes it (Grid::writer_of_tensor of its MoE path).
+struct ExportTensor {
+  MoeTensor tensor;
+  int writer;
+};
+
 // Writes `tensors` as model.safetensors, or as model-0000i-of-0000N.safetensors shards plus
-// model.safetensors.index.json when they exceed one shard (what save_pretrained writes).
-void write_safetensors_shards(const fs::path& dir, const std::vector<MoeTensor>& tensors, std::uint64_t shard_bytes) {
-  const std::vector<std::size_t> shard_of = plan_shards(tensors, shard_bytes);
+// model.safetensors.index.json when they exceed one shard (what save_pretrained writes). The
+// shards do not depend on the grid; each is written by the writer of its first tensor, the
+// index by rank 0.
+void write_safetensors_shards(const fs::path& dir, const std::vector<ExportTensor>& tensors, std::uint64_t shard_bytes) {
+  std::vector<MoeTensor> all;
+  for (const ExportTensor& t : tensors) all.push_back(t.tensor);
+  const std::vector<std::size_t> shard_of = plan_shards(all, shard_bytes);
   const std::size_t shards = shard_of.empty() ? 1 : shard_of.back() + 1;
   const auto file_name = [shards](std::size_t s) {
     if (shards == 1) return std::string("model.safetensors");
@@ -64,33 +76,46 @@ void write_safetensors_shards(const fs::path& dir, const std::vector<MoeTensor>&
     std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, shards);
     return std::string(name);
   };
+  const int me = mpi_rank();
+  std::vector<int> writer_of_shard(shards, -1);
+  std::int64_t mine = 0;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    if (writer_of_shard[shard_of[i]] < 0) writer_of_shard[shard_of[i]] = tensors[i].writer;
+    if (writer_of_shard[shard_of[i]] == me) ++mine;
+  }
+  Progress progress("export", mine, "tensors", me == 0);  // rank 0's share stands for all
+  collective_phase([&] {
+    for (std::size_t s = 0; s < shards; ++s) {
+      if (writer_of_shard[s] != me) continue;
+      std::vector<TensorSource> shard;
+      for (std::size_t i = 0; i < tensors.size(); ++i)
+        if (shard_of[i] == s) {
+          const MoeTensor& t = tensors[i].tensor;
+          shard.push_back({t.name, t.dtype, t.shape, [&t, &progress] {
+                             progress.advance(1);
+                             return t.bytes();
+                           }});
+        }
+      safetensors_write(dir / file_name(s), shard, {{"format", "pt"}});
+    }
+  });
+  progress.finish();
+  if (shards == 1 || me != 0) return;
   nlohmann::json weight_map = nlohmann::json::object();
   std::uint64_t total = 0;
-  Progress progress("export", static_cast<std::int64_t>(tensors.size()), "tensors");
-  for (std::size_t s = 0; s < shards; ++s) {
-    std::vector<TensorSource> shard;
-    for (std::size_t i = 0; i < tensors.size(); ++i) {
-      if (shard_of[i] != s) continue;
-      const MoeTensor& t = tensors[i];
-      shard.push_back({t.name, t.dtype, t.shape, [&t, &progress] {
-                         progress.advance(1);
-                         return t.bytes();
-                       }});
-      weight_map[t.name] = file_name(s);
-      total += t.byte_size();
-    }
-    safetensors_write(dir / file_name(s), shard, {{"format", "pt"}});
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    weight_map[tensors[i].tensor.name] = file_name(shard_of[i]);
+    total += tensors[i].tensor.byte_size();
   }
-  progress.finish();
-  if (shards > 1) {
-    const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    write_text_file(dir / "model.safetensors.index.json", index.dump(2) + "\n");
-  }
+  const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  write_text_file(dir / "model.safetensors.index.json", index.dump(2) + "\n");
 }
 
-// The tensors of the Mixtral checkpoint, each read from the open moe.h5 when it is written.
-std::vector<MoeTensor> mixtral_tensors(const std::shared_ptr<H5Id>& file, const MoeInfo& info, DType dtype,
-                                       MixtralLayout layout) {
+// The tensors of the Mixtral checkpoint in the order of the model (the embedding, each layer's
+// shared tensors, router and experts, the final norm and LM head), each read from the open
+// moe.h5 when it is written.
+std::vector<ExportTensor> mixtral_tensors(const std::shared_ptr<H5Id>& file, const MoeInfo& info, DType dtype,
+                                          MixtralLayout layout, const Grid& grid) {
   const ModelConfig& c = info.config;
   const std::int64_t L = c.num_layers, E = static_cast<std::int64_t>(info.experts.size()), D = c.hidden_size,
                      F = c.intermediate_size;
@@ -99,48 +124,58 @@ std::vector<MoeTensor> mixtral_tensors(const std::shared_ptr<H5Id>& file, const 
   const auto stored = [file, f, dtype](const std::string& path, const std::vector<std::int64_t>& shape) {
     return encode_checked(dtype, h5::read_f32(f, path, shape), path);
   };
-  std::vector<MoeTensor> tensors;
+  // The shared tensors by layer: [0] the embedding, [l + 1] layer l's, [L + 1] the final ones.
+  std::vector<std::vector<ExportTensor>> shared(static_cast<std::size_t>(L + 2));
   const SharedWeights names;  // only names and shapes are visited
   for_each_shared_tensor(c, names, [&](const std::string& hf_name, const std::string& path,
-                                                      const std::vector<std::int64_t>& shape, const auto&) {
-    tensors.push_back({hf_name, dtype, shape, [=] { return stored(path, shape); }});
+                                       const std::vector<std::int64_t>& shape, const auto&) {
+    const std::int64_t slot = path == "/embed_tokens"      ? 0
+                              : path.starts_with("/layers/") ? std::stoll(path.substr(8)) + 1
+                                                             : L + 1;
+    shared[static_cast<std::size_t>(slot)].push_back(
+        {{hf_name, dtype, shape, [=] { return stored(path, shape); }}, grid.writer_of_tensor(path)});
   });
+  std::vector<ExportTensor> tensors = shared[0];
   const MlpWeights mlp;
   const float temperature = static_cast<float>(info.router.temperature);
   for (std::int64_t l = 0; l < L; ++l) {
-    tensors.push_back({router_name(l, layout), DType::F32, {E, D}, [=] {
-                         std::vector<float> w = h5::read_f32(f, moe_path::layer(l, "router/weight"), std::vector<std::int64_t>{E, D});
-                         for (float& v : w) v /= temperature;  // the temperature folded into the weights
-                         return encode(DType::F32, w);
-                       }});
+    const auto& own = shared[static_cast<std::size_t>(l + 1)];
+    tensors.insert(tensors.end(), own.begin(), own.end());
+    const auto add = [&](MoeTensor t) { tensors.push_back({std::move(t), grid.writer_of(l)}); };
+    add({router_name(l, layout), DType::F32, {E, D}, [=] {
+           std::vector<float> w = h5::read_f32(f, moe_path::layer(l, "router/weight"), std::vector<std::int64_t>{E, D});
+           for (float& v : w) v /= temperature;  // the temperature folded into the weights
+           return encode(DType::F32, w);
+         }});
     if (layout == MixtralLayout::fused) {
-      tensors.push_back({gate_up_name(l), dtype, {E, 2 * F, D}, [=] {
-                           std::vector<std::byte> bytes;
-                           for (std::int64_t e = 0; e < E; ++e)
-                             for (const char* proj : {"gate_proj", "up_proj"}) {
-                               const auto part = stored(moe_path::expert(l, e, proj), {F, D});
-                               bytes.insert(bytes.end(), part.begin(), part.end());
-                             }
-                           return bytes;
-                         }});
-      tensors.push_back({down_name(l), dtype, {E, D, F}, [=] {
-                           std::vector<std::byte> bytes;
-                           for (std::int64_t e = 0; e < E; ++e) {
-                             const auto part = stored(moe_path::expert(l, e, "down_proj"), {D, F});
-                             bytes.insert(bytes.end(), part.begin(), part.end());
-                           }
-                           return bytes;
-                         }});
+      add({gate_up_name(l), dtype, {E, 2 * F, D}, [=] {
+             std::vector<std::byte> bytes;
+             for (std::int64_t e = 0; e < E; ++e)
+               for (const char* proj : {"gate_proj", "up_proj"}) {
+                 const auto part = stored(moe_path::expert(l, e, proj), {F, D});
+                 bytes.insert(bytes.end(), part.begin(), part.end());
+               }
+             return bytes;
+           }});
+      add({down_name(l), dtype, {E, D, F}, [=] {
+             std::vector<std::byte> bytes;
+             for (std::int64_t e = 0; e < E; ++e) {
+               const auto part = stored(moe_path::expert(l, e, "down_proj"), {D, F});
+               bytes.insert(bytes.end(), part.begin(), part.end());
+             }
+             return bytes;
+           }});
     } else {
       for (std::int64_t e = 0; e < E; ++e)
         for_each_mlp_tensor(c, mlp, [&](const std::string&, const std::string& proj,
                                         const std::vector<std::int64_t>& shape, const auto&) {
           const char* w = proj == "gate_proj" ? "w1" : proj == "down_proj" ? "w2" : "w3";
           const std::string path = moe_path::expert(l, e, proj);
-          tensors.push_back({expert_name(l, e, w), dtype, shape, [=] { return stored(path, shape); }});
+          add({expert_name(l, e, w), dtype, shape, [=] { return stored(path, shape); }});
         });
     }
   }
+  tensors.insert(tensors.end(), shared.back().begin(), shared.back().end());
   return tensors;
 }
 
@@ -200,28 +235,34 @@ ModelConfig mixtral_config(const ModelConfig& source, std::int64_t experts, int 
 void export_mixtral(const fs::path& moe, const fs::path& given, const ExportOptions& options, bool force) {
   const fs::path output = output_path(given);
   fs::path tokenizer_source;
-  if (options.tokenizer) {
-    tokenizer_source = *options.tokenizer;
-    if (!fs::is_directory(tokenizer_source)) throw Error("--tokenizer " + tokenizer_source.string() + " is not a directory");
-  } else if (fs::exists(moe / "merge.yaml")) {
-    tokenizer_source = merge_config_read(moe / "merge.yaml").experts.at(0).checkpoint;
-  }
-  const std::vector<InputPath> inputs{{"the MoE", moe}, {"the tokenizer source", tokenizer_source}};
-  check_output(output, inputs, force, {.directory = true, .marker = kExportRecord});
-  const OutputLock lock(output);
-  const MoeInfo info = read_moe_info(moe);
-  check_moe_datasets(moe, info);
-  auto file = std::make_shared<H5Id>(h5::open_file(moe / "moe.h5"));
-  check_exportable(moe, info, file->get());
+  MoeInfo info;
+  std::shared_ptr<H5Id> file;
+  std::unique_ptr<OutputLock> lock;
+  collective_phase([&] {  // every rank checks alike; rank 0 holds the lock
+    if (options.tokenizer) {
+      tokenizer_source = *options.tokenizer;
+      if (!fs::is_directory(tokenizer_source)) throw Error("--tokenizer " + tokenizer_source.string() + " is not a directory");
+    } else if (fs::exists(moe / "merge.yaml")) {
+      tokenizer_source = merge_config_read(moe / "merge.yaml").experts.at(0).checkpoint;
+    }
+    const std::vector<InputPath> inputs{{"the MoE", moe}, {"the tokenizer source", tokenizer_source}};
+    check_output(output, inputs, force, {.directory = true, .marker = kExportRecord});
+    if (mpi_rank() == 0) lock = std::make_unique<OutputLock>(output);
+    info = read_moe_info(moe);
+    check_moe_datasets(moe, info);
+    file = std::make_shared<H5Id>(h5::open_file(moe / "moe.h5"));
+    check_exportable(moe, info, file->get());
+  });
+  const auto E = static_cast<std::int64_t>(info.experts.size());
+  const Grid grid(info.config, E, options.stages);
   const DType dtype = options.dtype.value_or(info.dtype);
-
-  const ModelConfig config =
-      mixtral_config(info.config, static_cast<std::int64_t>(info.experts.size()), info.router.top_k, dtype);
-  const std::vector<MoeTensor> tensors = mixtral_tensors(file, info, dtype, options.layout);
+  const ModelConfig config = mixtral_config(info.config, E, info.router.top_k, dtype);
+  const std::vector<ExportTensor> tensors = mixtral_tensors(file, info, dtype, options.layout, grid);
   std::vector<std::string> tokenizer_files;
-  write_output_atomically(output, force, [&](const fs::path& dir) {
-    write_text_file(dir / "config.json", config.json_text);
+  const auto fill = [&](const fs::path& dir) {
     write_safetensors_shards(dir, tensors, options.shard_bytes);
+    if (mpi_rank() != 0) return;
+    write_text_file(dir / "config.json", config.json_text);
     if (!tokenizer_source.empty()) tokenizer_files = copy_tokenizer(tokenizer_source, dir);
     // What made this checkpoint: also how a later `--force` knows it may replace it.
     const nlohmann::json record = {{"dume_export", {{"moe", fs::absolute(moe).string()},
@@ -229,14 +270,26 @@ void export_mixtral(const fs::path& moe, const fs::path& given, const ExportOpti
                                                     {"dtype", std::string(to_string(dtype))},
                                                     {"layout", options.layout == MixtralLayout::fused ? "fused" : "per-expert"}}}};
     write_text_file(dir / kExportRecord, record.dump(2) + "\n");
+  };
+  std::string dir;  // rank 0 makes the directory, every rank writes its shards into it
+  if (mpi_rank() != 0) {
+    broadcast(dir);
+    fill(dir);
+    return;
+  }
+  write_output_atomically(output, force, [&](const fs::path& tmp) {
+    dir = tmp.string();
+    broadcast(dir);
+    fill(tmp);
   });
 
   std::uint64_t bytes = 0;
-  for (const auto& t : tensors) bytes += t.byte_size();
-  std::printf("exported %s -> %s: MixtralForCausalLM, %zu experts, top-%d, %s weights (%.1f MB), %s layout\n",
+  for (const auto& t : tensors) bytes += t.tensor.byte_size();
+  std::printf("exported %s -> %s: MixtralForCausalLM, %zu experts, top-%d, %s weights (%.1f MB), %s layout%s\n",
               moe.c_str(), output.c_str(), info.experts.size(), info.router.top_k,
               std::string(to_string(dtype)).c_str(), static_cast<double>(bytes) / 1e6,
-              options.layout == MixtralLayout::fused ? "fused (transformers 5)" : "per-expert (original Mixtral)");
+              options.layout == MixtralLayout::fused ? "fused (transformers 5)" : "per-expert (original Mixtral)",
+              grid.stages() * grid.replicas() > 1 ? (", written by " + grid.describe(info.config, E)).c_str() : "");
   std::printf("router: temperature %g folded into the f32 gate weights; no bias\n", info.router.temperature);
   if (tokenizer_files.empty())
     std::printf("tokenizer: none found%s; copy the source model's tokenizer files into %s to serve it\n",

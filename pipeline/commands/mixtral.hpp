@@ -32,12 +32,14 @@ struct ExportOptions {
   std::uint64_t shard_bytes = 5'000'000'000;        // per model-0000i-of-0000N.safetensors
   std::optional<std::filesystem::path> tokenizer;   // where tokenizer files are copied from;
                                                     // default: the first expert's checkpoint
+  int stages = 1;  // of the grid of ranks that writes it (Grid): each rank writes its layers' shards
 };
 
 // Writes `moe` (a DUME MoE directory) as a Mixtral checkpoint in `output` (temporary name,
 // then rename; an existing export is replaced only with `force`, outputs.hpp's rule), with a
 // dume_export.json that records its source. Refuses, before writing anything, an MoE that
-// Mixtral cannot express.
+// Mixtral cannot express. Collective: the same files on any grid, each shard written by the
+// rank that holds its first tensor's layer.
 void export_mixtral(const std::filesystem::path& moe, const std::filesystem::path& output,
                     const ExportOptions& options, bool force);
 

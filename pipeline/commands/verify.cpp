@@ -1,14 +1,20 @@
 #include "verify.hpp"
 
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <cmath>
 #include <cstdio>
 #include <optional>
 #include <set>
 
+#include <nlohmann/json.hpp>
+
+#include "comm.hpp"
+#include "grid.hpp"
 #include "hdf5_util.hpp"
-#include "shared_weights.hpp"
 #include "moe_file.hpp"
+#include "shared_weights.hpp"
 
 namespace dume {
 
@@ -16,10 +22,17 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Collects the problems of one directory; every check runs even after others failed.
+// Collects the problems of one directory; every check runs even after others failed. Under a
+// grid, each rank checks the datasets it would write (Grid::writer_of_tensor): its layers'
+// tensors and statistics, the first stage the embedding, the last the final norm and LM head,
+// rank 0 the files and the index as a whole.
 class Verifier {
  public:
-  explicit Verifier(VerifyReport& report) : r_(report) {}
+  Verifier(VerifyReport& report, const Grid& grid) : r_(report), grid_(grid) {}
+
+  const Grid& grid() const { return grid_; }
+  bool checks(std::int64_t layer) const { return grid_.writer_of(layer) == mpi_rank(); }
+  bool root() const { return mpi_rank() == 0; }
 
   void problem(const std::string& line) { r_.problems.push_back(line); }
 
@@ -77,6 +90,7 @@ class Verifier {
 
  private:
   VerifyReport& r_;
+  const Grid& grid_;
 };
 
 // Names every dataset of `file` that is not in `expected`; call inside Verifier::guarded.
@@ -87,14 +101,26 @@ void report_unexpected_datasets(Verifier& v, hid_t f, const std::string& file, c
 
 // ---- stats.h5 ----
 
-// What the checks of stats.h5 share: the open file, its header, and every dataset path visited.
+// What the checks of stats.h5 share: the open file and its header.
 struct StatsFile {
   hid_t f = -1;
   std::int64_t hidden = 0;
   std::vector<std::string> domains;
   std::vector<std::int64_t> tokens;  // /tokens, empty when it could not be read
-  std::set<std::string> expected;
 };
+
+// Every dataset stats.h5 may hold: /tokens, and per layer B, each domain's A and held-out rows.
+std::set<std::string> statistics_paths(std::int64_t layers, const std::vector<std::string>& domains) {
+  std::set<std::string> paths = {"/tokens"};
+  for (std::int64_t l = 0; l < layers; ++l) {
+    paths.insert(moe_path::layer(l, "B"));
+    for (const std::string& domain : domains) {
+      paths.insert(moe_path::layer(l, "A/" + domain));
+      paths.insert(moe_path::layer(l, "heldout/" + domain));
+    }
+  }
+  return paths;
+}
 
 // The attributes that tie stats.h5 to this MoE; false (and a problem) when they do not.
 bool read_statistics_header(Verifier& v, const fs::path& path, const MoeInfo& info, StatsFile& s) {
@@ -147,11 +173,9 @@ void check_gram_matrix(Verifier& v, const StatsFile& s, std::int64_t e, const st
 void verify_gram_matrices(Verifier& v, StatsFile& s, std::int64_t l) {
   const std::int64_t n = s.hidden + 1, E = static_cast<std::int64_t>(s.domains.size());
   const std::string B_path = moe_path::layer(l, "B");
-  s.expected.insert(B_path);
   const auto B = v.doubles(s.f, B_path, {n, E});
   for (std::int64_t e = 0; e < E; ++e) {
     const std::string A_path = moe_path::layer(l, "A/" + s.domains[static_cast<std::size_t>(e)]);
-    s.expected.insert(A_path);
     const auto A = v.doubles(s.f, A_path, {n, n});
     if (A) check_gram_matrix(v, s, e, A_path, *A, B_path, B);
   }
@@ -165,7 +189,6 @@ void verify_heldout(Verifier& v, StatsFile& s, std::int64_t l) {
     bool present = false;
     v.guarded([&] { present = h5::exists(f, heldout); });
     if (!present) continue;
-    s.expected.insert(heldout);
     v.guarded([&] {
       const auto shape = h5::dataset_info(f, heldout).shape;
       if (shape.size() != 2 || shape[1] != s.hidden)
@@ -176,6 +199,7 @@ void verify_heldout(Verifier& v, StatsFile& s, std::int64_t l) {
   }
 }
 
+// stats.h5: every rank reads its header and /tokens, and checks its layers.
 void verify_statistics(Verifier& v, const fs::path& path, const MoeInfo& info) {
   if (!fs::exists(path)) return v.problem(path.string() + ": missing (fold-in, remove and resolve need it)");
   H5Id file;
@@ -187,14 +211,17 @@ void verify_statistics(Verifier& v, const fs::path& path, const MoeInfo& info) {
   const auto E = static_cast<std::int64_t>(s.domains.size());
   v.guarded([&] {
     s.tokens = h5::read_i64(s.f, "/tokens", std::vector<std::int64_t>{E});
-    v.counted(s.f, "/tokens", s.tokens.size() * 8);
+    if (v.root()) v.counted(s.f, "/tokens", s.tokens.size() * 8);
   });
-  s.expected = {"/tokens"};
-  for (std::int64_t l = 0; l < info.config.num_layers; ++l) {
-    verify_gram_matrices(v, s, l);
-    verify_heldout(v, s, l);
-  }
-  v.guarded([&] { report_unexpected_datasets(v, s.f, path.string(), s.expected); });
+  for (std::int64_t l = 0; l < info.config.num_layers; ++l)
+    if (v.checks(l)) {
+      verify_gram_matrices(v, s, l);
+      verify_heldout(v, s, l);
+    }
+  if (v.root())
+    v.guarded([&] {
+      report_unexpected_datasets(v, s.f, path.string(), statistics_paths(info.config.num_layers, s.domains));
+    });
 }
 
 // ---- moe.h5 and its shards ----
@@ -220,23 +247,45 @@ void verify_shards(Verifier& v, const fs::path& dir, const MoeInfo& info) {
   }
 }
 
-// The shared weights, and their hash against the one moe.h5 records (when all could be read).
+// The shared weights, each checked by the rank that holds it, and their hash against the one
+// moe.h5 records. The hash runs through the tensors in order; where the next tensor's holder is
+// another rank, the state so far is sent on to it, and the last holder sends it to rank 0. One
+// tensor is in memory at a time: the shared weights whole are 9.6 GB in f32 at 8B, 56 GB at 70B.
 void verify_shared_weights(Verifier& v, hid_t f, const fs::path& index, const MoeInfo& info) {
-  const ModelConfig& c = info.config;
-  SharedWeights shared;
-  bool shared_ok = true;
-  for_each_shared_tensor(c, shared, [&](const std::string&, const std::string& path, const std::vector<std::int64_t>& shape,
-                                        auto& storage) {
-    const auto values = v.floats(f, path, info.dtype, shape);
-    if (values) std::copy(values->begin(), values->end(), storage.data());
-    shared_ok = shared_ok && values.has_value();
+  struct Tensor {
+    std::string path;
+    std::vector<std::int64_t> shape;
+    int holder;
+  };
+  std::vector<Tensor> tensors;
+  const SharedWeights names;  // only names and shapes are visited
+  for_each_shared_tensor(info.config, names, [&](const std::string&, const std::string& path,
+                                                 const std::vector<std::int64_t>& shape, const auto&) {
+    tensors.push_back({path, shape, v.grid().writer_of_tensor(path)});
   });
-  if (shared_ok) {
-    const std::string hash = shared_weights_hash(c, shared, info.dtype);
-    if (hash != info.shared_hash)
-      v.problem(index.string() + ": the stored shared weights hash to " + hash + ", but moe.h5 records " + info.shared_hash +
-                " (modified after the merge?)");
+  constexpr int kTag = 31;
+  const int me = mpi_rank();
+  const std::string dtype_name = h5::dtype_attribute(info.dtype);
+  // What passes between holders: the hash so far, and whether every tensor so far could be read.
+  std::array<std::int64_t, 2> state = {
+      std::bit_cast<std::int64_t>(hash_bytes(kHashSeed, std::as_bytes(std::span(dtype_name)))), 1};
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const Tensor& t = tensors[i];
+    if (t.holder != me) continue;
+    if (i > 0 && tensors[i - 1].holder != me) recv(state, tensors[i - 1].holder, kTag);
+    const auto values = v.floats(f, t.path, info.dtype, t.shape);
+    std::uint64_t hash = hash_bytes(std::bit_cast<std::uint64_t>(state[0]), std::as_bytes(std::span(t.path)));
+    if (values) hash = hash_bytes(hash, std::as_bytes(std::span(*values)));
+    state = {std::bit_cast<std::int64_t>(hash), state[1] && values.has_value()};
+    const int next = i + 1 < tensors.size() ? tensors[i + 1].holder : 0;
+    if (next != me) send(state, next, kTag);
   }
+  if (!v.root()) return;
+  if (tensors.back().holder != me) recv(state, tensors.back().holder, kTag);
+  const std::string hash = hash_hex(std::bit_cast<std::uint64_t>(state[0]));
+  if (state[1] && hash != info.shared_hash)
+    v.problem(index.string() + ": the stored shared weights hash to " + hash + ", but moe.h5 records " + info.shared_hash +
+              " (modified after the merge?)");
 }
 
 // Layer l's expert tensors (MLPs, and attention when the experts keep their own).
@@ -285,16 +334,40 @@ void verify_router(Verifier& v, hid_t f, const MoeInfo& info, std::int64_t l) {
   v.floats(f, bias_path, DType::F32, {E});
 }
 
-// Every dataset of moe.h5 through its links: shared weights, each layer's experts and router,
-// the per-layer lambdas, and nothing else.
+// Every dataset of moe.h5 through its links: each layer's experts and router (every rank its
+// layers), the shared weights (last: their hash passes from rank to rank), the per-layer lambdas,
+// and nothing else.
 void verify_index(Verifier& v, hid_t f, const fs::path& index, const MoeInfo& info) {
+  for (std::int64_t l = 0; l < info.config.num_layers; ++l)
+    if (v.checks(l)) {
+      verify_layer_experts(v, f, info, l);
+      verify_router(v, f, info, l);
+    }
   verify_shared_weights(v, f, index, info);
-  for (std::int64_t l = 0; l < info.config.num_layers; ++l) {
-    verify_layer_experts(v, f, info, l);
-    verify_router(v, f, info, l);
-  }
+  if (!v.root()) return;
   if (info.router.auto_lambda) v.doubles(f, "/layer_lambda", {info.config.num_layers});  // the per-layer choice
   v.guarded([&] { report_unexpected_datasets(v, f, index.string(), moe_dataset_paths(info)); });
+}
+
+// Every rank's problems and counts on rank 0, in rank order; a problem that several ranks found
+// alike (a file none could open) once.
+void gather_report(VerifyReport& report, Verifier& v) {
+  const nlohmann::json mine = {{"problems", report.problems},
+                               {"datasets", report.datasets},
+                               {"bytes", report.bytes},
+                               {"unchecksummed", v.unchecksummed_}};
+  const std::vector<std::string> all = gather_bytes(mine.dump());
+  if (!v.root()) return;
+  report.problems.clear();
+  report.datasets = report.bytes = v.unchecksummed_ = 0;
+  for (const std::string& text : all) {
+    const nlohmann::json rank = nlohmann::json::parse(text);
+    for (const std::string& p : rank["problems"])
+      if (std::find(report.problems.begin(), report.problems.end(), p) == report.problems.end()) report.problems.push_back(p);
+    report.datasets += rank["datasets"].get<std::size_t>();
+    report.bytes += rank["bytes"].get<std::uint64_t>();
+    v.unchecksummed_ += rank["unchecksummed"].get<std::size_t>();
+  }
 }
 
 // The warning about datasets without a checksum, and the summary of the OK line.
@@ -315,22 +388,28 @@ void finish_report(VerifyReport& report, const Verifier& v, const fs::path& dir,
 
 }  // namespace
 
-VerifyReport verify_moe(const fs::path& dir) {
+VerifyReport verify_moe(const fs::path& dir, int stages) {
   VerifyReport report;
-  Verifier v(report);
   if (!fs::is_directory(dir)) {
-    v.problem(dir.string() + ": not a directory");
+    report.problems.push_back(dir.string() + ": not a directory");
     return report;
   }
   MoeInfo info;
-  if (!v.guarded([&] { info = read_moe_info(dir); })) return report;
-  verify_shards(v, dir, info);
+  try {
+    info = read_moe_info(dir);
+  } catch (const Error& e) {
+    report.problems.push_back(e.what());
+    return report;
+  }
+  const Grid grid(info.config, static_cast<std::int64_t>(info.experts.size()), stages);
+  Verifier v(report, grid);
+  if (v.root()) verify_shards(v, dir, info);
   const fs::path index = dir / "moe.h5";
   H5Id file;
-  if (!v.guarded([&] { file = h5::open_file(index); })) return report;
-  verify_index(v, file.get(), index, info);
+  if (v.guarded([&] { file = h5::open_file(index); })) verify_index(v, file.get(), index, info);
   verify_statistics(v, dir / "stats.h5", info);
-  finish_report(report, v, dir, info);
+  gather_report(report, v);
+  if (v.root()) finish_report(report, v, dir, info);
   return report;
 }
 

@@ -21,6 +21,8 @@ struct VerifyReport {
 };
 
 // Never throws for a problem of the MoE itself: every problem becomes a line of the report.
-VerifyReport verify_moe(const std::filesystem::path& dir);
+// Collective: the ranks form a grid of `stages` (Grid; it throws CollectiveError for a grid that
+// cannot be built), each rank checks what it would write, and the report is whole on rank 0.
+VerifyReport verify_moe(const std::filesystem::path& dir, int stages = 1);
 
 }  // namespace dume

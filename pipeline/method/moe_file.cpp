@@ -74,12 +74,7 @@ std::vector<std::size_t> plan_shards(const std::vector<MoeTensor>& tensors, std:
 
 std::vector<int> tensor_writers(const std::vector<MoeTensor>& tensors, const Grid& grid) {
   std::vector<int> writers;
-  for (const MoeTensor& t : tensors) {
-    if (t.name.starts_with("/layers/"))
-      writers.push_back(grid.writer_of(std::stoll(t.name.substr(std::string("/layers/").size()))));
-    else
-      writers.push_back(grid.rank_of(t.name == "/embed_tokens" ? 0 : grid.stages() - 1, 0));
-  }
+  for (const MoeTensor& t : tensors) writers.push_back(grid.writer_of_tensor(t.name));
   return writers;
 }
 

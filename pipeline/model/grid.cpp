@@ -93,6 +93,12 @@ int Grid::solver_of(std::int64_t layer) const {
   return static_cast<int>((layer - first_layer(stage_of(layer))) % replicas_);
 }
 
+int Grid::writer_of_tensor(const std::string& moe_path) const {
+  constexpr std::string_view layers = "/layers/";
+  if (moe_path.starts_with(layers)) return writer_of(std::stoll(moe_path.substr(layers.size())));
+  return rank_of(moe_path == "/embed_tokens" ? 0 : stages_ - 1, 0);
+}
+
 std::vector<int> Grid::solving_ranks() const {
   std::vector<int> ranks;
   for (int s = 0; s < stages_; ++s)

@@ -46,6 +46,9 @@ class Grid {
   // embedding goes with the first stage's replica 0, the final norm and LM head with the last's.
   int solver_of(std::int64_t layer) const;  // the replica, within the layer's stage
   int writer_of(std::int64_t layer) const { return rank_of(stage_of(layer), solver_of(layer)); }  // world rank
+  // The world rank that writes (or reads, in export and verify) the MoE tensor at `moe_path`:
+  // "/layers/N/..." is layer N's, "/embed_tokens" the first stage's, the rest the last stage's.
+  int writer_of_tensor(const std::string& moe_path) const;
   bool solves(std::int64_t layer) const { return owns(layer) && solver_of(layer) == replica_; }
   bool solves_any() const { return replica_ < end_layer() - first_layer(); }  // some layer of this stage
   std::vector<int> solving_ranks() const;  // the world ranks that solve some layer, ascending

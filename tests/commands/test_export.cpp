@@ -122,8 +122,8 @@ TEST_F(Export, ShardsWithAnIndexAndOtherDtypesLoadTheSameModel) {
   export_mixtral(dir_ / "moe", dir_ / "sharded", options, false);
   EXPECT_TRUE(fs::exists(dir_ / "sharded" / "model.safetensors.index.json"));
   const HfCheckpoint sharded(dir_ / "sharded");
-  ASSERT_EQ(sharded.files().size(), 10u);  // 9.8 MB in f32
-  EXPECT_EQ(sharded.files()[0].path().filename(), "model-00001-of-00010.safetensors");
+  ASSERT_EQ(sharded.files().size(), 9u);  // 9.8 MB in f32, in the order of the model
+  EXPECT_EQ(sharded.files()[0].path().filename(), "model-00001-of-00009.safetensors");
   EXPECT_EQ(sharded.dtype(), DType::F32);
   const Model a = load_mixtral_model(sharded), b = load_mixtral_model(HfCheckpoint(dir_ / "fused"));
   for (std::size_t l = 0; l < a.experts.size(); ++l)

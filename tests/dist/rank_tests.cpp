@@ -1,17 +1,21 @@
 // The same merge on 1, 2, 3 and 4 ranks and the same eval on 1 and 2 (ctest runs mpirun
 // between the steps here): RankInputs writes the experts and configs, RankResults compares.
-// Likewise the same merge on grids of stages x replicas: StageInputs, StageResults.
-// All work in the directory named by DUME_RANK_DIR.
+// Likewise the same merge on grids of stages x replicas: StageInputs, StageResults; StageVerify
+// runs under mpirun itself. All work in the directory named by DUME_RANK_DIR.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <fstream>
+#include <limits>
+#include <optional>
 #include <nlohmann/json.hpp>
 
+#include "comm.hpp"
 #include "hdf5_util.hpp"
 #include "merge.hpp"
 #include "merge_compare.hpp"
 #include "merge_inputs.hpp"
+#include "verify.hpp"
 
 namespace {
 
@@ -156,6 +160,61 @@ TEST(StageResults, EditsAgree) {
     SCOPED_TRACE(job);
     test::expect_same_merge(dir / ("out" + job + (job == "remove" ? "3x1" : "2x1")), dir / ("out" + job + "1x1"));
   }
+}
+
+// dume export of one MoE on one rank and on a 2 x 2 grid: the same files, byte for byte.
+TEST(StageResults, ExportsAgree) {
+  const fs::path one = stage_dir() / "export1x1", grid = stage_dir() / "export2x2";
+  std::size_t files = 0;
+  for (const auto& entry : fs::directory_iterator(one)) {
+    SCOPED_TRACE(entry.path().filename().string());
+    const auto read = [](const fs::path& p) { return std::string(std::istreambuf_iterator<char>(std::ifstream(p, std::ios::binary).rdbuf()), {}); };
+    EXPECT_TRUE(read(entry.path()) == read(grid / entry.path().filename()));
+    ++files;
+  }
+  EXPECT_GT(files, 4u);  // several shards, their index, config.json, dume_export.json
+  EXPECT_EQ(files, static_cast<std::size_t>(std::distance(fs::directory_iterator(grid), fs::directory_iterator())));
+}
+
+// dume verify on 3 ranks, as 3 stages and as 3 replicas: the same datasets checked as on one,
+// and problems found on the ranks that hold them (a non-finite router of the last layer, a
+// changed norm in the middle that only the hash, passed from rank to rank, can see).
+TEST(StageVerify, GridsCheckEveryDatasetAndFindDamageOnAnyRank) {
+  ASSERT_EQ(mpi_size(), 3);
+  const fs::path good = stage_dir() / "out3x1", damaged = stage_dir() / "verify-damaged";
+  if (mpi_rank() == 0) {
+    fs::remove_all(damaged);
+    fs::copy(good, damaged);
+    const H5Id index(H5Fopen((damaged / "moe.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+    const auto overwrite = [&](const std::string& path, std::size_t at, float value) {
+      std::vector<float> values = h5::read_f32(index.get(), path, h5::dataset_info(index.get(), path).shape);
+      values.at(at) = value;
+      const H5Id dataset(H5Dopen2(index.get(), path.c_str(), H5P_DEFAULT));
+      ASSERT_GE(H5Dwrite(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()), 0);
+    };
+    overwrite("/layers/4/router/weight", 5, std::numeric_limits<float>::infinity());
+    overwrite("/layers/2/input_layernorm", 0, 2.0f);
+  }
+  barrier();
+  std::optional<std::size_t> datasets;
+  for (const int stages : {3, 1}) {
+    SCOPED_TRACE("stages " + std::to_string(stages));
+    const VerifyReport report = verify_moe(good, stages), broken = verify_moe(damaged, stages);
+    if (mpi_rank() != 0) continue;
+    EXPECT_TRUE(report.ok()) << report.problems.front();
+    if (datasets) {
+      EXPECT_EQ(report.datasets, *datasets);
+    }
+    datasets = report.datasets;
+    std::string problems;
+    for (const auto& p : broken.problems) problems += p + "\n";
+    EXPECT_EQ(broken.problems.size(), 2u) << problems;
+    EXPECT_NE(problems.find("dataset '/layers/4/router/weight' holds a non-finite value at flat index 5"), std::string::npos)
+        << problems;
+    EXPECT_NE(problems.find("moe.h5: the stored shared weights hash to"), std::string::npos) << problems;
+  }
+  barrier();
+  if (mpi_rank() == 0) fs::remove_all(damaged);
 }
 
 }  // namespace
