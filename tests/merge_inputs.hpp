@@ -12,9 +12,11 @@
 
 namespace dume::test {
 
-inline ModelConfig tiny_config(std::int64_t layers = 3) {
+// Llama's shape, or Qwen3's: q_norm / k_norm on each head, head_dim 16 (4 heads x 16 != 48).
+inline ModelConfig tiny_config(std::int64_t layers = 3, Architecture architecture = Architecture::llama) {
   ModelConfig c;
-  c.architecture_name = "LlamaForCausalLM";
+  c.architecture = architecture;
+  c.architecture_name = architecture == Architecture::qwen3 ? "Qwen3ForCausalLM" : "LlamaForCausalLM";
   c.vocab_size = 64;
   c.hidden_size = 48;
   c.intermediate_size = 96;
@@ -25,13 +27,17 @@ inline ModelConfig tiny_config(std::int64_t layers = 3) {
   c.max_position_embeddings = 256;
   c.rms_norm_eps = 1e-5;
   c.rope_theta = 10000.0;
+  if (architecture == Architecture::qwen3) {
+    c.qk_norm = true;
+    c.head_dim = 16;
+  }
   c.json_text = model_config_to_json(c);
   return c;
 }
 
 // Expert e: the base's shared weights plus noise, and its own random MLPs.
-inline Model tiny_expert(int e, std::int64_t layers = 3) {
-  const ModelConfig c = tiny_config(layers);
+inline Model tiny_expert(int e, std::int64_t layers = 3, Architecture architecture = Architecture::llama) {
+  const ModelConfig c = tiny_config(layers, architecture);
   Model base = random_model(c, 1);
   const Model own = random_model(c, 100 + static_cast<std::uint64_t>(e));
   std::mt19937_64 rng(1000 + static_cast<std::uint64_t>(e));
@@ -57,11 +63,11 @@ inline std::string tiny_corpus(int e, std::size_t n, std::uint64_t seed = 77) {
 // writing to `output` (and evaluating into `output`/eval).
 inline std::string write_merge_inputs(const std::filesystem::path& dir, int E, DType dtype,
                                       const std::string& output = "out", std::size_t corpus_bytes = 4096,
-                                      std::int64_t layers = 3) {
+                                      std::int64_t layers = 3, Architecture architecture = Architecture::llama) {
   std::string yaml = "experts:\n";
   for (int e = 0; e < E; ++e) {
     const std::string name = "d" + std::to_string(e);
-    save_dense_checkpoint(tiny_expert(e, layers), dtype, dir / name);
+    save_dense_checkpoint(tiny_expert(e, layers, architecture), dtype, dir / name);
     std::ofstream(dir / (name + ".bin"), std::ios::binary) << tiny_corpus(e, corpus_bytes);
     std::ofstream(dir / (name + ".test"), std::ios::binary) << tiny_corpus(e, corpus_bytes / 2, 99);
     yaml += "  - {name: " + name + ", checkpoint: " + name + ", calibration: {path: " + name +

@@ -61,6 +61,14 @@ inline std::pair<std::vector<Vec>, std::vector<Vec>> attention_block(const Model
     q[t] = matvec(a.q, hs[t], &a.q_bias);
     k[t] = matvec(a.k, hs[t], &a.k_bias);
     v[t] = matvec(a.v, hs[t], &a.v_bias);
+    if (c.qk_norm)  // Qwen3: each head's q and k RMS-normalized
+      for (auto [z, norm] : {std::pair{&q[t], &a.q_norm}, std::pair{&k[t], &a.k_norm}})
+        for (std::size_t head = 0; head < z->size() / static_cast<std::size_t>(hd); ++head) {
+          const Vec part(z->begin() + static_cast<std::ptrdiff_t>(head * static_cast<std::size_t>(hd)),
+                         z->begin() + static_cast<std::ptrdiff_t>((head + 1) * static_cast<std::size_t>(hd)));
+          const Vec normed = rms_norm(part, *norm, c.rms_norm_eps);
+          std::copy(normed.begin(), normed.end(), z->begin() + static_cast<std::ptrdiff_t>(head * static_cast<std::size_t>(hd)));
+        }
     for (Vec* z : {&q[t], &k[t]})  // rotate_half rotary embedding at position t
       for (std::size_t head = 0; head < z->size() / static_cast<std::size_t>(hd); ++head)
         for (std::int64_t i = 0; i < hd / 2; ++i) {

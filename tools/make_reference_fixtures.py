@@ -2,7 +2,7 @@
 """Generate tiny Llama-family reference checkpoints and Hugging Face reference outputs.
 
 For each variant this script builds a tiny randomly initialised causal LM with
-Hugging Face ``transformers`` (Llama, Qwen2 and Mistral architectures), saves it
+Hugging Face ``transformers`` (Llama, Qwen2, Qwen3 and Mistral architectures), saves it
 with ``save_pretrained`` (safetensors, one of them sharded) under
 ``<out>/<variant>/`` and writes ``<out>/<variant>/reference.safetensors`` with
 the token ids fed to the model, the float32 logits that ``transformers``
@@ -42,6 +42,8 @@ from transformers import (
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 BATCH = 2
@@ -145,6 +147,15 @@ def make_configs() -> list[dict]:
         config=MistralConfig(**common_kwargs(), num_key_value_heads=2,
                              sliding_window=None, tie_word_embeddings=False,
                              **rope_kwargs(MistralConfig, 10000.0, None)),
+    ))
+
+    # Qwen3: q_norm / k_norm on each head, head_dim decoupled from the hidden size (4 x 24 != 64),
+    # no attention biases.
+    variants.append(dict(
+        name="qwen3_qknorm_f32", model_cls=Qwen3ForCausalLM, dtype="f32",
+        config=Qwen3Config(**common_kwargs(), num_key_value_heads=2, head_dim=24,
+                           attention_bias=False, tie_word_embeddings=False, use_sliding_window=False,
+                           **rope_kwargs(Qwen3Config, 1000000.0, None)),
     ))
     return variants
 

@@ -259,6 +259,10 @@ void ref_layer(const Model& m, std::int64_t l, Rows& x, std::int64_t P, Rows& ml
   const AttentionWeights& a = w.attention;
   const Rows h = ref_rms_norm(x, P, w.input_norm, c.rms_norm_eps);
   Rows q = ref_linear(h, P, a.q, a.q_bias), k = ref_linear(h, P, a.k, a.k_bias);
+  if (c.qk_norm) {  // each head's rows of hd
+    q = ref_rms_norm(q, P * c.num_heads, a.q_norm, c.rms_norm_eps);
+    k = ref_rms_norm(k, P * c.num_kv_heads, a.k_norm, c.rms_norm_eps);
+  }
   const Rows v = ref_linear(h, P, a.v, a.v_bias);
   const std::vector<double> inv_freq = ref_inv_freq(c);
   ref_rope(q, P, c.num_heads, c.head_dim, inv_freq);

@@ -185,6 +185,10 @@ void check_exportable(const fs::path& moe, const MoeInfo& info, hid_t f) {
   if (c.qkv_bias || c.o_bias)
     throw Error(moe.string() + ": the experts (" + c.architecture_name +
                 ") have attention biases, which Mixtral's attention lacks; export to Qwen2-MoE is not implemented");
+  if (c.qk_norm)
+    throw Error(moe.string() + ": the experts (" + c.architecture_name +
+                ") normalize each head's q and k (q_norm, k_norm), which Mixtral's attention lacks; export to Qwen3-MoE "
+                "is not implemented");
   if (info.router.expert_attention)
     throw Error(moe.string() + ": each expert keeps its own attention (router.expert_attention), which Mixtral's one "
                 "attention per layer cannot hold; drop it first (dume resolve " + moe.string() +

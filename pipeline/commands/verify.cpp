@@ -362,7 +362,7 @@ void gather_report(VerifyReport& report, Verifier& v) {
   report.datasets = report.bytes = v.unchecksummed_ = 0;
   for (const std::string& text : all) {
     const nlohmann::json rank = nlohmann::json::parse(text);
-    for (const std::string& p : rank["problems"])
+    for (const std::string p : rank["problems"])
       if (std::find(report.problems.begin(), report.problems.end(), p) == report.problems.end()) report.problems.push_back(p);
     report.datasets += rank["datasets"].get<std::size_t>();
     report.bytes += rank["bytes"].get<std::uint64_t>();

@@ -59,6 +59,8 @@ std::vector<std::string> required_tensors(const ModelConfig& c) {
       for (const std::string_view t : {hf::q_proj_bias, hf::k_proj_bias, hf::v_proj_bias})
         names.push_back(hf::layer(l, t));
     if (c.o_bias) names.push_back(hf::layer(l, hf::o_proj_bias));
+    if (c.qk_norm)
+      for (const std::string_view t : {hf::q_norm, hf::k_norm}) names.push_back(hf::layer(l, t));
   }
   return names;
 }

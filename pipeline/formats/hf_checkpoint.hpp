@@ -61,6 +61,7 @@ inline constexpr std::string_view q_proj = "self_attn.q_proj.weight", k_proj = "
                                   v_proj = "self_attn.v_proj.weight", o_proj = "self_attn.o_proj.weight";
 inline constexpr std::string_view q_proj_bias = "self_attn.q_proj.bias", k_proj_bias = "self_attn.k_proj.bias",
                                   v_proj_bias = "self_attn.v_proj.bias", o_proj_bias = "self_attn.o_proj.bias";
+inline constexpr std::string_view q_norm = "self_attn.q_norm.weight", k_norm = "self_attn.k_norm.weight";
 inline constexpr std::string_view gate_proj = "mlp.gate_proj.weight", up_proj = "mlp.up_proj.weight",
                                   down_proj = "mlp.down_proj.weight";
 }  // namespace hf

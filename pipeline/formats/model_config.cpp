@@ -67,6 +67,7 @@ Architecture parse_architecture(const ConfigReader& r, std::string& name) {
   static constexpr Known known[] = {{"LlamaForCausalLM", "llama", Architecture::llama},
                                     {"MistralForCausalLM", "mistral", Architecture::mistral},
                                     {"Qwen2ForCausalLM", "qwen2", Architecture::qwen2},
+                                    {"Qwen3ForCausalLM", "qwen3", Architecture::qwen3},
                                     {"MixtralForCausalLM", "mixtral", Architecture::mixtral}};
   if (r.has("architectures")) {
     const json& archs = r.at("architectures");
@@ -77,7 +78,7 @@ Architecture parse_architecture(const ConfigReader& r, std::string& name) {
       if (name == k.class_name) return k.arch;
     r.reject("architectures", "names " + name +
                                   ", which dume does not support (supported: LlamaForCausalLM, "
-                                  "MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM)");
+                                  "MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MixtralForCausalLM)");
   }
   const std::string type = r.string("model_type");
   for (const auto& k : known)
@@ -85,7 +86,7 @@ Architecture parse_architecture(const ConfigReader& r, std::string& name) {
       name = k.class_name;
       return k.arch;
     }
-  r.reject("model_type", "is '" + type + "', which dume does not support (supported: llama, mistral, qwen2, mixtral)");
+  r.reject("model_type", "is '" + type + "', which dume does not support (supported: llama, mistral, qwen2, qwen3, mixtral)");
 }
 
 // Rope settings come either as transformers 5's `rope_parameters` or as the legacy top-level
@@ -166,12 +167,14 @@ ModelConfig model_config_parse(const std::string& json_text, const std::string& 
   const std::string act = r.has("hidden_act") ? r.string("hidden_act") : "silu";
   if (act != "silu") r.reject("hidden_act", "is '" + act + "'; dume implements SwiGLU MLPs (silu) only");
   if (r.boolean("mlp_bias", false)) r.reject("mlp_bias", "is true; dume supports MLPs without biases only");
+  if (c.architecture == Architecture::qwen2 || c.architecture == Architecture::qwen3)
+    if (r.boolean("use_sliding_window", false)) r.reject("use_sliding_window", "is true, which dume does not support");
   if (c.architecture == Architecture::qwen2) {
     c.qkv_bias = true;
-    if (r.boolean("use_sliding_window", false)) r.reject("use_sliding_window", "is true, which dume does not support");
   } else if (c.architecture != Architecture::mixtral) {  // Mixtral's attention has no biases
     c.qkv_bias = c.o_bias = r.boolean("attention_bias", false);
   }
+  c.qk_norm = c.architecture == Architecture::qwen3;
   if ((c.architecture == Architecture::mistral || c.architecture == Architecture::mixtral) && r.has("sliding_window"))
     c.sliding_window = r.bounded_int("sliding_window", std::int64_t{1} << 40);
   if (c.architecture == Architecture::mixtral) {  // what `dume export` writes, read back
@@ -202,7 +205,7 @@ ModelConfig model_config_read(const std::filesystem::path& checkpoint_dir) {
 std::int64_t ModelConfig::parameter_count() const {
   const std::int64_t D = hidden_size;
   const std::int64_t attention = D * q_dim() + 2 * D * kv_dim() + q_dim() * D +
-                                 (qkv_bias ? q_dim() + 2 * kv_dim() : 0) + (o_bias ? D : 0);
+                                 (qkv_bias ? q_dim() + 2 * kv_dim() : 0) + (o_bias ? D : 0) + (qk_norm ? 2 * head_dim : 0);
   const std::int64_t layer = attention + 3 * D * intermediate_size + 2 * D;
   return num_layers * layer + vocab_size * D * (tie_word_embeddings ? 1 : 2) + D;
 }
@@ -258,6 +261,7 @@ std::string to_string(Architecture architecture) {
     case Architecture::llama: return "llama";
     case Architecture::mistral: return "mistral";
     case Architecture::qwen2: return "qwen2";
+    case Architecture::qwen3: return "qwen3";
     case Architecture::mixtral: return "mixtral";
   }
   return "?";
@@ -278,7 +282,9 @@ std::string model_config_to_json(const ModelConfig& c) {
   j["rms_norm_eps"] = c.rms_norm_eps;
   j["hidden_act"] = "silu";
   j["tie_word_embeddings"] = c.tie_word_embeddings;
-  if (c.architecture == Architecture::llama || c.architecture == Architecture::mistral) j["attention_bias"] = c.qkv_bias;
+  if (c.architecture == Architecture::llama || c.architecture == Architecture::mistral ||
+      c.architecture == Architecture::qwen3)
+    j["attention_bias"] = c.qkv_bias;
   if (c.sliding_window) j["sliding_window"] = *c.sliding_window;
   if (c.num_experts) {
     j["num_local_experts"] = c.num_experts;

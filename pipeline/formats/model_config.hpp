@@ -12,7 +12,7 @@
 
 namespace dume {
 
-enum class Architecture { llama, mistral, qwen2, mixtral };
+enum class Architecture { llama, mistral, qwen2, qwen3, mixtral };
 
 struct RopeScaling {
   bool llama3 = false;  // rope_type "llama3"; otherwise plain rotary embeddings
@@ -40,6 +40,7 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   bool qkv_bias = false;  // q/k/v projections have biases (Qwen2; Llama with attention_bias)
   bool o_bias = false;    // o_proj has a bias (Llama with attention_bias)
+  bool qk_norm = false;   // each head's q and k RMS-normalized before rotary (Qwen3's q_norm, k_norm)
   std::optional<DType> dtype;  // "torch_dtype" / "dtype" when given
   std::string json_text;       // the config.json text, kept verbatim for outputs
 

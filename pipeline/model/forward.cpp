@@ -33,7 +33,8 @@ Forward::Forward(const Model& model, Backend& backend) : model_(model), backend_
 
 Forward::AttentionBuffers Forward::upload_attention(const AttentionWeights& a) {
   return {upload(backend_, a.q),      upload(backend_, a.k),      upload(backend_, a.v),      upload(backend_, a.o),
-          upload(backend_, a.q_bias), upload(backend_, a.k_bias), upload(backend_, a.v_bias), upload(backend_, a.o_bias)};
+          upload(backend_, a.q_bias), upload(backend_, a.k_bias), upload(backend_, a.v_bias), upload(backend_, a.o_bias),
+          upload(backend_, a.q_norm), upload(backend_, a.k_norm)};
 }
 
 void Forward::load_head() {
@@ -145,6 +146,11 @@ void Forward::attention(const AttentionBuffers& w, const float* h, std::int64_t 
   be.linear(h, w.q.data(), w.q_bias.data(), T, D, c.q_dim(), ws_.q.data());
   be.linear(h, w.k.data(), w.k_bias.data(), T, D, c.kv_dim(), ws_.k.data());
   be.linear(h, w.v.data(), w.v_bias.data(), T, D, c.kv_dim(), ws_.v.data());
+  if (c.qk_norm) {  // Qwen3: each head's q and k RMS-normalized (rows of hd), in place, before rotary
+    const auto eps = static_cast<float>(c.rms_norm_eps);
+    be.rms_norm(ws_.q.data(), w.q_norm.data(), T * c.num_heads, c.head_dim, eps, ws_.q.data());
+    be.rms_norm(ws_.k.data(), w.k_norm.data(), T * c.num_kv_heads, c.head_dim, eps, ws_.k.data());
+  }
   be.rope(ws_.q.data(), B, S, c.num_heads, c.head_dim, ws_.cos.data(), ws_.sin.data());
   be.rope(ws_.k.data(), B, S, c.num_kv_heads, c.head_dim, ws_.cos.data(), ws_.sin.data());
   be.attention(ws_.q.data(), ws_.k.data(), ws_.v.data(), B, S, c.num_heads, c.num_kv_heads, c.head_dim,

@@ -109,7 +109,7 @@ class Forward {
 
  private:
   struct AttentionBuffers {
-    Buffer q, k, v, o, q_bias, k_bias, v_bias, o_bias;
+    Buffer q, k, v, o, q_bias, k_bias, v_bias, o_bias, q_norm, k_norm;
   };
   struct LayerBuffers {
     Buffer input_norm, post_attention_norm;

@@ -21,6 +21,7 @@ using Vector = Eigen::VectorXf;
 struct AttentionWeights {
   Matrix q, k, v, o;                     // q [H*hd, D], k/v [Hkv*hd, D], o [D, H*hd]
   Vector q_bias, k_bias, v_bias, o_bias;  // empty when the architecture has none
+  Vector q_norm, k_norm;                  // [hd], per-head RMSNorm weights (Qwen3); else empty
 };
 
 struct MlpWeights {
@@ -161,6 +162,10 @@ void for_each_attention_tensor(const ModelConfig& c, Weights& a, Fn&& fn) {
     detail::visit(fn, std::string(hf::v_proj_bias), "self_attn/v_proj_bias", {c.kv_dim()}, a.v_bias);
   }
   if (c.o_bias) detail::visit(fn, std::string(hf::o_proj_bias), "self_attn/o_proj_bias", {D}, a.o_bias);
+  if (c.qk_norm) {
+    detail::visit(fn, std::string(hf::q_norm), "self_attn/q_norm", {c.head_dim}, a.q_norm);
+    detail::visit(fn, std::string(hf::k_norm), "self_attn/k_norm", {c.head_dim}, a.k_norm);
+  }
 }
 
 }  // namespace dume

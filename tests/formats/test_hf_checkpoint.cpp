@@ -41,6 +41,13 @@ TEST(ModelConfig, FixturesParse) {
   EXPECT_EQ(qwen.architecture, Architecture::qwen2);
   EXPECT_TRUE(qwen.qkv_bias);
   EXPECT_FALSE(qwen.o_bias);
+  EXPECT_FALSE(qwen.qk_norm);
+
+  const ModelConfig qwen3 = model_config_read(kModels / "qwen3_qknorm_f32");
+  EXPECT_EQ(qwen3.architecture, Architecture::qwen3);
+  EXPECT_TRUE(qwen3.qk_norm);
+  EXPECT_FALSE(qwen3.qkv_bias || qwen3.o_bias);
+  EXPECT_EQ(qwen3.head_dim, 24);
 }
 
 TEST(ModelConfig, Llama3ScalingKeepsHighFrequenciesAndDividesLowOnes) {
@@ -57,7 +64,7 @@ TEST(ModelConfig, Llama3ScalingKeepsHighFrequenciesAndDividesLowOnes) {
 
 TEST(ModelConfig, ParameterCountMatchesTheStoredTensors) {
   for (const char* variant : {"llama_gqa_f32", "llama3_rope_bf16", "llama_headdim_bias_f16", "qwen2_bias_f32",
-                              "mistral_sharded_f32"}) {
+                              "mistral_sharded_f32", "qwen3_qknorm_f32"}) {
     const HfCheckpoint c(kModels / variant);
     std::int64_t stored = 0;
     for (const auto& f : c.files())

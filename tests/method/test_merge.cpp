@@ -10,10 +10,13 @@
 #include "hdf5_util.hpp"
 #include "merge.hpp"
 #include "memory_plan.hpp"
+#include "merge_compare.hpp"
 #include "merge_inputs.hpp"
+#include "moe_edit.hpp"
 #include "resources.hpp"
 #include "reference_forward.hpp"
 #include "test_util.hpp"
+#include "verify.hpp"
 
 namespace {
 
@@ -253,6 +256,56 @@ TEST_F(Merge, ExpertAttentionMatchesAnIndependentFloat64Forward) {
   ForwardOptions forced;
   forced.forced_expert = 1;
   EXPECT_LE(max_relative(forward.run(tokens, 1, 20, forced), reference_forward(moe, tokens, 1)), 1e-5);
+}
+
+// Qwen3 experts (q_norm and k_norm on each head, head_dim apart from the hidden size), merged
+// with expert attention: the MoE keeps every expert's norms, runs like the independent float64
+// forward, verifies, and a domain folded in gives the merge of all three on the same shared weights.
+TEST(MergeQwen3, PerHeadNormsMergeRunAndFoldIn) {
+  const fs::path dir = make_suite_dir("merge-qwen3");
+  std::string yaml = write_merge_inputs(dir, kExperts, DType::BF16, "OUT", 4096, 3, Architecture::qwen3);
+  yaml.replace(yaml.find("router: {"), 9, "router: {expert_attention: true, routing: mean+layer:0, ");
+  const auto line_of = [&](const std::string& name) {
+    const std::size_t at = yaml.find("  - {name: " + name);
+    return yaml.substr(at, yaml.find('\n', at) - at + 1);
+  };
+  const std::string d2 = line_of("d2");
+  const auto merge = [&](std::string text, const std::string& output) {
+    text.replace(text.find("OUT"), 3, output);
+    run_merge(merge_config_parse(text, dir / "merge.yaml"), false);
+  };
+  merge(yaml, "all");
+  const Model moe = read_moe_model(dir / "all");
+  ASSERT_TRUE(moe.config.qk_norm);
+  ASSERT_EQ(moe.expert_attention.size(), 3u);
+  EXPECT_EQ(moe.expert_attention[1][2].q_norm.size(), 16);
+  EXPECT_FALSE(moe.expert_attention[1][2].k_norm.isApprox(moe.shared.layers[1].attention.k_norm));  // the expert's own
+  const std::string corpus = tiny_corpus(1, 64);
+  const std::vector<std::uint32_t> tokens(corpus.begin(), corpus.begin() + 20);
+  auto backend = make_backend(BackendKind::cpu, 1);
+  Forward forward(moe, *backend);
+  const std::vector<float> logits = forward.run(tokens, 1, 20);
+  const ReferenceRun reference = reference_forward(moe, tokens, -1);
+  double diff = 0, scale = 0;
+  for (std::size_t t = 0; t < 20; ++t)
+    for (std::size_t v = 0; v < 64; ++v) {
+      diff = std::max(diff, std::abs(logits[t * 64 + v] - reference.logits[t][v]));
+      scale = std::max(scale, std::abs(reference.logits[t][v]));
+    }
+  EXPECT_LE(diff / scale, 1e-5);
+  const VerifyReport report = verify_moe(dir / "all");
+  EXPECT_TRUE(report.ok()) << report.problems.front();
+
+  std::string two = yaml;
+  two.erase(two.find(d2), d2.size());
+  merge(two, "two");
+  std::string fold = yaml.substr(yaml.find("router:"));
+  fold.erase(0, fold.find('\n') + 1);  // the router is the MoE's
+  fold.replace(fold.find("OUT"), 3, "folded");
+  run_fold_in(merge_config_parse("moe: two\nexperts:\n" + d2 + fold, dir / "fold.yaml"), false, false);
+  merge(yaml.substr(0, yaml.find("output:")) + "shared: {moe: two}\noutput: OUT\ncompute: {threads: 1}\n", "same-shared");
+  expect_same_merge(dir / "folded", dir / "same-shared");
+  fs::remove_all(dir);
 }
 
 TEST(RidgeSolve, SingularSystemNamesTheLayer) {

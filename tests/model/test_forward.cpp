@@ -66,7 +66,7 @@ TEST_P(MatchesTransformers, LogitsAndMlpInputs) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, MatchesTransformers,
                          ::testing::Values("llama_gqa_f32", "llama3_rope_bf16", "llama_headdim_bias_f16",
-                                           "qwen2_bias_f32", "mistral_sharded_f32"));
+                                           "qwen2_bias_f32", "mistral_sharded_f32", "qwen3_qknorm_f32"));
 
 TEST(Forward, PerplexityMatchesTransformersLogits) {
   const fs::path dir = kModels / "llama_gqa_f32";
