@@ -323,7 +323,7 @@ void calibrate_plan(MergePlan& plan, const MergeConfig& config, std::int64_t chu
     if (store) {
       control.checkpoint_every = cs.checkpoint_every;
       control.checkpoint_seconds = 60 * cs.checkpoint_minutes;
-      control.save = [&, k](const std::vector<std::int64_t>& done, const DomainStatistics& partial) {
+      control.save = [&, k](const std::vector<std::int64_t>& done, const PackedSums& partial) {
         store->save_partial(k, rank, done, partial);
       };
     }

@@ -94,7 +94,7 @@ int ResumeStore::next_generation() const {
 }
 
 void ResumeStore::write(const fs::path& file, std::size_t d, const std::vector<std::int64_t>& batches,
-                        const DomainStatistics& sums) const {
+                        const PackedSums& sums) const {
   fs::create_directories(dir_);
   const fs::path tmp = file.string() + ".tmp";
   fs::remove(tmp);  // left by a writer that was killed
@@ -113,8 +113,9 @@ void ResumeStore::write(const fs::path& file, std::size_t d, const std::vector<s
     h5::write_attribute(f, "domain_batches", batches_[d]);
     const std::int64_t batches_shape[] = {static_cast<std::int64_t>(batches.size())};
     h5::write_dataset(f, "/batches", DType::I64, batches_shape, batches.data());
+    DUME_ASSERT(sums.layers == identity_.layers);
     for (std::int64_t l = 0; l < identity_.layers; ++l) {  // one layer in memory at a time
-      const std::vector<double> packed = pack_layer(sums, l);
+      const std::vector<double> packed = sums.layer(l);
       const std::int64_t packed_shape[] = {static_cast<std::int64_t>(packed.size())};
       h5::write_dataset(f, "/statistics/" + std::to_string(l), DType::F64, packed_shape, packed.data());
     }
@@ -128,7 +129,7 @@ void ResumeStore::write(const fs::path& file, std::size_t d, const std::vector<s
 }
 
 void ResumeStore::save_partial(std::size_t d, int rank, const std::vector<std::int64_t>& batches,
-                               const DomainStatistics& partial) const {
+                               const PackedSums& partial) const {
   std::vector<std::int64_t> sorted = batches;
   std::sort(sorted.begin(), sorted.end());
   write(dir_ / partial_name(d, generation_, rank), d, sorted, partial);
@@ -137,7 +138,7 @@ void ResumeStore::save_partial(std::size_t d, int rank, const std::vector<std::i
 void ResumeStore::save_complete(std::size_t d, const DomainStatistics& reduced) const {
   std::vector<std::int64_t> all(static_cast<std::size_t>(batches_[d]));
   for (std::size_t b = 0; b < all.size(); ++b) all[b] = static_cast<std::int64_t>(b);
-  write(dir_ / complete_name(d), d, all, reduced);
+  write(dir_ / complete_name(d), d, all, packed_sums(reduced));
   for (const auto& [file, generation] : partial_files(dir_, d)) fs::remove(file);
 }
 

@@ -53,8 +53,7 @@ class ResumeStore {
   void set_generation(int generation) { generation_ = generation; }
 
   // This rank's partial statistics of domain d: replaces its previous save of this run.
-  void save_partial(std::size_t d, int rank, const std::vector<std::int64_t>& batches,
-                    const DomainStatistics& partial) const;
+  void save_partial(std::size_t d, int rank, const std::vector<std::int64_t>& batches, const PackedSums& partial) const;
   // Domain d's reduced statistics; its partial files are removed after.
   void save_complete(std::size_t d, const DomainStatistics& reduced) const;
   bool has_complete(std::size_t d) const;
@@ -64,7 +63,7 @@ class ResumeStore {
 
  private:
   void write(const std::filesystem::path& file, std::size_t d, const std::vector<std::int64_t>& batches,
-             const DomainStatistics& sums) const;
+             const PackedSums& sums) const;
   std::vector<std::int64_t> read(const std::filesystem::path& file, std::size_t d, std::vector<double>& sum) const;
 
   std::filesystem::path dir_;

@@ -337,9 +337,14 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
   auto last_save = Clock::now();
   const auto save = [&] {
     if (!control.save || unsaved == 0) return;
-    download_sums(backend, A, n, stats, /*release=*/false);
-    control.save(done, stats);
-    stats.A.clear();
+    const PackedSums sums{L, stats.tokens, [&](std::int64_t l) {
+                            MatrixXdRow layer(n, n);  // one layer's download: 134 MB at 8B
+                            backend.download(A[static_cast<std::size_t>(l)].data(), {layer.data(), layer.size()});
+                            std::vector<double> packed(static_cast<std::size_t>(n * (n + 1) / 2));
+                            pack_rows(layer.data(), n, packed.data());
+                            return packed;
+                          }};
+    control.save(done, sums);
     unsaved = 0;
     last_save = Clock::now();
   };
@@ -400,6 +405,11 @@ std::vector<double> pack_layer(const DomainStatistics& domain, std::int64_t l) {
   std::vector<double> packed(static_cast<std::size_t>(n * (n + 1) / 2));
   pack_rows(A.data(), n, packed.data());
   return packed;
+}
+
+PackedSums packed_sums(const DomainStatistics& domain) {
+  const std::int64_t layers = domain.stored ? domain.stored->layers() : static_cast<std::int64_t>(domain.A.size());
+  return {layers, domain.tokens, [&domain](std::int64_t l) { return pack_layer(domain, l); }};
 }
 
 std::vector<double> pack_upper(const DomainStatistics& domain) {

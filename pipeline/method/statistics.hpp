@@ -89,13 +89,22 @@ struct CalibrationTiming {
   double multiply_adds = 0;  // of the A updates
 };
 
+// A domain's sums as a checkpoint writes them, one layer at a time (so that a save holds one
+// layer beside the sums, not a second copy of them: 4.3 GB at 8B): the rows counted, and layer
+// l's upper triangle packed (pack_layer's n(n+1)/2 values).
+struct PackedSums {
+  std::int64_t layers = 0, tokens = 0;
+  std::function<std::vector<double>(std::int64_t l)> layer;
+};
+PackedSums packed_sums(const DomainStatistics& domain);  // of sums in memory, or stored
+
 // How a calibration is chunked, interrupted and resumed (see resume.hpp). All members optional.
 struct CalibrationControl {
   std::int64_t chunk_batches = 0;     // most batches per rank in one chunk (the memory plan); 0: no limit
   std::int64_t checkpoint_every = 0;  // sequences this rank runs between saves; 0: none by count
   double checkpoint_seconds = 0;      // seconds of calibration between this rank's saves; 0: none by time
   // Saves this rank's partial statistics: the global batch indices they hold, and their sums.
-  std::function<void(const std::vector<std::int64_t>& batches, const DomainStatistics& partial)> save;
+  std::function<void(const std::vector<std::int64_t>& batches, const PackedSums& partial)> save;
   // Collective, before each round of batches: a stop signal caught on any rank (0: none).
   std::function<int()> stop_requested;
   std::function<void()> after_batch;  // fault injection in tests

@@ -59,12 +59,12 @@ TEST_F(ResumeStoreTest, PartialsOfRanksAndRunsAddUp) {
   EXPECT_EQ(s.next_generation(), 0);
   EXPECT_TRUE(s.load(0).batches.empty());
   const DomainStatistics a = partial(1, 24), b = partial(2, 16), c = partial(3, 8);
-  s.save_partial(0, 0, {0, 2, 4}, partial(9, 99));  // replaced by the next save of rank 0
-  s.save_partial(0, 0, {4, 0, 2}, a);
-  s.save_partial(0, 1, {1, 3}, b);
+  s.save_partial(0, 0, {0, 2, 4}, packed_sums(partial(9, 99)));  // replaced by the next save of rank 0
+  s.save_partial(0, 0, {4, 0, 2}, packed_sums(a));
+  s.save_partial(0, 1, {1, 3}, packed_sums(b));
   EXPECT_EQ(s.next_generation(), 1);
   s.set_generation(1);  // a resumed run on other ranks
-  s.save_partial(0, 0, {5}, c);
+  s.save_partial(0, 0, {5}, packed_sums(c));
   const SavedDomain saved = s.load(0);
   EXPECT_FALSE(saved.complete);
   EXPECT_EQ(saved.batches, (std::vector<std::int64_t>{0, 1, 2, 3, 4, 5}));
@@ -93,7 +93,7 @@ TEST_F(ResumeStoreTest, PartialsOfRanksAndRunsAddUp) {
 }
 
 TEST_F(ResumeStoreTest, RefusesACheckpointOfAnotherMerge) {
-  store().save_partial(1, 0, {0, 1}, partial(1, 8));
+  store().save_partial(1, 0, {0, 1}, packed_sums(partial(1, 8)));
   const auto refused = [&](ResumeIdentity id, const std::string& what) {
     SCOPED_TRACE(what);
     EXPECT_ERROR_WITH(store(std::move(id)).load(1), "checkpoint of a different merge", what, "remove ");
@@ -117,10 +117,10 @@ TEST_F(ResumeStoreTest, RefusesACheckpointOfAnotherMerge) {
 
 TEST_F(ResumeStoreTest, RefusesOverlapsAndBrokenFiles) {
   ResumeStore s = store();
-  s.save_partial(0, 0, {0, 1}, partial(1, 8));
-  s.save_partial(0, 1, {1, 2}, partial(2, 8));
+  s.save_partial(0, 0, {0, 1}, packed_sums(partial(1, 8)));
+  s.save_partial(0, 1, {1, 2}, packed_sums(partial(2, 8)));
   EXPECT_ERROR_WITH(s.load(0), "batch 1 of domain 'code' is in two checkpoint files");
-  s.save_partial(1, 0, {7}, partial(1, 8));
+  s.save_partial(1, 0, {7}, packed_sums(partial(1, 8)));
   EXPECT_ERROR_WITH(s.load(1), "batch 7 out of range (domain 'prose' has 7)");
   const fs::path file = s.dir() / "domain-1.g0.rank0.h5";
   fs::resize_file(file, fs::file_size(file) / 2);
