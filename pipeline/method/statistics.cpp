@@ -338,8 +338,9 @@ DomainStatistics calibrate_domain(Forward& forward, const LayerSource& load, Bac
   const auto save = [&] {
     if (!control.save || unsaved == 0) return;
     const PackedSums sums{L, stats.tokens, [&](std::int64_t l) {
+                            const Buffer64& sum = A[static_cast<std::size_t>(l)];
                             MatrixXdRow layer(n, n);  // one layer's download: 134 MB at 8B
-                            backend.download(A[static_cast<std::size_t>(l)].data(), {layer.data(), layer.size()});
+                            backend.download(sum.data(), {layer.data(), sum.size()});
                             std::vector<double> packed(static_cast<std::size_t>(n * (n + 1) / 2));
                             pack_rows(layer.data(), n, packed.data());
                             return packed;
