@@ -1,10 +1,28 @@
 // `dume fold-in`, `dume remove`, `dume resolve`: change an existing MoE's set of domains or its
 // routers from its stored statistics, writing a new MoE directory.
+#include <cmath>
+
 #include "comm.hpp"
 #include "commands.hpp"
 #include "moe_edit.hpp"
 
 namespace dume::cli {
+
+namespace {
+
+// A finite number >= 0, or > 0 when `positive` (CLI11's Range lets inf and nan through).
+CLI::Validator finite_number(bool positive) {
+  return CLI::Validator(
+      [positive](std::string& text) -> std::string {
+        double value = 0;
+        if (!CLI::detail::lexical_cast(text, value) || !std::isfinite(value) || value < 0 || (positive && value == 0))
+          return std::string("must be a finite number ") + (positive ? "> 0" : ">= 0") + ", got " + text;
+        return {};
+      },
+      positive ? "FINITE > 0" : "FINITE >= 0");
+}
+
+}  // namespace
 
 namespace {
 
@@ -61,8 +79,10 @@ void add_resolve(CLI::App& app) {
   auto bias = std::make_shared<bool>(true);
   cmd->add_option("moe", *moe, "The MoE directory")->required();
   cmd->add_option("--output", *output, "The new MoE directory")->required();
-  auto* l = cmd->add_option("--lambda", *lambda, "Ridge strength (gaussian: covariance shrinkage)");
-  auto* t = cmd->add_option("--temperature", *temperature, "Router temperature");
+  // As the YAML has them: a lambda of inf or a temperature of 0 would write a degenerate MoE.
+  auto* l = cmd->add_option("--lambda", *lambda, "Ridge strength (gaussian: covariance shrinkage)")
+                ->check(finite_number(/*positive=*/false));
+  auto* t = cmd->add_option("--temperature", *temperature, "Router temperature")->check(finite_number(/*positive=*/true));
   auto* k = cmd->add_option("--top-k", *top_k, "Experts per token");
   auto* m = cmd->add_option("--method", *method, "Router: dume | gaussian | hidden | random")
                 ->check(CLI::IsMember(kRouterMethods));

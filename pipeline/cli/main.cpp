@@ -77,6 +77,10 @@ void run_job(const std::function<void()>& body) {
 int main(int argc, char** argv) {
   CLI::App app{"dume: merge dense expert language models into a Mixture-of-Experts without training (DUME)"};
   app.require_subcommand(1);
+  // One line, as every other error (CLI11's default adds a second, "Run with --help").
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return "dume: error: " + std::string(e.what()) + " (dume --help lists the commands, dume COMMAND --help their options)\n";
+  });
   dume::cli::add_inspect(app);
   dume::cli::add_ppl(app);
   dume::cli::add_bench(app);

@@ -140,7 +140,9 @@ ModelConfig model_config_parse(const std::string& json_text, const std::string& 
   c.vocab_size = r.positive_int("vocab_size");
   c.hidden_size = r.positive_int("hidden_size");
   c.intermediate_size = r.positive_int("intermediate_size");
-  c.num_layers = r.positive_int("num_hidden_layers");
+  // The largest real models have under 200 layers; a config with millions would make every
+  // per-layer list (tensor names, statistics) exhaust the memory before a tensor is read.
+  c.num_layers = r.bounded_int("num_hidden_layers", std::int64_t{1} << 16);
   c.num_heads = r.positive_int("num_attention_heads");
   c.num_kv_heads = r.positive_int("num_key_value_heads", c.num_heads);
   c.max_position_embeddings =
@@ -161,8 +163,12 @@ ModelConfig model_config_parse(const std::string& json_text, const std::string& 
   if (parameters > 1e15) throw Error(source + ": sizes describe a model of " + std::to_string(parameters) +
                                      " parameters, larger than any real one");
   c.rms_norm_eps = r.number("rms_norm_eps", 1e-6);
+  if (!(c.rms_norm_eps >= 0) || !std::isfinite(c.rms_norm_eps))
+    r.reject("rms_norm_eps", "must be a finite number >= 0, got " + std::to_string(c.rms_norm_eps));
   c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
   parse_rope(r, c);
+  if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta))  // here, not as an overflow after the calibration
+    r.reject("rope_theta", "must be a finite number > 0, got " + std::to_string(c.rope_theta));
 
   const std::string act = r.has("hidden_act") ? r.string("hidden_act") : "silu";
   if (act != "silu") r.reject("hidden_act", "is '" + act + "'; dume implements SwiGLU MLPs (silu) only");

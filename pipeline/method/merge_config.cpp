@@ -396,7 +396,8 @@ void parse_compute(const Section& top, MergeConfig& c) {
   if (top.has("compute")) {
     const Section s(top.node("compute"), "compute", source);
     c.threads = s.get<int>("threads", "an integer", 0);
-    if (c.threads < 0) s.fail(s.node("threads"), "compute.threads must be >= 0");
+    // OpenMP's runtime crashes long before 100000 threads; no node has over 1024 cores.
+    if (c.threads < 0 || c.threads > 1024) s.fail(s.node("threads"), "compute.threads must be between 0 and 1024");
     c.backend = s.get<std::string>("backend", "a string", c.backend);
     if (c.backend != "cpu" && c.backend != "cuda" && c.backend != "auto")
       s.fail(s.node("backend"), "compute.backend must be cpu, cuda or auto, not '" + c.backend + "'");

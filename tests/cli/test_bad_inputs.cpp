@@ -204,6 +204,21 @@ std::vector<BadInput> cases() {
                    write_bytes(e / "config.json", replace(read_bytes(e / "config.json"), "\"vocab_size\": 64", "\"vocab_size\": 1000000000000"));
                  });
                }, {"d1/config.json: 'vocab_size' is 1000000000000, larger than any model"}});
+  c.push_back({"config-absurd-layers", [=](const fs::path& d) {  // was 38 s and 14.8 GB to a bad_alloc
+                 return checkpoint(d, [&](const fs::path& e) {
+                   write_bytes(e / "config.json", replace(read_bytes(e / "config.json"), "\"num_hidden_layers\": 3", "\"num_hidden_layers\": 16777216"));
+                 });
+               }, {"d1/config.json: 'num_hidden_layers' is 16777216, larger than any model (limit 65536)"}});
+  c.push_back({"config-rope-theta", [=](const fs::path& d) {  // was an overflow after the calibration
+                 return checkpoint(d, [&](const fs::path& e) {
+                   write_bytes(e / "config.json", replace(read_bytes(e / "config.json"), "\"rope_theta\": 10000.0", "\"rope_theta\": -1.0"));
+                 });
+               }, {"d1/config.json: 'rope_theta' must be a finite number > 0, got -1.000000"}});
+  c.push_back({"config-negative-eps", [=](const fs::path& d) {
+                 return checkpoint(d, [&](const fs::path& e) {
+                   write_bytes(e / "config.json", replace(read_bytes(e / "config.json"), "\"rms_norm_eps\": 1e-05", "\"rms_norm_eps\": -1e-05"));
+                 });
+               }, {"d1/config.json: 'rms_norm_eps' must be a finite number >= 0, got -0.000010"}});
   c.push_back({"config-unsupported", [=](const fs::path& d) {
                  return checkpoint(d, [&](const fs::path& e) {
                    write_bytes(e / "config.json", replace(read_bytes(e / "config.json"), "\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\""));
@@ -353,6 +368,10 @@ std::vector<BadInput> cases() {
                  set_yaml(d, replace(merge_inputs(d), "lambda: 0.01", "lambda: -1"));
                  return kMerge;
                }, {"merge.yaml:4:", "router.lambda must be >= 0"}});
+  c.push_back({"yaml-absurd-threads", [](const fs::path& d) {  // was a crash inside the OpenMP runtime
+                 set_yaml(d, replace(merge_inputs(d), "compute: {threads: 1}", "compute: {threads: 100000}"));
+                 return kMerge;
+               }, {"merge.yaml:7:", "compute.threads must be between 0 and 1024"}});
   c.push_back({"yaml-wrong-kind", [](const fs::path& d) {  // found by fuzz/merge_config.cpp
                  set_yaml(d, merge_inputs(d) + "eval: {methods: [dume, {oracle: 1}]}\n");
                  return kMerge;
@@ -478,6 +497,10 @@ std::vector<BadInput> cases() {
                }, {"layer 0: A + lambda I is", "singular", "set a larger router.lambda"}});
 
   // --- MoE files and statistics ---
+  c.push_back({"resolve-infinite-temperature", [](const fs::path& d) {  // was a degenerate MoE
+                 good_moe(d);
+                 return std::vector<std::string>{"resolve", "moe", "--output", "out", "--temperature", "inf"};
+               }, {"--temperature: must be a finite number > 0, got inf"}});
   c.push_back({"moe-index-truncated", [](const fs::path& d) {
                  const fs::path moe = good_moe(d);
                  fs::resize_file(moe / "moe.h5", fs::file_size(moe / "moe.h5") / 2);
