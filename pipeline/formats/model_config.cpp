@@ -241,6 +241,16 @@ std::vector<float> ModelConfig::rope_inv_freq() const {
   return inv;
 }
 
+namespace {
+std::string rope_description(const RopeScaling& s) {
+  if (!s.llama3) return "default";
+  std::ostringstream out;
+  out << "llama3 (factor " << s.factor << ", low_freq_factor " << s.low_freq_factor << ", high_freq_factor "
+      << s.high_freq_factor << ", original_max_position_embeddings " << s.original_max_position_embeddings << ")";
+  return out.str();
+}
+}  // namespace
+
 bool same_architecture(const ModelConfig& a, const ModelConfig& b, std::string* difference) {
   const auto differ = [&](const char* what, auto x, auto y) {
     if (x == y) return false;
@@ -251,15 +261,22 @@ bool same_architecture(const ModelConfig& a, const ModelConfig& b, std::string* 
     if (difference) *difference = "architecture " + a.architecture_name + " vs " + b.architecture_name;
     return false;
   }
-  return !(differ("vocab_size", a.vocab_size, b.vocab_size) || differ("hidden_size", a.hidden_size, b.hidden_size) ||
-           differ("intermediate_size", a.intermediate_size, b.intermediate_size) ||
-           differ("num_hidden_layers", a.num_layers, b.num_layers) ||
-           differ("num_attention_heads", a.num_heads, b.num_heads) ||
-           differ("num_key_value_heads", a.num_kv_heads, b.num_kv_heads) || differ("head_dim", a.head_dim, b.head_dim) ||
-           differ("tie_word_embeddings", a.tie_word_embeddings, b.tie_word_embeddings) ||
-           differ("attention biases", a.qkv_bias, b.qkv_bias) || differ("rope_theta", a.rope_theta, b.rope_theta) ||
-           differ("rms_norm_eps", a.rms_norm_eps, b.rms_norm_eps) ||
-           differ("num_local_experts", a.num_experts, b.num_experts));
+  if (differ("vocab_size", a.vocab_size, b.vocab_size) || differ("hidden_size", a.hidden_size, b.hidden_size) ||
+      differ("intermediate_size", a.intermediate_size, b.intermediate_size) ||
+      differ("num_hidden_layers", a.num_layers, b.num_layers) ||
+      differ("num_attention_heads", a.num_heads, b.num_heads) ||
+      differ("num_key_value_heads", a.num_kv_heads, b.num_kv_heads) || differ("head_dim", a.head_dim, b.head_dim) ||
+      differ("tie_word_embeddings", a.tie_word_embeddings, b.tie_word_embeddings) ||
+      differ("attention biases", a.qkv_bias, b.qkv_bias) || differ("rope_theta", a.rope_theta, b.rope_theta) ||
+      differ("rms_norm_eps", a.rms_norm_eps, b.rms_norm_eps) ||
+      differ("num_local_experts", a.num_experts, b.num_experts))
+    return false;
+  // The rotary frequencies: experts of one base share them (Llama 3.1's scaling against none would
+  // merge attention that places positions differently).
+  const std::string rope_a = rope_description(a.rope_scaling), rope_b = rope_description(b.rope_scaling);
+  if (rope_a == rope_b) return true;
+  if (difference) *difference = "rope_scaling " + rope_a + " vs " + rope_b;
+  return false;
 }
 
 std::string to_string(Architecture architecture) {

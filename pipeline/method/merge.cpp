@@ -53,6 +53,16 @@ MergeInputs merge_prepare(const MergeConfig& config) {
       throw Error("expert '" + config.experts[e].name + "' (" + config.experts[e].checkpoint.string() +
                   ") does not match expert '" + config.experts[0].name + "': " + difference);
   }
+  // What the experts' config bounds, before any work.
+  if (config.router.routing.from_layer >= first.num_layers)
+    throw Error("router.routing '" + config.router.routing.to_string() + "' takes its decision at layer " +
+                std::to_string(config.router.routing.from_layer) + ", but the experts have " +
+                std::to_string(first.num_layers) + " layers (0 to " + std::to_string(first.num_layers - 1) + ")");
+  if (config.calibration.sequence_length > first.max_position_embeddings)
+    throw Error("calibration.sequence_length " + std::to_string(config.calibration.sequence_length) +
+                " is longer than the experts' max_position_embeddings " +
+                std::to_string(first.max_position_embeddings) + " (" + config.experts[0].checkpoint.string() +
+                "/config.json): they were not trained on such positions");
   in.dtype = config.output.dtype.value_or(in.experts[0].dtype());
   if (!config.output.dtype)
     for (std::size_t e = 1; e < in.experts.size(); ++e)

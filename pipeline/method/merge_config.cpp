@@ -159,8 +159,9 @@ void parse_experts(const Section& top, const YAML::Node& root, MergeConfig& c) {
     const Section e(experts[i], "experts[" + std::to_string(i) + "]", source);
     ExpertSpec spec;
     spec.name = e.get<std::string>("name", "a name");
-    if (spec.name.empty() || spec.name.find_first_of("/ \t") != std::string::npos)
-      e.fail(e.node("name"), "expert name '" + spec.name + "' must be non-empty without '/' or spaces");
+    // A name is a path component of the statistics' datasets (A/{name}): "." and ".." are not.
+    if (spec.name.empty() || spec.name == "." || spec.name == ".." || spec.name.find_first_of("/ \t") != std::string::npos)
+      e.fail(e.node("name"), "expert name '" + spec.name + "' must be non-empty without '/' or spaces, and not '.' or '..'");
     if (!names.insert(spec.name).second) e.fail(e.node("name"), "expert name '" + spec.name + "' appears twice");
     spec.checkpoint = resolve(base, e.get<std::string>("checkpoint", "a path"));
     if (!e.has("calibration")) e.fail(experts[i], "missing required key '" + e.where("calibration") + "'");

@@ -226,6 +226,16 @@ std::vector<BadInput> cases() {
                }, {"d1/config.json: 'hidden_act' is 'gelu'; dume implements SwiGLU MLPs (silu) only"}});
 
   // --- experts that do not fit together ---
+  c.push_back({"experts-rope-scaling-mismatch", [](const fs::path& d) {  // was merged silently
+                 merge_inputs(d);
+                 ModelConfig other = tiny_config();
+                 other.rope_scaling.llama3 = true;
+                 other.rope_scaling.factor = 8;
+                 other.json_text = model_config_to_json(other);
+                 fs::remove_all(d / "d1");
+                 save_dense_checkpoint(random_model(other, 5), DType::F32, d / "d1");
+                 return kMerge;
+               }, {"expert 'd1'", "does not match expert 'd0': rope_scaling default vs llama3 (factor 8,"}});
   c.push_back({"experts-architecture-mismatch", [](const fs::path& d) {
                  merge_inputs(d);
                  ModelConfig other = tiny_config();
@@ -368,6 +378,18 @@ std::vector<BadInput> cases() {
                  set_yaml(d, replace(merge_inputs(d), "lambda: 0.01", "lambda: -1"));
                  return kMerge;
                }, {"merge.yaml:4:", "router.lambda must be >= 0"}});
+  c.push_back({"yaml-routing-layer", [](const fs::path& d) {  // was stored in the MoE
+                 set_yaml(d, replace(merge_inputs(d), "router: {", "router: {routing: token+layer:99, "));
+                 return kMerge;
+               }, {"router.routing 'token+layer:99' takes its decision at layer 99, but the experts have 3 layers (0 to 2)"}});
+  c.push_back({"yaml-sequence-too-long", [](const fs::path& d) {  // was accepted without a word
+                 set_yaml(d, replace(merge_inputs(d), "sequence_length: 32", "sequence_length: 512"));
+                 return kMerge;
+               }, {"calibration.sequence_length 512 is longer than the experts' max_position_embeddings 256"}});
+  c.push_back({"yaml-expert-named-dot", [](const fs::path& d) {  // was an HDF5 error after the calibration
+                 set_yaml(d, replace(merge_inputs(d), "name: d1,", "name: .,"));
+                 return kMerge;
+               }, {"merge.yaml:", "expert name '.' must be non-empty without '/' or spaces, and not '.' or '..'"}});
   c.push_back({"yaml-absurd-threads", [](const fs::path& d) {  // was a crash inside the OpenMP runtime
                  set_yaml(d, replace(merge_inputs(d), "compute: {threads: 1}", "compute: {threads: 100000}"));
                  return kMerge;
