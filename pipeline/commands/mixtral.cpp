@@ -275,17 +275,8 @@ void export_mixtral(const fs::path& moe, const fs::path& given, const ExportOpti
                                                     {"layout", options.layout == MixtralLayout::fused ? "fused" : "per-expert"}}}};
     write_text_file(dir / kExportRecord, record.dump(2) + "\n");
   };
-  std::string dir;  // rank 0 makes the directory, every rank writes its shards into it
-  if (mpi_rank() != 0) {
-    broadcast(dir);
-    fill(dir);
-    return;
-  }
-  write_output_atomically(output, force, [&](const fs::path& tmp) {
-    dir = tmp.string();
-    broadcast(dir);
-    fill(tmp);
-  });
+  write_output_together(output, force, fill);  // every rank writes its shards (a collective phase)
+  if (mpi_rank() != 0) return;
 
   std::uint64_t bytes = 0;
   for (const auto& t : tensors) bytes += t.tensor.byte_size();

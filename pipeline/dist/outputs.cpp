@@ -311,4 +311,18 @@ void write_output_atomically(const fs::path& output, bool force, const std::func
   }
 }
 
+void write_output_together(const fs::path& output, bool force, const std::function<void(const fs::path&)>& fill) {
+  std::string dir;
+  if (mpi_rank() != 0) {
+    broadcast(dir);
+    fill(dir);
+    return;
+  }
+  write_output_atomically(output, force, [&](const fs::path& tmp) {
+    dir = tmp.string();
+    broadcast(dir);
+    fill(tmp);
+  });
+}
+
 }  // namespace dume

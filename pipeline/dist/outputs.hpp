@@ -130,5 +130,10 @@ void write_text_file(const std::filesystem::path& path, const std::string& text)
 // this output that killed jobs left are removed first: call it while holding its OutputLock.
 void write_output_atomically(const std::filesystem::path& output, bool force,
                              const std::function<void(const std::filesystem::path& dir)>& fill);
+// The same by every rank of a job: rank 0 makes the temporary directory and tells the others,
+// each rank runs `fill` in it, and rank 0 renames it once `fill` returns there. `fill` must end
+// in a collective step (every rank done writing) before rank 0's rename.
+void write_output_together(const std::filesystem::path& output, bool force,
+                           const std::function<void(const std::filesystem::path& dir)>& fill);
 
 }  // namespace dume

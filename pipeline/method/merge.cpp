@@ -533,17 +533,7 @@ void write_moe_directory(const fs::path& output, bool force, const MergePlan& pl
       StatisticsFile::finish(plan.statistics.get(), plan.stats, dir / "stats.h5", *plan.grid);
       if (mpi_rank() == 0) write_text_file(dir / "merge.yaml", yaml);
     };
-    std::string dir;
-    if (mpi_rank() != 0) {
-      broadcast(dir);
-      fill(dir);
-      return;
-    }
-    write_output_atomically(output, force, [&](const fs::path& tmp) {
-      dir = tmp.string();
-      broadcast(dir);
-      fill(tmp);
-    });
+    write_output_together(output, force, fill);
     return;
   }
   write_output_atomically(output, force, [&](const fs::path& dir) {
