@@ -170,7 +170,7 @@ void check_gram_matrix(Verifier& v, const StatsFile& s, std::int64_t e, const st
 }
 
 // Layer l's statistics: B (n x E) and each domain's A.
-void verify_gram_matrices(Verifier& v, StatsFile& s, std::int64_t l) {
+void verify_gram_matrices(Verifier& v, const StatsFile& s, std::int64_t l) {
   const std::int64_t n = s.hidden + 1, E = static_cast<std::int64_t>(s.domains.size());
   const std::string B_path = moe_path::layer(l, "B");
   const auto B = v.doubles(s.f, B_path, {n, E});
@@ -182,7 +182,7 @@ void verify_gram_matrices(Verifier& v, StatsFile& s, std::int64_t l) {
 }
 
 // Held-out MLP inputs (a held-out split; optional): rows of `hidden` finite values.
-void verify_heldout(Verifier& v, StatsFile& s, std::int64_t l) {
+void verify_heldout(Verifier& v, const StatsFile& s, std::int64_t l) {
   const hid_t f = s.f;
   for (const std::string& domain : s.domains) {
     const std::string heldout = moe_path::layer(l, "heldout/" + domain);

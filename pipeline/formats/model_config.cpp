@@ -123,6 +123,29 @@ void parse_rope(const ConfigReader& r, ModelConfig& c) {
                   "original_max_position_embeddings > 0, got " + params->dump());
 }
 
+// What the architecture's family decides: the MLP's activation, the attention's biases and
+// per-head norms, a sliding window, and a Mixtral's experts.
+void parse_architecture_options(const ConfigReader& r, ModelConfig& c) {
+  const std::string act = r.has("hidden_act") ? r.string("hidden_act") : "silu";
+  if (act != "silu") r.reject("hidden_act", "is '" + act + "'; dume implements SwiGLU MLPs (silu) only");
+  if (r.boolean("mlp_bias", false)) r.reject("mlp_bias", "is true; dume supports MLPs without biases only");
+  if (c.architecture == Architecture::qwen2 || c.architecture == Architecture::qwen3)
+    if (r.boolean("use_sliding_window", false)) r.reject("use_sliding_window", "is true, which dume does not support");
+  if (c.architecture == Architecture::qwen2) {
+    c.qkv_bias = true;
+  } else if (c.architecture != Architecture::mixtral) {  // Mixtral's attention has no biases
+    c.qkv_bias = c.o_bias = r.boolean("attention_bias", false);
+  }
+  c.qk_norm = c.architecture == Architecture::qwen3;
+  if ((c.architecture == Architecture::mistral || c.architecture == Architecture::mixtral) && r.has("sliding_window"))
+    c.sliding_window = r.bounded_int("sliding_window", std::int64_t{1} << 40);
+  if (c.architecture == Architecture::mixtral) {  // what `dume export` writes, read back
+    c.num_experts = r.positive_int("num_local_experts", 8);
+    c.experts_per_token = r.positive_int("num_experts_per_tok", 2);
+    if (c.experts_per_token > c.num_experts) r.reject("num_experts_per_tok", "exceeds num_local_experts");
+  }
+}
+
 }  // namespace
 
 ModelConfig model_config_parse(const std::string& json_text, const std::string& source) {
@@ -169,25 +192,7 @@ ModelConfig model_config_parse(const std::string& json_text, const std::string& 
   parse_rope(r, c);
   if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta))  // here, not as an overflow after the calibration
     r.reject("rope_theta", "must be a finite number > 0, got " + std::to_string(c.rope_theta));
-
-  const std::string act = r.has("hidden_act") ? r.string("hidden_act") : "silu";
-  if (act != "silu") r.reject("hidden_act", "is '" + act + "'; dume implements SwiGLU MLPs (silu) only");
-  if (r.boolean("mlp_bias", false)) r.reject("mlp_bias", "is true; dume supports MLPs without biases only");
-  if (c.architecture == Architecture::qwen2 || c.architecture == Architecture::qwen3)
-    if (r.boolean("use_sliding_window", false)) r.reject("use_sliding_window", "is true, which dume does not support");
-  if (c.architecture == Architecture::qwen2) {
-    c.qkv_bias = true;
-  } else if (c.architecture != Architecture::mixtral) {  // Mixtral's attention has no biases
-    c.qkv_bias = c.o_bias = r.boolean("attention_bias", false);
-  }
-  c.qk_norm = c.architecture == Architecture::qwen3;
-  if ((c.architecture == Architecture::mistral || c.architecture == Architecture::mixtral) && r.has("sliding_window"))
-    c.sliding_window = r.bounded_int("sliding_window", std::int64_t{1} << 40);
-  if (c.architecture == Architecture::mixtral) {  // what `dume export` writes, read back
-    c.num_experts = r.positive_int("num_local_experts", 8);
-    c.experts_per_token = r.positive_int("num_experts_per_tok", 2);
-    if (c.experts_per_token > c.num_experts) r.reject("num_experts_per_tok", "exceeds num_local_experts");
-  }
+  parse_architecture_options(r, c);
 
   for (const char* key : {"dtype", "torch_dtype"}) {
     const std::string name = r.string(key);

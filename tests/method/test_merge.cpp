@@ -30,6 +30,18 @@ double relative_error(const MatrixXdRow& a, const MatrixXdRow& ref) {
   return (a - ref).cwiseAbs().maxCoeff() / ref.cwiseAbs().maxCoeff();
 }
 
+// The largest difference of `logits` ([T, 64] of the tiny experts' vocabulary) from the float64
+// reference's, relative to the reference's largest magnitude.
+double max_relative(const std::vector<float>& logits, const ReferenceRun& reference) {
+  double diff = 0, scale = 0;
+  for (std::size_t t = 0; t < reference.logits.size(); ++t)
+    for (std::size_t v = 0; v < 64; ++v) {
+      diff = std::max(diff, std::abs(logits[t * 64 + v] - reference.logits[t][v]));
+      scale = std::max(scale, std::abs(reference.logits[t][v]));
+    }
+  return diff / scale;
+}
+
 class Merge : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -203,15 +215,7 @@ TEST_F(Merge, MoeForwardMatchesAnIndependentFloat64Forward) {
     moe.top_k = k;
     auto backend = make_backend(BackendKind::cpu, 1);
     Forward forward(moe, *backend);
-    const std::vector<float> logits = forward.run(tokens, 1, 20);
-    const ReferenceRun reference = reference_forward(moe, tokens, -1);
-    double diff = 0, scale = 0;
-    for (std::size_t t = 0; t < 20; ++t)
-      for (std::size_t v = 0; v < 64; ++v) {
-        diff = std::max(diff, std::abs(logits[t * 64 + v] - reference.logits[t][v]));
-        scale = std::max(scale, std::abs(reference.logits[t][v]));
-      }
-    EXPECT_LE(diff / scale, 1e-5) << "top_k " << k;
+    EXPECT_LE(max_relative(forward.run(tokens, 1, 20), reference_forward(moe, tokens, -1)), 1e-5) << "top_k " << k;
   }
 }
 
@@ -233,15 +237,6 @@ TEST_F(Merge, ExpertAttentionMatchesAnIndependentFloat64Forward) {
   const std::string corpus = tiny_corpus(1, 64);
   std::vector<std::uint32_t> tokens(corpus.begin(), corpus.begin() + 20);
   auto backend = make_backend(BackendKind::cpu, 1);
-  const auto max_relative = [](const std::vector<float>& logits, const ReferenceRun& reference) {
-    double diff = 0, scale = 0;
-    for (std::size_t t = 0; t < reference.logits.size(); ++t)
-      for (std::size_t v = 0; v < 64; ++v) {
-        diff = std::max(diff, std::abs(logits[t * 64 + v] - reference.logits[t][v]));
-        scale = std::max(scale, std::abs(reference.logits[t][v]));
-      }
-    return diff / scale;
-  };
   for (int k : {1, 2}) {
     moe.top_k = k;
     Forward forward(moe, *backend);
@@ -284,15 +279,7 @@ TEST(MergeQwen3, PerHeadNormsMergeRunAndFoldIn) {
   const std::vector<std::uint32_t> tokens(corpus.begin(), corpus.begin() + 20);
   auto backend = make_backend(BackendKind::cpu, 1);
   Forward forward(moe, *backend);
-  const std::vector<float> logits = forward.run(tokens, 1, 20);
-  const ReferenceRun reference = reference_forward(moe, tokens, -1);
-  double diff = 0, scale = 0;
-  for (std::size_t t = 0; t < 20; ++t)
-    for (std::size_t v = 0; v < 64; ++v) {
-      diff = std::max(diff, std::abs(logits[t * 64 + v] - reference.logits[t][v]));
-      scale = std::max(scale, std::abs(reference.logits[t][v]));
-    }
-  EXPECT_LE(diff / scale, 1e-5);
+  EXPECT_LE(max_relative(forward.run(tokens, 1, 20), reference_forward(moe, tokens, -1)), 1e-5);
   const VerifyReport report = verify_moe(dir / "all");
   EXPECT_TRUE(report.ok()) << report.problems.front();
 
